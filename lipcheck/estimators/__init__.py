@@ -1,0 +1,1 @@
+"""Estimators: pure functions from a Graph (and per-node results) to results."""

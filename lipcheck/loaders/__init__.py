@@ -1,0 +1,1 @@
+"""Front ends that lower ONNX and PyTorch models to the graph IR."""

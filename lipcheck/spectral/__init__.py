@@ -1,0 +1,1 @@
+"""Operator norms of the affine nodes: exact, power iteration, certified bounds."""
