@@ -6,6 +6,21 @@ shape, ...). Constants live in `Graph.constants`; a node refers to both kinds by
 name, positionally, in the order of the ONNX operator it mirrors (op kinds and
 their attributes follow ONNX semantics, opset 13+ conventions, with settings that
 moved between attributes and inputs normalised to attributes by the loaders).
+
+Attribute conventions (the contract between loaders and rules):
+- Attribute names are ONNX's. Settings that some opset passes as *constant inputs*
+  are moved into attributes of the same name as the ONNX input: Squeeze/Unsqueeze
+  and Reduce* `axes`; Slice `starts`, `ends`, `axes`, `steps`; Pad `pads`, `mode`,
+  `value` (the constant); Clip `min`, `max` (absent = unbounded); Split `axis`,
+  `split` (sizes); Reshape `shape` (the concrete output shape, no 0 or -1);
+  Expand `shape`; Tile `repeats`; Resize `mode`, `sizes` (concrete output sizes),
+  `coordinate_transformation_mode`, `nearest_mode`. Weights (Conv W/B, Gemm B/C,
+  BatchNormalization's four tensors, PRelu slope, Gather indices, constant operands
+  of Add/Mul/...) stay inputs that name constants.
+- Conv/ConvTranspose/pooling: auto_pad resolved to explicit `pads`
+  [begin_1..begin_d, end_1..end_d]; `strides`, `dilations`, `kernel_shape`,
+  `group`, `output_padding` as in ONNX.
+- Every node's `source_op` records what the loader saw (e.g. "Gemm", "aten.linear").
 """
 from __future__ import annotations
 

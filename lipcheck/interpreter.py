@@ -19,8 +19,9 @@ def run_node(node: Node, inputs: list[torch.Tensor | None]) -> list[torch.Tensor
 
 
 def run_graph(graph: Graph, feeds: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None,
-              keep: bool = False) -> dict[str, torch.Tensor]:
-    """Evaluate the graph; returns the graph outputs (or every value when keep=True)."""
+              keep: bool = False, grad: bool = False) -> dict[str, torch.Tensor]:
+    """Evaluate the graph; returns the graph outputs (or every value when keep=True).
+    With grad=True autograd records the computation (for Jacobians and lower bounds)."""
     def cast(t: torch.Tensor) -> torch.Tensor:
         return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
@@ -29,7 +30,7 @@ def run_graph(graph: Graph, feeds: Mapping[str, torch.Tensor], dtype: torch.dtyp
         if info.name not in feeds:
             raise ShapeError(f"no value given for graph input {info.name!r}")
         env[info.name] = cast(feeds[info.name])
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         for node in graph.nodes:
             outputs = run_node(node, [env[v] if v else None for v in node.inputs])
             env.update(zip(node.outputs, outputs))
