@@ -191,5 +191,15 @@ class Graph:
             if v not in defined:
                 raise GraphError(f"graph output {v!r} is never defined")
 
+    def metadata_for_report(self) -> dict[str, Any]:
+        keys = ("path", "sha256", "format", "opset", "producer")
+        out: dict[str, Any] = {k: self.metadata.get(k) for k in keys}
+        out["input_shape"] = [list(v.shape) for v in self.inputs]
+        out["inputs"] = [v.name for v in self.inputs]
+        out["outputs"] = list(self.outputs)
+        out["nodes"] = len(self.nodes)
+        out["parameters"] = self.parameter_count()
+        return out
+
     def parameter_count(self) -> int:
         return sum(int(t.numel()) for t in self.constants.values() if t.is_floating_point())

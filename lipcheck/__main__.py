@@ -1,0 +1,3 @@
+from lipcheck.cli import main
+
+main()

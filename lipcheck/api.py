@@ -1,0 +1,149 @@
+"""The Python API: load a model, run the estimators, return a Report.
+
+`estimate` is what `lipcheck estimate` runs; it never prints and never touches the
+user's model.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lipcheck.estimators.autolip import AutoLipResult, autolip, bound_nodes
+from lipcheck.graph import Graph, Node
+from lipcheck.report import NP_HARD_MESSAGE, LayerRecord, Report, Warning
+from lipcheck.results import GlobalBound
+from lipcheck.settings import Settings
+
+Shapes = list[tuple[int, ...]] | None
+
+
+@dataclass
+class EstimateOptions:
+    """What to compute, beyond the per-layer Settings."""
+
+    methods: tuple[str, ...] = ("auto",)
+    lower_budget: float = 2.0          # seconds for the lower-bound search (0: none)
+    input_range: tuple[float, float] | None = None
+    witness_path: str | None = None
+    arch: str | None = None
+    unsafe_pickle: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load(model: Any, input_shapes: Shapes = None, arch: str | None = None,
+         unsafe_pickle: bool = False, seed: int = 0) -> Graph:
+    """A Graph from a path (ONNX, .pt2, TorchScript, state_dict) or an nn.Module."""
+    if isinstance(model, Graph):
+        return model
+    if isinstance(model, torch.nn.Module):
+        from lipcheck.errors import ShapeError
+        from lipcheck.loaders.torch_loader import load_module
+        if not input_shapes:
+            raise ShapeError("an in-memory module needs input_shapes, e.g. [(1, 3, 32, 32)]")
+        return load_module(model, input_shapes, seed=seed)
+    from lipcheck.loaders.dispatch import load_model
+    return load_model(Path(model), input_shapes=input_shapes, arch=arch,
+                      unsafe_pickle=unsafe_pickle, seed=seed)
+
+
+def estimate(model: Any, input_shapes: Shapes = None, settings: Settings | None = None,
+             options: EstimateOptions | None = None,
+             progress: Callable[[Node], None] | None = None) -> Report:
+    settings = settings or Settings()
+    options = options or EstimateOptions()
+    torch.manual_seed(settings.seed)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    graph = load(model, input_shapes, options.arch, options.unsafe_pickle, settings.seed)
+    timings["load"] = time.perf_counter() - start
+    start = time.perf_counter()
+    node_bounds = bound_nodes(graph, settings, progress)
+    timings["layers"] = time.perf_counter() - start
+    result = autolip(graph, node_bounds)
+    bounds = [autolip_bound(result, timings["layers"])]
+    bounds += _other_bounds(graph, node_bounds, settings, options, timings)
+    lower = _lower(graph, settings, options, timings, result)
+    report = Report(model=graph.metadata_for_report(), settings=_settings_dict(settings, options),
+                    layers=_layers(graph, result), bounds=bounds, lower_bound=lower,
+                    timings=timings)
+    report.warnings = collect_warnings(graph, result, report)
+    return report
+
+
+def autolip_bound(result: AutoLipResult, seconds: float) -> GlobalBound:
+    kind = "upper" if result.certified else "estimate"
+    detail = "product of per-node bounds along the graph"
+    if not result.certified:
+        detail += " (some layers are power-iteration estimates: not a certified bound)"
+    return GlobalBound("autolip", result.value, result.certified, kind, seconds, detail)
+
+
+def _layers(graph: Graph, result: AutoLipResult) -> list[LayerRecord]:
+    return [LayerRecord.from_result(r, graph.dynamic_inputs(r.node)) for r in result.nodes]
+
+
+def _settings_dict(settings: Settings, options: EstimateOptions) -> dict[str, Any]:
+    out = settings.to_dict()
+    out.pop("extra", None)
+    out.update(methods=list(options.methods), lower_budget=options.lower_budget,
+               input_range=list(options.input_range) if options.input_range else None)
+    return out
+
+
+def _other_bounds(graph: Graph, node_bounds: dict, settings: Settings, options: EstimateOptions,
+                  timings: dict[str, float]) -> list[GlobalBound]:
+    wanted = [m for m in options.methods if m != "autolip"]
+    if not wanted:
+        return []
+    try:
+        from lipcheck.estimators.global_bounds import global_bounds
+    except ImportError:
+        return []
+    start = time.perf_counter()
+    found = global_bounds(graph, node_bounds, wanted, settings)
+    timings["global_bounds"] = time.perf_counter() - start
+    return [b for b in found if b.method != "autolip"]
+
+
+def _lower(graph: Graph, settings: Settings, options: EstimateOptions, timings: dict[str, float],
+           result: AutoLipResult) -> GlobalBound | None:
+    if options.lower_budget <= 0:
+        return None
+    try:
+        from lipcheck.estimators.lower import lower_bound
+    except ImportError:
+        return None
+    start = time.perf_counter()
+    found = lower_bound(graph, budget_s=options.lower_budget, seed=settings.seed,
+                        input_range=options.input_range)
+    timings["lower_bound"] = time.perf_counter() - start
+    if options.witness_path and found is not None:
+        from lipcheck.estimators.lower import save_witness
+        save_witness(options.witness_path, found)
+    return found
+
+
+def collect_warnings(graph: Graph, result: AutoLipResult, report: Report) -> list[Warning]:
+    out = [Warning("np_hard", NP_HARD_MESSAGE)]
+    out += [Warning(code, message) for code, message in graph.metadata.get("warnings", [])]
+    for r in result.nodes:
+        out += [Warning(code, message, r.node.name) for code, message in r.bound.warnings]
+    if not result.certified and math.isfinite(result.value):
+        out.append(Warning("not_certified", "the AutoLip value uses power-iteration estimates "
+                           "for some layers: it is an estimate, not a certified upper bound"))
+    out += _sandwich_warnings(report)
+    return out
+
+
+def _sandwich_warnings(report: Report) -> list[Warning]:
+    try:
+        from lipcheck.estimators.sandwich import Sandwich
+    except ImportError:
+        return []
+    return [Warning(code, message) for code, message in
+            Sandwich(report.lower_bound, report.upper_bound).warnings]

@@ -1,0 +1,116 @@
+"""A chain network read as alternating affine maps and ReLU-family activations.
+
+`pwl_chain(graph)` turns a graph whose nodes form one chain (each node reads the
+previous node's output and constants only) into `[affine, slopes, affine, ...,
+affine]`: each affine block is the dense float64 matrix and offset of the affine
+nodes between two activations; each activation is its negative-side slope per unit
+(0 for Relu, alpha for LeakyRelu, the broadcast slope for PRelu). Used by the exact
+enumeration and, for tiny nets, by the lower-bound search.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lipcheck.errors import UserError
+from lipcheck.graph import Graph, Node, OpKind
+from lipcheck.interpreter import run_node
+from lipcheck.rules import get_rule
+
+ACTIVATIONS = (OpKind.RELU, OpKind.LEAKY_RELU, OpKind.PRELU)
+AFFINE_EXTRA = (OpKind.ADD, OpKind.SUB)  # affine when the other operand is constant
+
+
+@dataclass
+class Affine:
+    weight: np.ndarray  # (n_out, n_in), float64
+    bias: np.ndarray    # (n_out,)
+
+
+@dataclass
+class Chain:
+    affines: list[Affine]        # len = len(slopes) + 1
+    slopes: list[np.ndarray]     # negative-side slope of each unit of each hidden layer
+
+    @property
+    def n_in(self) -> int:
+        return self.affines[0].weight.shape[1]
+
+    @property
+    def widths(self) -> list[int]:
+        return [len(s) for s in self.slopes]
+
+
+def _negative_slope(node: Node, graph: Graph, shape: tuple[int, ...]) -> np.ndarray:
+    size = math.prod(shape)
+    if node.op == OpKind.RELU:
+        return np.zeros(size)
+    if node.op == OpKind.LEAKY_RELU:
+        return np.full(size, float(node.attrs.get("alpha", 0.01)))
+    slope = graph.constant(node, 1)
+    if slope is None:
+        raise UserError(f"exact: node {node.name!r} (PRelu) has an input-dependent slope")
+    return slope.double().expand(shape).reshape(-1).numpy().copy()
+
+
+def _check_chain_node(graph: Graph, node: Node, current: str) -> None:
+    dynamic = [node.inputs[i] for i in graph.dynamic_inputs(node)]
+    if dynamic != [current] or len(node.outputs) != 1:
+        raise UserError(f"exact: node {node.name!r} ({node.op.value}) is not part of a single "
+                        "chain (branches, several inputs or outputs)")
+    if node.op in ACTIVATIONS:
+        return
+    if node.op not in AFFINE_EXTRA and not get_rule(node.op).affine:
+        raise UserError(f"exact: node {node.name!r} ({node.op.value}) is neither affine nor a "
+                        "ReLU-family activation")
+
+
+def _split(graph: Graph) -> list[list[Node] | Node]:
+    """Groups of consecutive affine nodes, separated by activation nodes."""
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise UserError("exact: the network must have one input and one output")
+    current, items, block = graph.inputs[0].name, [], []
+    for node in graph.nodes:
+        _check_chain_node(graph, node, current)
+        current = node.outputs[0]
+        if node.op in ACTIVATIONS:
+            items += [block, node]
+            block = []
+        else:
+            block.append(node)
+    if current != graph.outputs[0]:
+        raise UserError(f"exact: graph output {graph.outputs[0]!r} is not the end of the chain")
+    return items + [block]
+
+
+def _affine_of(graph: Graph, block: list[Node], in_shape: tuple[int, ...]) -> tuple[Affine, tuple]:
+    consts = {k: v.double() if v.is_floating_point() else v for k, v in graph.constants.items()}
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        env = dict(consts)
+        value = x.reshape(in_shape)
+        for node in block:
+            env[node.inputs[graph.dynamic_inputs(node)[0]]] = value
+            value = run_node(node, [env[v] if v else None for v in node.inputs])[0]
+        return value
+
+    zero = torch.zeros(math.prod(in_shape), dtype=torch.float64)
+    out = run(zero)
+    jac = torch.autograd.functional.jacobian(lambda x: run(x).reshape(-1), zero)
+    return Affine(jac.numpy().copy(), out.reshape(-1).detach().numpy().copy()), tuple(out.shape)
+
+
+def pwl_chain(graph: Graph) -> Chain:
+    """The chain form of a piecewise-linear network; UserError if it is not one."""
+    shape = tuple(graph.inputs[0].shape)
+    affines, slopes = [], []
+    for item in _split(graph):
+        if isinstance(item, list):
+            affine, shape = _affine_of(graph, item, shape)
+            affines.append(affine)
+        else:
+            slopes.append(_negative_slope(item, graph, shape))
+    return Chain(affines, slopes)

@@ -1,0 +1,119 @@
+"""Presentation of a Report: a rich table for terminals, and Markdown."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lipcheck.report import Report
+
+
+def fmt(x: float | None, digits: int = 5) -> str:
+    if x is None:
+        return "-"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.{digits}g}"
+
+
+def shape(s: list[int]) -> str:
+    return "x".join(str(d) for d in s) if s else "-"
+
+
+def how(layer: dict[str, Any]) -> str:
+    method = layer["method"]
+    if method == "power-iteration" and layer.get("iterations") is not None:
+        state = "converged" if layer.get("converged") else "NOT converged"
+        return f"power-iteration ({layer['iterations']} it, {state})"
+    return method
+
+
+def label(certified: bool, kind: str = "upper") -> str:
+    if kind == "lower":
+        return "certified lower" if certified else "estimate"
+    if kind == "estimate" or not certified:
+        return "estimate"
+    return "certified upper"
+
+
+def layer_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for layer in data["layers"]:
+        bound = fmt(layer["bound"]) if layer["bound"] is not None else "inf"
+        rows.append([layer["name"], layer["op"],
+                     f"{shape(layer['input_shape'])} -> {shape(layer['output_shape'])}",
+                     bound, fmt(layer.get("estimate")), how(layer),
+                     "certified" if layer["certified"] else "estimate",
+                     fmt(layer["running_bound"]) if layer["running_bound"] is not None else "inf"])
+    return rows
+
+
+LAYER_HEADERS = ["node", "op", "shape in -> out", "bound", "power est.", "how", "status",
+                 "running AutoLip"]
+
+
+def bound_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for b in data["bounds"] + ([data["lower_bound"]] if data["lower_bound"] else []):
+        value = fmt(b["value"]) if b["finite"] else "inf"
+        rows.append([b["method"], value, label(b["certified"], b["kind"]), f"{b['seconds']:.2f}s"])
+    return rows
+
+
+def interval_line(data: dict[str, Any]) -> str:
+    ub, lb = data["upper_bound"], data["lower_bound"]
+    if ub is None or not ub["finite"]:
+        upper = "no finite certified upper bound"
+    else:
+        upper = f"{fmt(ub['value'])} ({ub['method']})"
+    if lb is None:
+        return f"Lipschitz constant <= {upper}" if ub and ub["finite"] else upper
+    gap = f", gap {data['gap']:.3g}x" if data.get("gap") else ""
+    return f"{fmt(lb['value'])} ({lb['method']}) <= Lipschitz constant <= {upper}{gap}"
+
+
+def print_table(report: Report, console: Console) -> None:
+    data = report.to_dict()
+    table = Table(title=f"lipcheck: {data['model'].get('path') or 'model'}", show_lines=False)
+    for header in LAYER_HEADERS:
+        table.add_column(header, overflow="fold",
+                         justify="right" if header in ("bound", "power est.", "running AutoLip")
+                         else "left")
+    for row in layer_rows(data):
+        table.add_row(*row)
+    console.print(table)
+    bounds = Table(title="Global bounds")
+    for header in ("method", "value", "what it is", "time"):
+        bounds.add_column(header)
+    for row in bound_rows(data):
+        bounds.add_row(*row)
+    console.print(bounds)
+    console.print(f"[bold]{interval_line(data)}[/bold]")
+    for w in data["warnings"]:
+        where = f" [{w['node']}]" if w.get("node") else ""
+        console.print(f"[yellow]warning[/yellow] {w['code']}{where}: {w['message']}")
+
+
+def markdown(report: Report) -> str:
+    data = report.to_dict()
+    lines = [f"# lipcheck: {data['model'].get('path') or 'model'}", "",
+             f"**{interval_line(data)}**", "", "## Layers", "",
+             _md_table(LAYER_HEADERS, layer_rows(data)), "", "## Global bounds", "",
+             _md_table(["method", "value", "what it is", "time"], bound_rows(data)), ""]
+    if data["warnings"]:
+        lines += ["## Warnings", ""]
+        for w in data["warnings"]:
+            where = f" (`{w['node']}`)" if w.get("node") else ""
+            lines.append(f"- **{w['code']}**{where}: {w['message']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+    def esc(cell: str) -> str:
+        return cell.replace("|", "\\|")
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
