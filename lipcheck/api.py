@@ -15,6 +15,7 @@ import torch
 
 from lipcheck.estimators.autolip import AutoLipResult, autolip, bound_nodes
 from lipcheck.graph import Graph, Node
+from lipcheck.passes import fuse_batchnorm
 from lipcheck.report import NP_HARD_MESSAGE, LayerRecord, Report, Warning
 from lipcheck.results import GlobalBound
 from lipcheck.settings import Settings
@@ -32,6 +33,7 @@ class EstimateOptions:
     witness_path: str | None = None
     arch: str | None = None
     unsafe_pickle: bool = False
+    fuse_batchnorm: bool = True        # fold Conv -> BatchNorm into one Conv (tighter, same function)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,6 +62,8 @@ def estimate(model: Any, input_shapes: Shapes = None, settings: Settings | None 
     timings: dict[str, float] = {}
     start = time.perf_counter()
     graph = load(model, input_shapes, options.arch, options.unsafe_pickle, settings.seed)
+    if options.fuse_batchnorm:
+        graph = fuse_batchnorm(graph)
     timings["load"] = time.perf_counter() - start
     start = time.perf_counter()
     node_bounds = bound_nodes(graph, settings, progress)

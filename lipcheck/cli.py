@@ -191,6 +191,9 @@ def version() -> None:
     typer.echo(__version__)
 
 
+from lipcheck import cli_gate  # noqa: E402,F401  (registers check, compare, plot)
+
+
 def main() -> None:
     try:
         app()

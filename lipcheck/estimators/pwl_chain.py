@@ -114,3 +114,28 @@ def pwl_chain(graph: Graph) -> Chain:
         else:
             slopes.append(_negative_slope(item, graph, shape))
     return Chain(affines, slopes)
+
+
+def mlp_graph(weights: list[np.ndarray], biases: list[np.ndarray], activation: str = "relu",
+              alpha: float = 0.01) -> Graph:
+    """A Gemm/activation chain graph (input shape (1, n_in)) from float matrices, for
+    tests and benchmarks. activation: "relu", "leaky_relu" or "tanh"."""
+    from lipcheck.graph import Node, ValueInfo
+    from lipcheck.interpreter import infer_shapes
+
+    kinds = {"relu": OpKind.RELU, "leaky_relu": OpKind.LEAKY_RELU, "tanh": OpKind.TANH}
+    constants, nodes, current = {}, [], "x"
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        constants[f"W{i}"] = torch.tensor(np.asarray(w), dtype=torch.float32)
+        constants[f"b{i}"] = torch.tensor(np.asarray(b), dtype=torch.float32)
+        nodes.append(Node(f"gemm{i}", OpKind.GEMM, [current, f"W{i}", f"b{i}"], [f"z{i}"],
+                          {"transB": 1}, "Gemm"))
+        current = f"z{i}"
+        if i + 1 < len(weights):
+            attrs = {"alpha": alpha} if activation == "leaky_relu" else {}
+            nodes.append(Node(f"act{i}", kinds[activation], [current], [f"h{i}"], attrs))
+            current = f"h{i}"
+    graph = Graph([ValueInfo("x", (1, np.asarray(weights[0]).shape[1]))], [current], nodes,
+                  constants)
+    infer_shapes(graph)
+    return graph

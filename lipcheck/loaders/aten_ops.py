@@ -302,3 +302,8 @@ def _softmax(op: OpKind) -> Converter:
 
 converts("aten.softmax.int", "aten._softmax.default")(_softmax(OpKind.SOFTMAX))
 converts("aten.log_softmax.int", "aten._log_softmax.default")(_softmax(OpKind.LOG_SOFTMAX))
+
+
+# The pooling, reduction, structural and arithmetic converters register themselves
+# in TABLE on import.
+from lipcheck.loaders import aten_pool_ops, aten_shape_ops  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""CLI commands of the robustness gate (check, compare, plot): registered on lipcheck.cli.app."""

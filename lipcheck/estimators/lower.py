@@ -1,0 +1,196 @@
+"""Certified lower bounds of the Lipschitz constant (L2) of the whole network.
+
+For any two inputs p != q, ||f(p) - f(q)|| / ||p - q|| <= Lip(f): every quotient we
+evaluate (exact network, float64, minus a rounding margin) is a certified lower
+bound, and so is ||J(x)|| wherever f is differentiable, which we certify through a
+secant quotient along J's top singular direction (see lower_search.py).
+
+The search runs in deterministic rounds within a time budget:
+  round 0  screening: `screen` seeded random points, the Jacobian norm at each; and,
+           for a tiny piecewise-linear chain, the witness of the exact enumeration;
+  round r  Jacobian-norm ascent from the r-th best screened point (fresh random
+           points once they run out), then a pairwise-quotient ascent from the pair
+           it found.
+With the same seed and the same number of rounds the value is identical; the bound's
+`extra["rounds"]` records how many the budget allowed, and `lower_bound(...,
+rounds=N)` replays them. With `input_range` every point stays in the box [lo, hi]^n:
+the value is then a lower bound of the constant on the box (hence also of the global
+constant), and the detail says the search was restricted.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lipcheck.errors import UserError
+from lipcheck.estimators.lower_search import (Box, Candidate, certified_quotient,
+                                              jacobian_ascent, jacobian_candidate,
+                                              pairwise_ascent)
+from lipcheck.estimators.netfn import NetFunction
+from lipcheck.graph import Graph
+from lipcheck.results import GlobalBound
+
+DEFAULT_BUDGET_S = 10.0
+
+
+@dataclass
+class LowerConfig:
+    screen: int = 32                        # random points evaluated in round 0
+    scales: tuple[float, ...] = (0.3, 1.0, 3.0)  # std of the random points (no box)
+    ascent_steps: int = 60
+    pair_steps: int = 40
+    lr: float = 0.05                        # Adam step, relative to the point scale
+    exact_share: float = 0.3                # budget share for the exact-region witness
+    exact_max_units: int = 64               # hidden units at most for trying it
+
+
+@dataclass
+class LowerBound(GlobalBound):
+    """A GlobalBound with the pair that attains it (not serialised into reports)."""
+
+    witness_data: Candidate | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Search:
+    fn: NetFunction
+    box: Box
+    seed: int
+    config: LowerConfig
+    best: Candidate | None = None
+    starts: list[tuple[float, torch.Tensor]] = field(default_factory=list)
+
+    def offer(self, candidate: Candidate) -> None:
+        if self.best is None or candidate.value > self.best.value:
+            self.best = candidate
+
+    def scale(self, index: int) -> float:
+        if self.box is not None:
+            return self.box[1] - self.box[0]
+        return self.config.scales[index % len(self.config.scales)]
+
+    def random_point(self, index: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        if self.box is not None:
+            lo, hi = self.box
+            return lo + (hi - lo) * torch.rand(self.fn.n_in, generator=gen, dtype=torch.float64)
+        return self.scale(index) * torch.randn(self.fn.n_in, generator=gen, dtype=torch.float64)
+
+
+def lower_bound(graph: Graph, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
+                input_range: tuple[float, float] | None = None, pairwise: bool = True,
+                rounds: int | None = None, config: LowerConfig | None = None) -> LowerBound:
+    """The best certified lower bound found within `budget_s` seconds (or `rounds`)."""
+    start = time.perf_counter()
+    box = _check_range(input_range)
+    search = _Search(NetFunction(graph), box, seed, config or LowerConfig())
+    deadline = start + budget_s
+    with torch.random.fork_rng(devices=[]):
+        _exact_witness(graph, search, budget_s)
+        screened = _screen(search, deadline)
+        done = _rounds(search, pairwise, deadline, rounds)
+    return _bound(search, time.perf_counter() - start, done, screened)
+
+
+def _check_range(input_range: tuple[float, float] | None) -> Box:
+    if input_range is None:
+        return None
+    lo, hi = (float(v) for v in input_range)
+    if not hi > lo:
+        raise UserError(f"--input-range {lo},{hi}: LO must be below HI")
+    return lo, hi
+
+
+def _exact_witness(graph: Graph, search: _Search, budget_s: float) -> None:
+    """For a tiny ReLU-family chain, certify the exact enumeration's best region."""
+    from lipcheck.estimators.exact import exact_chain
+    from lipcheck.estimators.pwl_chain import pwl_chain
+    try:
+        chain = pwl_chain(graph)
+    except (UserError, RuntimeError, ValueError):
+        return
+    if sum(chain.widths) > search.config.exact_max_units or chain.n_in > 4096:
+        return
+    result = exact_chain(chain, search.box, max_seconds=search.config.exact_share * budget_s)
+    if result.witness is not None:
+        x = torch.tensor(result.witness, dtype=torch.float64)
+        search.offer(jacobian_candidate(search.fn, x, search.box, "exact-region")[0])
+
+
+def _screen(search: _Search, deadline: float) -> int:
+    """Round 0: certified Jacobian values at seeded random points, best first."""
+    done = 0
+    for i in range(search.config.screen):
+        if done and time.perf_counter() > deadline:
+            break
+        x = search.random_point(i)
+        found, _ = jacobian_candidate(search.fn, x, search.box, "jacobian-ascent")
+        search.offer(found)
+        search.starts.append((found.value, x))
+        done += 1
+    search.starts.sort(key=lambda item: -item[0])
+    return done
+
+
+def _rounds(search: _Search, pairwise: bool, deadline: float, rounds: int | None) -> int:
+    done = 0
+    while rounds is None or done < rounds:
+        if rounds is None and time.perf_counter() > deadline:
+            break
+        _one_round(search, done, pairwise)
+        done += 1
+    return done
+
+
+def _one_round(search: _Search, index: int, pairwise: bool) -> None:
+    cfg = search.config
+    if index < len(search.starts):
+        x, scale = search.starts[index][1], search.scale(index)
+    else:
+        x, scale = search.random_point(cfg.screen + index), search.scale(cfg.screen + index)
+    found = jacobian_ascent(search.fn, x, cfg.ascent_steps, cfg.lr * scale, search.box)
+    search.offer(found)
+    if pairwise:
+        p, q = (torch.tensor(a, dtype=torch.float64) for a in (found.x, found.y))
+        d = q - p
+        d = 1e-2 * scale * d / d.norm() if float(d.norm()) > 0 else 1e-2 * scale * torch.ones_like(p)
+        search.offer(pairwise_ascent(search.fn, p, d, cfg.pair_steps, cfg.lr * scale, search.box))
+
+
+def _bound(search: _Search, seconds: float, rounds: int, screened: int) -> LowerBound:
+    best = search.best or Candidate(0.0, "none", np.zeros(0), np.zeros(0))
+    where = ("whole input space" if search.box is None else
+             f"search restricted to the input box [{search.box[0]:g}, {search.box[1]:g}]^n "
+             "(a lower bound on the box, hence also globally)")
+    detail = (f"{best.method} witness; {screened} random starts, {rounds} ascent rounds; {where}")
+    extra = {"witness": None, "rounds": rounds, "seed": search.seed,
+             "input_range": list(search.box) if search.box else None,
+             "jacobian_norm": best.jacobian_norm}
+    return LowerBound(best.method, best.value, True, "lower", seconds, detail, extra, best)
+
+
+def save_witness(path: str, bound: LowerBound) -> None:
+    """Store the pair attaining `bound` (npz: x, y, value, method); records the path."""
+    data = bound.witness_data
+    if data is None:
+        raise UserError(f"--save-witness {path}: the lower bound has no witness")
+    with open(path, "wb") as fh:
+        np.savez(fh, x=data.x, y=data.y, value=np.float64(data.value), method=data.method)
+    bound.extra["witness"] = str(path)
+
+
+def load_witness(path: str) -> Candidate:
+    with np.load(path, allow_pickle=False) as npz:
+        return Candidate(float(npz["value"]), str(npz["method"]), npz["x"].copy(), npz["y"].copy())
+
+
+def witness_value(graph: Graph, witness: Candidate) -> float:
+    """Recompute the certified quotient of a witness pair on the graph."""
+    fn = NetFunction(graph)
+    x, y = (torch.tensor(a, dtype=torch.float64) for a in (witness.x, witness.y))
+    if x.numel() != fn.n_in or y.numel() != fn.n_in:
+        raise UserError(f"witness has {x.numel()} inputs, the model takes {fn.n_in}")
+    return certified_quotient(fn, x, y)

@@ -1,0 +1,240 @@
+"""ONNX op -> IR converters: one small function per op type, opset handled inside.
+
+Each converter reads the ONNX node (attributes already decoded into a dict) and
+emits IR nodes through the Builder, moving constant inputs that are settings
+(axes, pads, shapes, sizes...) into attributes as graph.py describes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import onnx
+import torch
+
+from lipcheck.errors import UnsupportedOpsError
+from lipcheck.graph import OpKind
+from lipcheck.loaders.onnx_build import Builder
+from lipcheck.loaders.onnx_padding import conv_transpose_pads, resolve_auto_pad
+
+Converter = Callable[[Builder, onnx.NodeProto, dict[str, Any]], None]
+CONVERTERS: dict[str, Converter] = {}
+LEGACY_ATTRS = {"consumed_inputs", "is_test", "spatial", "broadcast", "axis_w"}
+
+
+def refuse(b: Builder, node: onnx.NodeProto, detail: str) -> UnsupportedOpsError:
+    return UnsupportedOpsError({node.op_type: [b.onnx_name]}, detail)
+
+
+def plain(op: OpKind, keep_outputs: int = 1) -> Converter:
+    def convert(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+        clean = {k: v for k, v in attrs.items() if k not in LEGACY_ATTRS}
+        b.emit(op, list(node.input), list(node.output)[:keep_outputs], clean, node.op_type)
+    return convert
+
+
+for _name in ["Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid",
+              "Tanh", "Softplus", "Softsign", "Gelu", "Erf", "HardSwish", "Mish", "Abs", "Neg",
+              "Identity", "Exp", "Log", "Sqrt", "Reciprocal", "Sum", "Mean", "Max", "Min", "Pow",
+              "Concat", "Transpose", "DepthToSpace", "SpaceToDepth", "Gather", "Flatten", "LRN",
+              "InstanceNormalization", "LayerNormalization", "Gemm", "MatMul",
+              "GlobalAveragePool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "ReduceL2",
+              "ReduceMean"]:
+    CONVERTERS[_name] = plain(OpKind(_name))
+
+
+def _reduce(op: OpKind, axes_input_from: int) -> Converter:
+    def convert(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+        if b.opset >= axes_input_from:
+            attrs = {**attrs, "axes": b.ints(node, 1)}
+        b.emit(op, [node.input[0]], [node.output[0]], attrs, node.op_type)
+    return convert
+
+
+for _name in ["ReduceMax", "ReduceMin", "ReduceL2", "ReduceMean"]:
+    CONVERTERS[_name] = _reduce(OpKind(_name), 18)
+CONVERTERS["ReduceSum"] = _reduce(OpKind.REDUCE_SUM, 13)
+
+
+def _binary(op: OpKind) -> Converter:
+    """Add/Sub/Mul/Div; opset < 7 'broadcast' with 'axis' aligns B at that axis."""
+    def convert(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+        inputs = list(node.input)
+        if attrs.get("broadcast") and "axis" in attrs:
+            rank_a, other = len(b.shape(inputs[0])), b.values[inputs[1]]
+            axis = attrs["axis"] % rank_a
+            name = b.temp(inputs[1])
+            aligned = other.reshape(tuple(other.shape) + (1,) * (rank_a - axis - other.dim()))
+            if b.is_constant(inputs[1]):
+                b.set_constant(name, aligned)
+            else:
+                b.emit(OpKind.RESHAPE, [inputs[1]], [name], {"shape": list(aligned.shape)},
+                       node.op_type)
+            inputs[1] = name
+        b.emit(op, inputs, [node.output[0]], {}, node.op_type)
+    return convert
+
+
+for _op in [OpKind.ADD, OpKind.SUB, OpKind.MUL, OpKind.DIV]:
+    CONVERTERS[_op.value] = _binary(_op)
+
+
+def _dropout(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    training = b.const(node, 2) if b.opset >= 12 else None
+    if training is not None and bool(training.reshape(-1)[0]):
+        raise refuse(b, node, "training_mode=True (inference only)")
+    b.emit(OpKind.DROPOUT, [node.input[0]], [node.output[0]], {}, node.op_type)
+    if len(node.output) > 1 and node.output[1]:
+        b.set_constant(node.output[1], torch.ones(b.shape(node.output[0]), dtype=torch.bool))
+
+
+def _batch_norm(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if attrs.get("training_mode", 0):
+        raise refuse(b, node, "training_mode=1 (inference only)")
+    b.emit(OpKind.BATCH_NORM, list(node.input[:5]), [node.output[0]],
+           {"epsilon": attrs.get("epsilon", 1e-5)}, node.op_type)
+
+
+def _clip(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if b.opset >= 11:
+        lo, hi = b.const(node, 1), b.const(node, 2)
+        attrs = {"min": None if lo is None else float(lo), "max": None if hi is None else float(hi)}
+    clean = {k: float(attrs[k]) for k in ("min", "max") if attrs.get(k) is not None}
+    b.emit(OpKind.CLIP, [node.input[0]], [node.output[0]], clean, node.op_type)
+
+
+def _softmax(op: OpKind) -> Converter:
+    def convert(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+        x, rank = node.input[0], len(b.shape(node.input[0]))
+        if b.opset >= 13:
+            b.emit(op, [x], [node.output[0]], {"axis": attrs.get("axis", -1)}, node.op_type)
+            return
+        axis = attrs.get("axis", 1) % max(rank, 1)
+        if axis == rank - 1:  # coercion to 2-D changes nothing
+            b.emit(op, [x], [node.output[0]], {"axis": -1}, node.op_type)
+            return
+        flat, soft = b.temp(x), b.temp(x)
+        b.emit(OpKind.FLATTEN, [x], [flat], {"axis": axis}, node.op_type)
+        b.emit(op, [flat], [soft], {"axis": -1}, node.op_type)
+        b.emit(OpKind.RESHAPE, [soft], [node.output[0]], {"shape": list(b.shape(x))},
+               node.op_type)
+    return convert
+
+
+CONVERTERS["Softmax"] = _softmax(OpKind.SOFTMAX)
+CONVERTERS["LogSoftmax"] = _softmax(OpKind.LOG_SOFTMAX)
+
+
+def _conv(op: OpKind) -> Converter:
+    def convert(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+        w = b.values[node.input[1]]
+        in_shape = b.shape(node.input[0])
+        attrs = {**attrs, "kernel_shape": attrs.get("kernel_shape") or list(w.shape[2:])}
+        if op == OpKind.CONV_TRANSPOSE:
+            attrs = conv_transpose_pads(attrs, in_shape)
+        else:
+            attrs = resolve_auto_pad(attrs, in_shape)
+        b.emit(op, list(node.input), [node.output[0]], attrs, node.op_type)
+    return convert
+
+
+CONVERTERS["Conv"] = _conv(OpKind.CONV)
+CONVERTERS["ConvTranspose"] = _conv(OpKind.CONV_TRANSPOSE)
+
+
+def _pool(op: OpKind) -> Converter:
+    def convert(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+        attrs = resolve_auto_pad({k: v for k, v in attrs.items() if k != "storage_order"},
+                                 b.shape(node.input[0]))
+        b.emit(op, [node.input[0]], [node.output[0]], attrs, node.op_type)
+        if len(node.output) > 1 and node.output[1]:
+            raise refuse(b, node, "the Indices output is not supported")
+    return convert
+
+
+CONVERTERS["MaxPool"] = _pool(OpKind.MAX_POOL)
+CONVERTERS["AveragePool"] = _pool(OpKind.AVERAGE_POOL)
+CONVERTERS["LpPool"] = _pool(OpKind.LP_POOL)
+
+
+def _axes_op(op: OpKind) -> Converter:
+    def convert(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+        axes = b.ints(node, 1) if b.opset >= 13 else attrs.get("axes")
+        b.emit(op, [node.input[0]], [node.output[0]], {"axes": axes}, node.op_type)
+    return convert
+
+
+CONVERTERS["Squeeze"] = _axes_op(OpKind.SQUEEZE)
+CONVERTERS["Unsqueeze"] = _axes_op(OpKind.UNSQUEEZE)
+
+
+def _slice(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    if b.opset >= 10:
+        attrs = {"starts": b.ints(node, 1), "ends": b.ints(node, 2),
+                 "axes": b.ints(node, 3), "steps": b.ints(node, 4)}
+    b.emit(OpKind.SLICE, [node.input[0]], [node.output[0]], attrs, node.op_type)
+
+
+def _pad(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    rank = len(b.shape(node.input[0]))
+    mode = attrs.get("mode", "constant")
+    if b.opset < 11:
+        pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
+    else:
+        pads, fill = b.ints(node, 1), b.const(node, 2)
+        value = 0.0 if fill is None or fill.numel() == 0 else float(fill.reshape(-1)[0])
+        axes = b.ints(node, 3)
+        if axes is not None:
+            full = [0] * (2 * rank)
+            for k, axis in enumerate(axes):
+                full[axis % rank], full[axis % rank + rank] = pads[k], pads[k + len(axes)]
+            pads = full
+    b.emit(OpKind.PAD, [node.input[0]], [node.output[0]],
+           {"pads": pads, "mode": mode, "value": value}, node.op_type)
+
+
+def _split(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    split = b.ints(node, 1) if b.opset >= 13 else attrs.get("split")
+    b.emit(OpKind.SPLIT, [node.input[0]], list(node.output),
+           {"axis": attrs.get("axis", 0), "split": split}, node.op_type)
+
+
+def _reshape(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    in_shape = b.shape(node.input[0])
+    if b.opset < 5:
+        shape = list(attrs["shape"])
+    else:
+        shape = b.ints(node, 1)
+    if not attrs.get("allowzero", 0):
+        shape = [in_shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        shape[shape.index(-1)] = math.prod(in_shape) // known if known else 0
+    b.emit(OpKind.RESHAPE, [node.input[0]], [node.output[0]], {"shape": shape}, node.op_type)
+
+
+def _setting_input(op: OpKind, attr: str) -> Converter:
+    def convert(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+        b.emit(op, [node.input[0]], [node.output[0]], {attr: b.ints(node, 1)}, node.op_type)
+    return convert
+
+
+CONVERTERS.update({"Slice": _slice, "Pad": _pad, "Split": _split, "Reshape": _reshape,
+                   "Expand": _setting_input(OpKind.EXPAND, "shape"),
+                   "Tile": _setting_input(OpKind.TILE, "repeats"),
+                   "Dropout": _dropout, "BatchNormalization": _batch_norm, "Clip": _clip})
+
+
+def _cast(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    from lipcheck.rules.structural import ONNX_DTYPES
+
+    target = ONNX_DTYPES.get(int(attrs.get("to", 1)))
+    if target is None:
+        raise refuse(b, node, f"cast to ONNX type {attrs.get('to')}")
+    if not b.is_constant(node.input[0]) and not target.is_floating_point:
+        raise refuse(b, node, "cast of an input-dependent value to an integer type")
+    b.emit(OpKind.CAST, [node.input[0]], [node.output[0]], {"to": int(attrs.get("to", 1))},
+           node.op_type)
+
+
+CONVERTERS["Cast"] = _cast
