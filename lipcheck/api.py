@@ -15,6 +15,8 @@ import torch
 
 from lipcheck.estimators.autolip import AutoLipResult, autolip, bound_nodes
 from lipcheck.graph import Graph, Node
+from lipcheck.limits import check_timeout, time_limit
+from lipcheck.numerics import check_finite_constants, torch_dtype
 from lipcheck.passes import fuse_batchnorm
 from lipcheck.report import NP_HARD_MESSAGE, LayerRecord, Report, Warning
 from lipcheck.results import GlobalBound
@@ -56,12 +58,43 @@ def load(model: Any, input_shapes: Shapes = None, arch: str | None = None,
 def estimate(model: Any, input_shapes: Shapes = None, settings: Settings | None = None,
              options: EstimateOptions | None = None,
              progress: Callable[[Node], None] | None = None) -> Report:
+    """Load and bound a model; stops with RunTimeout after settings.timeout seconds."""
     settings = settings or Settings()
     options = options or EstimateOptions()
+    check_timeout(settings.timeout)
+    torch_dtype(settings.dtype)
+    stage = _Stage(progress)
+    with time_limit(settings.timeout, stage.describe) as deadline:
+        stage.deadline = deadline
+        return _estimate(model, input_shapes, settings, options, stage.tick)
+
+
+class _Stage:
+    """Where a run is (for the timeout message); checks the deadline after every node."""
+
+    def __init__(self, progress: Callable[[Node], None] | None) -> None:
+        self.progress, self.deadline, self.node = progress, None, None
+
+    def describe(self) -> str:
+        if self.node is None:
+            return "loading the model"
+        return f"last node bounded: {self.node.name!r} ({self.node.op.value})"
+
+    def tick(self, node: Node) -> None:
+        self.node = node
+        if self.progress is not None:
+            self.progress(node)
+        if self.deadline is not None:
+            self.deadline.check(self.describe())
+
+
+def _estimate(model: Any, input_shapes: Shapes, settings: Settings, options: EstimateOptions,
+              progress: Callable[[Node], None]) -> Report:
     torch.manual_seed(settings.seed)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     graph = load(model, input_shapes, options.arch, options.unsafe_pickle, settings.seed)
+    check_finite_constants(graph)
     if options.fuse_batchnorm:
         graph = fuse_batchnorm(graph)
     timings["load"] = time.perf_counter() - start
@@ -101,12 +134,14 @@ def _settings_dict(settings: Settings, options: EstimateOptions) -> dict[str, An
 
 def _other_bounds(graph: Graph, node_bounds: dict, settings: Settings, options: EstimateOptions,
                   timings: dict[str, float]) -> list[GlobalBound]:
-    wanted = [m for m in options.methods if m != "autolip"]
-    if not wanted:
-        return []
     try:
-        from lipcheck.estimators.global_bounds import global_bounds
+        from lipcheck.estimators.global_bounds import DEFAULT_METHODS, METHODS, global_bounds
     except ImportError:
+        return []
+    expanded = {"auto": DEFAULT_METHODS, "all": METHODS}
+    wanted = [m for name in options.methods for m in expanded.get(name, (name,))]
+    wanted = [m for m in dict.fromkeys(wanted) if m != "autolip"]
+    if not wanted:
         return []
     start = time.perf_counter()
     found = global_bounds(graph, node_bounds, wanted, settings)
@@ -151,3 +186,57 @@ def _sandwich_warnings(report: Report) -> list[Warning]:
         return []
     return [Warning(code, message) for code, message in
             Sandwich(report.lower_bound, report.upper_bound).warnings]
+
+
+def check(model: Any, thresholds: "Thresholds | None" = None, *, config: Path | None = None,
+          discover_config: bool = True, cwd: Path | None = None, input_shapes: Shapes = None,
+          settings: Settings | None = None, options: EstimateOptions | None = None,
+          progress: Callable[[Node], None] | None = None, **limits: Any) -> "Verdict":
+    """What `lipcheck check` runs: the gate's Verdict (exit_code, checks, report, radii).
+
+    Limits are Thresholds fields (max_lipschitz=2.0, max_increase="10%", data="val.npz",
+    eps=0.1, ...); they win over `thresholds`, which wins over the config file."""
+    from lipcheck.gate import Thresholds, Verdict, evaluate, resolve_thresholds
+    from lipcheck.gate_outputs import compare, load_report
+    settings = settings or Settings()
+    options = options or EstimateOptions()
+    wanted = _limits(limits).merged_over(thresholds or Thresholds())
+    resolved = resolve_thresholds(wanted, Path(cwd) if cwd else None, config, discover_config)
+    baseline = load_report(resolved.baseline) if resolved.baseline else None
+    start = time.perf_counter()
+    graph = load(model, input_shapes, options.arch, options.unsafe_pickle, settings.seed)
+    if options.fuse_batchnorm:
+        graph = fuse_batchnorm(graph)  # the graph the report's layers describe
+    report = estimate(graph, input_shapes, settings, options, progress)
+    robustness = _robustness(graph, report, resolved)
+    comparison = compare(baseline, report.to_dict(), str(resolved.baseline)) if baseline else None
+    checks = evaluate(report, resolved, robustness, comparison)
+    return Verdict(report, resolved, checks, robustness, comparison, time.perf_counter() - start)
+
+
+def _limits(limits: dict[str, Any]) -> "Thresholds":
+    from dataclasses import fields
+
+    from lipcheck.errors import UserError
+    from lipcheck.gate import Thresholds, parse_fraction
+    known = {f.name for f in fields(Thresholds)}
+    unknown = sorted(set(limits) - known)
+    if unknown:
+        raise UserError(f"check(): unknown threshold(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(known))}")
+    values = {k: v for k, v in limits.items() if v is not None}
+    for key in ("max_increase", "min_certified_accuracy"):
+        if key in values:
+            values[key] = parse_fraction(values[key], "--" + key.replace("_", "-"))
+    for key in ("baseline", "data"):
+        if key in values:
+            values[key] = Path(values[key])
+    return Thresholds(**values)
+
+
+def _robustness(graph: Graph, report: Report, thresholds: "Thresholds") -> "Robustness | None":
+    if thresholds.data is None:
+        return None
+    from lipcheck.certify import certify, load_data
+    x, y = load_data(thresholds.data)
+    return certify(graph, report, x, y, thresholds.eps)

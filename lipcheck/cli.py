@@ -12,6 +12,7 @@ from rich.console import Console
 
 from lipcheck.errors import (EXIT_NO_FINITE_BOUND, EXIT_OK, EXIT_USER_ERROR, LipcheckError,
                              UserError)
+from lipcheck.limits import check_timeout
 from lipcheck.settings import LAYER_METHODS, Settings
 
 EXIT_INTERNAL = 4
@@ -34,7 +35,7 @@ def parse_shapes(text: Optional[str]) -> Optional[list[tuple[int, ...]]]:
     shapes = []
     for part in text.split(";"):
         try:
-            dims = tuple(int(d) for d in part.replace("x", ",").split(",") if d.strip())
+            dims = tuple(int(d) for d in part.replace("x", ",").split(","))
         except ValueError:
             raise UserError(f"--input-shape {text!r}: expected integers like 1,3,32,32") from None
         if not dims or any(d <= 0 for d in dims):
@@ -111,6 +112,10 @@ def estimate(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     max_iter: int = typer.Option(500, help="power-iteration cap"),
     tol: float = typer.Option(1e-6, help="power-iteration relative tolerance"),
+    dtype: str = typer.Option("float32", help="precision of estimates: float32|float64 "
+                              "(certified bounds always use float64)"),
+    timeout: Optional[float] = typer.Option(None, help="stop the run after this many seconds "
+                                            "(exit code 2)"),
     arch: Optional[str] = typer.Option(None, help="package.module:factory for a state_dict"),
     unsafe_pickle: bool = typer.Option(False, help="allow loading a pickled module (runs code)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table"),
@@ -121,7 +126,9 @@ def estimate(
         from lipcheck.api import EstimateOptions
         check_choice(layer_method, LAYER_METHODS, "--layer-method")
         settings = Settings(seed=seed, device=check_device(device), max_iter=max_iter, tol=tol,
-                            layer_method=layer_method, time_budget=time_budget)
+                            layer_method=layer_method, time_budget=time_budget,
+                            dtype=check_choice(dtype, ("float32", "float64"), "--dtype"),
+                            timeout=check_timeout(timeout))
         options = EstimateOptions(methods=parse_methods(method), lower_budget=lower_budget,
                                   input_range=parse_range(input_range),
                                   witness_path=str(save_witness) if save_witness else None,

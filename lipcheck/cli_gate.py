@@ -1,1 +1,136 @@
-"""CLI commands of the robustness gate (check, compare, plot): registered on lipcheck.cli.app."""
+"""CLI commands of the robustness gate (check, compare, plot): registered on lipcheck.cli.app.
+
+Argument parsing, output files and exit codes only; the gate itself is lipcheck.api.check.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lipcheck.cli import (app, check_choice, check_device, err, guarded, parse_methods,
+                          parse_range, parse_shapes, write_text)
+from lipcheck.errors import EXIT_OK, EXIT_THRESHOLD
+from lipcheck.settings import LAYER_METHODS, Settings
+
+
+@app.command()
+def check(
+    model: Path = typer.Argument(..., help="ONNX, .pt2, TorchScript, or a state_dict with --arch"),
+    max_lipschitz: Optional[float] = typer.Option(None, help="limit on the global bound"),
+    max_layer: Optional[float] = typer.Option(None, help="limit on every node's bound"),
+    baseline: Optional[Path] = typer.Option(None, help="JSON report of an earlier model"),
+    max_increase: Optional[str] = typer.Option(None, help="allowed growth over the baseline: "
+                                               "10% or 0.1 (global and per layer)"),
+    require_certified: Optional[bool] = typer.Option(
+        None, "--require-certified/--no-require-certified",
+        help="fail when no finite certified upper bound could be computed"),
+    data: Optional[Path] = typer.Option(None, help=".npz with arrays x (samples) and y (labels)"),
+    eps: Optional[float] = typer.Option(None, help="L2 radius for the certified accuracy"),
+    min_certified_accuracy: Optional[str] = typer.Option(
+        None, help="fraction or percentage of samples certified at --eps"),
+    config: Optional[Path] = typer.Option(None, help="TOML file with the thresholds (default: "
+                                          "./lipcheck.toml, else [tool.lipcheck] in "
+                                          "./pyproject.toml)"),
+    no_config: bool = typer.Option(False, "--no-config", help="read no config file"),
+    junit: Optional[Path] = typer.Option(None, help="write JUnit XML here (one case per check)"),
+    markdown: Optional[Path] = typer.Option(None, help="write a pull-request summary here"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),
+    input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224 (';' between inputs)"),
+    method: str = typer.Option("auto", help="global methods, as in estimate"),
+    layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
+    time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
+    lower_budget: float = typer.Option(2.0, help="seconds for the lower-bound search (0: off)"),
+    input_range: Optional[str] = typer.Option(None, help="restrict the lower-bound search, LO,HI"),
+    seed: int = typer.Option(0, help="random seed"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    arch: Optional[str] = typer.Option(None, help="package.module:factory for a state_dict"),
+    unsafe_pickle: bool = typer.Option(False, help="allow loading a pickled module (runs code)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only failed checks"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Pass or fail a model against thresholds (exit 0 pass, 1 failed, 2 error, 3 no bound)."""
+    def body() -> int:
+        from lipcheck.api import EstimateOptions
+        from lipcheck.api import check as api_check
+        check_choice(layer_method, LAYER_METHODS, "--layer-method")
+        settings = Settings(seed=seed, device=check_device(device), layer_method=layer_method,
+                            time_budget=time_budget)
+        options = EstimateOptions(methods=parse_methods(method), lower_budget=lower_budget,
+                                  input_range=parse_range(input_range), arch=arch,
+                                  unsafe_pickle=unsafe_pickle)
+        verdict = api_check(
+            str(model), config=config, discover_config=not no_config,
+            input_shapes=parse_shapes(input_shape), settings=settings, options=options,
+            max_lipschitz=max_lipschitz, max_layer=max_layer, baseline=baseline,
+            max_increase=max_increase, require_certified=require_certified, data=data, eps=eps,
+            min_certified_accuracy=min_certified_accuracy)
+        write_outputs(verdict, junit, markdown, json_path)
+        print_verdict(verdict, quiet)
+        return verdict.exit_code
+    guarded(debug, body)
+
+
+def write_outputs(verdict, junit: Optional[Path], markdown: Optional[Path],
+                  json_path: Optional[Path]) -> None:
+    import json
+
+    from lipcheck.gate_outputs import junit_xml, markdown_summary
+    if junit is not None:
+        write_text(junit, junit_xml(verdict))
+    if markdown is not None:
+        write_text(markdown, markdown_summary(verdict))
+    if json_path is not None:
+        write_text(json_path, json.dumps(verdict.report_dict(), indent=2, allow_nan=False) + "\n")
+
+
+def print_verdict(verdict, quiet: bool) -> None:
+    from lipcheck.gate_outputs import terminal_summary
+    text = terminal_summary(verdict)
+    if quiet:
+        lines = text.splitlines()
+        text = "\n".join(lines[:1] + [line for line in lines if line.startswith("  FAIL")])
+    sys.stdout.write(text + "\n")
+
+
+@app.command()
+def compare(
+    old: Path = typer.Argument(..., help="JSON report of the earlier model"),
+    new: Path = typer.Argument(..., help="JSON report of the new model"),
+    max_increase: Optional[str] = typer.Option(None, help="exit 1 when the global bound or a "
+                                               "layer grew by more (10% or 0.1)"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Print the global and per-layer differences between two reports."""
+    def body() -> int:
+        from lipcheck.gate import parse_fraction
+        from lipcheck.gate_outputs import compare as compare_reports
+        from lipcheck.gate_outputs import comparison_text, load_report
+        limit = parse_fraction(max_increase, "--max-increase")
+        comparison = compare_reports(load_report(old), load_report(new), str(old))
+        sys.stdout.write(comparison_text(comparison) + "\n")
+        if limit is None:
+            return EXIT_OK
+        failed = [c for c in comparison.checks(limit) if not c.passed]
+        for c in failed:
+            sys.stdout.write(f"FAIL  {c.name}  {c.message}\n")
+        return EXIT_THRESHOLD if failed else EXIT_OK
+    guarded(debug, body)
+
+
+@app.command()
+def plot(
+    report: Path = typer.Argument(..., help="JSON report from estimate --json or check --json"),
+    output: Path = typer.Option(Path("lipcheck.png"), "--output", "-o", help="image to write"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Per-layer bounds (log scale) with the running AutoLip product; radii when data was given."""
+    def body() -> int:
+        from lipcheck.gate_outputs import load_report
+        from lipcheck.plot import plot_report
+        plot_report(load_report(report), output)
+        err.print(f"wrote {output}")
+        return EXIT_OK
+    guarded(debug, body)

@@ -17,6 +17,8 @@ class Settings:
     exact_max_entries: int = 2**23  # ... and n_in * n_out is at most this
     layer_method: str = "auto"   # per-layer operator-norm method (see LAYER_METHODS)
     time_budget: float = 60.0    # seconds, for methods that can trade time for tightness
+    dtype: str = "float32"       # working precision of estimates; certificates are always float64
+    timeout: float | None = None  # seconds for the whole run (lipcheck.limits.time_limit)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

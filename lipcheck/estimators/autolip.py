@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from lipcheck.graph import Graph, Node
+from lipcheck.numerics import (OVERFLOW, checked_bound, overflow_message, round_up_tiny,
+                               safe_rss)
 from lipcheck.rules import BoundContext, Merge, NodeBound, get_rule
 from lipcheck.settings import Settings
 
@@ -38,7 +40,7 @@ def combine(bound: NodeBound, incoming: list[float]) -> float:
     if bound.merge == Merge.SUM:
         total = sum(incoming)
     elif bound.merge == Merge.RSS:
-        total = math.sqrt(sum(x * x for x in incoming))
+        total = safe_rss(incoming)
     else:
         total = max(incoming)
     if total == 0.0:
@@ -53,10 +55,30 @@ def bound_nodes(graph: Graph, settings: Settings,
     bounds = {}
     for node in graph.nodes:
         if ctx.dynamic(node):
-            bounds[node.name] = get_rule(node.op).bound(node, ctx)
+            bounds[node.name] = overflow_checked(get_rule(node.op).bound(node, ctx), node)
         if progress is not None:
             progress(node)
     return bounds
+
+
+def overflow_checked(bound: NodeBound, node: Node) -> NodeBound:
+    """A NaN or overflowed (infinite, not 'unbounded') node bound becomes +inf with a warning."""
+    if bound.method == "unbounded":
+        return bound
+    bound.value, overflowed = checked_bound(bound.value)
+    if overflowed:
+        bound.warnings.append((OVERFLOW, overflow_message(f"the bound of node {node.name!r}")))
+    return bound
+
+
+def _propagate(bound: NodeBound, node: Node, incoming: list[float]) -> float:
+    """combine(), flagging the node where a product of finite numbers overflows."""
+    positive = bound.value > 0 and any(x > 0 for x in incoming)
+    running, overflowed = checked_bound(round_up_tiny(combine(bound, incoming), positive))
+    if overflowed and bound.finite and all(math.isfinite(x) for x in incoming):
+        bound.warnings.append((OVERFLOW, overflow_message(f"the running bound at node "
+                                                          f"{node.name!r}")))
+    return running
 
 
 def autolip(graph: Graph, bounds: dict[str, NodeBound]) -> AutoLipResult:
@@ -68,13 +90,13 @@ def autolip(graph: Graph, bounds: dict[str, NodeBound]) -> AutoLipResult:
             continue
         bound = bounds[node.name]
         incoming = [lips[v] for v in node.inputs if v in lips]
-        running = combine(bound, incoming)
+        running = _propagate(bound, node, incoming)
         lips.update({out: running for out in node.outputs})
         results.append(NodeResult(node, bound, running))
     on_path = _on_output_path(graph, {r.node.name for r in results})
     used = [r for r in results if r.node.name in on_path]
     outs = [lips.get(v, 0.0) for v in graph.outputs]
-    value = math.sqrt(sum(x * x for x in outs)) if len(outs) > 1 else (outs[0] if outs else 0.0)
+    value = safe_rss(outs) if len(outs) > 1 else (outs[0] if outs else 0.0)
     certified = all(r.bound.certified for r in used)
     unbounded = [r for r in used if not r.bound.finite]
     return AutoLipResult(value, certified, results, unbounded, time.perf_counter() - start)

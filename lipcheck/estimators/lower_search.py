@@ -26,6 +26,27 @@ SECANT_STEPS = (1e-4, 1e-6)
 Box = tuple[float, float] | None
 
 
+class Adam:
+    """Plain Adam ascent on tensors updated in place (torch.optim pulls in torch._dynamo,
+    seconds of import time that a 1-second budget cannot afford)."""
+
+    def __init__(self, params: list[torch.Tensor], lrs: list[float],
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-12) -> None:
+        self.params, self.lrs, self.betas, self.eps, self.t = params, lrs, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def ascend(self, grads: list[torch.Tensor]) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        with torch.no_grad():
+            for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lrs):
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                step = (m / (1 - b1 ** self.t)) / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
+                p.add_(lr * step)
+
+
 @dataclass
 class Candidate:
     value: float                  # certified lower bound
@@ -59,7 +80,8 @@ def _outputs(fn: NetFunction, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def _vjp(y: torch.Tensor, x: torch.Tensor, u: torch.Tensor, **kw) -> torch.Tensor:
-    (g,) = torch.autograd.grad(y, x, u, retain_graph=True, allow_unused=True, **kw)
+    kw.setdefault("allow_unused", True)
+    (g,) = torch.autograd.grad(y, x, u, retain_graph=True, **kw)
     return torch.zeros_like(x) if g is None else g
 
 
@@ -71,7 +93,10 @@ def top_direction(fn: NetFunction, x: torch.Tensor, v0: torch.Tensor | None = No
         return 0.0, torch.zeros_like(x)
     if y.numel() <= DENSE_OUT:
         rows = [_vjp(y, x, torch.eye(y.numel(), dtype=y.dtype)[i]) for i in range(y.numel())]
-        _, s, vh = torch.linalg.svd(torch.stack(rows), full_matrices=False)
+        jac = torch.stack(rows)
+        if not bool(torch.isfinite(jac).all()):  # overflow (weights near 1e154+): no witness
+            return 0.0, torch.zeros_like(x)
+        _, s, vh = torch.linalg.svd(jac, full_matrices=False)
         return float(s[0]), vh[0]
     return _power(y, x, v0, iters)
 
@@ -128,7 +153,7 @@ def jacobian_ascent(fn: NetFunction, x0: torch.Tensor, steps: int, lr: float, bo
     kept the top singular vector); the exact network is certified along the way."""
     best, v = jacobian_candidate(fn, x0, box, "jacobian-ascent")
     x = x0.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
+    opt = Adam([x], [lr])
     for k in range(steps):
         fn.smoothing = sharpness[0] * (sharpness[1] / sharpness[0]) ** (k / max(steps - 1, 1))
         try:
@@ -141,16 +166,23 @@ def jacobian_ascent(fn: NetFunction, x0: torch.Tensor, steps: int, lr: float, bo
     return best
 
 
-def _ascent_step(fn: NetFunction, x: torch.Tensor, v: torch.Tensor,
-                 opt: torch.optim.Optimizer, box: Box) -> torch.Tensor:
-    y, jv = torch.func.jvp(fn, (x,), (v,))
-    opt.zero_grad()
-    (-jv.norm()).backward()
-    opt.step()
+def _ascent_step(fn: NetFunction, x: torch.Tensor, v: torch.Tensor, opt: Adam,
+                 box: Box) -> torch.Tensor:
+    """One Adam step on ||J_s(x) v||, then one power step for v. J v comes from the
+    double-vjp trick (torch.func would import torch._dynamo: seconds)."""
+    with torch.enable_grad():
+        y = fn(x)
+        u = torch.zeros_like(y, requires_grad=True)
+        g = _vjp(y, x, u, create_graph=True)
+        if not g.requires_grad:
+            return v
+        jv = _vjp(g, u, v, create_graph=True)
+        grad = _vjp(jv.norm(), x, torch.ones(()), allow_unused=False) if jv.requires_grad else None
+        w = _vjp(y, x, jv.detach())
+    if grad is not None:
+        opt.ascend([grad])
     with torch.no_grad():
         x.copy_(clamp(x, box))
-    _, pull = torch.func.vjp(fn, x.detach())
-    w = pull(jv.detach())[0]
     return w / w.norm() if float(w.norm()) > 0 else v
 
 
@@ -161,7 +193,7 @@ def pairwise_ascent(fn: NetFunction, x0: torch.Tensor, d0: torch.Tensor, steps: 
     x = x0.detach().clone().requires_grad_(True)
     d = d0.detach().clone().requires_grad_(True)
     d_lr = 0.05 * float(d0.norm()) / math.sqrt(d0.numel())
-    opt = torch.optim.Adam([{"params": [x], "lr": lr}, {"params": [d], "lr": d_lr}])
+    opt = Adam([x, d], [lr, d_lr])
     best = Candidate(0.0, "pairwise", x0.numpy().copy(), x0.numpy().copy())
     for _ in range(steps):
         fx, fy = fn(x), fn(x + d)
@@ -169,9 +201,8 @@ def pairwise_ascent(fn: NetFunction, x0: torch.Tensor, d0: torch.Tensor, steps: 
         if value > best.value:
             best = Candidate(value, "pairwise", x.detach().numpy().copy(),
                              (x + d).detach().numpy().copy())
-        opt.zero_grad()
-        (-(fx - fy).norm() / d.norm().clamp_min(1e-300)).backward()
-        opt.step()
+        quotient = (fx - fy).norm() / d.norm().clamp_min(1e-300)
+        opt.ascend(list(torch.autograd.grad(quotient, [x, d], materialize_grads=True)))
         with torch.no_grad():
             x.copy_(clamp(x, box))
             d.copy_(clamp(x + d, box) - x)

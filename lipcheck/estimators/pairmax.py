@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from lipcheck.spectral.operator import FLOAT64_MARGIN
+FLOAT64_MARGIN = 1e-9  # as lipcheck.spectral.operator (not imported: import cycle)
 
 ENUMERATE_MAX = 16   # 2^16 vertices, batched
 BATCH = 4096
+MAX_OPEN = 50_000     # open boxes kept in memory at most
 REL_TOL = 1e-9       # branch and bound stops when open bounds are within this of the best
 
 
@@ -145,7 +146,7 @@ def branch_and_bound(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
     best, best_sigma = tree.completion(np.empty(0))
     pruned_max, counter = 0.0, itertools.count()
     heap = [(-tree.upper(np.empty(0)), next(counter), np.empty(0))]
-    while heap and time.monotonic() < deadline:
+    while heap and time.monotonic() < deadline and len(heap) < MAX_OPEN:
         neg_ub, _, fixed = heapq.heappop(heap)
         if -neg_ub <= best * (1 + REL_TOL):
             pruned_max = max(pruned_max, -neg_ub)
@@ -171,7 +172,7 @@ def branch_and_bound(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
     value = max(exact, pruned_max, open_max)
     complete = not heap
     detail = ("branch and bound finished" if complete else
-              f"branch and bound stopped at the time budget with {len(heap)} open boxes: "
+              f"branch and bound stopped (time budget or memory cap) with {len(heap)} open boxes: "
               f"certified bound {value:.6g}, best vertex found {best:.6g}")
     return PairResult(value, True, complete, best_sigma, detail)
 

@@ -131,7 +131,7 @@ def _conv_transpose(low: Lowering, node: fx.Node) -> Value:
     return low.emit(OpKind.CONV_TRANSPOSE, _conv_inputs(low, a), attrs)
 
 
-@converts("aten.convolution.default")
+@converts("aten.convolution.default", "aten._convolution.default")
 def _convolution(low: Lowering, node: fx.Node) -> Value:
     a = args(node)
     kernel = list(low.shape(a["weight"])[2:])

@@ -68,8 +68,20 @@ def _read_model(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from exc
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: not an ONNX model (empty graph)")
+    _check_text(model, path)
     _load_external_data(model, path.parent)
     return model
+
+
+def _check_text(model: onnx.ModelProto, path: Path) -> None:
+    """protobuf returns bytes for a string field that is not UTF-8 (a corrupt file)."""
+    g = model.graph
+    texts = [model.producer_name, *(o.domain for o in model.opset_import)]
+    texts += [t for n in g.node for t in (n.name, n.op_type, n.domain, *n.input, *n.output,
+                                          *(a.name for a in n.attribute))]
+    texts += [v.name for v in (*g.input, *g.output, *g.initializer)]
+    if any(not isinstance(t, str) for t in texts):
+        raise ModelLoadError(f"{path}: not a readable ONNX model (a name is not valid UTF-8)")
 
 
 def _load_external_data(model: onnx.ModelProto, folder: Path) -> None:

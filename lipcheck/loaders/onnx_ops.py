@@ -33,7 +33,7 @@ def plain(op: OpKind, keep_outputs: int = 1) -> Converter:
     return convert
 
 
-for _name in ["Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid",
+for _name in ["Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid",
               "Tanh", "Softplus", "Softsign", "Gelu", "Erf", "HardSwish", "Mish", "Abs", "Neg",
               "Identity", "Exp", "Log", "Sqrt", "Reciprocal", "Sum", "Mean", "Max", "Min", "Pow",
               "Concat", "Transpose", "DepthToSpace", "SpaceToDepth", "Gather", "Flatten", "LRN",
@@ -238,3 +238,17 @@ def _cast(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
 
 
 CONVERTERS["Cast"] = _cast
+
+
+def _prelu(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """PRelu-6 and older take a per-channel slope of shape (C,): align it on axis 1."""
+    x, slope = node.input[0], node.input[1]
+    rank, s = len(b.shape(x)), b.values[slope]
+    if b.opset < 7 and s.dim() == 1 and rank > 2 and b.is_constant(slope):
+        aligned = b.temp(slope)
+        b.set_constant(aligned, s.reshape((-1,) + (1,) * (rank - 2)))
+        slope = aligned
+    b.emit(OpKind.PRELU, [x, slope], [node.output[0]], {}, node.op_type)
+
+
+CONVERTERS["PRelu"] = _prelu

@@ -57,7 +57,7 @@ def conv_transpose_pads(attrs: dict[str, Any], in_shape: tuple[int, ...]) -> dic
         if total < 0:
             out_pad[a] -= total
             total = 0
-        begin, end = _same_pads(total, mode != "SAME_LOWER")
+        begin, end = _same_pads(total, mode == "SAME_UPPER")
         begins.append(begin)
         ends.append(end)
     out["pads"], out["output_padding"] = begins + ends, out_pad

@@ -40,8 +40,8 @@ class Lowering:
         self.dynamic: set[str] = set()
         self.current: fx.Node | None = None
         self._names = _node_names(ep.graph, self._dynamic_calls(ep.graph))
-        self._used: set[str] = set()
-        self._extra = 0
+        self._node_names: set[str] = set()
+        self._values: set[str] = {n.name for n in ep.graph.nodes}  # FX names are reserved
         self.failed: set[str] = set()
 
     # ----- values ---------------------------------------------------------------
@@ -67,12 +67,8 @@ class Lowering:
         return self.constants.get(name)
 
     def add_const(self, tensor: torch.Tensor, hint: str) -> str:
-        name = hint
-        while name in self.constants or name in self.env or name in self._used:
-            self._extra += 1
-            name = f"{hint}_{self._extra}"
+        name = self._fresh_value(hint)
         self.constants[name] = tensor
-        self._used.add(name)
         return name
 
     # ----- nodes ----------------------------------------------------------------
@@ -81,27 +77,25 @@ class Lowering:
         """Append an IR node for the current FX node; returns its output value(s)."""
         fx_node = self.current
         base = self._names.get(fx_node.name, fx_node.name) + suffix
-        name = self._unique(base)
+        name = self._unique_node(base)
         stem = fx_node.name + suffix
-        outs = [self._unique_value(stem if outputs == 1 else f"{stem}:{i}") for i in range(outputs)]
+        if outputs == 1 and not suffix:
+            outs = [fx_node.name]  # reserved for this node
+        else:
+            outs = [self._fresh_value(stem if outputs == 1 else f"{stem}:{i}")
+                    for i in range(outputs)]
         self.nodes.append(Node(name, op, list(inputs), outs, dict(attrs or {}),
                                source_op=_op_name(fx_node.target)))
         return outs[0] if outputs == 1 else outs
 
-    def _unique(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._used:
-            k += 1
-            name = f"{base}_{k}"
-        self._used.add(name)
+    def _unique_node(self, base: str) -> str:
+        name = _fresh(base, self._node_names)
+        self._node_names.add(name)
         return name
 
-    def _unique_value(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.constants or name in self._used or name in self.env:
-            k += 1
-            name = f"{base}_{k}"
-        self._used.add(name)
+    def _fresh_value(self, base: str) -> str:
+        name = _fresh(base, self._values)
+        self._values.add(name)
         return name
 
     # ----- shapes -----------------------------------------------------------------
@@ -122,6 +116,14 @@ class Lowering:
                     n.name in dynamic for n in node.all_input_nodes):
                 dynamic.add(node.name)
         return dynamic
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}#{k}"
+    return name
 
 
 def _op_name(target: Any) -> str:
@@ -177,7 +179,6 @@ def _lower_placeholder(low: Lowering, node: fx.Node) -> None:
         val = node.meta["val"]
         low.inputs.append(ValueInfo(node.name, Lowering.shape(node), val.dtype))
         low.env[node.name] = node.name
-        low._used.add(node.name)
         return
     target, tensor = _placeholder_tensor(low.ep, node)
     if not isinstance(tensor, torch.Tensor):
@@ -205,7 +206,8 @@ def _fold(low: Lowering, node: fx.Node) -> None:
     with torch.no_grad():
         result = node.target(*args, **kwargs)
     if isinstance(result, torch.Tensor):
-        low.env[node.name] = low.add_const(result.detach().clone(), node.name)
+        low.constants[node.name] = result.detach().clone()  # the FX name is reserved for it
+        low.env[node.name] = node.name
     elif isinstance(result, (list, tuple)):
         low.env[node.name] = [low.add_const(r.detach().clone(), f"{node.name}:{i}")
                               if isinstance(r, torch.Tensor) else None

@@ -1,8 +1,11 @@
 """The bound of an affine node: pick a method, compute, label it honestly."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
+
+import torch
 
 from lipcheck.graph import Node, OpKind
 from lipcheck.rules.registry import BoundContext, NodeBound
@@ -41,11 +44,22 @@ def _norm(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
     method = ctx.settings.layer_method
     s = ctx.settings
     if method == "power":
-        return power_norm(op, s.max_iter, s.tol, s.seed)
+        return _power(node, ctx, op)
     if method in ("auto", "exact") and fits_dense(op, ctx):
         return dense_norm(op)
     for certifier in CERTIFIERS.get(node.op, []):
         result = certifier(node, ctx, op)
         if result is not None:
             return result
-    return power_norm(op, s.max_iter, s.tol, s.seed)
+    return _power(node, ctx, op)
+
+
+def _power(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
+    """Power iteration in Settings.dtype (certificates always use float64); float64 again
+    when float32 overflows (weights near 1e19 and above)."""
+    s = ctx.settings
+    working = op if s.dtype == "float64" else node_operator(node, ctx, torch.float32)
+    result = power_norm(working, s.max_iter, s.tol, s.seed)
+    if working is not op and not math.isfinite(result.value):
+        result = power_norm(op, s.max_iter, s.tol, s.seed)
+    return result

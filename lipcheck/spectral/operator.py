@@ -96,6 +96,8 @@ def matrix_norm(matrix: np.ndarray | torch.Tensor) -> float:
     m = np.asarray(m, dtype=np.float64)
     if m.size == 0:
         return 0.0
+    if not np.isfinite(m).all():  # an entry overflowed: +inf is the only honest bound
+        return math.inf
     if min(m.shape) <= 2048:
         sigma = float(scipy.linalg.svdvals(m, check_finite=False)[0])
     else:

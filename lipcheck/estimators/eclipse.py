@@ -1,0 +1,78 @@
+"""ECLipsE and ECLipsE-Fast (Xu & Sivaranjani 2024): LipSDP-Neuron solved layer by layer.
+
+Writing Q(rho, Lam) of lipcheck.estimators.sdp with rho = 1 and taking Schur
+complements from the input block gives X_0 = I and, per hidden layer i,
+  X_i = Lam_i - m_i^2 Lam_i W_{i-1} X_{i-1}^{-1} W_{i-1}^T Lam_i,   m_i = (a_i + b_i)/2,
+then L^2 = lambda_max(W_l^T W_l X_{l-1}^{-1}) (the dropped terms a_i b_i W^T Lam W are
+PSD when a_i b_i >= 0, so dropping them is conservative).
+- ECLipsE-Fast: Lam_i = lam_i I with lam_i = 1 / (2 m_i^2 lambda_max(W X^{-1} W^T)).
+- ECLipsE: Lam_i from a small SDP per layer, max s such that
+  [[Lam - s W_i^T W_i, Lam K^(1/2)], [K^(1/2) Lam, I]] >= 0, K = m^2 W_{i-1} X^{-1} W_{i-1}^T.
+Either way the certificate (rho = L^2, rho Lam_i) is checked on the full LipSDP-Neuron
+matrix in float64 before it is called certified.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import scipy.linalg
+
+from lipcheck.estimators.sdp import SdpResult, pick_solver, reduce_ends, require_cvxpy, verify
+
+
+def _fast_multiplier(w: np.ndarray, x_inv: np.ndarray, m: float) -> np.ndarray:
+    k = w @ x_inv @ w.T
+    top = float(scipy.linalg.eigvalsh((k + k.T) / 2, subset_by_index=[len(k) - 1] * 2)[0])
+    return np.full(w.shape[0], 1.0 / (2 * m * m * max(top, 1e-300)))
+
+
+def _sdp_multiplier(w: np.ndarray, w_next: np.ndarray, x_inv: np.ndarray, m: float) -> np.ndarray:
+    cp = require_cvxpy()
+    k = m * m * (w @ x_inv @ w.T)
+    vals, vecs = np.linalg.eigh((k + k.T) / 2)
+    root = (vecs * np.sqrt(np.maximum(vals, 0.0))) @ vecs.T
+    d = w.shape[0]
+    s, lam = cp.Variable(), cp.Variable(d, nonneg=True)
+    lam_m = cp.diag(lam)
+    block = cp.bmat([[lam_m - s * (w_next.T @ w_next), lam_m @ root], [root @ lam_m, np.eye(d)]])
+    cp.Problem(cp.Maximize(s), [(block + block.T) / 2 >> 0]).solve(solver=pick_solver(2 * d))
+    if lam.value is None:
+        raise ArithmeticError("a layer SDP of ECLipsE found no solution")
+    return np.maximum(lam.value, 0.0)
+
+
+def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: bool):
+    x = np.eye(weights[0].shape[1])
+    lams = []
+    for i, (a, b) in enumerate(slopes):
+        w, m = weights[i], (a + b) / 2
+        x_inv = np.linalg.inv(x)
+        lam = _fast_multiplier(w, x_inv, m) if fast else _sdp_multiplier(w, weights[i + 1], x_inv, m)
+        x = np.diag(lam) - m * m * (lam[:, None] * (w @ x_inv @ w.T) * lam[None, :])
+        x = (x + x.T) / 2
+        lams.append(lam)
+    last = weights[-1].T @ weights[-1]
+    rho = float(np.max(np.linalg.eigvals(last @ np.linalg.inv(x)).real))
+    return rho, [rho * lam for lam in lams]
+
+
+def eclipse(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: bool) -> SdpResult:
+    name = "ECLipsE-Fast" if fast else "ECLipsE"
+    start = time.monotonic()
+    if any(a * b < 0 or a + b == 0 for a, b in slopes):
+        return SdpResult(math.inf, False, f"{name} needs slopes with a*b >= 0 and a+b != 0")
+    w = reduce_ends(weights)
+    try:
+        rho, lams = _run(w, slopes, fast)
+    except (np.linalg.LinAlgError, ArithmeticError) as exc:
+        return SdpResult(math.inf, False, f"{name} failed: {exc}", time.monotonic() - start)
+    verified = verify(w, slopes, rho, lams)
+    seconds = time.monotonic() - start
+    if verified is None:
+        return SdpResult(math.sqrt(max(rho, 0.0)), False,
+                         f"{name}: the certificate did not verify in float64", seconds)
+    return SdpResult(math.sqrt(verified) * (1 + 1e-12), True,
+                     f"{name}: rho {rho:.9g}, verified rho {verified:.9g} (float64 eigenvalue check)",
+                     seconds)

@@ -1,0 +1,167 @@
+"""Whole-network bounds from chain bounds, one per method.
+
+For a method, each chain (see lipcheck.estimators.chains) gets that method's bound;
+the network bound is AutoLip over the DAG with the chain's first node carrying the
+chain bound and its other nodes carrying 1 (a chain's inner values have one consumer,
+so this replaces exactly the product of the chain's AutoLip node bounds). A chain the
+method cannot handle (too large, missing solver, budget spent) keeps its AutoLip
+product. The network bound is certified only if every part is; a heuristic chain
+value makes the whole bound an estimate. For a pure MLP it is the chain bound.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+
+from lipcheck.estimators.autolip import autolip
+from lipcheck.estimators.chains import Chain, find_chains
+from lipcheck.estimators.eclipse import eclipse
+from lipcheck.estimators.sdp import lipsdp_neuron
+from lipcheck.estimators.seqlip import (ChainBound, dense_factor, exact_chain, greedy_chain,
+                                        lowrank_factors)
+from lipcheck.errors import UserError
+from lipcheck.graph import Graph
+from lipcheck.results import GlobalBound
+from lipcheck.rules import NodeBound
+from lipcheck.settings import Settings
+
+METHODS = ("autolip", "seqlip-exact", "seqlip-greedy", "seqlip-lowrank", "sdp", "eclipse")
+DEFAULT_METHODS = ("autolip", "seqlip-exact", "eclipse", "sdp")
+SDP_MAX_DIM = 600        # reduced LipSDP-Neuron matrix size handed to the solver
+ECLIPSE_MAX_WIDTH = 4096
+ECLIPSE_SDP_MAX_WIDTH = 300  # per-layer SDPs of ECLipsE (not Fast)
+DEFAULT_RANK = 200
+
+ChainMethod = Callable[[Chain, Settings, float], ChainBound | None]
+
+
+def _weights(chain: Chain) -> list[np.ndarray]:
+    return [p.matrix() for p in chain.parts]
+
+
+def _seqlip_exact(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
+    return exact_chain(chain, settings, deadline) if chain.dense(settings) else None
+
+
+def _seqlip_greedy(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
+    if not chain.dense(settings):
+        return None
+    return greedy_chain([dense_factor(p) for p in chain.parts], chain.slopes, deadline)
+
+
+def _seqlip_lowrank(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
+    rank = int(settings.extra.get("seqlip_rank", DEFAULT_RANK))
+    result = greedy_chain(lowrank_factors(chain, settings, rank), chain.slopes, deadline)
+    result.detail = f"top-{rank} singular triplets per part (truncation not bounded); " + result.detail
+    return result
+
+
+def _from_sdp(result) -> ChainBound:
+    return ChainBound(result.value, result.certified, True, result.detail, result.seconds)
+
+
+def _sdp(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
+    dims = [p.shape for p in chain.parts]
+    size = min(dims[0]) + sum(d[0] for d in dims[:-1])
+    if not chain.dense(settings) or size > SDP_MAX_DIM:
+        return None
+    return _from_sdp(lipsdp_neuron(_weights(chain), chain.slopes))
+
+
+def _eclipse(fast: bool) -> ChainMethod:
+    def run(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
+        width = max(p.shape[0] for p in chain.parts[:-1])
+        if not chain.dense(settings) or width > (ECLIPSE_MAX_WIDTH if fast else ECLIPSE_SDP_MAX_WIDTH):
+            return None
+        return _from_sdp(eclipse(_weights(chain), chain.slopes, fast))
+    return run
+
+
+CHAIN_METHODS: dict[str, ChainMethod] = {
+    "seqlip-exact": _seqlip_exact, "seqlip-greedy": _seqlip_greedy,
+    "seqlip-lowrank": _seqlip_lowrank, "sdp": _sdp,
+    "eclipse-fast": _eclipse(True), "eclipse": _eclipse(False),
+}
+
+
+def _compose(graph: Graph, node_bounds: dict[str, NodeBound], chains: list[Chain],
+             results: list[ChainBound | None], method: str) -> tuple[float, bool]:
+    bounds = dict(node_bounds)
+    certified = True
+    for chain, result in zip(chains, results):
+        if result is None:
+            continue
+        certified &= result.certified
+        bounds[chain.nodes[0].name] = NodeBound(result.value, method, result.certified)
+        for node in chain.nodes[1:]:
+            bounds[node.name] = NodeBound(1.0, "in-chain", True)
+    result = autolip(graph, bounds)
+    return result.value, certified and result.certified
+
+
+def _chain_record(chain: Chain, result: ChainBound | None) -> dict:
+    if result is None:
+        return {"chain": chain.name, "value": chain.autolip_product, "certified": chain.autolip_certified,
+                "detail": "method not applicable: AutoLip product kept"}
+    return {"chain": chain.name, "value": result.value, "certified": result.certified,
+            "complete": result.complete, "detail": result.detail, "autolip": chain.autolip_product}
+
+
+def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chains: list[Chain],
+                settings: Settings, deadline: float) -> GlobalBound | None:
+    start = time.monotonic()
+    try:
+        results = [CHAIN_METHODS[name](c, settings, deadline) for c in chains]
+    except UserError as exc:  # missing optional solver
+        return GlobalBound(name, math.inf, False, kind="estimate", detail=str(exc))
+    if all(r is None for r in results):
+        return None
+    value, certified = _compose(graph, node_bounds, chains, results, name)
+    records = [_chain_record(c, r) for c, r in zip(chains, results)]
+    detail = "; ".join(f"{r['chain']}: {r['detail']}" for r in records)
+    return GlobalBound(name, value, certified, kind="upper" if certified else "estimate",
+                       seconds=time.monotonic() - start, detail=detail, extra={"chains": records})
+
+
+def expand_methods(methods: list[str] | tuple[str, ...]) -> list[str]:
+    if "all" in methods:
+        methods = METHODS
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}, all")
+    names = []
+    for m in methods:
+        names += ["eclipse-fast", "eclipse"] if m == "eclipse" else [m]
+    return names
+
+
+def global_bounds(graph: Graph, node_bounds: dict[str, NodeBound], methods: list[str] | tuple[str, ...],
+                  settings: Settings) -> list[GlobalBound]:
+    """Every requested whole-network bound computed within settings.time_budget, sorted
+    by value. Methods that apply to no chain of the graph are left out."""
+    start = time.monotonic()
+    names = expand_methods(methods)
+    out: list[GlobalBound] = []
+    if "autolip" in names:
+        base = autolip(graph, node_bounds)
+        out.append(GlobalBound("autolip", base.value, base.certified,
+                               kind="upper" if base.certified else "estimate", seconds=base.seconds))
+    chain_names = [n for n in names if n != "autolip"]
+    chains = find_chains(graph, node_bounds, settings) if chain_names else []
+    for i, name in enumerate(chain_names):
+        remaining = settings.time_budget - (time.monotonic() - start)
+        if remaining <= 0:
+            break
+        deadline = time.monotonic() + remaining / (len(chain_names) - i)
+        bound = _run_method(name, graph, node_bounds, chains, settings, deadline)
+        if bound is not None:
+            out.append(bound)
+    return sorted(out, key=lambda b: b.value)
+
+
+def tightest_certified(bounds: list[GlobalBound]) -> GlobalBound | None:
+    certified = [b for b in bounds if b.certified and b.kind == "upper"]
+    return min(certified, key=lambda b: b.value, default=None)
