@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lipcheck.errors import (EXIT_NO_FINITE_BOUND, EXIT_OK, EXIT_USER_ERROR, LipcheckError,
                              UserError)
@@ -73,7 +74,8 @@ def guarded(debug: bool, body: Callable[[], int]) -> None:
     except LipcheckError as exc:
         if debug:
             raise
-        err.print(f"[red]error[/red] ({exc.code}): {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error[/red] ({exc.code}): {escape(str(exc))}", highlight=False,
+                  soft_wrap=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

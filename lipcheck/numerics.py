@@ -64,3 +64,14 @@ def round_up_tiny(product: float, positive: bool) -> float:
     if positive and 0.0 <= product < sys.float_info.min:
         return math.nextafter(product, math.inf)
     return product
+
+
+# Chain methods (SeqLip, SDP, ECLipsE) square and multiply layer matrices in float64: layer
+# norms outside this range can overflow to inf or underflow to 0 (a certified 0 would be a
+# finite wrong bound), so they are not run on such chains and AutoLip's product is kept.
+WELL_SCALED = (1e-60, 1e60)
+
+
+def well_scaled(values: list[float]) -> bool:
+    lo, hi = WELL_SCALED
+    return all(lo <= v <= hi for v in values if v != 0.0) and all(math.isfinite(v) for v in values)

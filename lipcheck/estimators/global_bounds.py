@@ -24,6 +24,7 @@ from lipcheck.estimators.seqlip import (ChainBound, dense_factor, exact_chain, g
                                         lowrank_factors)
 from lipcheck.errors import UserError
 from lipcheck.graph import Graph
+from lipcheck.numerics import well_scaled
 from lipcheck.results import GlobalBound
 from lipcheck.rules import NodeBound
 from lipcheck.settings import Settings
@@ -114,7 +115,8 @@ def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chai
                 settings: Settings, deadline: float) -> GlobalBound | None:
     start = time.monotonic()
     try:
-        results = [CHAIN_METHODS[name](c, settings, deadline) for c in chains]
+        results = [CHAIN_METHODS[name](c, settings, deadline) if _well_scaled(c, node_bounds)
+                   else None for c in chains]
     except UserError as exc:  # missing optional solver
         return GlobalBound(name, math.inf, False, kind="estimate", detail=str(exc))
     if all(r is None for r in results):
@@ -124,6 +126,12 @@ def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chai
     detail = "; ".join(f"{r['chain']}: {r['detail']}" for r in records)
     return GlobalBound(name, value, certified, kind="upper" if certified else "estimate",
                        seconds=time.monotonic() - start, detail=detail, extra={"chains": records})
+
+
+def _well_scaled(chain: Chain, node_bounds: dict[str, NodeBound]) -> bool:
+    """Layer norms and their product in a range where the methods' float64 algebra is safe."""
+    norms = [node_bounds[n.name].value for n in chain.nodes if n.name in node_bounds]
+    return well_scaled(norms + [chain.autolip_product])
 
 
 def expand_methods(methods: list[str] | tuple[str, ...]) -> list[str]:
