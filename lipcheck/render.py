@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lipcheck.report import Report
@@ -23,10 +24,13 @@ def shape(s: list[int]) -> str:
 
 
 def how(layer: dict[str, Any]) -> str:
+    """The method, with power-iteration progress or the certified/estimate gap."""
     method = layer["method"]
     if method == "power-iteration" and layer.get("iterations") is not None:
         state = "converged" if layer.get("converged") else "NOT converged"
         return f"power-iteration ({layer['iterations']} it, {state})"
+    if layer.get("gap") is not None and layer["certified"] and abs(layer["gap"] - 1) > 1e-9:
+        return f"{method} (power est. {fmt(layer['estimate'])}, gap {layer['gap']:.4f}x)"
     return method
 
 
@@ -44,14 +48,12 @@ def layer_rows(data: dict[str, Any]) -> list[list[str]]:
         bound = fmt(layer["bound"]) if layer["bound"] is not None else "inf"
         rows.append([layer["name"], layer["op"],
                      f"{shape(layer['input_shape'])} -> {shape(layer['output_shape'])}",
-                     bound, fmt(layer.get("estimate")), how(layer),
-                     "certified" if layer["certified"] else "estimate",
+                     bound, "certified" if layer["certified"] else "estimate", how(layer),
                      fmt(layer["running_bound"]) if layer["running_bound"] is not None else "inf"])
     return rows
 
 
-LAYER_HEADERS = ["node", "op", "shape in -> out", "bound", "power est.", "how", "status",
-                 "running AutoLip"]
+LAYER_HEADERS = ["node", "op", "shape in -> out", "bound", "status", "how", "running AutoLip"]
 
 
 def bound_rows(data: dict[str, Any]) -> list[list[str]]:
@@ -76,24 +78,24 @@ def interval_line(data: dict[str, Any]) -> str:
 
 def print_table(report: Report, console: Console) -> None:
     data = report.to_dict()
-    table = Table(title=f"lipcheck: {data['model'].get('path') or 'model'}", show_lines=False)
+    table = Table(title=escape(f"lipcheck: {data['model'].get('path') or 'model'}"), show_lines=False)
     for header in LAYER_HEADERS:
         table.add_column(header, overflow="fold",
-                         justify="right" if header in ("bound", "power est.", "running AutoLip")
+                         justify="right" if header in ("bound", "running AutoLip")
                          else "left")
     for row in layer_rows(data):
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     console.print(table)
     bounds = Table(title="Global bounds")
     for header in ("method", "value", "what it is", "time"):
         bounds.add_column(header)
     for row in bound_rows(data):
-        bounds.add_row(*row)
+        bounds.add_row(*(escape(cell) for cell in row))
     console.print(bounds)
-    console.print(f"[bold]{interval_line(data)}[/bold]")
+    console.print(f"[bold]{escape(interval_line(data))}[/bold]")
     for w in data["warnings"]:
-        where = f" [{w['node']}]" if w.get("node") else ""
-        console.print(f"[yellow]warning[/yellow] {w['code']}{where}: {w['message']}")
+        where = f" ({w['node']})" if w.get("node") else ""
+        console.print(f"[yellow]warning[/yellow] {escape(w['code'] + where)}: {escape(w['message'])}")
 
 
 def markdown(report: Report) -> str:

@@ -8,6 +8,7 @@ without onnxscript the legacy TorchScript exporter is used, also without folding
 """
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from dataclasses import dataclass
@@ -153,6 +154,7 @@ def export(model: nn.Module, spec: Spec) -> None:
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     names = {"input_names": ["input"], "output_names": ["logits"]}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         import onnxscript  # noqa: F401
     except ImportError:

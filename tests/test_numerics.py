@@ -146,3 +146,18 @@ def test_dtype_float64_gives_the_same_certificates(tmp_path):
         api.estimate(str(path), settings=Settings(dtype="float16"), options=FAST)
     result = CliRunner().invoke(app, ["estimate", str(path), "--dtype", "float16"])
     assert result.exit_code == 2 and "--dtype" in result.output
+
+
+@pytest.mark.parametrize("scale", [1e-100, 1e20, 1e100])
+def test_every_method_on_badly_scaled_weights_is_true_or_infinite(tmp_path, scale):
+    """SeqLip/SDP/ECLipsE square layer matrices: at 1e-100 they once certified 0.0 (below
+    the true 3.4e-200) and at 1e20..1e100 they crashed. Now: every certified value >= truth."""
+    path, w1, w2 = _mlp_onnx(tmp_path, scale, scale, np.float64)
+    report = api.estimate(str(path), options=api.EstimateOptions(lower_budget=0.2))
+    truth = _max_jacobian_norm(w1, w2)
+    for bound in report.bounds:
+        assert not math.isnan(bound.value), bound.method
+        if bound.certified and bound.kind == "upper":
+            assert bound.value >= truth, (bound.method, bound.value, truth)
+    if report.lower_bound is not None:
+        assert report.lower_bound.value <= min(b.value for b in report.bounds if b.certified)

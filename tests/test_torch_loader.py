@@ -171,6 +171,26 @@ def test_resnet_block_names_and_shapes() -> None:
     assert graph.parameter_count() == sum(p.numel() for p in block.parameters()) + 8
 
 
+class TwoInTwoOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.a(x) + self.b(z)
+        return torch.relu(h), h.sum(1)
+
+
+def test_several_inputs_and_outputs() -> None:
+    model = TwoInTwoOut()
+    graph = load_module(model, [(2, 4), (2, 2)])
+    assert [v.shape for v in graph.inputs] == [(2, 4), (2, 2)] and len(graph.outputs) == 2
+    x, z = torch.randn(2, 4), torch.randn(2, 2)
+    got = run_graph(graph, {graph.inputs[0].name: x, graph.inputs[1].name: z})
+    for name, want in zip(graph.outputs, model(x, z)):
+        torch.testing.assert_close(got[name], want.detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_user_model_untouched() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.3), nn.BatchNorm1d(4)).train()
     model[2].eval()

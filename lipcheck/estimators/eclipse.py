@@ -19,7 +19,8 @@ import time
 import numpy as np
 import scipy.linalg
 
-from lipcheck.estimators.sdp import SdpResult, pick_solver, reduce_ends, require_cvxpy, verify
+from lipcheck.estimators.sdp import (SdpResult, pick_solver, reduce_ends, require_cvxpy, solve,
+                                     verify)
 
 
 def _fast_multiplier(w: np.ndarray, x_inv: np.ndarray, m: float) -> np.ndarray:
@@ -28,7 +29,8 @@ def _fast_multiplier(w: np.ndarray, x_inv: np.ndarray, m: float) -> np.ndarray:
     return np.full(w.shape[0], 1.0 / (2 * m * m * max(top, 1e-300)))
 
 
-def _sdp_multiplier(w: np.ndarray, w_next: np.ndarray, x_inv: np.ndarray, m: float) -> np.ndarray:
+def _sdp_multiplier(w: np.ndarray, w_next: np.ndarray, x_inv: np.ndarray, m: float,
+                    seconds: float) -> np.ndarray:
     cp = require_cvxpy()
     k = m * m * (w @ x_inv @ w.T)
     vals, vecs = np.linalg.eigh((k + k.T) / 2)
@@ -37,19 +39,23 @@ def _sdp_multiplier(w: np.ndarray, w_next: np.ndarray, x_inv: np.ndarray, m: flo
     s, lam = cp.Variable(), cp.Variable(d, nonneg=True)
     lam_m = cp.diag(lam)
     block = cp.bmat([[lam_m - s * (w_next.T @ w_next), lam_m @ root], [root @ lam_m, np.eye(d)]])
-    cp.Problem(cp.Maximize(s), [(block + block.T) / 2 >> 0]).solve(solver=pick_solver(2 * d))
+    try:
+        solve(cp.Problem(cp.Maximize(s), [(block + block.T) / 2 >> 0]), pick_solver(2 * d), seconds)
+    except cp.error.SolverError as exc:
+        raise ArithmeticError(f"a layer SDP of ECLipsE failed: {exc}") from exc
     if lam.value is None:
         raise ArithmeticError("a layer SDP of ECLipsE found no solution")
     return np.maximum(lam.value, 0.0)
 
 
-def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: bool):
+def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: bool, seconds: float):
     x = np.eye(weights[0].shape[1])
     lams = []
     for i, (a, b) in enumerate(slopes):
         w, m = weights[i], (a + b) / 2
         x_inv = np.linalg.inv(x)
-        lam = _fast_multiplier(w, x_inv, m) if fast else _sdp_multiplier(w, weights[i + 1], x_inv, m)
+        lam = _fast_multiplier(w, x_inv, m) if fast else _sdp_multiplier(w, weights[i + 1], x_inv, m,
+                                                                        seconds / len(slopes))
         x = np.diag(lam) - m * m * (lam[:, None] * (w @ x_inv @ w.T) * lam[None, :])
         x = (x + x.T) / 2
         lams.append(lam)
@@ -58,14 +64,15 @@ def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: boo
     return rho, [rho * lam for lam in lams]
 
 
-def eclipse(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: bool) -> SdpResult:
+def eclipse(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: bool,
+            seconds: float = 600.0) -> SdpResult:
     name = "ECLipsE-Fast" if fast else "ECLipsE"
     start = time.monotonic()
     if any(a * b < 0 or a + b == 0 for a, b in slopes):
         return SdpResult(math.inf, False, f"{name} needs slopes with a*b >= 0 and a+b != 0")
     w = reduce_ends(weights)
     try:
-        rho, lams = _run(w, slopes, fast)
+        rho, lams = _run(w, slopes, fast, seconds)
     except (np.linalg.LinAlgError, ArithmeticError) as exc:
         return SdpResult(math.inf, False, f"{name} failed: {exc}", time.monotonic() - start)
     verified = verify(w, slopes, rho, lams)

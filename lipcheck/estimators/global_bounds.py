@@ -31,9 +31,9 @@ from lipcheck.settings import Settings
 
 METHODS = ("autolip", "seqlip-exact", "seqlip-greedy", "seqlip-lowrank", "sdp", "eclipse")
 DEFAULT_METHODS = ("autolip", "seqlip-exact", "eclipse", "sdp")
-SDP_MAX_DIM = 600        # reduced LipSDP-Neuron matrix size handed to the solver
+SDP_MAX_DIM = 400        # reduced LipSDP-Neuron matrix size handed to the solver
 ECLIPSE_MAX_WIDTH = 4096
-ECLIPSE_SDP_MAX_WIDTH = 300  # per-layer SDPs of ECLipsE (not Fast)
+ECLIPSE_SDP_MAX_WIDTH = 200  # per-layer SDPs of ECLipsE (not Fast)
 DEFAULT_RANK = 200
 
 ChainMethod = Callable[[Chain, Settings, float], ChainBound | None]
@@ -60,8 +60,14 @@ def _seqlip_lowrank(chain: Chain, settings: Settings, deadline: float) -> ChainB
     return result
 
 
-def _from_sdp(result) -> ChainBound:
-    return ChainBound(result.value, result.certified, True, result.detail, result.seconds)
+def _from_sdp(result, chain: Chain) -> ChainBound:
+    """A verified SDP value, or the chain's AutoLip product when it did not verify; the
+    smaller of two certified bounds is certified."""
+    if not result.certified:
+        return ChainBound(chain.autolip_product, chain.autolip_certified, False,
+                          f"{result.detail}: AutoLip product kept", result.seconds)
+    value = min(result.value, chain.autolip_product) if chain.autolip_certified else result.value
+    return ChainBound(value, True, True, result.detail, result.seconds)
 
 
 def _sdp(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
@@ -69,7 +75,8 @@ def _sdp(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None
     size = min(dims[0]) + sum(d[0] for d in dims[:-1])
     if not chain.dense(settings) or size > SDP_MAX_DIM:
         return None
-    return _from_sdp(lipsdp_neuron(_weights(chain), chain.slopes))
+    return _from_sdp(lipsdp_neuron(_weights(chain), chain.slopes, seconds=deadline - time.monotonic()),
+                     chain)
 
 
 def _eclipse(fast: bool) -> ChainMethod:
@@ -77,7 +84,7 @@ def _eclipse(fast: bool) -> ChainMethod:
         width = max(p.shape[0] for p in chain.parts[:-1])
         if not chain.dense(settings) or width > (ECLIPSE_MAX_WIDTH if fast else ECLIPSE_SDP_MAX_WIDTH):
             return None
-        return _from_sdp(eclipse(_weights(chain), chain.slopes, fast))
+        return _from_sdp(eclipse(_weights(chain), chain.slopes, fast, deadline - time.monotonic()), chain)
     return run
 
 

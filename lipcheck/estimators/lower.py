@@ -38,11 +38,11 @@ DEFAULT_BUDGET_S = 10.0
 
 @dataclass
 class LowerConfig:
-    screen: int = 32                        # random points evaluated in round 0
-    scales: tuple[float, ...] = (0.3, 1.0, 3.0)  # std of the random points (no box)
+    screen: int = 64                        # random points evaluated in round 0
+    scales: tuple[float, ...] = (0.3, 1.0, 3.0, 30.0)  # std of the random points (no box)
     ascent_steps: int = 60
     pair_steps: int = 40
-    lr: float = 0.05                        # Adam step, relative to the point scale
+    lr: float = 0.1                         # Adam step, relative to the point scale
     exact_share: float = 0.3                # budget share for the exact-region witness
     exact_max_units: int = 64               # hidden units at most for trying it
 

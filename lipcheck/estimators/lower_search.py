@@ -147,7 +147,7 @@ def jacobian_candidate(fn: NetFunction, x: torch.Tensor, box: Box, method: str,
 
 
 def jacobian_ascent(fn: NetFunction, x0: torch.Tensor, steps: int, lr: float, box: Box,
-                    sharpness: tuple[float, float] = (3.0, 300.0),
+                    sharpness: tuple[float, float] = (1.0, 30.0),
                     check_every: int = 10) -> Candidate:
     """Adam ascent of ||J_s(x) v|| for the smoothed network (sharpness annealed up, v
     kept the top singular vector); the exact network is certified along the way."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,15 @@ CLARABEL_MAX_DIM = 120  # Clarabel's PSD cone is dense in n^2/2: above this, SCS
 
 def pick_solver(dim: int) -> str:
     return "CLARABEL" if dim <= CLARABEL_MAX_DIM else "SCS"
+
+
+def solve(problem, solver: str, seconds: float) -> None:
+    """Solve with a wall-clock limit; a stopped solve is still checked by `verify`."""
+    limit = {"SCS": {"time_limit_secs": max(seconds, 1.0)},
+             "CLARABEL": {"time_limit": max(seconds, 1.0)}}.get(solver, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "solution may be inaccurate": verify() decides
+        problem.solve(solver=solver, **limit)
 EPS = np.finfo(np.float64).eps
 
 
@@ -140,14 +150,15 @@ def _problem(cp, weights, slopes):
 
 
 def lipsdp_neuron(weights: list[np.ndarray], slopes: list[tuple[float, float]],
-                  reduce: bool = True, solver: str | None = None) -> SdpResult:
+                  reduce: bool = True, solver: str | None = None,
+                  seconds: float = 600.0) -> SdpResult:
     cp = require_cvxpy()
     start = time.monotonic()
     w = reduce_ends(weights) if reduce else list(weights)
     solver = solver or pick_solver(w[0].shape[1] + sum(x.shape[0] for x in w[:-1]))
     problem, rho, lams = _problem(cp, w, slopes)
     try:
-        problem.solve(solver=solver)
+        solve(problem, solver, seconds)
     except cp.error.SolverError as exc:
         return SdpResult(math.inf, False, f"solver {solver} failed: {exc}", time.monotonic() - start)
     if rho.value is None:

@@ -27,8 +27,7 @@ from lipcheck.estimators.pairmax import exact_max
 from lipcheck.settings import Settings
 from lipcheck.spectral.operator import LinearOperator
 
-OVERSAMPLE = 10
-POWER_STEPS = 4
+POWER_STEPS = 6
 
 
 @dataclass
@@ -72,7 +71,7 @@ def randomized_factor(op: LinearOperator, rank: int, seed: int) -> Factor:
     """Top-`rank` singular triplets by a randomized range finder with power steps
     (Halko, Martinsson & Tropp 2011) on the real operator."""
     apply, adjoint = _batched(op)
-    width = min(rank + OVERSAMPLE, op.n_in, op.n_out)
+    width = min(rank + max(10, rank // 2), op.n_in, op.n_out)
     omega = np.random.default_rng(seed).standard_normal((op.n_in, width))
     q = np.linalg.qr(apply(omega))[0]
     for _ in range(POWER_STEPS):

@@ -68,7 +68,8 @@ def _example_inputs(shapes: Shapes, dtype: torch.dtype, seed: int) -> tuple[torc
 def _check_outputs(graph: Graph, ep: torch.export.ExportedProgram, seed: int) -> None:
     """The lowered graph must reproduce the exported program on a random input."""
     feeds = _example_inputs([v.shape for v in graph.inputs], graph.inputs[0].dtype, seed + 1)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         expected = ep.module()(*feeds)
         got = run_graph(graph, dict(zip([v.name for v in graph.inputs], feeds)))
     expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
@@ -216,11 +217,15 @@ def load_torchscript(path: str | Path, input_shapes: Shapes | None, seed: int = 
         raise ShapeError(f"{path.name} is a TorchScript archive: give its input shape "
                          "with --input-shape")
     try:
-        script = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated in recent torch
+            script = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"{path}: not a readable TorchScript archive: "
                              f"{_first_line(exc)}") from exc
     script.eval()
+    for param in script.parameters():
+        param.requires_grad_(False)
     _check_shapes(input_shapes)
     dtype = _float_dtype(script)
     ep = _export(_CallScript(script), _example_inputs(input_shapes, dtype, seed))

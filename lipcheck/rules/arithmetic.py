@@ -74,7 +74,7 @@ def _scaling_bound(node: Node, ctx: BoundContext, scale: torch.Tensor) -> NodeBo
     value = math.sqrt(float(_reduce_to(s2, tuple(node.input_shapes[position])).max()))
     if not math.isfinite(value):
         return unbounded("division by a constant that contains 0")
-    return NodeBound(value=value * MARGIN, method="exact-svd", certified=True,
+    return NodeBound(value=value * MARGIN, method="analytic", certified=True,
                      detail="elementwise scaling by a constant (exact)")
 
 

@@ -54,7 +54,7 @@ def selection_bound(node: Node, ctx: BoundContext) -> NodeBound:
     if len(ctx.dynamic(node)) != 1 or ctx.dynamic(node)[0] != 0:
         return unbounded(f"{node.op.value} whose indices or shape depend on the input")
     copies = copy_multiplicity(node, ctx)
-    return NodeBound(value=math.sqrt(copies), method="exact-svd", certified=True,
+    return NodeBound(value=math.sqrt(copies), method="analytic", certified=True,
                      detail=f"selection operator, each input entry copied at most {copies}x")
 
 

@@ -1,4 +1,12 @@
-"""The bound of an affine node: pick a method, compute, label it honestly."""
+"""The bound of an affine node: pick a method, compute, label it honestly.
+
+Methods (Settings.layer_method): "exact" (dense Jacobian SVD; UserError when the operator
+is too large for it), "fft" / "gram" (the op's certifier: for Conv and ConvTranspose the
+FFT block bound with a Cholesky certificate, or with Gram iteration), "power" (power
+iteration: an estimate, not certified), "auto" (exact when the dense SVD is small, else
+the op's certifier, else power iteration). Beside every certified value that is not
+exact, a warm-started power iteration gives the lower estimate (NodeBound.estimate).
+"""
 from __future__ import annotations
 
 import math
@@ -7,16 +15,20 @@ from typing import Callable
 
 import torch
 
+from lipcheck.errors import UserError
 from lipcheck.graph import Node, OpKind
 from lipcheck.rules.registry import BoundContext, NodeBound
+from lipcheck.spectral.conv_norm import conv_certifier
 from lipcheck.spectral.operator import (LinearOperator, NormResult, dense_norm, fits_dense,
                                         node_operator, power_norm)
 
 # Certified norm methods for particular ops (FFT, Gram iteration, ...), tried by
 # `affine_bound` when the dense Jacobian is too large. Each returns None when it
-# does not apply to the node.
+# does not apply to the node. A result may carry `detail`, `start` (a warm start for the
+# estimate) and `start_on_output` (the start lives on the output space).
 Certifier = Callable[[Node, BoundContext, LinearOperator], NormResult | None]
 CERTIFIERS: dict[OpKind, list[Certifier]] = {}
+ESTIMATE_ITERS = 20  # default; Settings.extra["estimate_iters"] overrides (0: none)
 
 
 def register_certifier(op: OpKind, fn: Certifier) -> Certifier:
@@ -24,29 +36,41 @@ def register_certifier(op: OpKind, fn: Certifier) -> Certifier:
     return fn
 
 
+register_certifier(OpKind.CONV, conv_certifier)
+register_certifier(OpKind.CONV_TRANSPOSE, conv_certifier)
+
+
 def affine_bound(node: Node, ctx: BoundContext) -> NodeBound:
     start = time.perf_counter()
     op = node_operator(node, ctx)
     result = _norm(node, ctx, op)
     bound = NodeBound(value=result.value, method=result.method, certified=result.certified,
-                      iterations=result.iterations, converged=result.converged)
+                      iterations=result.iterations, converged=result.converged,
+                      detail=getattr(result, "detail", ""))
     if result.method == "power-iteration":
         bound.estimate = result.value
         if not result.converged:
             bound.warnings.append(("power_not_converged",
                                    f"power iteration stopped after {result.iterations} iterations "
                                    f"without reaching tol={ctx.settings.tol:g}"))
+    elif result.method == "exact-svd":
+        bound.estimate = result.value
+    else:
+        bound.estimate = _estimate(node, ctx, op, result)
     bound.seconds = time.perf_counter() - start
     return bound
 
 
 def _norm(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
     method = ctx.settings.layer_method
-    s = ctx.settings
     if method == "power":
         return _power(node, ctx, op)
     if method in ("auto", "exact") and fits_dense(op, ctx):
         return dense_norm(op)
+    if method == "exact":
+        raise UserError(f"node {node.name!r} ({node.op.value}): --layer-method exact needs a dense "
+                        f"{op.n_out}x{op.n_in} Jacobian, above the limits (exact_max_dim="
+                        f"{ctx.settings.exact_max_dim}); use auto, fft or gram")
     for certifier in CERTIFIERS.get(node.op, []):
         result = certifier(node, ctx, op)
         if result is not None:
@@ -63,3 +87,47 @@ def _power(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
     if working is not op and not math.isfinite(result.value):
         result = power_norm(op, s.max_iter, s.tol, s.seed)
     return result
+
+
+def _estimate(node: Node, ctx: BoundContext, op: LinearOperator, result: NormResult) -> float | None:
+    iters = int(ctx.settings.extra.get("estimate_iters", ESTIMATE_ITERS))
+    if iters <= 0 or op.n_in == 0 or op.n_out == 0:
+        return None
+    working = op if ctx.settings.dtype == "float64" else node_operator(node, ctx, torch.float32)
+    v = _start(working, result, ctx.settings.seed)
+    sigma = warm_power(working, v, iters)
+    return min(sigma, result.value) if math.isfinite(sigma) else None
+
+
+def _start(op: LinearOperator, result: NormResult, seed: int) -> torch.Tensor:
+    start = getattr(result, "start", None)
+    if start is None or start.numel() == 0:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn(op.in_shape, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
+    if getattr(result, "start_on_output", False):
+        u = _fit(start, op.out_shape[1:]).reshape(op.out_shape).to(op.device, op.dtype)
+        return torch.func.vjp(op.apply, torch.zeros(op.in_shape, dtype=op.dtype, device=op.device))[1](u)[0]
+    return _fit(start, op.in_shape[1:]).reshape(op.in_shape).to(op.device, op.dtype)
+
+
+def _fit(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Zero-pad or crop x (channels, spatial...) to `shape`."""
+    out = torch.zeros(shape, dtype=x.dtype)
+    index = tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape))
+    out[index] = x[index]
+    return out
+
+
+def warm_power(op: LinearOperator, v: torch.Tensor, iters: int) -> float:
+    """Power iteration on A^T A from v: ||A v|| / ||v|| never exceeds ||A||."""
+    sigma = 0.0
+    with torch.no_grad():
+        for _ in range(iters):
+            norm = float(v.norm())
+            if norm == 0.0 or not math.isfinite(norm):
+                break
+            v = v / norm
+            u, vjp = torch.func.vjp(op.apply, v)
+            sigma = max(sigma, float(u.norm()))
+            (v,) = vjp(u)
+    return sigma

@@ -1,0 +1,129 @@
+"""A convolution layer as a stride-1 convolution over polyphase components.
+
+A Conv with stride s, dilation r and zero padding (b, e) on an n-grid reads the padded
+input at positions s*i + r*j. Splitting the padded input into its s^d phases
+(position p = s*q + t, phase t) turns tap j into an offset a = (r*j) // s on the
+phase grid of phase t = (r*j) % s: the layer *is* (not: is bounded by) a stride-1
+correlation with C_in * s^d input channels, followed by nothing. Taps and phases that
+are zero are dropped (they do not change the norm). ConvTranspose is the adjoint of a
+Conv on its output grid (same norm), see `transpose_spec`.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lipcheck.graph import Node, OpKind
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A zero-padded Conv: weight (C_out, C_in/group, k...), on an input grid `size`."""
+
+    weight: torch.Tensor
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads_begin: tuple[int, ...]
+    pads_end: tuple[int, ...]
+    group: int
+    size: tuple[int, ...]
+
+    @property
+    def dims(self) -> int:
+        return self.weight.dim() - 2
+
+    def out_size(self) -> tuple[int, ...]:
+        k = self.weight.shape[2:]
+        return tuple((n + b + e - r * (kk - 1) - 1) // s + 1 for n, b, e, r, kk, s in
+                     zip(self.size, self.pads_begin, self.pads_end, self.dilations, k, self.strides))
+
+
+@dataclass
+class PhaseKernel:
+    """The stride-1 taps: taps[g, t] is the (C_out/g, C_eff) matrix at offsets[t]."""
+
+    taps: torch.Tensor            # (groups, T, C_out_g, C_eff), float64
+    offsets: torch.Tensor         # (T, d) int64, offsets on the phase grid
+    channels: torch.Tensor        # (C_eff,) kept phase channels, index c * P + phase
+    out_size: tuple[int, ...]     # m
+    grid: tuple[int, ...]         # N = m + max offset: a circular grid with no wrap-around
+    spec: ConvSpec
+
+    @property
+    def empty(self) -> bool:
+        return self.taps.numel() == 0 or math.prod(self.out_size) == 0
+
+
+def conv_spec(node: Node, weight: torch.Tensor) -> ConvSpec:
+    """The Conv whose norm equals the node's (Conv itself, ConvTranspose's adjoint)."""
+    dims = weight.dim() - 2
+    strides = tuple(int(v) for v in node.attrs.get("strides", [1] * dims))
+    dilations = tuple(int(v) for v in node.attrs.get("dilations", [1] * dims))
+    pads = [int(v) for v in node.attrs.get("pads", [0] * (2 * dims))]
+    group = int(node.attrs.get("group", 1))
+    if node.op == OpKind.CONV_TRANSPOSE:
+        return transpose_spec(node, weight, strides, dilations, pads, group)
+    size = tuple(int(v) for v in node.input_shapes[0][2:])
+    return ConvSpec(weight, strides, dilations, tuple(pads[:dims]), tuple(pads[dims:]), group, size)
+
+
+def transpose_spec(node: Node, weight: torch.Tensor, strides: tuple[int, ...],
+                   dilations: tuple[int, ...], pads: list[int], group: int) -> ConvSpec:
+    """ConvTranspose = crop(pad_end(conv_transpose(x), output_padding)); its adjoint is
+    the Conv with the same weight (C_in_T, C_out_T/g, k) on the transpose's output grid,
+    padded by pads_begin and pads_end - output_padding (a negative end pad crops input
+    entries that no output reads, which leaves the norm unchanged)."""
+    dims = weight.dim() - 2
+    out_pad = [int(v) for v in node.attrs.get("output_padding", [0] * dims)]
+    size = tuple(int(v) for v in node.output_shapes[0][2:])
+    ends = [pads[dims + a] - out_pad[a] for a in range(dims)]
+    size = tuple(n + min(0, e) for n, e in zip(size, ends))
+    return ConvSpec(weight, strides, dilations, tuple(pads[:dims]), tuple(max(0, e) for e in ends),
+                    group, size)
+
+
+def phase_kernel(spec: ConvSpec) -> PhaseKernel:
+    w = spec.weight.detach().to(torch.float64)
+    g, c_in_g = spec.group, w.shape[1]
+    c_out_g, k = w.shape[0] // g, tuple(w.shape[2:])
+    phases = math.prod(spec.strides)
+    spans = tuple((r * (kk - 1)) // s + 1 for r, kk, s in zip(spec.dilations, k, spec.strides))
+    dense = torch.zeros((g, c_out_g, c_in_g * phases, *spans), dtype=torch.float64)
+    grouped = w.reshape(g, c_out_g, c_in_g, *k)
+    for j in itertools.product(*(range(kk) for kk in k)):
+        pos = [r * jj for r, jj in zip(spec.dilations, j)]
+        phase = _ravel([p % s for p, s in zip(pos, spec.strides)], spec.strides)
+        offset = tuple(p // s for p, s in zip(pos, spec.strides))
+        dense[(slice(None), slice(None), slice(phase, None, phases)) + offset] += grouped[(..., *j)]
+    return _sparse_taps(dense, spec)
+
+
+def _ravel(index: list[int], shape: tuple[int, ...]) -> int:
+    flat = 0
+    for i, n in zip(index, shape):
+        flat = flat * n + i
+    return flat
+
+
+def _sparse_taps(dense: torch.Tensor, spec: ConvSpec) -> PhaseKernel:
+    """Keep the non-zero taps and the phase channels that some tap reads."""
+    d = spec.dims
+    g, c_out_g, c_eff = dense.shape[:3]
+    per_tap = dense.reshape(g, c_out_g, c_eff, -1)
+    used_taps = per_tap.abs().amax(dim=(0, 1, 2)) > 0
+    used_channels = per_tap.abs().amax(dim=(0, 1, 3)) > 0
+    spans = dense.shape[3:]
+    all_offsets = torch.tensor(list(itertools.product(*(range(a) for a in spans))),
+                               dtype=torch.int64).reshape(-1, d)
+    taps = per_tap[:, :, used_channels][..., used_taps].permute(0, 3, 1, 2).contiguous()
+    offsets = all_offsets[used_taps]
+    out = spec.out_size()
+    reach = offsets.max(dim=0).values.tolist() if offsets.numel() else [0] * d
+    grid = tuple(m + a for m, a in zip(out, reach))
+    channels = torch.nonzero(used_channels).flatten()
+    if min(out, default=1) <= 0:
+        taps = taps[:, :0]
+    return PhaseKernel(taps, offsets, channels, tuple(max(0, m) for m in out), grid, spec)
