@@ -52,11 +52,12 @@ def _fuse(graph: Graph, conv: Node, bn: Node, constants: dict[str, torch.Tensor]
     scale, beta, mean, var = (graph.constants[v].double() for v in bn.inputs[1:5])
     a = scale / torch.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
     dtype = graph.constants[conv.inputs[1]].dtype
-    w_name, b_name = f"{conv.name}+{bn.name}.weight", f"{conv.name}+{bn.name}.bias"
+    w_name, b_name = f"{conv.name}.fused_bn.weight", f"{conv.name}.fused_bn.bias"
     constants[w_name] = (weight * a.reshape((-1,) + (1,) * (weight.dim() - 1))).to(dtype)
     constants[b_name] = ((bias - mean) * a + beta).to(dtype)
     return dataclasses.replace(
-        conv, name=f"{conv.name}+{bn.name}", inputs=[conv.inputs[0], w_name, b_name],
-        outputs=list(bn.outputs), source_op=f"{conv.source_op or 'Conv'}+BatchNormalization",
+        conv, name=conv.name, inputs=[conv.inputs[0], w_name, b_name],
+        outputs=list(bn.outputs),
+        source_op=f"{conv.source_op or 'Conv'}+{bn.source_op or 'BatchNormalization'}",
         input_shapes=[conv.input_shapes[0], tuple(constants[w_name].shape), tuple(constants[b_name].shape)]
         if conv.input_shapes else [], output_shapes=list(bn.output_shapes))

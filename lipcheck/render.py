@@ -23,6 +23,10 @@ def shape(s: list[int]) -> str:
     return "x".join(str(d) for d in s) if s else "-"
 
 
+def shapes(layer: dict[str, Any]) -> str:
+    return f"{shape(layer['input_shape'])} -> {shape(layer['output_shape'])}"
+
+
 def how(layer: dict[str, Any]) -> str:
     """The method, with power-iteration progress or the certified/estimate gap."""
     method = layer["method"]
@@ -47,8 +51,7 @@ def layer_rows(data: dict[str, Any]) -> list[list[str]]:
     for layer in data["layers"]:
         bound = fmt(layer["bound"]) if layer["bound"] is not None else "inf"
         rows.append([layer["name"], layer["op"],
-                     f"{shape(layer['input_shape'])} -> {shape(layer['output_shape'])}",
-                     bound, "certified" if layer["certified"] else "estimate", how(layer),
+                     shapes(layer), bound, "certified" if layer["certified"] else "estimate", how(layer),
                      fmt(layer["running_bound"]) if layer["running_bound"] is not None else "inf"])
     return rows
 

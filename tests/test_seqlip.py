@@ -58,7 +58,8 @@ def test_enumeration_and_branch_and_bound_find_the_brute_force_max(rng, lo, hi):
 def test_branch_and_bound_out_of_time_is_still_an_upper_bound(rng):
     x, y = rng.standard_normal((12, 14)), rng.standard_normal((14, 12))
     b = branch_and_bound(x, y, 0.0, 1.0, time.monotonic() + 0.02)
-    assert b.certified and b.value >= brute_max(x, y, 0.0, 1.0)
+    truth = enumerate_max(x, y, 0.0, 1.0).value / (1 + 1.01e-7)   # enumeration: tested above
+    assert b.certified and not b.complete and b.value >= truth
 
 
 @pytest.mark.parametrize("lo,hi", SLOPES)
@@ -122,7 +123,7 @@ NETS = [lambda: mlp([7, 6, 5, 3], seed=1), lambda: mlp([5, 9, 4], act=OpKind.TAN
 @pytest.mark.parametrize("make", NETS)
 def test_certified_global_bounds_are_above_every_jacobian_found(make):
     g = make()
-    s = Settings(time_budget=8)
+    s = Settings(time_budget=3)
     bounds = global_bounds(g, bound_nodes(g, s), ["autolip", "seqlip-exact", "seqlip-greedy",
                                                    "seqlip-lowrank", "eclipse"], s)
     lower = max_jacobian_norm(g, 40)

@@ -44,7 +44,12 @@ def _weights(chain: Chain) -> list[np.ndarray]:
 
 
 def _seqlip_exact(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
-    return exact_chain(chain, settings, deadline) if chain.dense(settings) else None
+    if not chain.dense(settings):
+        return None
+    result = exact_chain(chain, settings, deadline)
+    if chain.autolip_certified and chain.autolip_product < result.value:
+        result.value, result.detail = chain.autolip_product, result.detail + " (AutoLip product smaller)"
+    return result
 
 
 def _seqlip_greedy(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:

@@ -52,9 +52,8 @@ def dense_factor(part: LinearPart) -> Factor:
 
 
 def _batched(op: LinearOperator):
+    """Block products with the operator and its adjoint (autograd of the linear map)."""
     forward = torch.func.vmap(op.apply)
-    _, vjp = torch.func.vjp(op.apply, torch.zeros(op.in_shape, dtype=op.dtype, device=op.device))
-    backward = torch.func.vmap(lambda c: vjp(c)[0])
 
     def apply(block: np.ndarray) -> np.ndarray:       # (n_in, b) -> (n_out, b)
         x = torch.from_numpy(np.ascontiguousarray(block.T)).to(op.dtype).reshape(-1, *op.in_shape)
@@ -63,7 +62,9 @@ def _batched(op: LinearOperator):
 
     def adjoint(block: np.ndarray) -> np.ndarray:     # (n_out, b) -> (n_in, b)
         c = torch.from_numpy(np.ascontiguousarray(block.T)).to(op.dtype).reshape(-1, *op.out_shape)
-        return backward(c).reshape(block.shape[1], -1).T.detach().cpu().numpy()
+        x = torch.zeros((block.shape[1], *op.in_shape), dtype=op.dtype, requires_grad=True)
+        (grad,) = torch.autograd.grad(forward(x), x, grad_outputs=c)
+        return grad.reshape(block.shape[1], -1).T.cpu().numpy()
     return apply, adjoint
 
 
