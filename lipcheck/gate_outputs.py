@@ -31,6 +31,8 @@ def load_report(path: Path) -> dict[str, Any]:
         raise UserError(f"report {path} is not JSON: {exc}") from None
     if not isinstance(data, dict) or not {"layers", "bounds"} <= set(data):
         raise UserError(f"report {path} is not a lipcheck report (no 'layers' and 'bounds')")
+    from lipcheck.report_validate import validate_report
+    validate_report(data, str(path))
     return data
 
 
@@ -209,13 +211,17 @@ def _checks_section(checks: list[Check]) -> list[str]:
         return ["No thresholds set.", ""]
     failed = [c for c in checks if not c.passed]
     shown = failed + [c for c in checks if c.passed][:max(0, TOP_CHANGES - len(failed))]
-    rows = [[c.name, fmt(c.value), fmt(c.limit), "pass" if c.passed else "**FAIL**",
+    rows = [[c.name, _cell(c.value), _cell(c.limit), "pass" if c.passed else "**FAIL**",
              "certified" if c.certified else "estimate"] for c in shown]
     lines = [f"{len(checks) - len(failed)} of {len(checks)} checks passed.", "",
              table(["check", "value", "limit", "result", "status"], rows), ""]
     if len(shown) < len(checks):
         lines += [f"({len(checks) - len(shown)} more passing checks not shown)", ""]
     return lines
+
+
+def _cell(x: float | None) -> str:
+    return "-" if x is None else fmt(x)
 
 
 def _robustness_section(verdict: Verdict) -> list[str]:

@@ -66,7 +66,7 @@ class Deadline:
 
 
 def timeout_message(seconds: float | None, what: str) -> str:
-    return f"stopped by the time limit of {seconds:g} s (--timeout) ({what})"
+    return f"stopped by --timeout {seconds:g} s ({what})"
 
 
 def _alarm_usable() -> bool:

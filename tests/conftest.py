@@ -1,6 +1,13 @@
-import numpy as np
-import pytest
-import torch
+import os
+
+# One BLAS thread (set before numpy loads OpenBLAS): scipy's SVD of a 512x512 matrix
+# takes ~2.5 s with the default thread pool on this shared 2-core box, ~0.15 s with one.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -404,6 +404,7 @@ def test_pre_commit_hook_entry_is_a_real_command(work):
     assert result.exit_code == 1 and "FAIL  max-lipschitz" in result.stdout
 
 
+@pytest.mark.slow
 def test_github_actions_example_runs_the_tested_command(work):
     workflow = (ROOT / "examples" / "github-actions.yml").read_text()
     lines = re.findall(r"^\s*run: (lipcheck check .*)$", workflow, re.MULTILINE)

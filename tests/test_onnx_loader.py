@@ -202,6 +202,8 @@ CASES = {
                                      opset=15, extra_inputs=["s", "b", "m", "v"]),
     "cast_double": lambda: model([helper.make_node("Cast", ["x"], ["y"], to=11)], {"x": X4},
                                  [], outputs_double=["y"]),
+    "cast_like_15": lambda: model([helper.make_node("CastLike", ["x", "t"], ["y"])], {"x": X4},
+                                  ["y"], [const("t", [1.0])]),
     "gelu_20": lambda: one_node("Gelu", X4, opset=20),
     "hardswish": lambda: one_node("HardSwish", X4, opset=14),
 }

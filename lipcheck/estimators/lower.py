@@ -45,6 +45,7 @@ class LowerConfig:
     lr: float = 0.1                         # Adam step, relative to the point scale
     exact_share: float = 0.3                # budget share for the exact-region witness
     exact_max_units: int = 64               # hidden units at most for trying it
+    exact_max_lps: int = 5000
 
 
 @dataclass
@@ -89,7 +90,7 @@ def lower_bound(graph: Graph, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
     search = _Search(NetFunction(graph), box, seed, config or LowerConfig())
     deadline = start + budget_s
     with torch.random.fork_rng(devices=[]):
-        _exact_witness(graph, search, budget_s)
+        _exact_witness(graph, search, budget_s if rounds is None else None)
         screened = _screen(search, deadline)
         done = _rounds(search, pairwise, deadline, rounds)
     return _bound(search, time.perf_counter() - start, done, screened)
@@ -104,8 +105,9 @@ def _check_range(input_range: tuple[float, float] | None) -> Box:
     return lo, hi
 
 
-def _exact_witness(graph: Graph, search: _Search, budget_s: float) -> None:
-    """For a tiny ReLU-family chain, certify the exact enumeration's best region."""
+def _exact_witness(graph: Graph, search: _Search, budget_s: float | None) -> None:
+    """For a tiny ReLU-family chain, certify the exact enumeration's best region (budget
+    None: limited by its LP count only, so that replays are deterministic)."""
     from lipcheck.estimators.exact import exact_chain
     from lipcheck.estimators.pwl_chain import pwl_chain
     try:
@@ -114,7 +116,9 @@ def _exact_witness(graph: Graph, search: _Search, budget_s: float) -> None:
         return
     if sum(chain.widths) > search.config.exact_max_units or chain.n_in > 4096:
         return
-    result = exact_chain(chain, search.box, max_seconds=search.config.exact_share * budget_s)
+    seconds = float("inf") if budget_s is None else search.config.exact_share * budget_s
+    result = exact_chain(chain, search.box, max_lps=search.config.exact_max_lps,
+                         max_seconds=seconds)
     if result.witness is not None:
         x = torch.tensor(result.witness, dtype=torch.float64)
         search.offer(jacobian_candidate(search.fn, x, search.box, "exact-region")[0])

@@ -223,7 +223,8 @@ def _rsqrt(low: Lowering, node: fx.Node) -> Value:
 @converts("aten.leaky_relu.default", "aten.leaky_relu_.default")
 def _leaky_relu(low: Lowering, node: fx.Node) -> Value:
     a = args(node)
-    return low.emit(OpKind.LEAKY_RELU, [low.value(a["self"])], {"alpha": float(a["negative_slope"])})
+    attrs = {"alpha": float(a["negative_slope"])}
+    return low.emit(OpKind.LEAKY_RELU, [low.value(a["self"])], attrs)
 
 
 @converts("aten.gelu.default", "aten.gelu_.default")
@@ -291,7 +292,8 @@ def _prelu(low: Lowering, node: fx.Node) -> Value:
     rank = len(low.shape(a["self"]))
     if slope.numel() > 1 and rank > 1 and slope.dim() == 1:
         slope = slope.reshape((-1,) + (1,) * (rank - 2))
-    return low.emit(OpKind.PRELU, [low.value(a["self"]), low.add_const(slope, f"{node.name}.slope")])
+    slope_name = low.add_const(slope, f"{node.name}.slope")
+    return low.emit(OpKind.PRELU, [low.value(a["self"]), slope_name])
 
 
 def _softmax(op: OpKind) -> Converter:

@@ -136,13 +136,19 @@ def _slice(low: Lowering, node: fx.Node) -> Value:
     a = args(node)
     shape = low.shape(a["self"])
     axis = int(a["dim"]) % len(shape)
-    start, end, step = a["start"], a["end"], int(a["step"])
-    start = 0 if start is None else max(0, min(int(start) % shape[axis] if int(start) < 0
-                                               else int(start), shape[axis]))
-    end = shape[axis] if end is None else int(end)
-    end = max(0, end + shape[axis]) if end < 0 else min(end, shape[axis])
-    attrs = {"starts": [start], "ends": [end], "axes": [axis], "steps": [step]}
+    size = shape[axis]
+    start = _clamp_index(a["start"], size, 0)
+    end = _clamp_index(a["end"], size, size)
+    attrs = {"starts": [start], "ends": [end], "axes": [axis], "steps": [int(a["step"])]}
     return low.emit(OpKind.SLICE, [low.value(a["self"])], attrs)
+
+
+def _clamp_index(index: Any, size: int, default: int) -> int:
+    """A Python-style slice bound (None, negative, past the end) as an index in [0, size]."""
+    if index is None:
+        return default
+    index = int(index)
+    return max(0, index + size) if index < 0 else min(index, size)
 
 
 @converts("aten.select.int")

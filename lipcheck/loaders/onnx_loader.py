@@ -23,8 +23,8 @@ from lipcheck.loaders.onnx_ops import CONVERTERS
 from lipcheck.rules.structural import ONNX_DTYPES
 
 MIN_OPSET, MAX_OPSET = 6, 23
-MAX_NODES = 100_000
-MAX_FILE_BYTES = 2 * 1024**3
+from lipcheck.limits import MAX_MODEL_BYTES as MAX_FILE_BYTES  # noqa: E402
+from lipcheck.limits import MAX_NODES  # noqa: E402
 DEFAULT_DOMAINS = ("", "ai.onnx")
 InputShapes = Sequence[tuple[int, ...]] | dict[str, tuple[int, ...]] | None
 

@@ -237,7 +237,19 @@ def _cast(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
            node.op_type)
 
 
+def _cast_like(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """CastLike-15: Cast to the element type of the second input."""
+    from lipcheck.rules.structural import ONNX_DTYPES
+
+    codes = {dtype: code for code, dtype in ONNX_DTYPES.items()}
+    target = b.values[node.input[1]].dtype
+    if target not in codes:
+        raise refuse(b, node, f"cast like a {target} value")
+    _cast(b, node, {"to": codes[target]})
+
+
 CONVERTERS["Cast"] = _cast
+CONVERTERS["CastLike"] = _cast_like
 
 
 def _prelu(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:

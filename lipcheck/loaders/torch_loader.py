@@ -34,20 +34,21 @@ CHECK_RTOL, CHECK_ATOL = 1e-4, 1e-5  # lowered graph vs torch, relative to the o
 
 # ----- exported programs ------------------------------------------------------------------
 def lower_exported(ep: torch.export.ExportedProgram, metadata: dict[str, Any],
-                   seed: int = 0) -> Graph:
+                   seed: int = 0, constant_names: dict[str, str] | None = None) -> Graph:
     """Lower an ExportedProgram, retrying on its core-ATen form for unknown ops."""
     metadata = {"opset": None, "warnings": [], **metadata}
     try:
-        graph = lower_program(ep, TABLE, metadata)
+        graph = lower_program(ep, TABLE, metadata, constant_names)
     except UnsupportedOpsError as first:
-        graph = _lower_decomposed(ep, metadata, first)
+        graph = _lower_decomposed(ep, metadata, first, constant_names)
     infer_shapes(graph, seed)
     _check_outputs(graph, ep, seed)
     return graph
 
 
 def _lower_decomposed(ep: torch.export.ExportedProgram, metadata: dict[str, Any],
-                      first: UnsupportedOpsError) -> Graph:
+                      first: UnsupportedOpsError,
+                      constant_names: dict[str, str] | None) -> Graph:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -55,7 +56,7 @@ def _lower_decomposed(ep: torch.export.ExportedProgram, metadata: dict[str, Any]
     except Exception:  # noqa: BLE001 - the decomposition is only a second chance
         raise first from None
     try:
-        return lower_program(decomposed, TABLE, metadata)
+        return lower_program(decomposed, TABLE, metadata, constant_names)
     except UnsupportedOpsError:
         raise first from None
 
@@ -127,7 +128,8 @@ class _eval_mode:
             module.training = flag
 
 
-def _export(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+def _export(model: torch.nn.Module,
+            inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -229,7 +231,15 @@ def load_torchscript(path: str | Path, input_shapes: Shapes | None, seed: int = 
     _check_shapes(input_shapes)
     dtype = _float_dtype(script)
     ep = _export(_CallScript(script), _example_inputs(input_shapes, dtype, seed))
-    return lower_exported(ep, file_metadata(path, "torchscript"), seed)
+    return lower_exported(ep, file_metadata(path, "torchscript"), seed, _script_names(script, ep))
+
+
+def _script_names(script: torch.nn.Module, ep: torch.export.ExportedProgram) -> dict[str, str]:
+    """The TorchScript module's own names for the constants export lifted from it."""
+    by_storage = {t.data_ptr(): name for name, t in
+                  [*script.named_parameters(), *script.named_buffers()]}
+    return {target: by_storage[t.data_ptr()] for target, t in ep.constants.items()
+            if isinstance(t, torch.Tensor) and t.data_ptr() in by_storage}
 
 
 # ----- state dicts and pickles ------------------------------------------------------------

@@ -31,8 +31,10 @@ class Unsupported(Exception):
 class Lowering:
     """The state of one lowering: values, constants, emitted nodes."""
 
-    def __init__(self, ep: torch.export.ExportedProgram) -> None:
+    def __init__(self, ep: torch.export.ExportedProgram,
+                 constant_names: dict[str, str] | None = None) -> None:
         self.ep = ep
+        self.constant_names = constant_names or {}  # lifted constant target -> nicer name
         self.env: dict[str, Value] = {}
         self.constants: dict[str, torch.Tensor] = {}
         self.nodes: list[Node] = []
@@ -185,7 +187,7 @@ def _lower_placeholder(low: Lowering, node: fx.Node) -> None:
         raise Unsupported(f"{target!r} is a {type(tensor).__name__}, not a tensor")
     tensor = tensor.detach().clone()
     _check_finite(target, tensor)
-    low.env[node.name] = low.add_const(tensor, target)
+    low.env[node.name] = low.add_const(tensor, low.constant_names.get(target, target))
 
 
 def _materialise(low: Lowering, arg: Any) -> Any:
@@ -233,8 +235,8 @@ Converter = Callable[[Lowering, fx.Node], Value]
 
 
 def lower_program(ep: torch.export.ExportedProgram, table: dict[str, Converter],
-                  metadata: dict[str, Any]) -> Graph:
-    low = Lowering(ep)
+                  metadata: dict[str, Any], constant_names: dict[str, str] | None = None) -> Graph:
+    low = Lowering(ep, constant_names)
     unsupported: dict[str, list[str]] = {}
     for node in ep.graph.nodes:
         try:

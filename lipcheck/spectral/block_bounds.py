@@ -37,10 +37,16 @@ def _certify_chunk(blocks: torch.Tensor, tau: float) -> torch.Tensor:
     shift = 2.0 * g * n * tau
     eye = torch.eye(n, dtype=blocks.dtype, device=blocks.device)
     factor, info = torch.linalg.cholesky_ex((tau - shift) * eye - blocks)
-    frob = factor.abs().square().sum(dim=(-2, -1)) * (1.0 + gamma(n * n))
-    diagonal = blocks.diagonal(dim1=-2, dim2=-1).abs().amax(dim=-1)
+    frob = squared_frobenius(factor) * (1.0 + gamma(n * n))
+    diagonal = blocks.diagonal(dim1=-2, dim2=-1).real.abs().amax(dim=-1)
     rounding = 2.0 * UNIT_ROUNDOFF * (abs(tau - shift) + diagonal)
     return (info == 0) & (shift - g * frob - rounding > 0)
+
+
+def squared_frobenius(blocks: torch.Tensor) -> torch.Tensor:
+    if not blocks.is_complex():
+        return torch.linalg.vector_norm(blocks, dim=(-2, -1)).square()
+    return torch.linalg.vector_norm(torch.view_as_real(blocks), dim=(-3, -2, -1)).square()
 
 
 def top_eigenvalues(blocks: torch.Tensor) -> torch.Tensor:
@@ -52,15 +58,16 @@ def max_eig_bound(blocks: torch.Tensor, eta: float = 2e-3, sample: int = 8) -> t
     """(tau, lower, worst): every block has lambda_max < tau (proven); `lower` is the
     largest eigenvalue computed (an estimate), found at block `worst`."""
     count = blocks.shape[0]
-    frob = blocks.abs().square().sum(dim=(-2, -1))
-    if count == 0 or float(frob.max()) == 0.0:
+    trace = blocks.diagonal(dim1=-2, dim2=-1).real.sum(dim=-1)
+    if count == 0 or float(squared_frobenius(blocks).max()) == 0.0:
         return 0.0, 0.0, 0
-    picked = torch.topk(frob, min(count, max(1, min(sample, count // 16)))).indices
+    picked = torch.topk(trace, min(count, max(1, min(sample, count // 16)))).indices
     values = top_eigenvalues(blocks[picked])
     lower, worst = float(values.max()), int(picked[int(values.argmax())])
     tau, pending = max(lower, 0.0) * (1 + eta) + 1e-300, torch.arange(count, device=blocks.device)
     for _ in range(8):
-        pending = pending[~cholesky_certify(blocks[pending], tau)]
+        subset = blocks if pending.numel() == count else blocks[pending]
+        pending = pending[~cholesky_certify(subset, tau)]
         if pending.numel() == 0:
             return tau, lower, worst
         tau, lower, worst = _raise(blocks, pending, tau, lower, worst, eta)
@@ -86,12 +93,12 @@ def gram_iteration_bound(blocks: torch.Tensor, steps: int = 6) -> torch.Tensor:
     g, up = gamma(n), 1.0 + gamma(n * n)
     h, frobs, scales = blocks, [], []
     for _ in range(steps):
-        f = h.abs().square().sum(dim=(-2, -1)).sqrt() * up
+        f = squared_frobenius(h).sqrt() * up
         scale = torch.exp2(torch.floor(torch.log2(f.clamp_min(1e-300))))
         frobs.append(f)
         scales.append(scale)
         h = (h.mH @ h) / (scale * scale)[:, None, None]
-    rho = h.abs().square().sum(dim=(-2, -1)).sqrt() * up
+    rho = squared_frobenius(h).sqrt() * up
     for f, scale in zip(reversed(frobs), reversed(scales)):
         rho = torch.sqrt(scale * scale * rho + g * f * f) * (1 + 8 * UNIT_ROUNDOFF)
     return rho
@@ -101,4 +108,4 @@ def fro_bound(blocks: torch.Tensor) -> float:
     """||G||_2 <= ||G||_F, the trivial certificate."""
     if blocks.numel() == 0:
         return 0.0
-    return float(blocks.abs().square().sum(dim=(-2, -1)).sqrt().max()) * (1 + gamma(blocks.shape[-1] ** 2))
+    return float(squared_frobenius(blocks).sqrt().max()) * (1 + gamma(blocks.shape[-1] ** 2))

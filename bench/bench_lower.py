@@ -1,0 +1,109 @@
+"""Lower bounds against exact values and upper bounds (GitHub issue 5).
+
+  .venv/bin/python bench/bench_lower.py [--nets N] [--budgets 1,10,60] [--skip-models]
+
+1. Random 2-layer ReLU nets (hidden width <= 16): brute-force exact constant, the
+   certified lower bound (1 s budget), AutoLip and (when present) exact SeqLip upper
+   bounds; the relative differences lower/exact and upper/exact.
+2. models/digits_*.onnx (when present): the gap (best certified upper / lower) at each
+   lower-bound budget, on the whole input space and on the pixel box [0, 1].
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lipcheck.estimators.autolip import autolip, bound_nodes
+from lipcheck.estimators.lower import lower_bound
+from lipcheck.estimators.pwl_chain import mlp_graph
+from lipcheck.settings import Settings
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def brute_force(w1: np.ndarray, w2: np.ndarray) -> float:
+    return max(np.linalg.norm(w2 @ np.diag(s) @ w1, 2)
+               for s in itertools.product((0.0, 1.0), repeat=w1.shape[0]))
+
+
+def certified_uppers(graph, methods: list[str]) -> dict[str, float]:
+    settings = Settings()
+    nodes = bound_nodes(graph, settings)
+    out = {"autolip": autolip(graph, nodes).value}
+    try:
+        from lipcheck.estimators.global_bounds import global_bounds
+    except ImportError:
+        return out
+    for b in global_bounds(graph, nodes, methods, settings):
+        if b.kind == "upper" and b.certified:
+            out[b.method] = min(b.value, out.get(b.method, float("inf")))
+    return out
+
+
+def random_nets(count: int) -> None:
+    print("| n_in | hidden | exact | lower | lower/exact-1 | seqlip-exact/exact-1 | autolip/exact |")
+    print("|---|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        n_in, h = [(16, 16), (8, 12), (4, 16), (12, 8)][i % 4]
+        w1, w2 = rng.standard_normal((h, n_in)) / np.sqrt(n_in), rng.standard_normal((5, h)) / 4
+        b1, b2 = rng.standard_normal(h) * 0.5, rng.standard_normal(5)
+        graph = mlp_graph([w1, w2], [b1, b2])
+        w1, w2 = (graph.constants[k].double().numpy() for k in ("W0", "W1"))
+        exact = brute_force(w1, w2) if n_in >= h else None
+        low = lower_bound(graph, budget_s=1.0, seed=0).value
+        ups = certified_uppers(graph, ["seqlip-exact"])
+        ref = exact if exact is not None else ups.get("seqlip-exact", float("nan"))
+        seq = ups.get("seqlip-exact", float("nan"))
+        print(f"| {n_in} | {h} | {ref:.9g}{'' if exact else ' (seqlip)'} | {low:.9g} | "
+              f"{low / ref - 1:.1e} | {seq / ref - 1:.1e} | {ups['autolip'] / ref:.3f} |")
+        assert low <= ref * (1 + 1e-9), "certified lower bound above the exact constant"
+
+
+def model_gaps(budgets: list[float]) -> None:
+    try:
+        from lipcheck.loaders.dispatch import load_model
+    except ImportError:
+        print("lipcheck.loaders.dispatch is missing: model rows skipped")
+        return
+    for name in ("digits_mlp", "digits_spectral", "digits_cnn", "digits_resnet"):
+        path = MODELS / f"{name}.onnx"
+        if not path.exists():
+            print(f"{path} not found: skipped")
+            continue
+        graph = load_model(path)
+        start = time.perf_counter()
+        ups = certified_uppers(graph, ["all"])
+        best = min(ups, key=ups.get)
+        print(f"\n{name}: best certified upper {ups[best]:.6g} ({best}; "
+              f"{time.perf_counter() - start:.1f} s); all: "
+              + ", ".join(f"{k}={v:.4g}" for k, v in sorted(ups.items())))
+        print("| budget s | box | lower | method | rounds | gap |")
+        print("|---|---|---|---|---|---|")
+        for budget, box in itertools.product(budgets, (None, (0.0, 1.0))):
+            low = lower_bound(graph, budget_s=budget, seed=0, input_range=box)
+            print(f"| {budget:g} | {'[0,1]' if box else 'none'} | {low.value:.6g} | {low.method} "
+                  f"| {low.extra['rounds']} | {ups[best] / low.value:.3f} |")
+            assert low.value <= ups[best] * (1 + 1e-9), "lower bound above a certified upper"
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", type=int, default=8)
+    parser.add_argument("--budgets", default="1,10,60")
+    parser.add_argument("--skip-models", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    random_nets(args.nets)
+    if not args.skip_models:
+        model_gaps([float(b) for b in args.budgets.split(",")])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

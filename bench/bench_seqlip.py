@@ -1,0 +1,141 @@
+"""SeqLip and SDP benchmarks of GitHub issue 4. One command:
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_seqlip.py [--reference] [--direct-sdp]
+
+1. greedy SeqLip on a 784-500-500-10 ReLU MLP (seed 0, torch default init), against a
+   plain implementation of the paper's greedy rule (one SVD per candidate flip) with
+   --reference (slow: minutes);
+2. low-rank SeqLip (k=200) on conv(1->16,k3)-relu-conv(16->32,k3,s2)-relu-linear(->10)
+   at 1x28x28;
+3. LipSDP-Neuron on a 784-50-10 MLP with the exact end-layer reduction, against a
+   direct unreduced solve (SCS, 834x834) with --direct-sdp.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from lipcheck.estimators.autolip import bound_nodes
+from lipcheck.estimators.chains import find_chains
+from lipcheck.estimators.sdp import lipsdp_neuron
+from lipcheck.estimators.seqlip import dense_factor, greedy_chain, lowrank_factors, pair_matrices
+from lipcheck.graph import Graph, Node, OpKind, ValueInfo
+from lipcheck.interpreter import infer_shapes
+from lipcheck.settings import Settings
+
+
+def mlp_graph(widths: list[int], seed: int = 0) -> Graph:
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(a, b) for a, b in zip(widths, widths[1:])]
+    nodes, consts, x = [], {}, "x"
+    for i, layer in enumerate(layers):
+        consts[f"w{i}"], consts[f"b{i}"] = layer.weight.detach(), layer.bias.detach()
+        nodes.append(Node(f"fc{i}", OpKind.GEMM, [x, f"w{i}", f"b{i}"], [f"h{i}"], {"transB": 1}))
+        x = f"h{i}"
+        if i < len(layers) - 1:
+            nodes.append(Node(f"relu{i}", OpKind.RELU, [x], [f"a{i}"]))
+            x = f"a{i}"
+    g = Graph([ValueInfo("x", (1, widths[0]))], [x], nodes, consts)
+    infer_shapes(g)
+    return g
+
+
+def cnn_graph(seed: int = 0) -> Graph:
+    torch.manual_seed(seed)
+    c1, c2 = torch.nn.Conv2d(1, 16, 3), torch.nn.Conv2d(16, 32, 3, stride=2)
+    fc = torch.nn.Linear(32 * 12 * 12, 10)
+    consts = {"w1": c1.weight.detach(), "b1": c1.bias.detach(), "w2": c2.weight.detach(),
+              "b2": c2.bias.detach(), "w3": fc.weight.detach().reshape(10, 32, 12, 12), "b3": fc.bias.detach()}
+    # the linear layer on the flattened map, as a 12x12 "conv" (no Flatten rule needed)
+    nodes = [Node("conv1", OpKind.CONV, ["x", "w1", "b1"], ["c1"]), Node("relu1", OpKind.RELU, ["c1"], ["r1"]),
+             Node("conv2", OpKind.CONV, ["r1", "w2", "b2"], ["c2"], {"strides": [2, 2]}),
+             Node("relu2", OpKind.RELU, ["c2"], ["r2"]), Node("fc", OpKind.CONV, ["r2", "w3", "b3"], ["y"])]
+    g = Graph([ValueInfo("x", (1, 1, 28, 28))], ["y"], nodes, consts)
+    infer_shapes(g)
+    return g
+
+
+def reference_greedy(x: np.ndarray, y: np.ndarray) -> float:
+    """The paper's greedy rule (lipEstimation's optim_greedy), written plainly."""
+    sigma = np.ones(x.shape[1])
+    current = scipy.linalg.svdvals(x @ (sigma[:, None] * y))[0]
+    while True:
+        best, best_i = current, -1
+        for i in range(len(sigma)):
+            sigma[i] = 1 - sigma[i]
+            value = scipy.linalg.svdvals(x @ (sigma[:, None] * y))[0]
+            sigma[i] = 1 - sigma[i]
+            if best < value:
+                best, best_i = value, i
+        if best_i < 0:
+            return float(current)
+        sigma[best_i] = 1 - sigma[best_i]
+        current = best
+
+
+def bench_greedy(reference: bool) -> dict:
+    s = Settings()
+    g = mlp_graph([784, 500, 500, 10])
+    (chain,) = find_chains(g, bound_nodes(g, s), s)
+    start = time.perf_counter()
+    factors = [dense_factor(p) for p in chain.parts]
+    result = greedy_chain(factors, chain.slopes, math.inf)
+    out = {"greedy_value": result.value, "greedy_seconds": time.perf_counter() - start,
+           "detail": result.detail, "autolip": chain.autolip_product}
+    if reference:
+        start = time.perf_counter()
+        out["reference_value"] = math.prod(reference_greedy(x, y) for x, y in pair_matrices(factors))
+        out["reference_seconds"] = time.perf_counter() - start
+        out["relative_difference"] = abs(out["greedy_value"] / out["reference_value"] - 1)
+    return out
+
+
+def bench_lowrank() -> dict:
+    s = Settings()
+    g = cnn_graph()
+    (chain,) = find_chains(g, bound_nodes(g, s), s)
+    start = time.perf_counter()
+    factors = lowrank_factors(chain, s, 200)
+    svd_seconds = time.perf_counter() - start
+    result = greedy_chain(factors, chain.slopes, math.inf)
+    return {"lowrank_value": result.value, "lowrank_seconds": time.perf_counter() - start,
+            "svd_seconds": svd_seconds, "parts": [p.shape for p in chain.parts],
+            "detail": result.detail, "autolip": chain.autolip_product}
+
+
+def bench_sdp(direct: bool) -> dict:
+    torch.manual_seed(0)
+    w = [torch.nn.Linear(784, 50).weight.detach().double().numpy(),
+         torch.nn.Linear(50, 10).weight.detach().double().numpy()]
+    result = lipsdp_neuron(w, [(0.0, 1.0)])
+    out = {"sdp_value": result.value, "sdp_seconds": result.seconds, "certified": result.certified,
+           "detail": result.detail}
+    if direct:
+        full = lipsdp_neuron(w, [(0.0, 1.0)], reduce=False, solver="SCS", seconds=1800)
+        out.update(direct_value=full.value, direct_seconds=full.seconds, direct_detail=full.detail,
+                   relative_difference=abs(result.value / full.value - 1))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", action="store_true", help="also run the plain greedy (minutes)")
+    parser.add_argument("--direct-sdp", action="store_true", help="also solve the unreduced SDP")
+    parser.add_argument("--only", choices=["greedy", "lowrank", "sdp"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    runs = {"greedy": lambda: bench_greedy(args.reference), "lowrank": bench_lowrank,
+            "sdp": lambda: bench_sdp(args.direct_sdp)}
+    for name, run in runs.items():
+        if args.only in (None, name):
+            print(json.dumps({name: run()}, indent=1, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()

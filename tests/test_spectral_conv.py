@@ -1,0 +1,212 @@
+"""Certified per-layer bounds for Conv / ConvTranspose / large dense layers (issue 3).
+
+Truth is the largest singular value of the dense Jacobian (float64) of the node's real
+operator (padding, stride, dilation, groups, input size)."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from lipcheck.errors import UserError
+from lipcheck.graph import Graph, Node, OpKind, ValueInfo
+from lipcheck.interpreter import infer_shapes
+from lipcheck.rules import BoundContext, get_rule
+from lipcheck.settings import Settings
+from lipcheck.spectral.block_bounds import cholesky_certify, gram_iteration_bound, max_eig_bound
+from lipcheck.spectral.freq_gram import frequency_grams
+from lipcheck.spectral.operator import dense_jacobian, matrix_norm, node_operator
+from lipcheck.spectral.polyphase import conv_spec, phase_kernel
+
+
+def conv_graph(c_in: int, c_out: int, size: tuple[int, ...], kernel: tuple[int, ...], attrs: dict,
+               transpose: bool = False, seed: int = 0) -> Graph | None:
+    gen = torch.Generator().manual_seed(seed)
+    g = int(attrs.get("group", 1))
+    shape = (c_in, c_out // g, *kernel) if transpose else (c_out, c_in // g, *kernel)
+    node = Node("c", OpKind.CONV_TRANSPOSE if transpose else OpKind.CONV, ["x", "w"], ["y"], attrs)
+    try:
+        graph = Graph([ValueInfo("x", (1, c_in, *size))], ["y"], [node], {"w": torch.randn(shape, generator=gen)})
+        infer_shapes(graph)
+    except Exception:  # an impossible geometry (output size <= 0): not a test case
+        return None
+    return graph if math.prod(graph.nodes[0].output_shapes[0]) > 0 else None
+
+
+def bound(graph: Graph, method: str = "auto", **extra):
+    node = graph.nodes[0]
+    settings = Settings(layer_method=method, **extra)
+    return get_rule(node.op).bound(node, BoundContext(graph, settings))
+
+
+def true_norm(graph: Graph) -> float:
+    node = graph.nodes[0]
+    op = node_operator(node, BoundContext(graph, Settings()))
+    return float(torch.linalg.matrix_norm(dense_jacobian(op), 2))
+
+
+def random_case(rng: random.Random, transpose: bool) -> Graph | None:
+    d = rng.choice([1, 2, 2, 3])
+    g = rng.choice([1, 1, 2])
+    c_in, c_out = g * rng.randint(1, 3), g * rng.randint(1, 3)
+    kernel = tuple(rng.randint(1, 4) for _ in range(d))
+    size = tuple(rng.randint(3, 10) if d < 3 else rng.randint(2, 5) for _ in range(d))
+    strides = [rng.randint(1, 3) for _ in range(d)]
+    dilations = [rng.randint(1, 2) for _ in range(d)]
+    attrs = {"strides": strides, "dilations": dilations, "group": g,
+             "pads": [rng.randint(0, 3) for _ in range(2 * d)]}
+    if transpose:
+        attrs["output_padding"] = [rng.randint(0, max(s, r) - 1) for s, r in zip(strides, dilations)]
+    return conv_graph(c_in, c_out, size, kernel, attrs, transpose, seed=rng.randint(0, 10**6))
+
+
+def random_cases(count: int, seed: int) -> list[Graph]:
+    rng, out = random.Random(seed), []
+    while len(out) < count:
+        graph = random_case(rng, transpose=len(out) % 3 == 0)
+        if graph is not None:
+            out.append(graph)
+    return out
+
+
+@pytest.mark.parametrize("graph", random_cases(45, seed=1), ids=lambda g: "")
+def test_fft_bound_is_certified_on_random_layers(graph: Graph) -> None:
+    """stride 1-3, padding 0-3, dilation 1-2, groups, 1d/2d/3d, transpose: fft >= truth."""
+    truth = true_norm(graph)
+    result = bound(graph, "fft")
+    assert result.certified
+    assert result.value >= truth * (1 - 1e-12)
+    assert result.estimate is None or result.estimate <= result.value
+
+
+@pytest.mark.parametrize("graph", random_cases(20, seed=2), ids=lambda g: "")
+def test_auto_bound_is_certified_and_tight(graph: Graph) -> None:
+    truth = true_norm(graph)
+    result = bound(graph)
+    assert truth * (1 - 1e-12) <= result.value <= 1.05 * truth + 1e-12
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 1), (2, 1), (2, 0), (3, 2)])
+def test_fft_is_tight_on_a_large_grid(stride: int, pad: int) -> None:
+    """Away from tiny grids the circular embedding costs little and the stride nothing."""
+    graph = conv_graph(4, 6, (24, 24), (3, 3), {"strides": [stride] * 2, "pads": [pad] * 4})
+    truth = true_norm(graph)
+    result = bound(graph, "fft")
+    assert truth <= result.value <= 1.02 * truth
+    assert 0.97 * truth <= result.estimate <= result.value
+
+
+def test_gram_iteration_method_is_certified_and_close() -> None:
+    graph = conv_graph(4, 5, (20, 20), (3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]})
+    truth = true_norm(graph)
+    result = bound(graph, "gram")
+    assert result.method == "fft-gram"
+    assert truth <= result.value <= 1.05 * truth
+
+
+def test_one_by_one_strided_conv_is_exact() -> None:
+    graph = conv_graph(8, 16, (9, 9), (1, 1), {"strides": [2, 2]})
+    result = bound(graph, "fft")
+    w = graph.constants["w"].reshape(16, 8).double()
+    assert result.method == "exact-svd"
+    assert result.value == pytest.approx(float(torch.linalg.matrix_norm(w, 2)), rel=1e-8)
+
+
+def test_conv_transpose_matches_its_conv() -> None:
+    """ConvTranspose with pads and output_padding: the certified bound brackets the truth."""
+    graph = conv_graph(3, 4, (7, 6), (3, 3), {"strides": [2, 2], "pads": [1, 0, 2, 1],
+                                              "output_padding": [1, 0]}, transpose=True)
+    truth = true_norm(graph)
+    spec = conv_spec(graph.nodes[0], graph.constants["w"])
+    assert spec.out_size() == tuple(graph.nodes[0].input_shapes[0][2:])
+    assert truth <= bound(graph, "fft").value <= 1.25 * truth
+
+
+def test_polyphase_keeps_only_read_phases() -> None:
+    graph = conv_graph(3, 4, (8, 8), (1, 1), {"strides": [2, 2]})
+    pk = phase_kernel(conv_spec(graph.nodes[0], graph.constants["w"]))
+    assert pk.taps.shape == (1, 1, 4, 3) and pk.out_size == (4, 4)
+
+
+def test_frequency_grams_match_a_direct_dft() -> None:
+    gen = torch.Generator().manual_seed(3)
+    taps = torch.randn(1, 4, 3, 5, generator=gen, dtype=torch.float64)
+    offsets = torch.tensor([[0, 0], [0, 1], [1, 0], [2, 1]])
+    blocks, error = frequency_grams(taps, offsets, (5, 4))
+    theta = 2 * math.pi * torch.tensor([2.0, 1.0], dtype=torch.float64) / 5.0 * torch.tensor([1.0, 1.25], dtype=torch.float64)  # frequency (2, 1)
+    k = sum(taps[0, a].to(torch.complex128) * torch.exp(1j * (offsets[a].double() @ theta)) for a in range(4))
+    expected = k @ k.mH  # output side (3 < 5), up to conjugation
+    got = blocks[2 * 3 + 1]
+    assert torch.allclose(got, expected, atol=1e-12) or torch.allclose(got, expected.conj(), atol=1e-12)
+    assert 0 < error < 1e-10
+
+
+def test_cholesky_certificate_is_sharp_and_never_wrong() -> None:
+    """Proves lambda_max < tau just above the top eigenvalue; refuses just below it."""
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(6, 40, 40, generator=gen, dtype=torch.complex128)
+    g = a.mH @ a
+    top = float(torch.linalg.eigvalsh(g)[:, -1].max())
+    assert bool(cholesky_certify(g, top * (1 + 1e-7)).all())
+    assert not bool(cholesky_certify(g, top * (1 - 1e-7)).all())
+    tau, lower, _ = max_eig_bound(g)
+    assert lower <= top < tau <= top * 1.01
+
+
+def test_rounding_margin_refuses_a_matrix_at_the_edge() -> None:
+    """tau equal to lambda_max exactly (a singular tau I - G) must not be certified."""
+    g = torch.diag(torch.tensor([3.0, 1.0, 2.0], dtype=torch.complex128))[None]
+    assert not bool(cholesky_certify(g, 3.0)[0])
+    assert bool(cholesky_certify(g, 3.0 * (1 + 1e-9))[0])
+
+
+def test_gram_iteration_is_an_upper_bound_at_every_step() -> None:
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(3, 30, 30, generator=gen, dtype=torch.complex128)
+    g = a.mH @ a
+    top = torch.linalg.eigvalsh(g)[:, -1]
+    previous = None
+    for steps in range(0, 7):
+        rho = gram_iteration_bound(g, steps)
+        assert bool((rho >= top).all())
+        if previous is not None:
+            assert bool((rho <= previous * (1 + 1e-12)).all())
+        previous = rho
+    assert bool((previous <= top * 1.01).all())
+
+
+def test_large_matrix_norm_uses_a_certified_gram() -> None:
+    gen = torch.Generator().manual_seed(6)
+    m = torch.randn(700, 900, generator=gen, dtype=torch.float64)
+    truth = float(torch.linalg.matrix_norm(m, 2))
+    assert truth <= matrix_norm(m) <= truth * (1 + 1e-8)
+
+
+def test_exact_on_a_large_operator_is_a_user_error() -> None:
+    graph = conv_graph(8, 8, (20, 20), (3, 3), {"pads": [1, 1, 1, 1]})
+    with pytest.raises(UserError, match="exact"):
+        bound(graph, "exact", exact_max_dim=100)
+
+
+def test_power_method_is_labelled_an_estimate() -> None:
+    graph = conv_graph(2, 3, (8, 8), (3, 3), {"pads": [1, 1, 1, 1]})
+    result = bound(graph, "power")
+    assert not result.certified and result.value <= true_norm(graph) * (1 + 1e-6)
+
+
+def test_auto_falls_back_to_fft_above_the_dense_limit() -> None:
+    graph = conv_graph(3, 3, (16, 16), (3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]})
+    result = bound(graph, exact_max_dim=10)
+    assert result.method == "fft" and result.certified and "grid" in result.detail
+    assert true_norm(graph) <= result.value
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu() -> None:
+    graph = conv_graph(8, 8, (16, 16), (3, 3), {"pads": [1, 1, 1, 1]})
+    cpu = bound(graph, "fft").value
+    gpu = bound(graph, "fft", device="cuda").value
+    assert gpu == pytest.approx(cpu, rel=1e-9)
