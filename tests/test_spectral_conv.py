@@ -71,7 +71,7 @@ def random_cases(count: int, seed: int) -> list[Graph]:
     return out
 
 
-@pytest.mark.parametrize("graph", random_cases(45, seed=1), ids=lambda g: "")
+@pytest.mark.parametrize("graph", random_cases(40, seed=1), ids=lambda g: "")
 def test_fft_bound_is_certified_on_random_layers(graph: Graph) -> None:
     """stride 1-3, padding 0-3, dilation 1-2, groups, 1d/2d/3d, transpose: fft >= truth."""
     truth = true_norm(graph)
@@ -91,7 +91,7 @@ def test_auto_bound_is_certified_and_tight(graph: Graph) -> None:
 @pytest.mark.parametrize("stride,pad", [(1, 1), (2, 1), (2, 0), (3, 2)])
 def test_fft_is_tight_on_a_large_grid(stride: int, pad: int) -> None:
     """Away from tiny grids the circular embedding costs little and the stride nothing."""
-    graph = conv_graph(4, 6, (24, 24), (3, 3), {"strides": [stride] * 2, "pads": [pad] * 4})
+    graph = conv_graph(3, 4, (18, 18), (3, 3), {"strides": [stride] * 2, "pads": [pad] * 4})
     truth = true_norm(graph)
     result = bound(graph, "fft")
     assert truth <= result.value <= 1.02 * truth

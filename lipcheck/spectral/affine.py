@@ -3,8 +3,8 @@
 Methods (Settings.layer_method): "exact" (dense Jacobian SVD; UserError when the operator
 is too large for it), "fft" / "gram" (the op's certifier: for Conv and ConvTranspose the
 FFT block bound with a Cholesky certificate, or with Gram iteration), "power" (power
-iteration: an estimate, not certified), "auto" (exact when the dense SVD is small, else
-the op's certifier, else power iteration). Beside every certified value that is not
+iteration: an estimate, not certified), "auto" (exact when the dense SVD is cheap, or fits
+and the conv grid is small (< 8 per side); else the op's certifier; else power iteration). Beside every certified value that is not
 exact, a warm-started power iteration gives the lower estimate (NodeBound.estimate).
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _norm(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
     method = ctx.settings.layer_method
     if method == "power":
         return _power(node, ctx, op)
-    if method in ("auto", "exact") and fits_dense(op, ctx):
+    if (method == "exact" and fits_dense(op, ctx)) or (method == "auto" and _prefer_dense(node, op, ctx)):
         return dense_norm(op)
     if method == "exact":
         raise UserError(f"node {node.name!r} ({node.op.value}): --layer-method exact needs a dense "
@@ -76,6 +76,21 @@ def _norm(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
         if result is not None:
             return result
     return _power(node, ctx, op)
+
+
+# A dense SVD above this many Jacobian entries costs seconds; a conv on a grid of at least
+# LARGE_GRID cells per side then takes the FFT certificate instead (a few % looser at most).
+DENSE_CHEAP_ENTRIES = 2**20
+LARGE_GRID = 8
+
+
+def _prefer_dense(node: Node, op: LinearOperator, ctx: BoundContext) -> bool:
+    if not fits_dense(op, ctx):
+        return False
+    if node.op not in CERTIFIERS or op.n_in * op.n_out <= DENSE_CHEAP_ENTRIES:
+        return True
+    spatial = op.out_shape[2:] if node.op != OpKind.CONV_TRANSPOSE else op.in_shape[2:]
+    return node.op not in (OpKind.CONV, OpKind.CONV_TRANSPOSE) or min(spatial, default=0) < LARGE_GRID
 
 
 def _power(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
