@@ -108,7 +108,7 @@ def test_gram_iteration_method_is_certified_and_close() -> None:
 
 def test_one_by_one_strided_conv_is_exact() -> None:
     graph = conv_graph(8, 16, (9, 9), (1, 1), {"strides": [2, 2]})
-    result = bound(graph, "fft")
+    result = bound(graph)  # auto: the 1x1 path, not the dense Jacobian
     w = graph.constants["w"].reshape(16, 8).double()
     assert result.method == "exact-svd"
     assert result.value == pytest.approx(float(torch.linalg.matrix_norm(w, 2)), rel=1e-8)

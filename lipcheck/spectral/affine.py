@@ -17,8 +17,8 @@ import torch
 
 from lipcheck.errors import UserError
 from lipcheck.graph import Node, OpKind
-from lipcheck.rules.registry import BoundContext, NodeBound
-from lipcheck.spectral.conv_norm import conv_certifier
+from lipcheck.bounds import BoundContext, NodeBound
+from lipcheck.spectral.conv_norm import conv_certifier, is_pointwise
 from lipcheck.spectral.operator import (LinearOperator, NormResult, dense_norm, fits_dense,
                                         node_operator, power_norm)
 
@@ -85,7 +85,7 @@ LARGE_GRID = 8
 
 
 def _prefer_dense(node: Node, op: LinearOperator, ctx: BoundContext) -> bool:
-    if not fits_dense(op, ctx):
+    if not fits_dense(op, ctx) or is_pointwise(node, ctx):
         return False
     if node.op not in CERTIFIERS or op.n_in * op.n_out <= DENSE_CHEAP_ENTRIES:
         return True

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lipcheck.graph import Node, OpKind
-from lipcheck.rules.registry import BoundContext
+from lipcheck.bounds import BoundContext
 from lipcheck.spectral.block_bounds import gram_iteration_bound, max_eig_bound
 from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, frequency_grams
 from lipcheck.spectral.operator import LinearOperator, NormResult, matrix_norm
@@ -47,6 +47,14 @@ def conv_certifier(node: Node, ctx: BoundContext, op: LinearOperator) -> Certifi
     start = plane_wave(pk, blocks[worst], worst)
     return CertifiedNorm(value, True, "fft", detail=_detail(pk, blocks.shape[0]), start=start,
                          start_on_output=node.op == OpKind.CONV_TRANSPOSE)
+
+
+def is_pointwise(node: Node, ctx: BoundContext) -> bool:
+    """A single tap after polyphase (1x1, or strided so that one tap is read): exact cheaply."""
+    weight = ctx.const(node, 1)
+    if node.op not in (OpKind.CONV, OpKind.CONV_TRANSPOSE) or weight is None or weight.dim() < 3:
+        return False
+    return phase_kernel(conv_spec(node, weight)).taps.shape[1] <= 1
 
 
 def _gram_result(blocks: torch.Tensor, error: float, pk: PhaseKernel, steps: int = 6) -> CertifiedNorm:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import scipy.linalg
 import torch
 
 from lipcheck.graph import Node, Shape
-from lipcheck.rules.registry import BoundContext
+
+if TYPE_CHECKING:
+    from lipcheck.bounds import BoundContext
 
 # Relative margin added to every float64 singular value reported as certified: the
 # float64 SVD is backward stable, sigma has relative error far below 1e-12 for the
