@@ -30,7 +30,9 @@ class EstimateOptions:
     """What to compute, beyond the per-layer Settings."""
 
     methods: tuple[str, ...] = ("auto",)
-    lower_budget: float = 2.0          # seconds for the lower-bound search (0: none)
+    lower_budget: float = 10.0         # seconds: cap on the lower-bound search (0: no search)
+    lower_rounds: int | None = None    # ascent rounds (None: the library default; 0: as many
+                                       # as fit in lower_budget, not reproducible)
     input_range: tuple[float, float] | None = None
     witness_path: str | None = None
     arch: str | None = None
@@ -128,6 +130,7 @@ def _settings_dict(settings: Settings, options: EstimateOptions) -> dict[str, An
     out = settings.to_dict()
     out.pop("extra", None)
     out.update(methods=list(options.methods), lower_budget=options.lower_budget,
+               lower_rounds=_lower_rounds(options),
                input_range=list(options.input_range) if options.input_range else None)
     return out
 
@@ -159,12 +162,23 @@ def _lower(graph: Graph, settings: Settings, options: EstimateOptions, timings: 
         return None
     start = time.perf_counter()
     found = lower_bound(graph, budget_s=options.lower_budget, seed=settings.seed,
+                        rounds=_lower_rounds(options),
                         input_range=options.input_range)
     timings["lower_bound"] = time.perf_counter() - start
     if options.witness_path and found is not None:
         from lipcheck.estimators.lower import save_witness
         save_witness(options.witness_path, found)
     return found
+
+
+def _lower_rounds(options: EstimateOptions) -> int | None:
+    """Rounds for the lower-bound search: count-based (reproducible) unless 0."""
+    if options.lower_rounds == 0:
+        return None
+    if options.lower_rounds is not None:
+        return options.lower_rounds
+    from lipcheck.estimators import lower
+    return getattr(lower, "DEFAULT_ROUNDS", 2)
 
 
 def collect_warnings(graph: Graph, result: AutoLipResult, report: Report) -> list[Warning]:
@@ -175,8 +189,18 @@ def collect_warnings(graph: Graph, result: AutoLipResult, report: Report) -> lis
     if not result.certified and math.isfinite(result.value):
         out.append(Warning("not_certified", "the AutoLip value uses power-iteration estimates "
                            "for some layers: it is an estimate, not a certified upper bound"))
+    out += _budget_warnings(report)
     out += _sandwich_warnings(report)
     return out
+
+
+def _budget_warnings(report: Report) -> list[Warning]:
+    """Methods whose count-based search was cut short by a wall-clock cap."""
+    found = report.bounds + ([report.lower_bound] if report.lower_bound else [])
+    return [Warning("cut_by_budget", f"{b.method} stopped at its time cap before its "
+                    "count-based limit: still a valid bound, but it may differ between runs "
+                    "(raise --time-budget / --lower-budget to make it reproducible)")
+            for b in found if b.extra.get("cut_by_budget")]
 
 
 def _sandwich_warnings(report: Report) -> list[Warning]:

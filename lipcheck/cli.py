@@ -115,7 +115,9 @@ def estimate(
                                "seqlip-greedy, seqlip-lowrank, sdp, eclipse, eclipse-fast, all"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
     time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
-    lower_budget: float = typer.Option(2.0, help="seconds for the lower-bound search (0: off)"),
+    lower_budget: float = typer.Option(10.0, help="seconds: cap on the lower-bound search (0: off)"),
+    lower_rounds: Optional[int] = typer.Option(
+        None, help="lower-bound ascent rounds (default: reproducible count; 0: fill the budget)"),
     input_range: Optional[str] = typer.Option(None, help="restrict the lower-bound search, LO,HI"),
     save_witness: Optional[Path] = typer.Option(None, help="store the lower bound's input (npz)"),
     seed: int = typer.Option(0, help="random seed"),
@@ -140,6 +142,7 @@ def estimate(
                             dtype=check_choice(dtype, ("float32", "float64"), "--dtype"),
                             timeout=check_timeout(timeout))
         options = EstimateOptions(methods=parse_methods(method), lower_budget=lower_budget,
+                                  lower_rounds=lower_rounds,
                                   input_range=parse_range(input_range),
                                   witness_path=str(save_witness) if save_witness else None,
                                   arch=arch, unsafe_pickle=unsafe_pickle)

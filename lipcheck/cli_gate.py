@@ -42,7 +42,9 @@ def check(
     method: str = typer.Option("auto", help="global methods, as in estimate"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
     time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
-    lower_budget: float = typer.Option(2.0, help="seconds for the lower-bound search (0: off)"),
+    lower_budget: float = typer.Option(10.0, help="seconds: cap on the lower-bound search (0: off)"),
+    lower_rounds: Optional[int] = typer.Option(
+        None, help="lower-bound ascent rounds (default: reproducible count; 0: fill the budget)"),
     input_range: Optional[str] = typer.Option(None, help="restrict the lower-bound search, LO,HI"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
@@ -59,6 +61,7 @@ def check(
         settings = Settings(seed=seed, device=check_device(device), layer_method=layer_method,
                             time_budget=time_budget)
         options = EstimateOptions(methods=parse_methods(method), lower_budget=lower_budget,
+                                  lower_rounds=lower_rounds,
                                   input_range=parse_range(input_range), arch=arch,
                                   unsafe_pickle=unsafe_pickle)
         verdict = api_check(

@@ -21,7 +21,6 @@ bound once lower.py verifies it by a secant quotient).
 """
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -132,12 +131,11 @@ def _brute_force_two_layer(chain: Chain, budget: _Budget) -> ExactResult:
 
 
 def _sign_chunks(h: int, size: int = 4096):
-    patterns = itertools.product((-1.0, 1.0), repeat=h)
-    while True:
-        chunk = np.array(list(itertools.islice(patterns, size)))
-        if chunk.size == 0:
-            return
-        yield chunk.reshape(-1, h)
+    """All sign vectors in {-1, 1}^h, `size` at a time (bits of consecutive integers)."""
+    bits = np.arange(h)
+    for start in range(0, 2 ** h, size):
+        codes = np.arange(start, min(start + size, 2 ** h))
+        yield ((codes[:, None] >> bits) & 1) * 2.0 - 1.0
 
 
 def _batched_norms(w2: np.ndarray, sigma: np.ndarray, w1: np.ndarray) -> np.ndarray:

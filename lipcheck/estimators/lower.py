@@ -19,6 +19,7 @@ constant), and the detail says the search was restricted.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -84,16 +85,22 @@ class _Search:
 def lower_bound(graph: Graph, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
                 input_range: tuple[float, float] | None = None, pairwise: bool = True,
                 rounds: int | None = None, config: LowerConfig | None = None) -> LowerBound:
-    """The best certified lower bound found within `budget_s` seconds (or `rounds`)."""
+    """The best certified lower bound found within `budget_s` seconds, or in `rounds`
+    ascent rounds. With `rounds` the search is deterministic (the screen and the exact
+    witness are count-limited) and `budget_s` is only a cap: when the cap stops it early,
+    `extra["cut_by_budget"]` says so and the value depends on the machine's speed."""
     start = time.perf_counter()
     box = _check_range(input_range)
     search = _Search(NetFunction(graph), box, seed, config or LowerConfig())
     deadline = start + budget_s
+    screen_deadline = deadline if rounds is None else math.inf
     with torch.random.fork_rng(devices=[]):
         _exact_witness(graph, search, budget_s if rounds is None else None)
-        screened = _screen(search, deadline)
+        screened = _screen(search, screen_deadline)
         done = _rounds(search, pairwise, deadline, rounds)
-    return _bound(search, time.perf_counter() - start, done, screened)
+    result = _bound(search, time.perf_counter() - start, done, screened)
+    result.extra["cut_by_budget"] = rounds is not None and done < rounds
+    return result
 
 
 def _check_range(input_range: tuple[float, float] | None) -> Box:
@@ -142,7 +149,7 @@ def _screen(search: _Search, deadline: float) -> int:
 def _rounds(search: _Search, pairwise: bool, deadline: float, rounds: int | None) -> int:
     done = 0
     while rounds is None or done < rounds:
-        if rounds is None and time.perf_counter() > deadline:
+        if time.perf_counter() > deadline:
             break
         _one_round(search, done, pairwise)
         done += 1

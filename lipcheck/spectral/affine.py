@@ -19,8 +19,8 @@ from lipcheck.errors import UserError
 from lipcheck.graph import Node, OpKind
 from lipcheck.bounds import BoundContext, NodeBound
 from lipcheck.spectral.conv_norm import conv_certifier, is_pointwise
-from lipcheck.spectral.operator import (LinearOperator, NormResult, dense_norm, fits_dense,
-                                        node_operator, power_norm)
+from lipcheck.spectral.operator import (LinearOperator, NormResult, apply_with_adjoint, dense_norm,
+                                        fits_dense, node_operator, power_norm)
 
 # Certified norm methods for particular ops (FFT, Gram iteration, ...), tried by
 # `affine_bound` when the dense Jacobian is too large. Each returns None when it
@@ -121,7 +121,7 @@ def _start(op: LinearOperator, result: NormResult, seed: int) -> torch.Tensor:
         return torch.randn(op.in_shape, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
     if getattr(result, "start_on_output", False):
         u = _fit(start, op.out_shape[1:]).reshape(op.out_shape).to(op.device, op.dtype)
-        return torch.func.vjp(op.apply, torch.zeros(op.in_shape, dtype=op.dtype, device=op.device))[1](u)[0]
+        return apply_with_adjoint(op, torch.zeros(op.in_shape, dtype=op.dtype, device=op.device))[1](u)
     return _fit(start, op.in_shape[1:]).reshape(op.in_shape).to(op.device, op.dtype)
 
 
@@ -142,7 +142,7 @@ def warm_power(op: LinearOperator, v: torch.Tensor, iters: int) -> float:
             if norm == 0.0 or not math.isfinite(norm):
                 break
             v = v / norm
-            u, vjp = torch.func.vjp(op.apply, v)
+            u, adjoint = apply_with_adjoint(op, v)
             sigma = max(sigma, float(u.norm()))
-            (v,) = vjp(u)
+            v = adjoint(u)
     return sigma

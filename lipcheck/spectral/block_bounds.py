@@ -5,7 +5,7 @@
 satisfies R^H R = A + E with ||E||_2 <= gamma_{n+1} ||R||_F^2, so if the shift
 c > gamma ||R||_F^2 + (rounding of the diagonal), tau I - G is positive definite.
 `max_eig_bound` picks tau (an eigvalsh of a few blocks plus a small relative margin, raised
-where a block's certificate fails). `gram_iteration_bound` is the Gram iteration
+where a block's certificate fails; only the failing blocks are tested again). `gram_iteration_bound` is the Gram iteration
 (Delattre et al. 2023) with an explicit rounding chain: an upper bound at every step.
 """
 from __future__ import annotations
@@ -32,14 +32,19 @@ def cholesky_certify(blocks: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def _certify_chunk(blocks: torch.Tensor, tau: float) -> torch.Tensor:
+    """The computed factor R of A = (tau - c) I - G has sum_k |r_ki|^2 = a_ii + e_ii with
+    |e_ii| <= g sum_k |r_ki|^2 (Demmel), so ||R||_F^2 <= trace(A) / (1 - g): no pass over R."""
     n = blocks.shape[-1]
     g = gamma(n + 2)
     shift = 2.0 * g * n * tau
-    eye = torch.eye(n, dtype=blocks.dtype, device=blocks.device)
-    factor, info = torch.linalg.cholesky_ex((tau - shift) * eye - blocks)
-    frob = squared_frobenius(factor) * (1.0 + gamma(n * n))
-    diagonal = blocks.diagonal(dim1=-2, dim2=-1).real.abs().amax(dim=-1)
-    rounding = 2.0 * UNIT_ROUNDOFF * (abs(tau - shift) + diagonal)
+    shifted = -blocks
+    shifted.diagonal(dim1=-2, dim2=-1).add_(tau - shift)
+    _, info = torch.linalg.cholesky_ex(shifted)
+    diagonal = blocks.diagonal(dim1=-2, dim2=-1).real
+    size = n * abs(tau - shift) + diagonal.abs().sum(dim=-1)
+    trace = n * (tau - shift) - diagonal.sum(dim=-1) + gamma(n + 2) * size  # >= trace(A), computed
+    frob = trace.clamp_min(0.0) / (1.0 - g)
+    rounding = 2.0 * UNIT_ROUNDOFF * (abs(tau - shift) + diagonal.abs().amax(dim=-1))
     return (info == 0) & (shift - g * frob - rounding > 0)
 
 
@@ -54,36 +59,38 @@ def top_eigenvalues(blocks: torch.Tensor) -> torch.Tensor:
     return torch.cat(values) if values else blocks.new_zeros(0).real
 
 
-def max_eig_bound(blocks: torch.Tensor, eta: float = 2e-3, sample: int = 8) -> tuple[float, float, int]:
+def max_eig_bound(blocks: torch.Tensor, eta: float = 2e-3) -> tuple[float, float, int]:
     """(tau, lower, worst): every block has lambda_max < tau (proven); `lower` is the
-    largest eigenvalue computed (an estimate), found at block `worst`."""
+    largest eigenvalue computed (an estimate), found at block `worst`. Eigenvalues are
+    computed for the blocks of largest trace (an eigvalsh costs ~4 Cholesky: one block in
+    16), then for the blocks that fail (the largest-trace ones when many fail)."""
     count = blocks.shape[0]
-    trace = blocks.diagonal(dim1=-2, dim2=-1).real.sum(dim=-1)
     if count == 0 or float(squared_frobenius(blocks).max()) == 0.0:
         return 0.0, 0.0, 0
-    picked = torch.topk(trace, min(count, max(1, min(sample, count // 16)))).indices
-    values = top_eigenvalues(blocks[picked])
-    lower, worst = float(values.max()), int(picked[int(values.argmax())])
-    tau, pending = max(lower, 0.0) * (1 + eta) + 1e-300, torch.arange(count, device=blocks.device)
-    for _ in range(8):
+    trace = blocks.diagonal(dim1=-2, dim2=-1).real.sum(dim=-1)
+    budget = max(2, count // 16)
+    pending = torch.arange(count, device=blocks.device)
+    lower, worst = _top_by_trace(blocks, trace, pending, budget)
+    tau = max(lower, 0.0) * (1 + eta) + 1e-300
+    for attempt in range(8):
         subset = blocks if pending.numel() == count else blocks[pending]
         pending = pending[~cholesky_certify(subset, tau)]
         if pending.numel() == 0:
             return tau, lower, worst
-        tau, lower, worst = _raise(blocks, pending, tau, lower, worst, eta)
-        eta *= 2
+        value, index = _top_by_trace(blocks, trace, pending, budget)
+        if value > lower:
+            lower, worst = value, index
+        grow = 1.0 if pending.numel() <= budget else 1.0 + eta * 2**attempt  # all failing seen
+        tau = max(tau * grow, lower * (1 + eta)) * (1 + 1e-12)
     return fro_bound(blocks), lower, worst
 
 
-def _raise(blocks: torch.Tensor, pending: torch.Tensor, tau: float, lower: float, worst: int,
-           eta: float) -> tuple[float, float, int]:
-    """A larger tau for the blocks that failed: their eigenvalues when few, else a step."""
-    if pending.numel() > max(8, blocks.shape[0] // 8):
-        return tau * (1 + 4 * eta), lower, worst
-    values = top_eigenvalues(blocks[pending])
-    if float(values.max()) > lower:
-        lower, worst = float(values.max()), int(pending[int(values.argmax())])
-    return max(tau * (1 + eta), lower * (1 + eta)), lower, worst
+def _top_by_trace(blocks: torch.Tensor, trace: torch.Tensor, among: torch.Tensor,
+                  count: int) -> tuple[float, int]:
+    """The largest top eigenvalue among the `count` blocks of `among` with largest trace."""
+    picked = among[torch.topk(trace[among], min(count, among.numel())).indices]
+    values = top_eigenvalues(blocks[picked])
+    return float(values.max()), int(picked[int(values.argmax())])
 
 
 def gram_iteration_bound(blocks: torch.Tensor, steps: int = 6) -> torch.Tensor:
