@@ -9,7 +9,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -21,6 +21,10 @@ from lipcheck.passes import fuse_batchnorm
 from lipcheck.report import NP_HARD_MESSAGE, LayerRecord, Report, Warning
 from lipcheck.results import GlobalBound
 from lipcheck.settings import Settings
+
+if TYPE_CHECKING:
+    from lipcheck.certify import Robustness
+    from lipcheck.gate import Thresholds, Verdict
 
 Shapes = list[tuple[int, ...]] | None
 

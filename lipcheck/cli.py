@@ -105,6 +105,23 @@ def check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
     return value
 
 
+def run_config(*, seed: int, device: str, layer_method: str, time_budget: float, method: str,
+               lower_budget: float, lower_rounds: Optional[int], input_range: Optional[str],
+               arch: Optional[str], unsafe_pickle: bool, max_iter: int = 500, tol: float = 1e-6,
+               dtype: str = "float32", timeout: Optional[float] = None):
+    """Validated Settings and EstimateOptions from the options estimate and check share."""
+    from lipcheck.api import EstimateOptions
+    check_choice(layer_method, LAYER_METHODS, "--layer-method")
+    settings = Settings(seed=seed, device=check_device(device), max_iter=max_iter, tol=tol,
+                        layer_method=layer_method, time_budget=time_budget,
+                        dtype=check_choice(dtype, ("float32", "float64"), "--dtype"),
+                        timeout=check_timeout(timeout))
+    options = EstimateOptions(methods=parse_methods(method), lower_budget=lower_budget,
+                              lower_rounds=lower_rounds, input_range=parse_range(input_range),
+                              arch=arch, unsafe_pickle=unsafe_pickle)
+    return settings, options
+
+
 @app.command()
 def estimate(
     model: Path = typer.Argument(..., help="ONNX, .pt2, TorchScript, or a state_dict with --arch"),
@@ -135,17 +152,12 @@ def estimate(
 ) -> None:
     """Bound the Lipschitz constant of every layer and of the whole network."""
     def body() -> int:
-        from lipcheck.api import EstimateOptions
-        check_choice(layer_method, LAYER_METHODS, "--layer-method")
-        settings = Settings(seed=seed, device=check_device(device), max_iter=max_iter, tol=tol,
-                            layer_method=layer_method, time_budget=time_budget,
-                            dtype=check_choice(dtype, ("float32", "float64"), "--dtype"),
-                            timeout=check_timeout(timeout))
-        options = EstimateOptions(methods=parse_methods(method), lower_budget=lower_budget,
-                                  lower_rounds=lower_rounds,
-                                  input_range=parse_range(input_range),
-                                  witness_path=str(save_witness) if save_witness else None,
-                                  arch=arch, unsafe_pickle=unsafe_pickle)
+        settings, options = run_config(
+            seed=seed, device=device, layer_method=layer_method, time_budget=time_budget,
+            method=method, lower_budget=lower_budget, lower_rounds=lower_rounds,
+            input_range=input_range, arch=arch, unsafe_pickle=unsafe_pickle, max_iter=max_iter,
+            tol=tol, dtype=dtype, timeout=timeout)
+        options.witness_path = str(save_witness) if save_witness else None
         if unsafe_pickle:
             err.print("[yellow]warning[/yellow]: --unsafe-pickle: loading a pickled module runs "
                       "code from the file; use it only on files you trust")

@@ -10,10 +10,8 @@ from typing import Optional
 
 import typer
 
-from lipcheck.cli import (app, check_choice, check_device, err, guarded, parse_methods,
-                          parse_range, parse_shapes, write_text)
+from lipcheck.cli import app, err, guarded, parse_shapes, run_config, write_text
 from lipcheck.errors import EXIT_OK, EXIT_THRESHOLD
-from lipcheck.settings import LAYER_METHODS, Settings
 
 
 @app.command()
@@ -55,15 +53,11 @@ def check(
 ) -> None:
     """Pass or fail a model against thresholds (exit 0 pass, 1 failed, 2 error, 3 no bound)."""
     def body() -> int:
-        from lipcheck.api import EstimateOptions
         from lipcheck.api import check as api_check
-        check_choice(layer_method, LAYER_METHODS, "--layer-method")
-        settings = Settings(seed=seed, device=check_device(device), layer_method=layer_method,
-                            time_budget=time_budget)
-        options = EstimateOptions(methods=parse_methods(method), lower_budget=lower_budget,
-                                  lower_rounds=lower_rounds,
-                                  input_range=parse_range(input_range), arch=arch,
-                                  unsafe_pickle=unsafe_pickle)
+        settings, options = run_config(
+            seed=seed, device=device, layer_method=layer_method, time_budget=time_budget,
+            method=method, lower_budget=lower_budget, lower_rounds=lower_rounds,
+            input_range=input_range, arch=arch, unsafe_pickle=unsafe_pickle)
         verdict = api_check(
             str(model), config=config, discover_config=not no_config,
             input_shapes=parse_shapes(input_shape), settings=settings, options=options,

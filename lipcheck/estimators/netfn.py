@@ -1,30 +1,41 @@
-"""The network as a float64 function of one flat input vector, for the lower-bound search.
+"""The network as a float64 function of flat input vectors, for the lower-bound search.
 
 `NetFunction(graph)(x)` runs the graph on the concatenation of all graph inputs
 (flattened, in order) and returns the concatenation of all outputs, in float64.
+`fn.batch(X)` does the same for each row of X (B, n_in) -> (B, n_out): in one run
+of the graph with a leading batch dimension B when the graph allows it (every input
+has leading dimension 1, Reshape shapes that start with 1 get B, and a 3-row trial
+agrees with the row-by-row results to rounding), row by row otherwise.
+
 With `smoothing` set, kinked activations (Relu, LeakyRelu, PRelu, Abs, Clip) run as
 softplus-smoothed versions, so that the Jacobian norm has a useful gradient in x
-(it is piecewise constant for the exact network). Smoothed values are only ever
-used to steer the search; every reported number comes from the exact network.
+(it is piecewise constant for the exact network). The softening width is per batch
+row, so a row's value does not depend on the other rows. Smoothed values are only
+ever used to steer the search; every reported number comes from the exact network.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from lipcheck.errors import UserError
+from lipcheck.errors import LipcheckError, UserError
 from lipcheck.graph import Graph, Node, OpKind
 from lipcheck.interpreter import run_node
 
 Smooth = Callable[[Node, list[torch.Tensor], float], torch.Tensor]
+TRIAL_ROWS = 3
+TRIAL_RTOL = 1e-9
 
 
 def _width(z: torch.Tensor, sharpness: float) -> torch.Tensor:
-    """Softening width: the node's mean |pre-activation| divided by the sharpness."""
-    return (z.detach().abs().mean() / sharpness).clamp_min(1e-12)
+    """Softening width: the mean |pre-activation| of each batch row over the sharpness."""
+    dims = tuple(range(1, z.dim()))
+    mean = z.detach().abs().mean(dim=dims, keepdim=True) if dims else z.detach().abs().mean()
+    return (mean / sharpness).clamp_min(1e-12)
 
 
 def soft_relu(z: torch.Tensor, sharpness: float) -> torch.Tensor:
@@ -57,8 +68,21 @@ SMOOTH: dict[OpKind, Smooth] = {
 }
 
 
+def _batched_nodes(nodes: list[Node]) -> list[Node] | None:
+    """Copies whose Reshape shapes take a leading batch size "B" (resolved per call)."""
+    out = []
+    for node in nodes:
+        if node.op == OpKind.RESHAPE:
+            shape = [int(s) for s in node.attrs["shape"]]
+            if not shape or shape[0] != 1:
+                return None
+            node = replace(node, attrs={**node.attrs, "shape": ["B", *shape[1:]]})
+        out.append(node)
+    return out
+
+
 class NetFunction:
-    """x (flat, float64) -> concatenated outputs (flat, float64)."""
+    """x (flat, float64) -> concatenated outputs (flat, float64); rows with `batch`."""
 
     def __init__(self, graph: Graph) -> None:
         for info in graph.inputs:
@@ -72,15 +96,54 @@ class NetFunction:
         self.constants = {k: v.double() if v.is_floating_point() else v
                           for k, v in graph.constants.items()}
         self.smoothing: float | None = None
+        self.n_out = int(self.exact(torch.zeros(self.n_in, dtype=torch.float64)).numel())
+        self.batched = self._batch_plan()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.sizes)
+        feeds = [p.reshape(s) for p, s in zip(parts, self.shapes)]
+        return torch.cat([y.reshape(-1) for y in self._run_graph(self.graph.nodes, feeds, 1)])
+
+    def batch(self, xs: torch.Tensor) -> torch.Tensor:
+        """f for each row of xs (B, n_in) -> (B, n_out); differentiable."""
+        if self.batched is None:
+            return torch.stack([self(x) for x in xs])
+        return self._run_rows(xs)
+
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact network at one point, without gradients."""
+        previous, self.smoothing = self.smoothing, None
+        try:
+            with torch.no_grad():
+                return self(x)
+        finally:
+            self.smoothing = previous
+
+    def exact_batch(self, xs: torch.Tensor) -> torch.Tensor:
+        previous, self.smoothing = self.smoothing, None
+        try:
+            with torch.no_grad():
+                return self.batch(xs)
+        finally:
+            self.smoothing = previous
+
+    def _run_rows(self, xs: torch.Tensor) -> torch.Tensor:
+        rows = xs.shape[0]
+        parts = torch.split(xs, self.sizes, dim=1)
+        feeds = [p.reshape(rows, *s[1:]) for p, s in zip(parts, self.shapes)]
+        outs = self._run_graph(self.batched, feeds, rows)
+        return torch.cat([y.reshape(rows, -1) for y in outs], dim=1)
+
+    def _run_graph(self, nodes: list[Node], feeds: list[torch.Tensor],
+                   rows: int) -> list[torch.Tensor]:
         env = dict(self.constants)
-        for info, part in zip(self.graph.inputs, torch.split(x, self.sizes)):
-            env[info.name] = part.reshape(info.shape)
-        for node in self.graph.nodes:
+        env.update((info.name, f) for info, f in zip(self.graph.inputs, feeds))
+        for node in nodes:
+            if node.op == OpKind.RESHAPE and node.attrs["shape"][0] == "B":
+                node = replace(node, attrs={**node.attrs, "shape": [rows, *node.attrs["shape"][1:]]})
             args = [env[v] if v else None for v in node.inputs]
             env.update(zip(node.outputs, self._run(node, args)))
-        return torch.cat([env[name].reshape(-1) for name in self.graph.outputs])
+        return [env[name] for name in self.graph.outputs]
 
     def _run(self, node: Node, args: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.smoothing is None:
@@ -88,11 +151,28 @@ class NetFunction:
         smooth = SMOOTH.get(node.op)
         return [smooth(node, args, self.smoothing)] if smooth else run_node(node, args)
 
-    def exact(self, x: torch.Tensor) -> torch.Tensor:
-        """The exact network, without gradients."""
-        previous, self.smoothing = self.smoothing, None
+    def _batch_plan(self) -> list[Node] | None:
+        """The batched node list when a trial on TRIAL_ROWS rows matches row by row."""
+        nodes = _batched_nodes(self.graph.nodes)
+        if nodes is None or any(s[:1] != (1,) for s in self.shapes):
+            return None
+        gen = torch.Generator().manual_seed(0)
+        xs = torch.randn(TRIAL_ROWS, self.n_in, generator=gen, dtype=torch.float64)
         try:
             with torch.no_grad():
-                return self(x)
+                rows = self._run_graph_rows(nodes, xs)
+                ref = torch.stack([self(x) for x in xs])
+        except (LipcheckError, RuntimeError, ValueError, IndexError, TypeError):
+            return None
+        if rows.shape != ref.shape or not bool(torch.isfinite(ref).all()):
+            return None
+        if float((rows - ref).abs().max()) > TRIAL_RTOL * float(ref.abs().max()):
+            return None
+        return nodes
+
+    def _run_graph_rows(self, nodes: list[Node], xs: torch.Tensor) -> torch.Tensor:
+        saved, self.batched = getattr(self, "batched", None), nodes
+        try:
+            return self._run_rows(xs)
         finally:
-            self.smoothing = previous
+            self.batched = saved

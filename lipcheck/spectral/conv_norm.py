@@ -75,12 +75,22 @@ def plane_wave(pk: PhaseKernel, block: torch.Tensor, index: int) -> torch.Tensor
     half = list(pk.grid[:-1]) + [pk.grid[-1] // 2 + 1]
     freq = torch.tensor(_unravel(index % math.prod(half), half), dtype=torch.float64)
     theta = 2 * math.pi * freq / torch.tensor(pk.grid, dtype=torch.float64)
-    vec = torch.linalg.eigh(block.cpu())[1][:, -1]
+    vec = top_vector(block.cpu())
     k = pk.taps[index // math.prod(half)].to(torch.complex128)  # (T, C_out, C_eff)
     phase = torch.exp(1j * (pk.offsets.to(torch.float64) @ theta))  # e^{i theta.a}
     if c_out < c_eff:
         vec, theta = torch.einsum("toc,t,o->c", k, phase, vec), -theta
     return _spread(pk, vec, theta, index // math.prod(half))
+
+
+def top_vector(block: torch.Tensor, steps: int = 30) -> torch.Tensor:
+    """An approximate top eigenvector (power iteration from a fixed start): only a warm start."""
+    gen = torch.Generator().manual_seed(0)
+    vec = torch.randn(block.shape[-1], generator=gen, dtype=torch.float64).to(block.dtype)
+    for _ in range(steps):
+        vec = block @ vec
+        vec = vec / vec.norm().clamp_min(1e-300)
+    return vec
 
 
 def _spread(pk: PhaseKernel, vec: torch.Tensor, theta: torch.Tensor, group: int) -> torch.Tensor:
