@@ -1,6 +1,10 @@
 """Per-layer certified bounds: tightness, speed and memory (GitHub issue 3).
 
-    .venv/bin/python bench/bench_conv.py [--quick] [--skip-vgg224] [--skip-memory]
+    .venv/bin/python bench/bench_conv.py [--quick] [--skip-vgg224] [--skip-memory] [--only NAME]
+
+`--only resnet18@224` (or resnet18@32, vgg11@32, vgg11@224, resnet50@224) runs one network:
+the speed target (certified vs 100-iteration power iteration, one thread) is the
+resnet18@224 line; the peak-RSS line is meaningful with `--only resnet50@224`.
 
 Builds ResNet-18-, VGG-11- and ResNet-50-shaped conv/linear layer lists with random
 weights (one single-node graph per layer), bounds every layer with lipcheck's default
@@ -11,14 +15,19 @@ iteration (a lower estimate, so the ratio is pessimistic); total certified time 
 """
 from __future__ import annotations
 
-import argparse
-import math
-import resource
-import statistics
-import sys
-import time
+import os
 
-import torch
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one BLAS thread, before numpy / scipy load
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
 
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
@@ -132,13 +141,29 @@ def run_network(name: str, layers: list[Layer], with_truth: bool, with_power: bo
         print(line, flush=True)
     if ratios:
         print(f"{name}: certified/true max {max(ratios):.4f} median {statistics.median(ratios):.4f}")
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"{name}: certified (with estimate) {cert_time:.2f}s"
           + (f", 100-iteration power iteration {power_time:.2f}s, speed-up {power_time / cert_time:.2f}x"
-             if with_power else ""))
+             if with_power else "") + f" [load average {load}]")
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+NETWORKS = {
+    "resnet18@32": (lambda: resnet_layers(32, [2, 2, 2, 2], False), True, False),
+    "vgg11@32": (lambda: vgg11_layers(32), True, False),
+    "resnet18@224": (lambda: resnet_layers(224, [2, 2, 2, 2], False), True, True),
+    "vgg11@224": (lambda: vgg11_layers(224), True, False),
+    "resnet50@224": (lambda: resnet_layers(224, [3, 4, 6, 3], True), False, False),
+}
+
+
+def _skipped(name: str, args: argparse.Namespace) -> bool:
+    big = name.endswith("@224")
+    return (args.quick and big) or (args.skip_vgg224 and name == "vgg11@224") or \
+        (args.skip_memory and name == "resnet50@224")
 
 
 def main() -> int:
@@ -146,16 +171,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="32x32 inputs only")
     parser.add_argument("--skip-vgg224", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--only", choices=list(NETWORKS), help="run one network")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    run_network("resnet18@32", resnet_layers(32, [2, 2, 2, 2], False), True, False)
-    run_network("vgg11@32", vgg11_layers(32), True, False)
-    if not args.quick:
-        run_network("resnet18@224", resnet_layers(224, [2, 2, 2, 2], False), True, True)
-        if not args.skip_vgg224:
-            run_network("vgg11@224", vgg11_layers(224), True, False)
-    if not args.skip_memory and not args.quick:
-        run_network("resnet50@224", resnet_layers(224, [3, 4, 6, 3], True), False, False)
+    for name, (layers, with_truth, with_power) in NETWORKS.items():
+        if args.only and name != args.only:
+            continue
+        if not args.only and _skipped(name, args):
+            continue
+        run_network(name, layers(), with_truth, with_power)
     print(f"peak RSS {peak_rss_mb():.0f} MB")
     return 0
 

@@ -4,6 +4,7 @@ Truth is the largest singular value of the dense Jacobian (float64) of the node'
 operator (padding, stride, dilation, groups, input size)."""
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -210,3 +211,58 @@ def test_cuda_matches_cpu() -> None:
     cpu = bound(graph, "fft").value
     gpu = bound(graph, "fft", device="cuda").value
     assert gpu == pytest.approx(cpu, rel=1e-9)
+
+
+def test_cholesky_margin_refuses_a_gap_below_the_rounding_bound() -> None:
+    """tau I - G is positive definite in exact arithmetic when tau exceeds lambda_max by
+    1e-13 relative, and a bare Cholesky succeeds; the certificate still refuses, because
+    its backward-error margin for n = 400 is larger than that gap (drop it: this fails)."""
+    g = torch.diag(torch.full((400,), 3.0, dtype=torch.complex128))[None]
+    tau = 3.0 * (1 + 1e-13)
+    assert int(torch.linalg.cholesky_ex(tau * torch.eye(400, dtype=torch.complex128) - g[0])[1]) == 0
+    assert not bool(cholesky_certify(g, tau)[0])
+    assert bool(cholesky_certify(g, 3.0 * (1 + 1e-7))[0])
+
+
+def test_max_eig_bound_finds_a_block_that_trace_ranking_misses() -> None:
+    """The block with the largest eigenvalue has the smallest trace: it is outside the
+    sampled blocks, fails the first Cholesky, and tau must be raised to cover it."""
+    flat = torch.eye(30, dtype=torch.complex128).repeat(40, 1, 1)  # lambda 1, trace 30
+    spike = torch.zeros(30, 30, dtype=torch.complex128)
+    spike[0, 0] = 2.0  # lambda 2, trace 2
+    blocks = torch.cat([flat, spike[None]])
+    tau, lower, worst = max_eig_bound(blocks)
+    assert worst == 40 and lower == pytest.approx(2.0)
+    assert 2.0 < tau <= 2.0 * 1.01
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_every_frequency_block_matches_a_direct_dft(dims: int) -> None:
+    """All half-spectrum blocks (half-pair Gammas + real DFT) equal K(w) K(w)^H computed
+    directly at their frequency, up to conjugation (the half spectrum's convention)."""
+    gen = torch.Generator().manual_seed(7)
+    taps = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64)
+    offsets = torch.tensor([[0] * dims, [1] + [0] * (dims - 1), [2] + [1] * (dims - 1)])
+    grid = (6,) if dims == 1 else (4, 3, 5)
+    blocks, _ = frequency_grams(taps, offsets, grid)
+    half = list(grid[:-1]) + [grid[-1] // 2 + 1]
+    index = 0
+    for group in range(2):
+        for freq in itertools.product(*(range(h) for h in half)):
+            theta = 2 * math.pi * torch.tensor(freq, dtype=torch.float64) / torch.tensor(grid, dtype=torch.float64)
+            k = sum(taps[group, a].to(torch.complex128) * torch.exp(1j * (offsets[a].double() @ theta))
+                    for a in range(3))
+            got, expected = blocks[index], k @ k.mH
+            assert torch.allclose(got, expected, atol=1e-11) or torch.allclose(got, expected.conj(), atol=1e-11)
+            index += 1
+    assert index == blocks.shape[0]
+
+
+def test_auto_takes_the_dense_svd_when_the_time_budget_allows() -> None:
+    """6 channels on 14x14: above the always-dense size; the time model (~0.5 s) decides."""
+    graph = conv_graph(6, 6, (14, 14), (3, 3), {"pads": [1, 1, 1, 1]})
+    truth = true_norm(graph)
+    tight = bound(graph, time_budget=60.0)
+    quick = bound(graph, time_budget=0.01)
+    assert tight.method == "exact-svd" and quick.method == "fft"
+    assert truth <= tight.value <= truth * (1 + 1e-6) and truth <= quick.value

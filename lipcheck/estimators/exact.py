@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
-from scipy.optimize import linprog
 
 from lipcheck.estimators.pwl_chain import Chain, pwl_chain
 from lipcheck.graph import Graph
@@ -239,6 +238,8 @@ def _lp_ball(node: _Node, a: np.ndarray, c: float, box: tuple[float, float] | No
         eye = np.eye(n)
         a_ub = np.vstack([a_ub, np.hstack([eye, np.ones((n, 1))]), np.hstack([-eye, np.ones((n, 1))])])
         rhs = np.concatenate([rhs, np.full(n, box[1]), np.full(n, -box[0])])
+    from scipy.optimize import linprog  # lazy: importing scipy.optimize takes ~1.5 s
+
     cost = np.zeros(n + 1)
     cost[-1] = -1.0
     res = linprog(cost, A_ub=a_ub, b_ub=rhs, bounds=bounds, method="highs")

@@ -8,9 +8,9 @@ secant quotient along J's top singular direction (see lower_search.py).
 The search runs in deterministic rounds within a time budget:
   round 0  screening: `screen` seeded random points, the Jacobian norm at each; and,
            for a tiny piecewise-linear chain, the witness of the exact enumeration;
-  round r  Jacobian-norm ascent from the r-th best screened point (fresh random
-           points once they run out), then a pairwise-quotient ascent from the pair
-           it found.
+  round r  Jacobian-norm ascent from the next `starts_per_round` best screened points
+           (fresh random points once they run out), all in one batch, then a
+           pairwise-quotient ascent from the pairs it found.
 With the same seed and the same number of rounds the value is identical; the bound's
 `extra["rounds"]` records how many the budget allowed, and `lower_bound(...,
 rounds=N)` replays them. With `input_range` every point stays in the box [lo, hi]^n:
@@ -27,20 +27,22 @@ import numpy as np
 import torch
 
 from lipcheck.errors import UserError
-from lipcheck.estimators.lower_search import (Box, Candidate, certified_quotient,
-                                              jacobian_ascent, jacobian_candidate,
-                                              pairwise_ascent)
+from lipcheck.estimators.lower_ascent import jacobian_ascent, pairwise_ascent
+from lipcheck.estimators.lower_search import (Box, Candidate, Pairs, certified_quotient,
+                                              certify, jacobian_pairs)
 from lipcheck.estimators.netfn import NetFunction
 from lipcheck.graph import Graph
 from lipcheck.results import GlobalBound
 
 DEFAULT_BUDGET_S = 10.0
+DEFAULT_ROUNDS = 3
 
 
 @dataclass
 class LowerConfig:
-    screen: int = 64                        # random points evaluated in round 0
+    screen: int = 256                       # random points evaluated in round 0
     scales: tuple[float, ...] = (0.3, 1.0, 3.0, 30.0)  # std of the random points (no box)
+    starts_per_round: int = 8               # points ascended together in one round
     ascent_steps: int = 60
     pair_steps: int = 40
     lr: float = 0.1                         # Adam step, relative to the point scale
@@ -63,11 +65,19 @@ class _Search:
     seed: int
     config: LowerConfig
     best: Candidate | None = None
-    starts: list[tuple[float, torch.Tensor]] = field(default_factory=list)
+    starts: list[tuple[float, int]] = field(default_factory=list)  # (value, point index)
 
     def offer(self, candidate: Candidate) -> None:
         if self.best is None or candidate.value > self.best.value:
             self.best = candidate
+
+    def offer_pairs(self, pairs: Pairs, method: str) -> None:
+        """Certify the row with the best batched quotient if it may beat the best."""
+        if len(pairs.values) == 0:
+            return
+        row = int(torch.argmax(pairs.values))
+        if self.best is None or float(pairs.values[row]) > self.best.value:
+            self.offer(certify(self.fn, pairs, row, method))
 
     def scale(self, index: int) -> float:
         if self.box is not None:
@@ -80,6 +90,12 @@ class _Search:
             lo, hi = self.box
             return lo + (hi - lo) * torch.rand(self.fn.n_in, generator=gen, dtype=torch.float64)
         return self.scale(index) * torch.randn(self.fn.n_in, generator=gen, dtype=torch.float64)
+
+    def points(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random points with these indices (rows) and their scales (K, 1)."""
+        xs = torch.stack([self.random_point(i) for i in indices])
+        scales = torch.tensor([[self.scale(i)] for i in indices], dtype=torch.float64)
+        return xs, scales
 
 
 def lower_bound(graph: Graph, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
@@ -112,37 +128,45 @@ def _check_range(input_range: tuple[float, float] | None) -> Box:
     return lo, hi
 
 
+def _hidden_units(graph: Graph) -> int:
+    from lipcheck.estimators.pwl_chain import ACTIVATIONS
+    return sum(math.prod(node.output_shapes[0]) if node.output_shapes else 0
+               for node in graph.nodes if node.op in ACTIVATIONS)
+
+
 def _exact_witness(graph: Graph, search: _Search, budget_s: float | None) -> None:
     """For a tiny ReLU-family chain, certify the exact enumeration's best region (budget
     None: limited by its LP count only, so that replays are deterministic)."""
-    from lipcheck.estimators.exact import exact_chain
     from lipcheck.estimators.pwl_chain import pwl_chain
+    if _hidden_units(graph) > search.config.exact_max_units or search.fn.n_in > 4096:
+        return
     try:
         chain = pwl_chain(graph)
     except (UserError, RuntimeError, ValueError):
         return
-    if sum(chain.widths) > search.config.exact_max_units or chain.n_in > 4096:
+    if sum(chain.widths) > search.config.exact_max_units:
         return
+    from lipcheck.estimators.exact import exact_chain
     seconds = float("inf") if budget_s is None else search.config.exact_share * budget_s
     result = exact_chain(chain, search.box, max_lps=search.config.exact_max_lps,
                          max_seconds=seconds)
     if result.witness is not None:
-        x = torch.tensor(result.witness, dtype=torch.float64)
-        search.offer(jacobian_candidate(search.fn, x, search.box, "exact-region")[0])
+        x = torch.tensor(result.witness, dtype=torch.float64)[None]
+        search.offer_pairs(jacobian_pairs(search.fn, x, search.box)[0], "exact-region")
 
 
-def _screen(search: _Search, deadline: float) -> int:
-    """Round 0: certified Jacobian values at seeded random points, best first."""
+def _screen(search: _Search, deadline: float, chunk: int = 64) -> int:
+    """Round 0: certified Jacobian values at seeded random points; starts best first."""
     done = 0
-    for i in range(search.config.screen):
+    while done < search.config.screen:
         if done and time.perf_counter() > deadline:
             break
-        x = search.random_point(i)
-        found, _ = jacobian_candidate(search.fn, x, search.box, "jacobian-ascent")
-        search.offer(found)
-        search.starts.append((found.value, x))
-        done += 1
-    search.starts.sort(key=lambda item: -item[0])
+        indices = list(range(done, min(done + chunk, search.config.screen)))
+        pairs, _ = jacobian_pairs(search.fn, search.points(indices)[0], search.box)
+        search.offer_pairs(pairs, "jacobian-ascent")
+        search.starts += [(float(v), i) for v, i in zip(pairs.values, indices)]
+        done += len(indices)
+    search.starts.sort(key=lambda item: (-item[0], item[1]))
     return done
 
 
@@ -156,19 +180,25 @@ def _rounds(search: _Search, pairwise: bool, deadline: float, rounds: int | None
     return done
 
 
+def _round_starts(search: _Search, index: int) -> list[int]:
+    """Point indices for round `index`: the next best screened, then fresh ones."""
+    k, screen = search.config.starts_per_round, search.config.screen
+    ranked = [i for _, i in search.starts]
+    return [ranked[j] if j < len(ranked) else screen + j for j in range(index * k, index * k + k)]
+
+
 def _one_round(search: _Search, index: int, pairwise: bool) -> None:
     cfg = search.config
-    if index < len(search.starts):
-        x, scale = search.starts[index][1], search.scale(index)
-    else:
-        x, scale = search.random_point(cfg.screen + index), search.scale(cfg.screen + index)
-    found = jacobian_ascent(search.fn, x, cfg.ascent_steps, cfg.lr * scale, search.box)
-    search.offer(found)
+    xs, scales = search.points(_round_starts(search, index))
+    found = jacobian_ascent(search.fn, xs, cfg.ascent_steps, cfg.lr * scales, search.box)
+    search.offer_pairs(found, "jacobian-ascent")
     if pairwise:
-        p, q = (torch.tensor(a, dtype=torch.float64) for a in (found.x, found.y))
-        d = q - p
-        d = 1e-2 * scale * d / d.norm() if float(d.norm()) > 0 else 1e-2 * scale * torch.ones_like(p)
-        search.offer(pairwise_ascent(search.fn, p, d, cfg.pair_steps, cfg.lr * scale, search.box))
+        d = found.q - found.p
+        size = d.norm(dim=1, keepdim=True)
+        d = torch.where(size > 0, d / size.clamp_min(1e-300), torch.ones_like(d) / d.shape[1] ** 0.5)
+        pairs = pairwise_ascent(search.fn, found.p, 1e-2 * scales * d, cfg.pair_steps,
+                                cfg.lr * scales, search.box)
+        search.offer_pairs(pairs, "pairwise")
 
 
 def _bound(search: _Search, seconds: float, rounds: int, screened: int) -> LowerBound:

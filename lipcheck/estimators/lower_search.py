@@ -1,13 +1,20 @@
-"""Search steps for certified lower bounds: Jacobian top direction, secant certificate,
-Jacobian-norm ascent (on a smoothed network) and pairwise-quotient ascent.
+"""Search primitives for certified lower bounds, on batches of points: Jacobians, top
+singular directions, secant pairs, and the certified quotient.
 
-Every number these return as `Candidate.value` is a pairwise quotient
-||f(p) - f(q)|| / ||p - q|| of the exact network at two points in the search box,
-computed in float64 and lowered by a rounding margin: a certified lower bound of the
-Lipschitz constant that needs no differentiability. A Jacobian candidate uses the
-pair x -/+ (t/2) v with v its top right singular vector and t tiny, so that the
-quotient equals ||J(x) v|| wherever f is differentiable around x (piecewise-linear
-nets away from a kink), and is still a valid lower bound where it is not.
+Every number returned as `Candidate.value` is a pairwise quotient ||f(p) - f(q)|| /
+||p - q|| of the exact network at two points in the search box, computed in float64
+one point at a time (the same code path `witness_value` replays) and lowered by a
+rounding margin: a certified lower bound of the Lipschitz constant that needs no
+differentiability. A Jacobian candidate uses the pair x -/+ (t/2) v with v its top
+right singular vector and t tiny, so that the quotient equals ||J(x) v|| wherever f
+is differentiable around x, and is still a valid lower bound where it is not.
+
+Batched values (`Pairs.values`) are the same quotients evaluated on a batch: used to
+rank candidates only; the best is then certified point by point.
+
+Every autograd call differentiates a scalar (no `grad_outputs`): torch.autograd.grad
+with explicit grad_outputs imports torch.fx.experimental.symbolic_shapes (and sympy),
+seconds that a short budget cannot afford.
 """
 from __future__ import annotations
 
@@ -19,32 +26,12 @@ import torch
 
 from lipcheck.estimators.netfn import NetFunction
 
-DENSE_OUT = 32          # form J row by row (vector-Jacobian products) up to this many outputs
+DENSE_OUT = 32          # form J (one batched backward) up to this many outputs
 REL_MARGIN = 1e-9       # relative margin on every certified quotient
 ROUND_FACTOR = 1e-12    # ... plus this times (|f(p)| + |f(q)|) / |f(p) - f(q)|: cancellation
 SECANT_STEPS = (1e-4, 1e-6)
+CHUNK_NUMEL = 1 << 23   # float64 values per batched pass, at most (64 MiB of activations)
 Box = tuple[float, float] | None
-
-
-class Adam:
-    """Plain Adam ascent on tensors updated in place (torch.optim pulls in torch._dynamo,
-    seconds of import time that a 1-second budget cannot afford)."""
-
-    def __init__(self, params: list[torch.Tensor], lrs: list[float],
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-12) -> None:
-        self.params, self.lrs, self.betas, self.eps, self.t = params, lrs, betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-
-    def ascend(self, grads: list[torch.Tensor]) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        with torch.no_grad():
-            for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lrs):
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                step = (m / (1 - b1 ** self.t)) / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
-                p.add_(lr * step)
 
 
 @dataclass
@@ -56,6 +43,30 @@ class Candidate:
     jacobian_norm: float | None = None  # ||J(x) v|| (float64, information only)
 
 
+@dataclass
+class Pairs:
+    """One candidate pair per row: batched quotient (ranking only), p, q, ||J v||."""
+
+    values: torch.Tensor          # (K,)
+    p: torch.Tensor               # (K, n_in)
+    q: torch.Tensor
+    sigmas: torch.Tensor          # (K,) Jacobian norm estimate (0 for pairwise)
+
+    def improve(self, other: Pairs) -> None:
+        """Row-wise best of self and other, in place."""
+        better = other.values > self.values
+        self.values = torch.where(better, other.values, self.values)
+        self.sigmas = torch.where(better, other.sigmas, self.sigmas)
+        self.p = torch.where(better[:, None], other.p, self.p)
+        self.q = torch.where(better[:, None], other.q, self.q)
+
+
+def grad(scalar: torch.Tensor, inputs: torch.Tensor, **kw) -> torch.Tensor:
+    """d scalar / d inputs (zeros where unused); no grad_outputs (see the module doc)."""
+    (g,) = torch.autograd.grad(scalar, inputs, allow_unused=True, **kw)
+    return torch.zeros_like(inputs) if g is None else g
+
+
 def certified_from(fp: torch.Tensor, fq: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> float:
     num, den = float((fp - fq).norm()), float((p - q).norm())
     if den == 0.0 or num == 0.0 or not math.isfinite(num):
@@ -64,146 +75,128 @@ def certified_from(fp: torch.Tensor, fq: torch.Tensor, p: torch.Tensor, q: torch
     return max(num / den * (1.0 - rel), 0.0)
 
 
+def quotients(fp: torch.Tensor, fq: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """certified_from for each row (for ranking: rows are evaluated in a batch)."""
+    num, den = (fp - fq).norm(dim=1), (p - q).norm(dim=1)
+    ok = (den > 0) & (num > 0) & torch.isfinite(num)
+    safe = torch.where(ok, num, torch.ones_like(num))
+    rel = REL_MARGIN + ROUND_FACTOR * (fp.norm(dim=1) + fq.norm(dim=1)) / safe
+    value = safe / torch.where(ok, den, torch.ones_like(den)) * (1.0 - rel)
+    return torch.where(ok, value.clamp_min(0.0), torch.zeros_like(value))
+
+
 def certified_quotient(fn: NetFunction, p: torch.Tensor, q: torch.Tensor) -> float:
     """||f(p) - f(q)|| / ||p - q|| of the exact network, float64, minus the margin."""
     return certified_from(fn.exact(p), fn.exact(q), p, q)
+
+
+def certify(fn: NetFunction, pairs: Pairs, row: int, method: str) -> Candidate:
+    p, q = pairs.p[row].detach(), pairs.q[row].detach()
+    return Candidate(certified_quotient(fn, p, q), method, p.numpy().copy(), q.numpy().copy(),
+                     float(pairs.sigmas[row]) or None)
 
 
 def clamp(x: torch.Tensor, box: Box) -> torch.Tensor:
     return x if box is None else x.clamp(box[0], box[1])
 
 
-def _outputs(fn: NetFunction, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.detach().clone().requires_grad_(True)
+def chunks(fn: NetFunction, rows: int, copies: int = 1) -> list[slice]:
+    """Row slices small enough for one batched pass (each row run `copies` times)."""
+    size = max(1, CHUNK_NUMEL // max(1, copies * fn.row_numel))
+    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
+
+
+def jacobians(fn: NetFunction, xs: torch.Tensor) -> torch.Tensor:
+    """J(x) for each row of xs: (K, n_out, n_in), from ONE backward pass over n_out
+    copies of each row (d/dX of sum_i f_i(copy_i))."""
+    k, n = xs.shape[0], fn.n_out
+    rep = xs.detach().repeat_interleave(n, dim=0).requires_grad_(True)
     with torch.enable_grad():
-        return x, fn(x)
+        y = fn.batch(rep).reshape(k, n, n)
+        trace = torch.diagonal(y, dim1=1, dim2=2).sum()
+    if not trace.requires_grad:
+        return torch.zeros(k, n, xs.shape[1], dtype=xs.dtype)
+    return grad(trace, rep).reshape(k, n, -1)
 
 
-def _vjp(y: torch.Tensor, x: torch.Tensor, u: torch.Tensor, **kw) -> torch.Tensor:
-    kw.setdefault("allow_unused", True)
-    (g,) = torch.autograd.grad(y, x, u, retain_graph=True, **kw)
-    return torch.zeros_like(x) if g is None else g
+def top_directions(fn: NetFunction, xs: torch.Tensor, v0: torch.Tensor | None = None,
+                   iters: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||J(x)|| estimates (K,), top right singular vectors (K, n_in)) of fn as it is now
+    (smoothed or not): SVD of the dense J up to DENSE_OUT outputs, else power iteration."""
+    if fn.n_out > DENSE_OUT:
+        return _power(fn, xs, v0, iters)
+    sig, vecs = [], []
+    for part in chunks(fn, xs.shape[0], fn.n_out):
+        jac = jacobians(fn, xs[part])
+        bad = ~torch.isfinite(jac).flatten(1).all(dim=1)   # overflow: no witness there
+        jac = torch.where(bad[:, None, None], torch.zeros_like(jac), jac)
+        _, s, vh = torch.linalg.svd(jac, full_matrices=False)
+        sig.append(s[:, 0])
+        vecs.append(vh[:, 0])
+    return torch.cat(sig), torch.cat(vecs)
 
 
 def top_direction(fn: NetFunction, x: torch.Tensor, v0: torch.Tensor | None = None,
                   iters: int = 40) -> tuple[float, torch.Tensor]:
-    """(||J(x)|| estimate, top right singular vector) of fn as it is now (smoothed or not)."""
-    x, y = _outputs(fn, x)
-    if not y.requires_grad:
-        return 0.0, torch.zeros_like(x)
-    if y.numel() <= DENSE_OUT:
-        rows = [_vjp(y, x, torch.eye(y.numel(), dtype=y.dtype)[i]) for i in range(y.numel())]
-        jac = torch.stack(rows)
-        if not bool(torch.isfinite(jac).all()):  # overflow (weights near 1e154+): no witness
-            return 0.0, torch.zeros_like(x)
-        _, s, vh = torch.linalg.svd(jac, full_matrices=False)
-        return float(s[0]), vh[0]
-    return _power(y, x, v0, iters)
+    sigmas, vecs = top_directions(fn, x[None], None if v0 is None else v0[None], iters)
+    return float(sigmas[0]), vecs[0]
 
 
-def _power(y: torch.Tensor, x: torch.Tensor, v0: torch.Tensor | None,
-           iters: int) -> tuple[float, torch.Tensor]:
-    """Power iteration on J^T J; J v by the double-vjp trick (no J is formed)."""
-    u = torch.zeros_like(y, requires_grad=True)
+def _power(fn: NetFunction, xs: torch.Tensor, v0: torch.Tensor | None,
+           iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Power iteration on J^T J for every row at once; J v by the double-vjp trick."""
+    x = xs.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        g = _vjp(y, x, u, create_graph=True)
-    v = torch.randn_like(x) if v0 is None else v0.clone()
-    v, sigma = v / v.norm().clamp_min(1e-300), 0.0
+        y = fn.batch(x)
+        u = torch.zeros_like(y, requires_grad=True)
+        g = grad((y * u).sum(), x, create_graph=True)
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(x.shape, generator=gen, dtype=x.dtype) if v0 is None else v0.clone()
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    sigma = torch.zeros(x.shape[0], dtype=x.dtype)
+    if not (y.requires_grad and g.requires_grad):
+        return sigma, torch.zeros_like(v)
     for _ in range(iters):
-        jv = _vjp(g, u, v) if g.requires_grad else torch.zeros_like(y)
-        w = _vjp(y, x, jv)
-        previous, sigma = sigma, float(jv.norm())
-        if float(w.norm()) == 0.0:
+        jv = grad((g * v).sum(), u, retain_graph=True)
+        w = grad((y * jv).sum(), x, retain_graph=True)
+        previous, sigma = sigma, jv.norm(dim=1)
+        norms = w.norm(dim=1, keepdim=True)
+        v = torch.where(norms > 0, w / norms.clamp_min(1e-300), v)
+        if bool(((sigma - previous).abs() <= 1e-9 * sigma).all()):
             break
-        v = w / w.norm()
-        if abs(sigma - previous) <= 1e-9 * sigma:
-            break
-    return sigma, v.detach()
+    return sigma.detach(), v.detach()
 
 
-def certify_direction(fn: NetFunction, x: torch.Tensor, v: torch.Tensor,
-                      box: Box) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """The best secant quotient along v through x (pairs clamped to the box)."""
-    scale = max(1.0, float(x.abs().max()))
-    best = (0.0, x, x)
+def secant_pairs(fn: NetFunction, xs: torch.Tensor, vs: torch.Tensor, sigmas: torch.Tensor,
+                 box: Box) -> Pairs:
+    """The best secant pair x -/+ (t/2) scale v per row over SECANT_STEPS (batched)."""
+    scale = xs.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+    best = None
     for t in SECANT_STEPS:
-        p, q = clamp(x - 0.5 * t * scale * v, box), clamp(x + 0.5 * t * scale * v, box)
-        value = certified_quotient(fn, p, q)
-        if value > best[0]:
-            best = (value, p, q)
+        p, q = clamp(xs - 0.5 * t * scale * vs, box), clamp(xs + 0.5 * t * scale * vs, box)
+        found = _pairs_from(fn, p, q, sigmas)
+        if best is None:
+            best = found
+        else:
+            best.improve(found)
     return best
 
 
-def jacobian_candidate(fn: NetFunction, x: torch.Tensor, box: Box, method: str,
-                       v0: torch.Tensor | None = None) -> tuple[Candidate, torch.Tensor]:
-    """The certified candidate of the exact network's Jacobian at x, and its direction."""
+def _pairs_from(fn: NetFunction, p: torch.Tensor, q: torch.Tensor, sigmas: torch.Tensor) -> Pairs:
+    values = []
+    for s in chunks(fn, len(p), 2):
+        f = fn.exact_batch(torch.cat([p[s], q[s]]))
+        values.append(quotients(f[: s.stop - s.start], f[s.stop - s.start:], p[s], q[s]))
+    return Pairs(torch.cat(values), p, q, sigmas.detach().clone())
+
+
+def jacobian_pairs(fn: NetFunction, xs: torch.Tensor, box: Box,
+                   v0: torch.Tensor | None = None) -> tuple[Pairs, torch.Tensor]:
+    """Secant pairs along the exact network's top directions at each row, and those
+    directions."""
     smoothing, fn.smoothing = fn.smoothing, None
     try:
-        sigma, v = top_direction(fn, x, v0)
-        value, p, q = certify_direction(fn, x.detach(), v, box)
+        sigmas, vs = top_directions(fn, xs.detach(), v0)
+        return secant_pairs(fn, xs.detach(), vs, sigmas, box), vs
     finally:
         fn.smoothing = smoothing
-    return Candidate(value, method, p.numpy().copy(), q.numpy().copy(), sigma), v
-
-
-def jacobian_ascent(fn: NetFunction, x0: torch.Tensor, steps: int, lr: float, box: Box,
-                    sharpness: tuple[float, float] = (1.0, 30.0),
-                    check_every: int = 10) -> Candidate:
-    """Adam ascent of ||J_s(x) v|| for the smoothed network (sharpness annealed up, v
-    kept the top singular vector); the exact network is certified along the way."""
-    best, v = jacobian_candidate(fn, x0, box, "jacobian-ascent")
-    x = x0.detach().clone().requires_grad_(True)
-    opt = Adam([x], [lr])
-    for k in range(steps):
-        fn.smoothing = sharpness[0] * (sharpness[1] / sharpness[0]) ** (k / max(steps - 1, 1))
-        try:
-            v = _ascent_step(fn, x, v, opt, box)
-        finally:
-            fn.smoothing = None
-        if (k + 1) % check_every == 0 or k + 1 == steps:
-            found, _ = jacobian_candidate(fn, x.detach(), box, "jacobian-ascent", v)
-            best = found if found.value > best.value else best
-    return best
-
-
-def _ascent_step(fn: NetFunction, x: torch.Tensor, v: torch.Tensor, opt: Adam,
-                 box: Box) -> torch.Tensor:
-    """One Adam step on ||J_s(x) v||, then one power step for v. J v comes from the
-    double-vjp trick (torch.func would import torch._dynamo: seconds)."""
-    with torch.enable_grad():
-        y = fn(x)
-        u = torch.zeros_like(y, requires_grad=True)
-        g = _vjp(y, x, u, create_graph=True)
-        if not g.requires_grad:
-            return v
-        jv = _vjp(g, u, v, create_graph=True)
-        grad = _vjp(jv.norm(), x, torch.ones(()), allow_unused=False) if jv.requires_grad else None
-        w = _vjp(y, x, jv.detach())
-    if grad is not None:
-        opt.ascend([grad])
-    with torch.no_grad():
-        x.copy_(clamp(x, box))
-    return w / w.norm() if float(w.norm()) > 0 else v
-
-
-def pairwise_ascent(fn: NetFunction, x0: torch.Tensor, d0: torch.Tensor, steps: int, lr: float,
-                    box: Box) -> Candidate:
-    """Adam ascent of ||f(x) - f(x + d)|| / ||d|| for the exact network; every iterate
-    is a certified candidate."""
-    x = x0.detach().clone().requires_grad_(True)
-    d = d0.detach().clone().requires_grad_(True)
-    d_lr = 0.05 * float(d0.norm()) / math.sqrt(d0.numel())
-    opt = Adam([x, d], [lr, d_lr])
-    best = Candidate(0.0, "pairwise", x0.numpy().copy(), x0.numpy().copy())
-    for _ in range(steps):
-        fx, fy = fn(x), fn(x + d)
-        value = certified_from(fx.detach(), fy.detach(), x.detach(), (x + d).detach())
-        if value > best.value:
-            best = Candidate(value, "pairwise", x.detach().numpy().copy(),
-                             (x + d).detach().numpy().copy())
-        quotient = (fx - fy).norm() / d.norm().clamp_min(1e-300)
-        opt.ascend(list(torch.autograd.grad(quotient, [x, d], materialize_grads=True)))
-        with torch.no_grad():
-            x.copy_(clamp(x, box))
-            d.copy_(clamp(x + d, box) - x)
-    return best

@@ -59,7 +59,24 @@ def _clip(node: Node, args: list[torch.Tensor], k: float) -> torch.Tensor:
     return out if hi is None else out - soft_relu(out - hi, k)
 
 
+def _max_pool(node: Node, args: list[torch.Tensor], k: float) -> torch.Tensor:
+    """w * logsumexp(window / w): a smooth maximum over each pooling window (no
+    dilation; with dilation the exact max pool runs)."""
+    from lipcheck.rules.pooling import Geometry, _spatial
+    x = args[0]
+    g = Geometry(node, _spatial(x))
+    if any(d != 1 for d in g.dilations):
+        return run_node(node, args)[0]
+    windows = F.pad(x, g.torch_pads(), value=-math.inf)
+    for axis, (size, step) in enumerate(zip(g.kernel, g.strides)):
+        windows = windows.unfold(2 + axis, size, step)
+    windows = windows.flatten(start_dim=x.dim())
+    w = _width(x, k).reshape(-1, *([1] * (windows.dim() - 1)))
+    return torch.logsumexp(windows / w, dim=-1) * w.squeeze(-1)
+
+
 SMOOTH: dict[OpKind, Smooth] = {
+    OpKind.MAX_POOL: _max_pool,
     OpKind.RELU: lambda node, args, k: soft_relu(args[0], k),
     OpKind.LEAKY_RELU: _leaky,
     OpKind.PRELU: _prelu,
@@ -97,6 +114,8 @@ class NetFunction:
                           for k, v in graph.constants.items()}
         self.smoothing: float | None = None
         self.n_out = int(self.exact(torch.zeros(self.n_in, dtype=torch.float64)).numel())
+        self.row_numel = self.n_in + self.n_out + sum(
+            math.prod(shape) for node in graph.nodes for shape in node.output_shapes)
         self.batched = self._batch_plan()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

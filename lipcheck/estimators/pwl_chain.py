@@ -97,10 +97,21 @@ def _affine_of(graph: Graph, block: list[Node], in_shape: tuple[int, ...]) -> tu
             value = run_node(node, [env[v] if v else None for v in node.inputs])[0]
         return value
 
-    zero = torch.zeros(math.prod(in_shape), dtype=torch.float64)
-    out = run(zero)
-    jac = torch.autograd.functional.jacobian(lambda x: run(x).reshape(-1), zero)
+    zero = torch.zeros(math.prod(in_shape), dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        out = run(zero)
+        jac = _rows(out.reshape(-1), zero)
     return Affine(jac.numpy().copy(), out.reshape(-1).detach().numpy().copy()), tuple(out.shape)
+
+
+def _rows(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dy/dx row by row, each row the gradient of a scalar (autograd.grad with explicit
+    grad_outputs, as in autograd.functional.jacobian, imports sympy: seconds)."""
+    rows = []
+    for i in range(y.numel()):
+        (g,) = torch.autograd.grad(y[i], x, retain_graph=True, allow_unused=True)
+        rows.append(torch.zeros_like(x) if g is None else g)
+    return torch.stack(rows) if rows else torch.zeros(0, x.numel(), dtype=x.dtype)
 
 
 def pwl_chain(graph: Graph) -> Chain:

@@ -34,9 +34,11 @@ def pick_solver(dim: int) -> str:
 
 
 def solve(problem, solver: str, seconds: float) -> None:
-    """Solve with a wall-clock limit; a stopped solve is still checked by `verify`."""
-    limit = {"SCS": {"time_limit_secs": max(seconds, 1.0)},
-             "CLARABEL": {"time_limit": max(seconds, 1.0)}}.get(solver, {})
+    """Solve with fixed tolerances and iteration caps (the wall-clock limit is only a safety
+    cap); a stopped solve is still checked by `verify`."""
+    limit = {"SCS": {"time_limit_secs": max(seconds, 1.0), "max_iters": 200_000,
+                     "eps_abs": 1e-8, "eps_rel": 1e-8},
+             "CLARABEL": {"time_limit": max(seconds, 1.0), "max_iter": 200}}.get(solver, {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "solution may be inaccurate": verify() decides
         problem.solve(solver=solver, **limit)
@@ -149,27 +151,53 @@ def _problem(cp, weights, slopes):
     return cp.Problem(cp.Minimize(rho), [(q + q.T) / 2 >> 0]), rho, lams
 
 
-def lipsdp_neuron(weights: list[np.ndarray], slopes: list[tuple[float, float]],
-                  reduce: bool = True, solver: str | None = None,
-                  seconds: float = 600.0) -> SdpResult:
+def _barrier(w: list[np.ndarray], slopes: list[tuple[float, float]]):
+    """(rho, lams, note) from the barrier method started at ECLipsE-Fast, or None where
+    ECLipsE-Fast does not apply (a b < 0 or a + b = 0)."""
+    from lipcheck.estimators.eclipse import fast_start   # eclipse imports this module
+    from lipcheck.estimators.sdp_barrier import solve_barrier
+    start = fast_start(w, slopes)
+    if start is None:
+        return None
+    found = solve_barrier(w, slopes, *start)
+    if found is None:
+        return None
+    state = "converged" if found.converged else "step cap reached"
+    return found.rho, found.lams, f"barrier method {state} after {found.steps} Newton steps"
+
+
+def _conic(w: list[np.ndarray], slopes: list[tuple[float, float]], solver: str | None,
+           seconds: float):
+    """(rho, lams, note) from cvxpy, or a failure note (str)."""
     cp = require_cvxpy()
-    start = time.monotonic()
-    w = reduce_ends(weights) if reduce else list(weights)
     solver = solver or pick_solver(w[0].shape[1] + sum(x.shape[0] for x in w[:-1]))
     problem, rho, lams = _problem(cp, w, slopes)
     try:
         solve(problem, solver, seconds)
     except cp.error.SolverError as exc:
-        return SdpResult(math.inf, False, f"solver {solver} failed: {exc}", time.monotonic() - start)
+        return f"solver {solver} failed: {exc}"
     if rho.value is None:
-        return SdpResult(math.inf, False, f"solver status {problem.status}", time.monotonic() - start)
-    claimed = float(rho.value)
-    verified = verify(w, slopes, claimed, [l.value for l in lams])
+        return f"solver status {problem.status}"
+    return float(rho.value), [l.value for l in lams], f"{solver} {problem.status}"
+
+
+def lipsdp_neuron(weights: list[np.ndarray], slopes: list[tuple[float, float]],
+                  reduce: bool = True, solver: str | None = None,
+                  seconds: float = 600.0) -> SdpResult:
+    """solver=None: the barrier method where it applies (deterministic), else cvxpy."""
+    start = time.monotonic()
+    w = reduce_ends(weights) if reduce else list(weights)
+    found = _barrier(w, slopes) if solver is None else None
+    if found is None:
+        found = _conic(w, slopes, solver, seconds)
+    if isinstance(found, str):
+        return SdpResult(math.inf, False, found, time.monotonic() - start)
+    claimed, lams, note = found
+    verified = verify(w, slopes, claimed, lams)
     seconds = time.monotonic() - start
     if verified is None:
         return SdpResult(math.sqrt(max(claimed, 0.0)), False,
-                         f"{solver} {problem.status}: the certificate did not verify in float64",
-                         seconds)
+                         f"{note}: the certificate did not verify in float64", seconds)
     value = math.sqrt(verified) * (1 + 1e-12)
-    return SdpResult(value, True, f"{solver} {problem.status}, solver rho {claimed:.9g}, "
+    return SdpResult(value, True, f"{note}, solver rho {claimed:.9g}, "
                      f"verified rho {verified:.9g} (float64 eigenvalue check)", seconds)
