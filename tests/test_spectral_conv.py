@@ -8,7 +8,9 @@ import itertools
 import math
 import random
 
+import numpy as np
 import pytest
+import scipy.linalg.lapack
 import torch
 
 from lipcheck.errors import UserError
@@ -16,7 +18,7 @@ from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.rules import BoundContext, get_rule
 from lipcheck.settings import Settings
-from lipcheck.spectral.block_bounds import cholesky_certify, gram_iteration_bound, max_eig_bound
+from lipcheck.spectral.block_bounds import certify_dense, cholesky_certify, gram_iteration_bound, max_eig_bound
 from lipcheck.spectral.freq_gram import frequency_grams
 from lipcheck.spectral.operator import dense_jacobian, matrix_norm, node_operator
 from lipcheck.spectral.polyphase import conv_spec, phase_kernel
@@ -199,7 +201,7 @@ def test_power_method_is_labelled_an_estimate() -> None:
 
 def test_auto_falls_back_to_fft_above_the_dense_limit() -> None:
     graph = conv_graph(3, 3, (16, 16), (3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]})
-    result = bound(graph, exact_max_dim=10)
+    result = bound(graph, exact_max_dim=10, time_budget=1e-9)  # no time for the exact Gram either
     assert result.method == "fft" and result.certified and "grid" in result.detail
     assert true_norm(graph) <= result.value
 
@@ -266,3 +268,39 @@ def test_auto_takes_the_dense_svd_when_the_time_budget_allows() -> None:
     quick = bound(graph, time_budget=0.01)
     assert tight.method == "exact-svd" and quick.method == "fft"
     assert truth <= tight.value <= truth * (1 + 1e-6) and truth <= quick.value
+
+
+@pytest.mark.parametrize("graph", random_cases(24, seed=11), ids=lambda g: "")
+def test_exact_gram_is_certified_and_tight_on_random_layers(graph: Graph) -> None:
+    """auto with the dense SVD ruled out: the zero-padded operator's own Gram (stride,
+    dilation, padding, groups, 1d/2d/3d, transpose) is within 1e-5 of the truth, above it."""
+    truth = true_norm(graph)
+    result = bound(graph, exact_max_dim=1)
+    assert result.certified and result.method in ("exact-gram", "exact-svd")
+    assert truth <= result.value <= truth * (1 + 1e-5) + 1e-12
+
+
+def test_exact_gram_is_tight_where_the_circular_embedding_is_loose() -> None:
+    """16 channels at 4x4, pad 1: the circular embedding (6x6 grid) is loose by > 2 %;
+    the exact Gram is not. Without the time for it, auto keeps the frequency bound."""
+    graph = conv_graph(16, 16, (4, 4), (3, 3), {"pads": [1, 1, 1, 1]})
+    truth = true_norm(graph)
+    exact = bound(graph, exact_max_dim=1)
+    loose = bound(graph, exact_max_dim=1, time_budget=1e-9)
+    assert exact.method == "exact-gram" and loose.method == "fft"
+    assert truth <= exact.value <= truth * (1 + 1e-5)
+    assert loose.value > 1.02 * truth
+
+
+def test_dense_certificate_refuses_a_gap_below_the_rounding_bound() -> None:
+    """As for the batched certificate: a gap of 1e-13 relative passes a bare Cholesky but
+    is below the backward-error margin for n = 400 (drop the margin: this fails)."""
+    tau = 3.0 * (1 + 1e-13)
+    bare = tau * np.eye(400) - np.diag(np.full(400, 3.0))
+    assert scipy.linalg.lapack.dpotrf(bare)[1] == 0
+    assert not certify_dense(np.diag(np.full(400, 3.0)), tau)
+    assert certify_dense(np.diag(np.full(400, 3.0)), 3.0 * (1 + 1e-7))
+    gen = np.random.default_rng(3)
+    a = gen.standard_normal((60, 60))
+    top = float(np.linalg.eigvalsh(a @ a.T)[-1])
+    assert certify_dense(a @ a.T, top * (1 + 1e-7)) and not certify_dense(a @ a.T, top * (1 - 1e-7))

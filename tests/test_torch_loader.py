@@ -295,9 +295,12 @@ def test_torchscript(tmp_path, how: str) -> None:
         script = (torch.jit.trace(model, torch.randn(1, 1, 8, 8)) if how == "trace"
                   else torch.jit.script(model))
     script.save(str(tmp_path / "ts.pt"))
+    with pytest.raises(UnsafeFileError, match="rename it to ts.torchscript"):
+        load_model(tmp_path / "ts.pt", input_shapes=[(1, 1, 8, 8)])
+    (tmp_path / "ts.pt").rename(tmp_path / "ts.torchscript")
     with pytest.raises(ShapeError):
-        load_model(tmp_path / "ts.pt")
-    graph = load_model(tmp_path / "ts.pt", input_shapes=[(1, 1, 8, 8)])
+        load_model(tmp_path / "ts.torchscript")
+    graph = load_model(tmp_path / "ts.torchscript", input_shapes=[(1, 1, 8, 8)])
     assert graph.metadata["format"] == "torchscript"
     assert {n.op for n in graph.nodes} >= {OpKind.CONV, OpKind.BATCH_NORM, OpKind.GEMM}
     assert {"conv.weight", "bn.running_var", "fc.bias"} <= set(graph.constants)
@@ -356,3 +359,13 @@ def test_dispatch_errors(tmp_path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(ModelLoadError):
         load_model(tmp_path / "junk.pt", input_shapes=[(1, 2)], arch="torch_archs:tiny_mlp")
+
+
+def test_pt2_archive_under_a_weights_name_is_refused(tmp_path) -> None:
+    """Code-carrying formats load only when their own extension names them."""
+    model = torch_archs.small_cnn().eval()
+    program = torch.export.export(model, (torch.randn(1, 1, 8, 8),))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    (tmp_path / "m.pt2").rename(tmp_path / "m.pt")
+    with pytest.raises(UnsafeFileError, match="rename it to m.pt2"):
+        load_model(tmp_path / "m.pt", input_shapes=[(1, 1, 8, 8)])

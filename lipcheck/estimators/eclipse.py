@@ -60,7 +60,8 @@ def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: boo
         x = (x + x.T) / 2
         lams.append(lam)
     last = weights[-1].T @ weights[-1]
-    rho = float(np.max(np.linalg.eigvals(last @ np.linalg.inv(x)).real))
+    n = len(last)   # lambda_max(W^T W X^-1), X positive definite: a symmetric-definite pencil
+    rho = float(scipy.linalg.eigh(last, x, eigvals_only=True, subset_by_index=[n - 1, n - 1])[0])
     return rho, [rho * lam for lam in lams]
 
 
@@ -95,5 +96,5 @@ def eclipse(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: 
         return SdpResult(math.sqrt(max(rho, 0.0)), False,
                          f"{name}: the certificate did not verify in float64", seconds)
     return SdpResult(math.sqrt(verified) * (1 + 1e-12), True,
-                     f"{name}: rho {rho:.9g}, verified rho {verified:.9g} (float64 eigenvalue check)",
+                     f"{name}: rho {rho:.9g}, verified rho {verified:.9g} (float64 Cholesky check)",
                      seconds)

@@ -19,6 +19,7 @@ import numpy as np
 from lipcheck.estimators.autolip import autolip
 from lipcheck.estimators.chains import Chain, find_chains
 from lipcheck.estimators.eclipse import eclipse
+from lipcheck.estimators.pairmax import MAX_NODES
 from lipcheck.estimators.sdp import lipsdp_neuron
 from lipcheck.estimators.seqlip import (ChainBound, dense_factor, exact_chain, greedy_chain,
                                         lowrank_factors)
@@ -30,8 +31,15 @@ from lipcheck.rules import NodeBound
 from lipcheck.settings import Settings
 
 METHODS = ("autolip", "seqlip-exact", "seqlip-greedy", "seqlip-lowrank", "sdp", "eclipse")
-DEFAULT_METHODS = ("autolip", "seqlip-exact", "eclipse", "sdp")
-SDP_MAX_DIM = 400        # reduced LipSDP-Neuron matrix size handed to the solver
+# `--method auto`: what is cheap (< ~2 s a chain here) and useful; "quick" variants are
+# the same methods with smaller count limits and size gates, reported under their names.
+DEFAULT_METHODS = ("autolip", "eclipse-fast", "seqlip-exact:quick", "sdp:quick")
+QUICK = ":quick"
+SDP_MAX_DIM = 1100       # reduced LipSDP-Neuron matrix size for the barrier method
+CONIC_MAX_DIM = 400      # ... for cvxpy (slopes the barrier's ECLipsE-Fast start refuses)
+QUICK_SDP_DIM = 300      # barrier only, in the default set
+QUICK_EXACT_MAX_N = 64   # seqlip-exact in the default set: pairs of at most this many units
+QUICK_NODES = 150        # ... and at most this many branch-and-bound boxes a pair
 ECLIPSE_MAX_WIDTH = 4096
 ECLIPSE_SDP_MAX_WIDTH = 200  # per-layer SDPs of ECLipsE (not Fast)
 DEFAULT_RANK = 200
@@ -43,13 +51,20 @@ def _weights(chain: Chain) -> list[np.ndarray]:
     return [p.matrix() for p in chain.parts]
 
 
-def _seqlip_exact(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
-    if not chain.dense(settings):
-        return None
-    result = exact_chain(chain, settings, deadline)
-    if chain.autolip_certified and chain.autolip_product < result.value:
-        result.value, result.detail = chain.autolip_product, result.detail + " (AutoLip product smaller)"
-    return result
+def _pair_sizes(chain: Chain) -> list[int]:
+    return [min(a.shape[0], b.shape[1]) for a, b in zip(chain.parts, chain.parts[1:])]
+
+
+def _seqlip_exact(quick: bool) -> ChainMethod:
+    def run(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
+        if not chain.dense(settings) or (quick and max(_pair_sizes(chain)) > QUICK_EXACT_MAX_N):
+            return None
+        nodes = QUICK_NODES if quick else int(settings.extra.get("seqlip_nodes", MAX_NODES))
+        result = exact_chain(chain, settings, deadline, nodes)
+        if chain.autolip_certified and chain.autolip_product < result.value:
+            result.value, result.detail = chain.autolip_product, result.detail + " (AutoLip product smaller)"
+        return result
+    return run
 
 
 def _seqlip_greedy(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
@@ -72,16 +87,20 @@ def _from_sdp(result, chain: Chain) -> ChainBound:
         return ChainBound(chain.autolip_product, chain.autolip_certified, False,
                           f"{result.detail}: AutoLip product kept", result.seconds)
     value = min(result.value, chain.autolip_product) if chain.autolip_certified else result.value
-    return ChainBound(value, True, True, result.detail, result.seconds)
+    return ChainBound(value, True, True, result.detail, result.seconds, result.cut_by_budget)
 
 
-def _sdp(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
-    dims = [p.shape for p in chain.parts]
-    size = min(dims[0]) + sum(d[0] for d in dims[:-1])
-    if not chain.dense(settings) or size > SDP_MAX_DIM:
-        return None
-    return _from_sdp(lipsdp_neuron(_weights(chain), chain.slopes, seconds=deadline - time.monotonic()),
-                     chain)
+def _sdp(quick: bool) -> ChainMethod:
+    def run(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
+        dims = [p.shape for p in chain.parts]
+        size = min(dims[0]) + sum(d[0] for d in dims[:-1])
+        barrier = all(a * b >= 0 and a + b != 0 for a, b in chain.slopes)
+        limit = (QUICK_SDP_DIM if barrier else 0) if quick else (SDP_MAX_DIM if barrier else CONIC_MAX_DIM)
+        if not chain.dense(settings) or size > limit:
+            return None
+        return _from_sdp(lipsdp_neuron(_weights(chain), chain.slopes,
+                                       seconds=deadline - time.monotonic()), chain)
+    return run
 
 
 def _eclipse(fast: bool) -> ChainMethod:
@@ -94,8 +113,9 @@ def _eclipse(fast: bool) -> ChainMethod:
 
 
 CHAIN_METHODS: dict[str, ChainMethod] = {
-    "seqlip-exact": _seqlip_exact, "seqlip-greedy": _seqlip_greedy,
-    "seqlip-lowrank": _seqlip_lowrank, "sdp": _sdp,
+    "seqlip-exact": _seqlip_exact(False), "seqlip-exact" + QUICK: _seqlip_exact(True),
+    "seqlip-greedy": _seqlip_greedy, "seqlip-lowrank": _seqlip_lowrank,
+    "sdp": _sdp(False), "sdp" + QUICK: _sdp(True),
     "eclipse-fast": _eclipse(True), "eclipse": _eclipse(False),
 }
 
@@ -120,7 +140,8 @@ def _chain_record(chain: Chain, result: ChainBound | None) -> dict:
         return {"chain": chain.name, "value": chain.autolip_product, "certified": chain.autolip_certified,
                 "detail": "method not applicable: AutoLip product kept"}
     return {"chain": chain.name, "value": result.value, "certified": result.certified,
-            "complete": result.complete, "detail": result.detail, "autolip": chain.autolip_product}
+            "complete": result.complete, "detail": result.detail, "autolip": chain.autolip_product,
+            "cut_by_budget": result.cut_by_budget}
 
 
 def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chains: list[Chain],
@@ -133,11 +154,18 @@ def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chai
         return GlobalBound(name, math.inf, False, kind="estimate", detail=str(exc))
     if all(r is None for r in results):
         return None
-    value, certified = _compose(graph, node_bounds, chains, results, name)
+    base = name.removesuffix(QUICK)
+    value, certified = _compose(graph, node_bounds, chains, results, base)
     records = [_chain_record(c, r) for c, r in zip(chains, results)]
     detail = "; ".join(f"{r['chain']}: {r['detail']}" for r in records)
-    return GlobalBound(name, value, certified, kind="upper" if certified else "estimate",
-                       seconds=time.monotonic() - start, detail=detail, extra={"chains": records})
+    extra: dict = {"chains": records, "cut_by_budget": any(r is not None and r.cut_by_budget for r in results)}
+    if name.endswith(QUICK):
+        extra["mode"] = "quick"
+        detail = "quick limits of --method auto; " + detail
+    if extra["cut_by_budget"]:
+        detail = "cut short by the time budget (value not reproducible); " + detail
+    return GlobalBound(base, value, certified, kind="upper" if certified else "estimate",
+                       seconds=time.monotonic() - start, detail=detail, extra=extra)
 
 
 def _well_scaled(chain: Chain, node_bounds: dict[str, NodeBound]) -> bool:
@@ -147,15 +175,19 @@ def _well_scaled(chain: Chain, node_bounds: dict[str, NodeBound]) -> bool:
 
 
 def expand_methods(methods: list[str] | tuple[str, ...]) -> list[str]:
+    """Method names to run, in order: `all` is every method, `eclipse` both ECLipsE
+    variants, and a quick variant is dropped when the full method is asked for too."""
     if "all" in methods:
         methods = METHODS
-    unknown = [m for m in methods if m not in METHODS]
+    known = set(METHODS) | set(CHAIN_METHODS)
+    unknown = [m for m in methods if m not in known]
     if unknown:
         raise UserError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}, all")
-    names = []
+    names: list[str] = []
     for m in methods:
         names += ["eclipse-fast", "eclipse"] if m == "eclipse" else [m]
-    return names
+    names = list(dict.fromkeys(names))
+    return [n for n in names if not (n.endswith(QUICK) and n.removesuffix(QUICK) in names)]
 
 
 def global_bounds(graph: Graph, node_bounds: dict[str, NodeBound], methods: list[str] | tuple[str, ...],
@@ -174,7 +206,10 @@ def global_bounds(graph: Graph, node_bounds: dict[str, NodeBound], methods: list
     for i, name in enumerate(chain_names):
         remaining = settings.time_budget - (time.monotonic() - start)
         if remaining <= 0:
-            break
+            out.append(GlobalBound(name.removesuffix(QUICK), math.inf, False, kind="estimate",
+                                   detail="not run: the time budget was spent",
+                                   extra={"cut_by_budget": True}))
+            continue
         deadline = time.monotonic() + remaining / (len(chain_names) - i)
         bound = _run_method(name, graph, node_bounds, chains, settings, deadline)
         if bound is not None:

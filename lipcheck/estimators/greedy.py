@@ -28,7 +28,8 @@ class GreedyResult:
     value: float
     sigma: np.ndarray
     sweeps: int
-    finished: bool  # reached a local maximum (False: stopped by the deadline)
+    finished: bool  # reached a local maximum (False: sweep cap or deadline)
+    cut_by_budget: bool = False  # the wall-clock safety cap stopped it (not reproducible)
 
 
 def _coefficients(x: np.ndarray, y: np.ndarray, p: np.ndarray, qt: np.ndarray):
@@ -76,12 +77,18 @@ def _best_flip(x: np.ndarray, y: np.ndarray, a: np.ndarray, delta: np.ndarray) -
 
 
 def greedy_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
-               deadline: float = float("inf")) -> GreedyResult:
-    """Best single flip per sweep from sigma = hi until no flip raises the norm."""
+               deadline: float = float("inf"), max_sweeps: int | None = None) -> GreedyResult:
+    """Best single flip per sweep from sigma = hi until no flip raises the norm, for at
+    most `max_sweeps` sweeps (default 4 n: a count, so the result is reproducible); the
+    deadline is only a safety cap."""
     sigma = np.full(x.shape[1], float(hi))
     a = x @ (sigma[:, None] * y)
-    sweeps, finished = 0, False
-    while time.monotonic() < deadline:
+    sweeps, finished, cut = 0, False, False
+    cap = 4 * x.shape[1] if max_sweeps is None else max_sweeps
+    while sweeps < cap:
+        if time.monotonic() >= deadline:
+            cut = True
+            break
         sweeps += 1
         delta = np.where(sigma == hi, lo - hi, hi - lo)
         j = _best_flip(x, y, a, delta)
@@ -91,4 +98,4 @@ def greedy_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
         a += delta[j] * np.outer(x[:, j], y[j])
         sigma[j] = lo if sigma[j] == hi else hi
     value = float(np.linalg.svd(x @ (sigma[:, None] * y), compute_uv=False)[0])
-    return GreedyResult(value, sigma, sweeps, finished)
+    return GreedyResult(value, sigma, sweeps, finished, cut)

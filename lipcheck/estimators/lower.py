@@ -46,6 +46,9 @@ class LowerConfig:
     ascent_steps: int = 60
     pair_steps: int = 40
     lr: float = 0.1                         # Adam step, relative to the point scale
+    # smoothing schedules (start, end) annealed over the ascent; row i of a round uses
+    # schedule i % len (a portfolio: which one finds the larger Jacobian varies by net)
+    sharpness: tuple[tuple[float, float], ...] = ((5.0, 30.0),)
     exact_share: float = 0.3                # budget share for the exact-region witness
     exact_max_units: int = 64               # hidden units at most for trying it
     exact_max_lps: int = 5000
@@ -190,7 +193,10 @@ def _round_starts(search: _Search, index: int) -> list[int]:
 def _one_round(search: _Search, index: int, pairwise: bool) -> None:
     cfg = search.config
     xs, scales = search.points(_round_starts(search, index))
-    found = jacobian_ascent(search.fn, xs, cfg.ascent_steps, cfg.lr * scales, search.box)
+    schedules = torch.tensor([cfg.sharpness[i % len(cfg.sharpness)] for i in range(len(xs))],
+                             dtype=torch.float64)
+    found = jacobian_ascent(search.fn, xs, cfg.ascent_steps, cfg.lr * scales, search.box,
+                            schedules)
     search.offer_pairs(found, "jacobian-ascent")
     if pairwise:
         d = found.q - found.p

@@ -38,16 +38,18 @@ class Adam:
 
 
 def jacobian_ascent(fn: NetFunction, x0: torch.Tensor, steps: int, lrs: torch.Tensor, box: Box,
-                    sharpness: tuple[float, float] = (1.0, 30.0),
-                    check_every: int = 10) -> Pairs:
+                    sharpness: torch.Tensor | None = None, check_every: int = 10) -> Pairs:
     """Adam ascent of ||J_s(x) v|| for each row (J_s: the smoothed network, sharpness
-    annealed up; v kept the top singular vector by one power step per iteration); the
-    exact network's secant pairs every `check_every` steps; the best per row."""
+    annealed geometrically from sharpness[:, 0] to sharpness[:, 1], one schedule per row,
+    default 1 -> 30; v kept the top singular vector by one power step per iteration);
+    the exact network's secant pairs every `check_every` steps; the best per row."""
+    if sharpness is None:
+        sharpness = torch.tensor([[1.0, 30.0]], dtype=torch.float64).expand(len(x0), 2)
     best, v = jacobian_pairs(fn, x0, box)
     x = x0.detach().clone().requires_grad_(True)
     opt = Adam([x], [lrs])
     for k in range(steps):
-        fn.smoothing = sharpness[0] * (sharpness[1] / sharpness[0]) ** (k / max(steps - 1, 1))
+        fn.smoothing = sharpness[:, 0] * (sharpness[:, 1] / sharpness[:, 0]) ** (k / max(steps - 1, 1))
         try:
             v = _ascent_step(fn, x, v, opt, box)
         finally:

@@ -26,15 +26,18 @@ from lipcheck.errors import LipcheckError, UserError
 from lipcheck.graph import Graph, Node, OpKind
 from lipcheck.interpreter import run_node
 
-Smooth = Callable[[Node, list[torch.Tensor], float], torch.Tensor]
+Smooth = Callable[[Node, list[torch.Tensor], float | torch.Tensor], torch.Tensor]
 TRIAL_ROWS = 3
 TRIAL_RTOL = 1e-9
 
 
-def _width(z: torch.Tensor, sharpness: float) -> torch.Tensor:
-    """Softening width: the mean |pre-activation| of each batch row over the sharpness."""
+def _width(z: torch.Tensor, sharpness: float | torch.Tensor) -> torch.Tensor:
+    """Softening width: the mean |pre-activation| of each batch row over the sharpness
+    (a number, or one per batch row)."""
     dims = tuple(range(1, z.dim()))
     mean = z.detach().abs().mean(dim=dims, keepdim=True) if dims else z.detach().abs().mean()
+    if isinstance(sharpness, torch.Tensor) and dims:
+        sharpness = sharpness.reshape(-1, *([1] * len(dims)))
     return (mean / sharpness).clamp_min(1e-12)
 
 
@@ -112,7 +115,7 @@ class NetFunction:
         self.n_in = sum(self.sizes)
         self.constants = {k: v.double() if v.is_floating_point() else v
                           for k, v in graph.constants.items()}
-        self.smoothing: float | None = None
+        self.smoothing: float | torch.Tensor | None = None
         self.n_out = int(self.exact(torch.zeros(self.n_in, dtype=torch.float64)).numel())
         self.row_numel = self.n_in + self.n_out + sum(
             math.prod(shape) for node in graph.nodes for shape in node.output_shapes)

@@ -25,6 +25,7 @@ FLOAT64_MARGIN = 1e-9  # as lipcheck.spectral.operator (not imported: import cyc
 ENUMERATE_MAX = 16   # 2^16 vertices, batched
 BATCH = 4096
 MAX_OPEN = 50_000     # open boxes kept in memory at most
+MAX_NODES = 2_000     # boxes expanded at most (a count, so the result is reproducible)
 REL_TOL = 1e-9       # branch and bound stops when open bounds are within this of the best
 
 
@@ -35,6 +36,7 @@ class PairResult:
     complete: bool           # the maximum was found (value is the maximum, up to rounding)
     sigma: np.ndarray | None = None
     detail: str = ""
+    cut_by_budget: bool = False  # the wall-clock safety cap stopped it (not reproducible)
 
 
 def reduce_pair(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,15 +141,22 @@ class _Tree:
 
 
 def branch_and_bound(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
-                     deadline: float) -> PairResult:
+                     deadline: float = math.inf, max_nodes: int = MAX_NODES) -> PairResult:
+    """Best-first search; stops after `max_nodes` expansions (reproducible) or, as a
+    safety cap only, at `deadline`. Either way the value is a certified bound."""
     x, y = reduce_pair(x, y)
     tree = _Tree(x, y, lo, hi)
     n = x.shape[1]
     best, best_sigma = tree.completion(np.empty(0))
-    pruned_max, counter = 0.0, itertools.count()
+    pruned_max, counter, nodes = 0.0, itertools.count(), 0
     heap = [(-tree.upper(np.empty(0)), next(counter), np.empty(0))]
-    while heap and time.monotonic() < deadline and len(heap) < MAX_OPEN:
+    cut = False
+    while heap and nodes < max_nodes and len(heap) < MAX_OPEN:
+        if time.monotonic() >= deadline:
+            cut = True
+            break
         neg_ub, _, fixed = heapq.heappop(heap)
+        nodes += 1
         if -neg_ub <= best * (1 + REL_TOL):
             pruned_max = max(pruned_max, -neg_ub)
             heap = []
@@ -168,18 +177,19 @@ def branch_and_bound(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
             else:
                 heapq.heappush(heap, (-ub, next(counter), child))
     open_max = max((-h[0] for h in heap), default=0.0)
-    exact = best * (1 + FLOAT64_MARGIN)
-    value = max(exact, pruned_max, open_max)
+    value = max(best * (1 + FLOAT64_MARGIN), pruned_max, open_max)
     complete = not heap
-    detail = ("branch and bound finished" if complete else
-              f"branch and bound stopped (time budget or memory cap) with {len(heap)} open boxes: "
+    why = "the time budget (safety cap)" if cut else f"the cap of {max_nodes} boxes or {MAX_OPEN} open"
+    detail = (f"branch and bound finished ({nodes} boxes)" if complete else
+              f"branch and bound stopped by {why} with {len(heap)} open boxes: "
               f"certified bound {value:.6g}, best vertex found {best:.6g}")
-    return PairResult(value, True, complete, best_sigma, detail)
+    return PairResult(value, True, complete, best_sigma, detail, cut)
 
 
-def exact_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float, deadline: float) -> PairResult:
+def exact_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float, deadline: float,
+              max_nodes: int = MAX_NODES) -> PairResult:
     if lo == hi:
         return PairResult(spectral(lo * (x @ y)) * (1 + FLOAT64_MARGIN), True, True)
     if x.shape[1] <= ENUMERATE_MAX:
         return enumerate_max(x, y, lo, hi)
-    return branch_and_bound(x, y, lo, hi, deadline)
+    return branch_and_bound(x, y, lo, hi, deadline, max_nodes)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from lipcheck.errors import ModelLoadError
+from lipcheck.errors import ModelLoadError, UnsafeFileError
 from lipcheck.graph import Graph
 
 Shapes = list[tuple[int, ...]] | None
 TORCH_EXTENSIONS = (".pt", ".pth", ".bin")
-SUPPORTED = (".onnx", ".pt2") + TORCH_EXTENSIONS + (".safetensors",)
+TORCHSCRIPT_EXTENSIONS = (".torchscript", ".ts")
+SUPPORTED = (".onnx", ".pt2") + TORCHSCRIPT_EXTENSIONS + TORCH_EXTENSIONS + (".safetensors",)
 
 
 def load_model(path: str | Path, input_shapes: Shapes = None, arch: str | None = None,
@@ -22,14 +23,25 @@ def load_model(path: str | Path, input_shapes: Shapes = None, arch: str | None =
         from lipcheck.loaders.onnx_loader import load_onnx
         return load_onnx(path, input_shapes=input_shapes, seed=seed)
     from lipcheck.loaders import torch_loader
-    kind = "pt2" if suffix == ".pt2" else torch_kind(path)
-    if kind == "pt2":
+    if suffix == ".pt2":
         return torch_loader.load_pt2(path, input_shapes, seed)
-    if kind == "torchscript":
+    if suffix in TORCHSCRIPT_EXTENSIONS:
         return torch_loader.load_torchscript(path, input_shapes, seed)
+    kind = torch_kind(path)
+    if kind in ("pt2", "torchscript"):
+        raise UnsafeFileError(_code_format_message(path, kind))
     if unsafe_pickle and kind == "torch" and not _is_state_dict(path):
         return torch_loader.load_pickled_module(path, input_shapes, seed)
     return torch_loader.load_state_dict_file(path, input_shapes, arch, seed)
+
+
+def _code_format_message(path: Path, kind: str) -> str:
+    """.pt2 and TorchScript archives can run code: they load only when their own
+    extension names them, never because of what a .pt/.pth/.bin file contains."""
+    wanted = ".pt2" if kind == "pt2" else ".torchscript (or .ts)"
+    return (f"{path.name} is a {'torch.export' if kind == 'pt2' else 'TorchScript'} archive, "
+            f"a format that can run code when loaded; lipcheck loads it only when its name "
+            f"says so: rename it to {path.stem}{wanted.split()[0]} if you trust the file")
 
 
 def _check_file(path: Path) -> None:

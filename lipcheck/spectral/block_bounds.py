@@ -10,6 +10,8 @@ where a block's certificate fails; only the failing blocks are tested again). `g
 """
 from __future__ import annotations
 
+import numpy as np
+import scipy.linalg.lapack
 import torch
 
 from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, gamma
@@ -32,20 +34,37 @@ def cholesky_certify(blocks: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def _certify_chunk(blocks: torch.Tensor, tau: float) -> torch.Tensor:
-    """The computed factor R of A = (tau - c) I - G has sum_k |r_ki|^2 = a_ii + e_ii with
-    |e_ii| <= g sum_k |r_ki|^2 (Demmel), so ||R||_F^2 <= trace(A) / (1 - g): no pass over R."""
     n = blocks.shape[-1]
-    g = gamma(n + 2)
-    shift = 2.0 * g * n * tau
+    shift = 2.0 * gamma(n + 2) * n * tau
     shifted = -blocks
     shifted.diagonal(dim1=-2, dim2=-1).add_(tau - shift)
     _, info = torch.linalg.cholesky_ex(shifted)
-    diagonal = blocks.diagonal(dim1=-2, dim2=-1).real
+    return (info == 0) & _margin_holds(blocks.diagonal(dim1=-2, dim2=-1).real, tau, shift)
+
+
+def _margin_holds(diagonal: torch.Tensor, tau: float, shift: float) -> torch.Tensor:
+    """The computed factor R of A = (tau - c) I - G has sum_k |r_ki|^2 = a_ii + e_ii with
+    |e_ii| <= g sum_k |r_ki|^2 (Demmel), so ||R||_F^2 <= trace(A) / (1 - g): no pass over R.
+    True where the shift c exceeds g ||R||_F^2 plus the rounding of the diagonal."""
+    n = diagonal.shape[-1]
+    g = gamma(n + 2)
     size = n * abs(tau - shift) + diagonal.abs().sum(dim=-1)
-    trace = n * (tau - shift) - diagonal.sum(dim=-1) + gamma(n + 2) * size  # >= trace(A), computed
+    trace = n * (tau - shift) - diagonal.sum(dim=-1) + g * size  # >= trace(A), computed
     frob = trace.clamp_min(0.0) / (1.0 - g)
     rounding = 2.0 * UNIT_ROUNDOFF * (abs(tau - shift) + diagonal.abs().amax(dim=-1))
-    return (info == 0) & (shift - g * frob - rounding > 0)
+    return shift - g * frob - rounding > 0
+
+
+def certify_dense(matrix: np.ndarray, tau: float) -> bool:
+    """`cholesky_certify` for one large symmetric float64 matrix, factored in place by
+    LAPACK (no copy: the matrix is consumed; its upper triangle is the one read)."""
+    n = matrix.shape[0]
+    shift = 2.0 * gamma(n + 2) * n * tau
+    diagonal = torch.from_numpy(matrix.diagonal().copy())
+    np.negative(matrix, out=matrix)
+    matrix.flat[::n + 1] += tau - shift
+    _, info = scipy.linalg.lapack.dpotrf(matrix.T, lower=1, overwrite_a=1, clean=0)
+    return info == 0 and bool(_margin_holds(diagonal, tau, shift))
 
 
 def squared_frobenius(blocks: torch.Tensor) -> torch.Tensor:

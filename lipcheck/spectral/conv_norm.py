@@ -17,6 +17,7 @@ from lipcheck.graph import Node, OpKind
 from lipcheck.bounds import BoundContext
 from lipcheck.spectral.block_bounds import gram_iteration_bound, max_eig_bound
 from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, frequency_grams
+from lipcheck.spectral.padded_gram import MAX_DIM, exact_gram_norm, gram_dim, predicted_seconds
 from lipcheck.spectral.operator import LinearOperator, NormResult, matrix_norm
 from lipcheck.spectral.polyphase import PhaseKernel, conv_spec, phase_kernel
 
@@ -38,6 +39,9 @@ def conv_certifier(node: Node, ctx: BoundContext, op: LinearOperator) -> Certifi
     if pk.taps.shape[1] == 1:
         value = max(matrix_norm(pk.taps[g, 0]) for g in range(pk.taps.shape[0]))
         return CertifiedNorm(value, True, "exact-svd", detail="a 1x1 kernel after polyphase: ||W||")
+    exact = _exact_gram(pk, ctx) if ctx.settings.layer_method == "auto" else None
+    if exact is not None:
+        return exact
     device = torch.device(ctx.settings.device)
     blocks, error = frequency_grams(pk.taps, pk.offsets, pk.grid, device)
     if ctx.settings.layer_method == "gram":
@@ -47,6 +51,19 @@ def conv_certifier(node: Node, ctx: BoundContext, op: LinearOperator) -> Certifi
     start = plane_wave(pk, blocks[worst], worst)
     return CertifiedNorm(value, True, "fft", detail=_detail(pk, blocks.shape[0]), start=start,
                          start_on_output=node.op == OpKind.CONV_TRANSPOSE)
+
+
+def _exact_gram(pk: PhaseKernel, ctx: BoundContext) -> CertifiedNorm | None:
+    """The zero-padded operator's own Gram with one Cholesky certificate (no circular
+    embedding: tight on small grids), when it fits MAX_DIM and Settings.time_budget."""
+    dim = gram_dim(pk)
+    if dim > MAX_DIM or predicted_seconds(dim, pk.taps.shape[0]) > ctx.settings.time_budget:
+        return None
+    value = exact_gram_norm(pk)
+    if value is None:
+        return None
+    return CertifiedNorm(value, True, "exact-gram", detail=f"input-side Gram of {dim} x {dim}, "
+                         f"{pk.taps.shape[0]} group(s), Cholesky certificate")
 
 
 def is_pointwise(node: Node, ctx: BoundContext) -> bool:
