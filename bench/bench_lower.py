@@ -1,17 +1,21 @@
 """Lower bounds against exact values and upper bounds (GitHub issue 5).
 
   .venv/bin/python bench/bench_lower.py [--nets N] [--budgets 1,10,60] [--skip-models]
+                                       [--models digits_cnn,...]
 
 1. Random 2-layer ReLU nets (hidden width <= 16): brute-force exact constant, the
    certified lower bound (5 s budget), AutoLip and (when present) exact SeqLip upper
    bounds; the relative differences lower/exact and upper/exact.
-2. models/digits_*.onnx (when present): the gap (best certified upper / lower) at each
-   lower-bound budget, on the whole input space and on the pixel box [0, 1].
+2. models/digits_*.onnx (when present): the gap (best certified upper / lower) for the
+   default deterministic search (DEFAULT_ROUNDS rounds) and at each lower-bound budget
+   (rounds until the clock stops), on the whole input space and on the pixel box [0, 1].
+   Times are wall-clock and CPU seconds, with os.getloadavg() (shared machines).
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 from lipcheck.estimators.autolip import autolip, bound_nodes
-from lipcheck.estimators.lower import lower_bound
+from lipcheck.estimators.lower import DEFAULT_ROUNDS, lower_bound
 from lipcheck.estimators.pwl_chain import mlp_graph
 from lipcheck.settings import Settings
 
@@ -66,13 +70,13 @@ def random_nets(count: int) -> None:
         assert low <= ref * (1 + 1e-9), "certified lower bound above the exact constant"
 
 
-def model_gaps(budgets: list[float]) -> None:
+def model_gaps(budgets: list[float], names: list[str]) -> None:
     try:
         from lipcheck.loaders.dispatch import load_model
     except ImportError:
         print("lipcheck.loaders.dispatch is missing: model rows skipped")
         return
-    for name in ("digits_mlp", "digits_spectral", "digits_cnn", "digits_resnet"):
+    for name in names:
         path = MODELS / f"{name}.onnx"
         if not path.exists():
             print(f"{path} not found: skipped")
@@ -84,13 +88,21 @@ def model_gaps(budgets: list[float]) -> None:
         print(f"\n{name}: best certified upper {ups[best]:.6g} ({best}; "
               f"{time.perf_counter() - start:.1f} s); all: "
               + ", ".join(f"{k}={v:.4g}" for k, v in sorted(ups.items())))
-        print("| budget s | box | lower | method | rounds | gap |")
-        print("|---|---|---|---|---|---|")
-        for budget, box in itertools.product(budgets, (None, (0.0, 1.0))):
-            low = lower_bound(graph, budget_s=budget, seed=0, input_range=box)
-            print(f"| {budget:g} | {'[0,1]' if box else 'none'} | {low.value:.6g} | {low.method} "
-                  f"| {low.extra['rounds']} | {ups[best] / low.value:.3f} |")
-            assert low.value <= ups[best] * (1 + 1e-9), "lower bound above a certified upper"
+        print("| budget s | rounds | box | lower | method | wall s | cpu s | load | gap |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        runs = [(None, DEFAULT_ROUNDS)] + [(b, None) for b in budgets]
+        for (budget, rounds), box in itertools.product(runs, (None, (0.0, 1.0))):
+            _gap_row(graph, budget, rounds, box, ups[best])
+
+
+def _gap_row(graph, budget: float | None, rounds: int | None, box, upper: float) -> None:
+    wall, cpu = time.perf_counter(), time.process_time()
+    low = lower_bound(graph, budget_s=budget or 1e9, seed=0, input_range=box, rounds=rounds)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(f"| {'-' if budget is None else f'{budget:g}'} | {low.extra['rounds']} | "
+          f"{'[0,1]' if box else 'none'} | {low.value:.6g} | {low.method} | {wall:.2f} | "
+          f"{cpu:.2f} | {os.getloadavg()[0]:.1f} | {upper / low.value:.3f} |", flush=True)
+    assert low.value <= upper * (1 + 1e-9), "lower bound above a certified upper"
 
 
 def main(argv: list[str]) -> None:
@@ -98,11 +110,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--nets", type=int, default=8)
     parser.add_argument("--budgets", default="1,10,60")
     parser.add_argument("--skip-models", action="store_true")
+    parser.add_argument("--models", default="digits_mlp,digits_spectral,digits_cnn,digits_resnet")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    print(f"load average {os.getloadavg()}")
     random_nets(args.nets)
     if not args.skip_models:
-        model_gaps([float(b) for b in args.budgets.split(",")])
+        model_gaps([float(b) for b in args.budgets.split(",")], args.models.split(","))
 
 
 if __name__ == "__main__":

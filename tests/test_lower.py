@@ -8,9 +8,9 @@ import torch
 
 from lipcheck.estimators.autolip import autolip, bound_nodes
 from lipcheck.estimators.exact import exact_lipschitz
-from lipcheck.estimators.lower import (LowerConfig, load_witness, lower_bound, save_witness,
-                                       witness_value)
-from lipcheck.estimators.lower_search import top_direction
+from lipcheck.estimators.lower import (DEFAULT_ROUNDS, LowerConfig, load_witness, lower_bound,
+                                       save_witness, witness_value)
+from lipcheck.estimators.lower_search import jacobians, top_direction, top_directions
 from lipcheck.estimators.netfn import NetFunction
 from lipcheck.estimators.sandwich import Sandwich
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
@@ -19,8 +19,9 @@ from lipcheck.results import GlobalBound
 from lipcheck.settings import Settings
 from test_exact import brute_force_two_layer, random_net
 
-FAST = LowerConfig(screen=8, ascent_steps=10, pair_steps=10)
-SEARCH_ONLY = LowerConfig(screen=8, ascent_steps=10, pair_steps=10, exact_max_units=0)
+FAST = LowerConfig(screen=8, starts_per_round=4, ascent_steps=10, pair_steps=10)
+SEARCH_ONLY = LowerConfig(screen=8, starts_per_round=4, ascent_steps=10, pair_steps=10,
+                          exact_max_units=0)
 
 
 def upper(graph: Graph) -> float:
@@ -106,15 +107,26 @@ def test_power_iteration_matches_dense_svd() -> None:
     assert float((jac @ v).norm()) == pytest.approx(sigma, rel=1e-6)
 
 
-def test_conv_net_lower_below_upper() -> None:
+def conv_net(reshape_to: list[int] | None = None) -> Graph:
+    """Conv-Relu-MaxPool-Conv on a 1x1x6x6 input, then optionally a Reshape."""
     gen = torch.Generator().manual_seed(0)
     constants = {"w": torch.randn(3, 1, 3, 3, generator=gen), "b": torch.randn(3, generator=gen),
                  "w2": torch.randn(2, 3, 3, 3, generator=gen)}
     nodes = [Node("c1", OpKind.CONV, ["x", "w", "b"], ["h"], {"pads": [1, 1, 1, 1]}),
              Node("r", OpKind.RELU, ["h"], ["a"]),
-             Node("c2", OpKind.CONV, ["a", "w2"], ["y"], {"strides": [2, 2]})]
-    graph = Graph([ValueInfo("x", (1, 1, 6, 6))], ["y"], nodes, constants)
+             Node("p", OpKind.MAX_POOL, ["a"], ["m"], {"kernel_shape": [2, 2], "strides": [1, 1]}),
+             Node("c2", OpKind.CONV, ["m", "w2"], ["y"], {"strides": [2, 2]})]
+    out = "y"
+    if reshape_to is not None:
+        nodes.append(Node("flat", OpKind.RESHAPE, ["y"], ["z"], {"shape": reshape_to}))
+        out = "z"
+    graph = Graph([ValueInfo("x", (1, 1, 6, 6))], [out], nodes, constants)
     infer_shapes(graph)
+    return graph
+
+
+def test_conv_net_lower_below_upper() -> None:
+    graph = conv_net()
     found = lower_bound(graph, seed=0, rounds=1, input_range=(0.0, 1.0), config=FAST)
     assert 0 < found.value <= upper(graph)
 
@@ -144,3 +156,63 @@ def test_sandwich_ignores_uncertified_or_missing() -> None:
     assert Sandwich(bound(1.0, "lower"), bound(9.0, "estimate", certified=False)).gap is None
     assert Sandwich(None, bound(9.0, "upper")).warnings == []
     assert Sandwich(bound(1.0, "lower"), bound(float("inf"), "upper")).gap is None
+
+
+def dense_jacobian(fn: NetFunction, x: torch.Tensor) -> torch.Tensor:
+    return torch.autograd.functional.jacobian(fn, x)
+
+
+@pytest.mark.parametrize("reshape_to,batched", [([1, 8], True), ([2, 4], False), (None, True)])
+def test_batched_net_and_jacobians_match_row_by_row(reshape_to, batched: bool) -> None:
+    fn = NetFunction(conv_net(reshape_to))
+    assert (fn.batched is not None) == batched   # a Reshape whose leading dim is not 1: rows
+    xs = torch.randn(5, fn.n_in, dtype=torch.float64)
+    rows = torch.stack([fn.exact(x) for x in xs])
+    assert torch.allclose(fn.exact_batch(xs), rows, rtol=1e-12, atol=1e-12)
+    jac = jacobians(fn, xs)
+    for x, j in zip(xs, jac):
+        assert torch.allclose(j, dense_jacobian(fn, x), rtol=1e-12, atol=1e-12)
+    sigmas, vs = top_directions(fn, xs)
+    for x, s, v in zip(xs, sigmas, vs):
+        dense = dense_jacobian(fn, x)
+        assert float(s) == pytest.approx(float(torch.linalg.matrix_norm(dense, 2)), rel=1e-10)
+        assert float((dense @ v).norm()) == pytest.approx(float(s), rel=1e-10)
+
+
+def test_smoothed_net_rows_are_independent_and_converge() -> None:
+    fn = NetFunction(conv_net([1, 8]))
+    xs = torch.randn(4, fn.n_in, dtype=torch.float64)
+    exact = fn.exact_batch(xs)
+    fn.smoothing = 5.0
+    smooth = fn.batch(xs)
+    assert torch.allclose(smooth[1], fn.batch(xs[1:2])[0], rtol=1e-12, atol=1e-12)
+    assert float((smooth - exact).norm()) > 1e-3 * float(exact.norm())
+    fn.smoothing = 1e7   # smoothed Relu and MaxPool tend to the exact ones
+    assert torch.allclose(fn.batch(xs), exact, rtol=1e-5, atol=1e-5 * float(exact.abs().max()))
+
+
+def test_default_runs_identical_values_and_witnesses() -> None:
+    graph = conv_net([1, 8])
+    runs = [lower_bound(graph, seed=3, rounds=DEFAULT_ROUNDS) for _ in range(2)]
+    a, b = runs
+    assert a.value == b.value > 0 and a.method == b.method
+    assert np.array_equal(a.witness_data.x, b.witness_data.x)
+    assert np.array_equal(a.witness_data.y, b.witness_data.y)
+    assert not a.extra["cut_by_budget"] and a.extra["rounds"] == DEFAULT_ROUNDS
+    assert witness_value(graph, a.witness_data) == a.value <= upper(graph)
+
+
+def test_no_sympy_import() -> None:
+    """torch.autograd.grad with explicit grad_outputs imports sympy (seconds): the search
+    must differentiate scalars only. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+    code = ("import sys, torch\n"
+            "from test_lower import conv_net\n"
+            "from lipcheck.estimators.lower import lower_bound, LowerConfig\n"
+            "lower_bound(conv_net([1, 8]), rounds=1, config=LowerConfig(screen=4, "
+            "starts_per_round=2, ascent_steps=2, pair_steps=2))\n"
+            "print('sympy' in sys.modules, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).parent))
+    assert out.stdout.split() == ["False", "False"]

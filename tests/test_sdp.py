@@ -73,3 +73,24 @@ def test_missing_cvxpy_is_a_clear_user_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_cvxpy)
     with pytest.raises(UserError, match="lipcheck\\[sdp\\]"):
         sdp.require_cvxpy()
+
+
+@pytest.mark.parametrize("seed,slopes", [(0, [(0.0, 1.0)]), (1, [(0.1, 1.0), (0.0, 1.0)]),
+                                         (2, [(0.0, 0.25), (0.0, 1.0)])])
+def test_barrier_method_matches_an_independent_conic_solver(seed, slopes):
+    rng = np.random.default_rng(seed)
+    widths = [9, 7, 6, 3][: len(slopes) + 2]
+    w = [rng.standard_normal((b, a)) for a, b in zip(widths, widths[1:])]
+    ours = lipsdp_neuron(w, slopes)                        # barrier (default)
+    clarabel = lipsdp_neuron(w, slopes, solver="CLARABEL")  # cvxpy + Clarabel
+    assert "barrier method converged" in ours.detail and ours.certified and clarabel.certified
+    assert ours.value == pytest.approx(clarabel.value, rel=1e-6)
+    if len(slopes) == 1:
+        assert ours.value >= exact_two_layer(w[0], w[1], *slopes[0])
+
+
+def test_barrier_result_is_reproducible():
+    rng = np.random.default_rng(11)
+    w = [rng.standard_normal((12, 10)), rng.standard_normal((8, 12)), rng.standard_normal((2, 8))]
+    first, second = (lipsdp_neuron(w, [(0.0, 1.0)] * 2) for _ in range(2))
+    assert first.value == second.value and first.detail == second.detail

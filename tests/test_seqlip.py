@@ -12,7 +12,8 @@ import torch
 from graphs import conv_net, max_jacobian_norm, mlp
 from lipcheck.estimators.autolip import bound_nodes
 from lipcheck.estimators.chains import find_chains
-from lipcheck.estimators.global_bounds import global_bounds, tightest_certified
+from lipcheck.estimators.global_bounds import (DEFAULT_METHODS, expand_methods, global_bounds,
+                                               tightest_certified)
 from lipcheck.estimators.greedy import greedy_max
 from lipcheck.estimators.pairmax import branch_and_bound, enumerate_max
 from lipcheck.estimators.seqlip import dense_factor, exact_chain, randomized_factor
@@ -59,7 +60,15 @@ def test_branch_and_bound_out_of_time_is_still_an_upper_bound(rng):
     x, y = rng.standard_normal((12, 14)), rng.standard_normal((14, 12))
     b = branch_and_bound(x, y, 0.0, 1.0, time.monotonic() + 0.02)
     truth = enumerate_max(x, y, 0.0, 1.0).value / (1 + 1.01e-7)   # enumeration: tested above
-    assert b.certified and not b.complete and b.value >= truth
+    assert b.certified and not b.complete and b.value >= truth and b.cut_by_budget
+
+
+def test_branch_and_bound_node_cap_is_reproducible_and_still_an_upper_bound(rng):
+    x, y = rng.standard_normal((12, 14)), rng.standard_normal((14, 12))
+    truth = enumerate_max(x, y, 0.0, 1.0).value / (1 + 1.01e-7)
+    runs = [branch_and_bound(x, y, 0.0, 1.0, max_nodes=5) for _ in range(2)]
+    assert runs[0].value == runs[1].value and not runs[0].complete and not runs[0].cut_by_budget
+    assert runs[0].certified and runs[0].value >= truth
 
 
 @pytest.mark.parametrize("lo,hi", SLOPES)
@@ -136,3 +145,24 @@ def test_certified_global_bounds_are_above_every_jacobian_found(make):
             assert b.kind == "upper" and b.value >= lower * (1 - 1e-9), b
     assert methods["seqlip-exact"].value <= methods["autolip"].value * (1 + 1e-9)
     assert tightest_certified(bounds).certified
+
+
+def test_global_bounds_are_deterministic_and_greedy_is_never_certified():
+    g = mlp([10, 12, 9, 3], seed=8)
+    s = Settings(time_budget=30)
+    runs = [global_bounds(g, bound_nodes(g, s), ["all"], s) for _ in range(2)]
+    values = [[(b.method, b.value, b.certified) for b in run] for run in runs]
+    assert values[0] == values[1]
+    greedy = [b for b in runs[0] if b.method in ("seqlip-greedy", "seqlip-lowrank")]
+    assert len(greedy) == 2 and all(not b.certified and b.kind == "estimate" for b in greedy)
+    assert all(not b.extra["cut_by_budget"] for b in runs[0] if b.method != "autolip")
+
+
+def test_default_methods_run_quick_variants_under_their_own_names():
+    g = mlp([6, 8, 5, 2], seed=9)
+    s = Settings()
+    bounds = global_bounds(g, bound_nodes(g, s), list(DEFAULT_METHODS), s)
+    methods = {b.method: b for b in bounds}
+    assert {"autolip", "eclipse-fast", "seqlip-exact", "sdp"} <= set(methods)
+    assert methods["sdp"].extra["mode"] == "quick" and methods["sdp"].certified
+    assert expand_methods(["seqlip-exact", "seqlip-exact:quick"]) == ["seqlip-exact"]

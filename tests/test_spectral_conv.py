@@ -270,7 +270,7 @@ def test_auto_takes_the_dense_svd_when_the_time_budget_allows() -> None:
     assert truth <= tight.value <= truth * (1 + 1e-6) and truth <= quick.value
 
 
-@pytest.mark.parametrize("graph", random_cases(24, seed=11), ids=lambda g: "")
+@pytest.mark.parametrize("graph", random_cases(16, seed=11), ids=lambda g: "")
 def test_exact_gram_is_certified_and_tight_on_random_layers(graph: Graph) -> None:
     """auto with the dense SVD ruled out: the zero-padded operator's own Gram (stride,
     dilation, padding, groups, 1d/2d/3d, transpose) is within 1e-5 of the truth, above it."""

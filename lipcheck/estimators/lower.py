@@ -35,14 +35,15 @@ from lipcheck.graph import Graph
 from lipcheck.results import GlobalBound
 
 DEFAULT_BUDGET_S = 10.0
-DEFAULT_ROUNDS = 3
+DEFAULT_ROUNDS = 1   # one batched ascent of starts_per_round points: ~1-2 s on models/digits_*
 
 
 @dataclass
 class LowerConfig:
     screen: int = 256                       # random points evaluated in round 0
-    scales: tuple[float, ...] = (0.3, 1.0, 3.0, 30.0)  # std of the random points (no box)
-    starts_per_round: int = 8               # points ascended together in one round
+    # no box: N(0, s^2) and (alternate cycles) uniform [0, s] points, s cycling over scales
+    scales: tuple[float, ...] = (0.3, 1.0, 3.0, 30.0)
+    starts_per_round: int = 16              # points ascended together (one batch) per round
     ascent_steps: int = 60
     pair_steps: int = 40
     lr: float = 0.1                         # Adam step, relative to the point scale
@@ -92,6 +93,8 @@ class _Search:
         if self.box is not None:
             lo, hi = self.box
             return lo + (hi - lo) * torch.rand(self.fn.n_in, generator=gen, dtype=torch.float64)
+        if (index // len(self.config.scales)) % 2:   # every other cycle: uniform in [0, s]^n
+            return self.scale(index) * torch.rand(self.fn.n_in, generator=gen, dtype=torch.float64)
         return self.scale(index) * torch.randn(self.fn.n_in, generator=gen, dtype=torch.float64)
 
     def points(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

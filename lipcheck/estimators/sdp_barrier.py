@@ -20,14 +20,17 @@ import numpy as np
 import scipy.linalg
 
 TOL = 1e-9           # stop when the barrier's duality gap nu / t is below TOL * rho
-GROWTH = 10.0        # t <- GROWTH * t after each centering
+GROWTH = 3.0        # t <- GROWTH * t after each centering
 MAX_NEWTON = 400     # Newton steps in all, at most
 CENTERED = 1e-4      # Newton decrement^2 / 2 below this (or no descent left): centred
+CAP = 1e3            # lam_j <= CAP * max(start lam): without it a multiplier of a neuron that
+                     # barely matters drifts to infinity and centring takes hundreds of steps
 
 
 @dataclass
 class Structure:
     n0: int
+    upper: np.ndarray  # (m + 1,) box on x (inf for rho), kept by a log barrier
     f0: np.ndarray   # constant part: -W_l^T W_l on the last block
     v: np.ndarray    # (n, 2m): [w_1..w_m, e_1..e_m]
     p: np.ndarray    # (m,) a b of each multiplier's layer
@@ -57,7 +60,7 @@ def structure(weights: list[np.ndarray], slopes: list[tuple[float, float]]) -> S
         col += rows
     f0 = np.zeros((n, n))
     f0[offsets[-2]:, offsets[-2]:] = -weights[-1].T @ weights[-1]
-    return Structure(dims[0], f0, v, p, q)
+    return Structure(dims[0], np.full(m + 1, np.inf), f0, v, p, q)
 
 
 def matrix(st: Structure, x: np.ndarray) -> np.ndarray:
@@ -90,7 +93,7 @@ def _derivatives(st: Structure, chol) -> tuple[np.ndarray, np.ndarray]:
 
 def _factor(st: Structure, x: np.ndarray):
     """Cholesky factor of Q(x), or None if Q(x) is not positive definite or x <= 0."""
-    if np.any(x <= 0):
+    if np.any(x <= 0) or np.any(x >= st.upper):
         return None
     try:
         return scipy.linalg.cho_factor(matrix(st, x), lower=True, check_finite=False)
@@ -100,7 +103,7 @@ def _factor(st: Structure, x: np.ndarray):
 
 def _barrier(st: Structure, x: np.ndarray, t: float, chol) -> float:
     logdet = 2 * float(np.sum(np.log(np.diag(chol[0]))))
-    return t * x[0] - logdet - float(np.sum(np.log(x)))
+    return t * x[0] - logdet - float(np.sum(np.log(x))) - float(np.sum(np.log1p(-x / st.upper)))
 
 
 def _scaled_solve(hess: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -113,11 +116,18 @@ def _scaled_solve(hess: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         return d * np.linalg.lstsq(d[:, None] * hess * d, d * rhs, rcond=None)[0]
 
 
-def _newton_step(st: Structure, x: np.ndarray, t: float, chol):
+def _with_bounds(st: Structure, x: np.ndarray, chol):
+    """Gradient and Hessian of -log det Q - sum log x - sum log(upper - x)."""
     grad, hess = _derivatives(st, chol)
-    grad = grad - 1 / x
+    room = st.upper - x
+    grad = grad - 1 / x + 1 / room
+    hess[np.diag_indices_from(hess)] += 1 / (x * x) + 1 / (room * room)
+    return grad, hess
+
+
+def _newton_step(st: Structure, x: np.ndarray, t: float, chol):
+    grad, hess = _with_bounds(st, x, chol)
     grad[0] += t
-    hess[np.diag_indices_from(hess)] += 1 / (x * x)
     dx = _scaled_solve(hess, -grad)
     return dx, float(-grad @ dx) / 2, grad
 
@@ -133,17 +143,29 @@ def _line_search(st: Structure, x: np.ndarray, t: float, chol, dx, grad):
     return None
 
 
+def _first_t(st: Structure, x: np.ndarray, chol, nu: float) -> float:
+    """The t whose barrier problem x is most nearly centred for (least Newton decrement
+    of t c + grad), at least nu / rho: starting far off the central path costs hundreds
+    of damped steps."""
+    grad, hess = _with_bounds(st, x, chol)
+    unit = np.zeros(len(x))
+    unit[0] = 1.0
+    h_c, h_g = _scaled_solve(hess, unit), _scaled_solve(hess, grad)
+    return max(-float(unit @ h_g) / float(unit @ h_c), nu / x[0])
+
+
 def solve_barrier(weights: list[np.ndarray], slopes: list[tuple[float, float]], rho: float,
                   lams: list[np.ndarray], deadline: float = math.inf) -> BarrierResult | None:
     """Minimise rho from a strictly feasible (rho, lams); None if the start is not. Runs
     at most MAX_NEWTON steps; `deadline` is only a safety cap. Every iterate is feasible."""
     st = structure(weights, slopes)
     x = np.concatenate([[rho], *lams]).astype(np.float64)
+    st.upper[1:] = CAP * max(float(x[1:].max(initial=0.0)), 1e-300)
     chol = _factor(st, x)
     if chol is None:
         return None
-    nu = len(st.v) + len(x)
-    t, steps, converged, cut = nu / x[0], 0, False, False
+    nu = len(st.v) + 2 * len(x) - 1
+    t, steps, converged, cut = _first_t(st, x, chol, nu), 0, False, False
     while steps < MAX_NEWTON:
         if time.monotonic() >= deadline:
             cut = True

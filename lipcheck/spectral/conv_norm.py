@@ -57,12 +57,12 @@ def _exact_gram(pk: PhaseKernel, ctx: BoundContext) -> CertifiedNorm | None:
     """The zero-padded operator's own Gram with one Cholesky certificate (no circular
     embedding: tight on small grids), when it fits MAX_DIM and Settings.time_budget."""
     dim = gram_dim(pk)
-    if dim > MAX_DIM or predicted_seconds(dim, pk.taps.shape[0]) > ctx.settings.time_budget:
+    if dim > MAX_DIM or predicted_seconds(pk, dim) > ctx.settings.time_budget:
         return None
     value = exact_gram_norm(pk)
     if value is None:
         return None
-    return CertifiedNorm(value, True, "exact-gram", detail=f"input-side Gram of {dim} x {dim}, "
+    return CertifiedNorm(value, True, "exact-gram", detail=f"input-side Gram of {dim} rows (before dropping padding), "
                          f"{pk.taps.shape[0]} group(s), Cholesky certificate")
 
 
