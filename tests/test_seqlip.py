@@ -71,10 +71,10 @@ def test_branch_and_bound_node_cap_is_reproducible_and_still_an_upper_bound(rng)
     assert runs[0].certified and runs[0].value >= truth
 
 
-@pytest.mark.parametrize("lo,hi", SLOPES)
-def test_greedy_follows_the_papers_rule(rng, lo, hi):
+@pytest.mark.parametrize("lo,hi,refresh", [s + (r,) for s in SLOPES for r in (1, 3, 12)])
+def test_greedy_follows_the_papers_rule(rng, lo, hi, refresh):
     x, y = rng.standard_normal((8, 30)), rng.standard_normal((30, 9))
-    ours = greedy_max(x, y, lo, hi)
+    ours = greedy_max(x, y, lo, hi, refresh=refresh)   # SVD refreshed every `refresh` flips
     assert ours.finished
     assert ours.value == pytest.approx(reference_greedy(x, y, lo, hi), rel=1e-12)
     np.testing.assert_allclose(ours.value, np.linalg.norm(x @ np.diag(ours.sigma) @ y, 2), rtol=1e-12)
@@ -134,7 +134,7 @@ def test_certified_global_bounds_are_above_every_jacobian_found(make):
     g = make()
     s = Settings(time_budget=3)
     bounds = global_bounds(g, bound_nodes(g, s), ["autolip", "seqlip-exact", "seqlip-greedy",
-                                                   "seqlip-lowrank", "eclipse"], s)
+                                                   "seqlip-lowrank", "eclipse", "sdp"], s)
     lower = max_jacobian_norm(g, 40)
     methods = {b.method: b for b in bounds}
     assert {"autolip", "seqlip-exact", "seqlip-greedy", "eclipse-fast"} <= set(methods)

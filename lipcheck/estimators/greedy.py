@@ -6,11 +6,14 @@ flip with the largest value if it beats the current norm, stop when none does. T
 result is a norm attained at a vertex: a lower estimate of the pair's maximum, never
 an upper bound.
 
-Speed: one SVD per sweep instead of one per candidate. With A = P S Q^T, the flip of
-unit j gives A' = A + d x_j y_j^T, and ||A'|| > lam (lam > ||A||) holds exactly when a
-2x2 matrix is positive definite (Haynsworth inertia on the symmetric dilation
-[[0, A], [A^T, 0]]). All candidates are tested at once, and a shared bisection on lam
-finds the best flip.
+Speed: one SVD per REFRESH accepted flips instead of one per candidate. With the SVD
+A0 = P S Q^T of the matrix at the last refresh and the K flips accepted since, the
+current matrix plus candidate j's flip is A0 plus K + 1 rank-one terms, and its norm
+exceeds lam (lam > ||A||) exactly when a 2x2 Schur complement of a (2K + 2)-square
+matrix is negative definite (Haynsworth inertia on the symmetric dilation
+[[0, A0], [A0^T, 0]]; the accepted flips' block has exactly K negative eigenvalues).
+All candidates are tested at once, and a shared bisection on lam finds the best flip.
+The decisions are those of the plain rule up to rounding (tested against it).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import numpy as np
 
 IMPROVE = 1e-12    # a flip must raise the norm by this relative amount to count
 BISECTIONS = 60
+REFRESH = 12       # a fresh SVD after this many accepted flips (folded in until then)
+SMALL_SVD = 64     # ... but after every flip when A has at most this many rows or columns
 
 
 @dataclass
@@ -32,70 +37,124 @@ class GreedyResult:
     cut_by_budget: bool = False  # the wall-clock safety cap stopped it (not reproducible)
 
 
-def _coefficients(x: np.ndarray, y: np.ndarray, p: np.ndarray, qt: np.ndarray):
-    alpha, beta = p.T @ x, qt @ y.T          # (r, n)
-    rest_x = np.maximum(np.einsum("pn,pn->n", x, x) - np.einsum("rn,rn->n", alpha, alpha), 0.0)
-    rest_y = np.maximum(np.einsum("nq,nq->n", y, y) - np.einsum("rn,rn->n", beta, beta), 0.0)
-    return alpha, beta, rest_x, rest_y
+@dataclass
+class _Basis:
+    """SVD A0 = P S Q^T of the matrix at the last refresh, the candidates' coordinates
+    in it, and the flips accepted since (folded in as a low-rank correction)."""
+    s: np.ndarray
+    alpha: np.ndarray           # P^T X  (r, n)
+    beta: np.ndarray            # Q^T Y^T (r, n)
+    rest_x: np.ndarray          # |x_j|^2 - |alpha_j|^2: the part outside span(P)
+    rest_y: np.ndarray
+    gram_x: np.ndarray          # X^T X (n, n) rows of accepted units are read
+    gram_y: np.ndarray
+    accepted: list[tuple[int, float]]
 
 
-def _exceeds(lam: float, s: np.ndarray, delta: np.ndarray, coef) -> np.ndarray:
-    """For each candidate: is ||A + delta_j x_j y_j^T|| > lam?  (requires lam > ||A||)"""
-    alpha, beta, rest_x, rest_y = coef
-    g = 1.0 / (lam * lam - s * s)                               # (r,)
-    sq = alpha * alpha + beta * beta
-    cross = 2 * alpha * beta
-    m11 = lam * (g @ sq) + (s * g) @ cross + (rest_x + rest_y) / lam
-    m22 = lam * (g @ sq) - (s * g) @ cross + (rest_x + rest_y) / lam
-    m12 = lam * (g @ (alpha * alpha - beta * beta)) + (rest_x - rest_y) / lam
-    s11, s22 = m11 - 2.0 / delta, m22 + 2.0 / delta
-    return (s11 > 0) & (s22 > 0) & (s11 * s22 - m12 * m12 > 0)
-
-
-def _best_flip(x: np.ndarray, y: np.ndarray, a: np.ndarray, delta: np.ndarray) -> int | None:
+def _basis(x: np.ndarray, y: np.ndarray, a: np.ndarray, gram_x, gram_y) -> _Basis:
     p, s, qt = np.linalg.svd(a, full_matrices=False)
-    current = float(s[0]) if s.size else 0.0
+    alpha, beta = p.T @ x, qt @ y.T
+    rest_x = np.einsum("pn,pn->n", x, x) - np.einsum("rn,rn->n", alpha, alpha)
+    rest_y = np.einsum("nq,nq->n", y, y) - np.einsum("rn,rn->n", beta, beta)
+    return _Basis(s, alpha, beta, rest_x, rest_y, gram_x, gram_y, [])
+
+
+def _resolvent(b: _Basis, lam: float, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(2, 2, len(rows), len(cols)): u^T R v for u, v in {[x;0], [0;y]} of the given units,
+    R = (lam I - [[0, A0], [A0^T, 0]])^-1 (lam > ||A0||)."""
+    g = 1.0 / (lam * lam - b.s * b.s)
+    ar, br, ac, bc = b.alpha[:, rows], b.beta[:, rows], b.alpha[:, cols], b.beta[:, cols]
+    uu = (ar * (lam * g - 1 / lam)[:, None]).T @ ac + b.gram_x[np.ix_(rows, cols)] / lam
+    vv = (br * (lam * g - 1 / lam)[:, None]).T @ bc + b.gram_y[np.ix_(rows, cols)] / lam
+    uv = (ar * (b.s * g)[:, None]).T @ bc
+    vu = (br * (b.s * g)[:, None]).T @ ac
+    return np.array([[uu, uv], [vu, vv]])
+
+
+def _exceeds(lam: float, b: _Basis, cand: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """For each candidate j: is ||A + delta_j x_j y_j^T|| > lam?  (requires lam > ||A||).
+    With C the flips' coefficients and U their vectors on the dilation, the count of
+    eigenvalues above lam is #neg(C^-1 - U^T R U) - #neg(C^-1) (Haynsworth); the accepted
+    flips' block has exactly K negative ones, so the candidate's 2x2 Schur complement
+    must be negative definite."""
+    s_mat = -_diag_resolvent(b, lam, cand)
+    s_mat[0, 1] += 1.0 / delta
+    s_mat[1, 0] += 1.0 / delta
+    if b.accepted:
+        k = np.array([j for j, _ in b.accepted])
+        inv_c = np.kron(np.diag([1.0 / d for _, d in b.accepted]), np.array([[0.0, 1.0], [1.0, 0.0]]))
+        fk = _resolvent(b, lam, k, k).transpose(2, 0, 3, 1).reshape(2 * len(k), 2 * len(k))
+        f = inv_c - fk
+        cross = -_resolvent(b, lam, k, cand).transpose(2, 0, 1, 3).reshape(2 * len(k), 2, len(cand))
+        z = np.linalg.solve(f, cross.reshape(2 * len(k), -1)).reshape(cross.shape)
+        s_mat = s_mat - np.einsum("acj,adj->cdj", cross, z)
+    t11, t22, t12 = -s_mat[0, 0], -s_mat[1, 1], -s_mat[0, 1]
+    return (t11 > 0) & (t22 > 0) & (t11 * t22 - t12 * t12 > 0)
+
+
+def _diag_resolvent(b: _Basis, lam: float, cand: np.ndarray) -> np.ndarray:
+    g = 1.0 / (lam * lam - b.s * b.s)
+    a, be = b.alpha[:, cand], b.beta[:, cand]
+    uu = (lam * g - 1 / lam) @ (a * a) + np.diag(b.gram_x)[cand] / lam
+    vv = (lam * g - 1 / lam) @ (be * be) + np.diag(b.gram_y)[cand] / lam
+    uv = (b.s * g) @ (a * be)
+    return np.array([[uu, uv], [uv, vv]])
+
+
+def _best_flip(b: _Basis, current: float, reach: np.ndarray, delta: np.ndarray):
+    """(unit, norm after its flip) of the best single flip, or None if none raises the
+    norm; the norm is an upper estimate within 1e-15 relative."""
     lam = current * (1 + IMPROVE) + 1e-300
     alive = np.flatnonzero(delta != 0)
-    coef = _coefficients(x[:, alive], y[alive], p, qt)
-    hit = _exceeds(lam, s, delta[alive], coef)
+    hit = _exceeds(lam, b, alive, delta[alive])
     if not hit.any():
         return None
-    alive, coef = alive[hit], tuple(c[..., hit] for c in coef)
-    reach = np.abs(delta[alive]) * np.linalg.norm(x[:, alive], axis=0) * np.linalg.norm(y[alive], axis=1)
-    low, high = lam, current + float(reach.max()) * (1 + 1e-9)
+    alive = alive[hit]
+    low, high = lam, current + float(reach[alive].max()) * (1 + 1e-9)
     for _ in range(BISECTIONS):
-        if len(alive) == 1 or high - low <= 1e-15 * high:
+        if high - low <= 1e-15 * high:
             break
         mid = 0.5 * (low + high)
-        hit = _exceeds(mid, s, delta[alive], coef)
+        hit = _exceeds(mid, b, alive, delta[alive])
         if hit.any():
-            low, alive, coef = mid, alive[hit], tuple(c[..., hit] for c in coef)
+            low, alive = mid, alive[hit]
         else:
             high = mid
-    return int(alive.min())
+    return int(alive.min()), high
 
 
 def greedy_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
-               deadline: float = float("inf"), max_sweeps: int | None = None) -> GreedyResult:
+               deadline: float = float("inf"), max_sweeps: int | None = None,
+               refresh: int | None = None) -> GreedyResult:
     """Best single flip per sweep from sigma = hi until no flip raises the norm, for at
     most `max_sweeps` sweeps (default 4 n: a count, so the result is reproducible); the
-    deadline is only a safety cap."""
+    deadline is only a safety cap. `refresh`: accepted flips between SVDs (None: auto)."""
     sigma = np.full(x.shape[1], float(hi))
     a = x @ (sigma[:, None] * y)
+    gram_x, gram_y = x.T @ x, y @ y.T
+    scale = abs(hi - lo) * np.sqrt(np.diag(gram_x) * np.diag(gram_y))
+    basis = _basis(x, y, a, gram_x, gram_y)
+    current = float(basis.s[0]) if basis.s.size else 0.0
     sweeps, finished, cut = 0, False, False
     cap = 4 * x.shape[1] if max_sweeps is None else max_sweeps
+    if refresh is None:
+        refresh = 1 if min(a.shape) <= SMALL_SVD else REFRESH
     while sweeps < cap:
         if time.monotonic() >= deadline:
             cut = True
             break
         sweeps += 1
         delta = np.where(sigma == hi, lo - hi, hi - lo)
-        j = _best_flip(x, y, a, delta)
-        if j is None:
+        best = _best_flip(basis, current, scale, delta)
+        if best is None:
             finished = True
             break
+        j, current = best
         a += delta[j] * np.outer(x[:, j], y[j])
         sigma[j] = lo if sigma[j] == hi else hi
+        basis.accepted.append((j, float(delta[j])))
+        if len(basis.accepted) >= refresh:
+            basis = _basis(x, y, a, gram_x, gram_y)
+            current = max(current, float(basis.s[0]))
     value = float(np.linalg.svd(x @ (sigma[:, None] * y), compute_uv=False)[0])
     return GreedyResult(value, sigma, sweeps, finished, cut)

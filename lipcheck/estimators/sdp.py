@@ -160,7 +160,7 @@ def _problem(cp, weights, slopes):
 
 
 def _barrier(w: list[np.ndarray], slopes: list[tuple[float, float]], deadline: float):
-    """(rho, lams, note) from the barrier method started at ECLipsE-Fast, or None where
+    """(rho, lams, note, cut) from the barrier method started at ECLipsE-Fast, or None where
     ECLipsE-Fast does not apply (a b < 0 or a + b = 0)."""
     from lipcheck.estimators.eclipse import fast_start   # eclipse imports this module
     from lipcheck.estimators.sdp_barrier import solve_barrier
@@ -172,12 +172,13 @@ def _barrier(w: list[np.ndarray], slopes: list[tuple[float, float]], deadline: f
         return None
     state = ("converged" if found.converged else "stopped by the time budget (safety cap)"
              if found.cut_by_budget else "step cap reached")
-    return found.rho, found.lams, f"barrier method {state} after {found.steps} Newton steps"
+    return found.rho, found.lams, f"barrier method {state} after {found.steps} Newton steps", \
+        found.cut_by_budget
 
 
 def _conic(w: list[np.ndarray], slopes: list[tuple[float, float]], solver: str | None,
            seconds: float):
-    """(rho, lams, note) from cvxpy, or a failure note (str)."""
+    """(rho, lams, note, cut) from cvxpy, or a failure note (str)."""
     cp = require_cvxpy()
     solver = solver or pick_solver(w[0].shape[1] + sum(x.shape[0] for x in w[:-1]))
     problem, rho, lams = _problem(cp, w, slopes)
@@ -187,7 +188,7 @@ def _conic(w: list[np.ndarray], slopes: list[tuple[float, float]], solver: str |
         return f"solver {solver} failed: {exc}"
     if rho.value is None:
         return f"solver status {problem.status}"
-    return float(rho.value), [l.value for l in lams], f"{solver} {problem.status}"
+    return float(rho.value), [l.value for l in lams], f"{solver} {problem.status}", False
 
 
 def lipsdp_neuron(weights: list[np.ndarray], slopes: list[tuple[float, float]],
@@ -201,9 +202,9 @@ def lipsdp_neuron(weights: list[np.ndarray], slopes: list[tuple[float, float]],
         found = _conic(w, slopes, solver, seconds)
     if isinstance(found, str):
         return SdpResult(math.inf, False, found, time.monotonic() - start)
-    claimed, lams, note = found
+    claimed, lams, note, cut = found
     verified = verify(w, slopes, claimed, lams)
-    seconds, cut = time.monotonic() - start, "time budget" in note
+    seconds = time.monotonic() - start
     if verified is None:
         return SdpResult(math.sqrt(max(claimed, 0.0)), False,
                          f"{note}: the certificate did not verify in float64", seconds, cut)
