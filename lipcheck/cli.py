@@ -108,12 +108,14 @@ def check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
 def run_config(*, seed: int, device: str, layer_method: str, time_budget: float, method: str,
                lower_budget: float, lower_rounds: Optional[int], input_range: Optional[str],
                arch: Optional[str], unsafe_pickle: bool, max_iter: int = 500, tol: float = 1e-6,
-               dtype: str = "float32", timeout: Optional[float] = None):
+               dtype: str = "float32", timeout: Optional[float] = None,
+               layer_budget: float = 5.0):
     """Validated Settings and EstimateOptions from the options estimate and check share."""
     from lipcheck.api import EstimateOptions
     check_choice(layer_method, LAYER_METHODS, "--layer-method")
     settings = Settings(seed=seed, device=check_device(device), max_iter=max_iter, tol=tol,
                         layer_method=layer_method, time_budget=time_budget,
+                        layer_budget=layer_budget,
                         dtype=check_choice(dtype, ("float32", "float64"), "--dtype"),
                         timeout=check_timeout(timeout))
     options = EstimateOptions(methods=parse_methods(method), lower_budget=lower_budget,
@@ -132,6 +134,8 @@ def estimate(
                                "seqlip-greedy, seqlip-lowrank, sdp, eclipse, eclipse-fast, all"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
     time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
+    layer_budget: float = typer.Option(5.0, help="seconds a layer's certified norm may take "
+                                       "before auto picks a cheaper, looser certificate"),
     lower_budget: float = typer.Option(10.0, help="seconds: cap on the lower-bound search (0: off)"),
     lower_rounds: Optional[int] = typer.Option(
         None, help="lower-bound ascent rounds (default: reproducible count; 0: fill the budget)"),
@@ -156,7 +160,7 @@ def estimate(
             seed=seed, device=device, layer_method=layer_method, time_budget=time_budget,
             method=method, lower_budget=lower_budget, lower_rounds=lower_rounds,
             input_range=input_range, arch=arch, unsafe_pickle=unsafe_pickle, max_iter=max_iter,
-            tol=tol, dtype=dtype, timeout=timeout)
+            tol=tol, dtype=dtype, timeout=timeout, layer_budget=layer_budget)
         options.witness_path = str(save_witness) if save_witness else None
         if unsafe_pickle:
             err.print("[yellow]warning[/yellow]: --unsafe-pickle: loading a pickled module runs "

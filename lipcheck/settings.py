@@ -16,7 +16,9 @@ class Settings:
     exact_max_dim: int = 2048    # dense Jacobian SVD when min(n_in, n_out) is at most this
     exact_max_entries: int = 2**23  # ... and n_in * n_out is at most this
     layer_method: str = "auto"   # per-layer operator-norm method (see LAYER_METHODS)
-    time_budget: float = 60.0    # seconds, for methods that can trade time for tightness
+    time_budget: float = 60.0    # seconds, for the global methods (SeqLip, SDP, ...)
+    layer_budget: float = 5.0    # seconds a layer's certified norm may take before `auto`
+                                 # picks a cheaper (looser) certified method
     dtype: str = "float32"       # working precision of estimates; certificates are always float64
     timeout: float | None = None  # seconds for the whole run (lipcheck.limits.time_limit)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -201,7 +201,7 @@ def test_power_method_is_labelled_an_estimate() -> None:
 
 def test_auto_falls_back_to_fft_above_the_dense_limit() -> None:
     graph = conv_graph(3, 3, (16, 16), (3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]})
-    result = bound(graph, exact_max_dim=10, time_budget=1e-9)  # no time for the exact Gram either
+    result = bound(graph, exact_max_dim=10, layer_budget=1e-9)  # no time for the exact Gram either
     assert result.method == "fft" and result.certified and "grid" in result.detail
     assert true_norm(graph) <= result.value
 
@@ -264,8 +264,8 @@ def test_auto_takes_the_dense_svd_when_the_time_budget_allows() -> None:
     """6 channels on 14x14: above the always-dense size; the time model (~0.5 s) decides."""
     graph = conv_graph(6, 6, (14, 14), (3, 3), {"pads": [1, 1, 1, 1]})
     truth = true_norm(graph)
-    tight = bound(graph, time_budget=60.0)
-    quick = bound(graph, time_budget=0.01)
+    tight = bound(graph, layer_budget=60.0)
+    quick = bound(graph, layer_budget=0.01)
     assert tight.method == "exact-svd" and quick.method == "fft"
     assert truth <= tight.value <= truth * (1 + 1e-6) and truth <= quick.value
 
@@ -286,7 +286,7 @@ def test_exact_gram_is_tight_where_the_circular_embedding_is_loose() -> None:
     graph = conv_graph(16, 16, (4, 4), (3, 3), {"pads": [1, 1, 1, 1]})
     truth = true_norm(graph)
     exact = bound(graph, exact_max_dim=1)
-    loose = bound(graph, exact_max_dim=1, time_budget=1e-9)
+    loose = bound(graph, exact_max_dim=1, layer_budget=1e-9)
     assert exact.method == "exact-gram" and loose.method == "fft"
     assert truth <= exact.value <= truth * (1 + 1e-5)
     assert loose.value > 1.02 * truth

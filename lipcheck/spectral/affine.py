@@ -4,7 +4,7 @@ Methods (Settings.layer_method): "exact" (dense Jacobian SVD; UserError when the
 is too large for it), "fft" / "gram" (the op's certifier: for Conv and ConvTranspose the
 FFT block bound with a Cholesky certificate, or with Gram iteration), "power" (power
 iteration: an estimate, not certified), "auto" (exact when the dense SVD fits and its
-predicted time is within Settings.time_budget; else the op's certifier; else power iteration). Beside every certified value that is not
+predicted time is within Settings.layer_budget; else the op's certifier; else power iteration). Beside every certified value that is not
 exact, a warm-started power iteration gives the lower estimate (NodeBound.estimate).
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _norm(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
     return _power(node, ctx, op)
 
 
-# `auto` takes the tightest certified method that fits Settings.time_budget: the dense
+# `auto` takes the tightest certified method that fits Settings.layer_budget: the dense
 # Jacobian SVD (exact) when it fits the dense limits and its predicted time is within the
 # budget, else the op's certifier. Time model (one thread, measured on 3x3 convs:
 # 2.2 s at 2048 x 2048, 15 s at 4096 x 4096): DENSE_SECONDS_PER_FLOP * small^2 * large.
@@ -96,7 +96,7 @@ def _prefer_dense(node: Node, op: LinearOperator, ctx: BoundContext) -> bool:
         return False
     if node.op not in CERTIFIERS or op.n_in * op.n_out <= DENSE_CHEAP_ENTRIES:
         return True
-    return dense_seconds(op) <= ctx.settings.time_budget
+    return dense_seconds(op) <= ctx.settings.layer_budget
 
 
 def _power(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:

@@ -55,9 +55,9 @@ def conv_certifier(node: Node, ctx: BoundContext, op: LinearOperator) -> Certifi
 
 def _exact_gram(pk: PhaseKernel, ctx: BoundContext) -> CertifiedNorm | None:
     """The zero-padded operator's own Gram with one Cholesky certificate (no circular
-    embedding: tight on small grids), when it fits MAX_DIM and Settings.time_budget."""
+    embedding: tight on small grids), when it fits MAX_DIM and Settings.layer_budget."""
     dim = gram_dim(pk)
-    if dim > MAX_DIM or predicted_seconds(pk, dim) > ctx.settings.time_budget:
+    if dim > MAX_DIM or predicted_seconds(pk, dim) > ctx.settings.layer_budget:
         return None
     value = exact_gram_norm(pk)
     if value is None:

@@ -27,7 +27,7 @@ from lipcheck.spectral.polyphase import PhaseKernel
 # One thread, measured on this project's shared 2-core box (load average 8-10): a Gram of
 # 4096 in 6.6 s, of 8192 in 34 s (assembly 6.6, float32 Lanczos 10.6, Cholesky 19.2), so
 # about CUBIC * n^3 + SQUARE * n^2 seconds. Used only when the prediction fits
-# Settings.time_budget and the matrix fits MAX_DIM (12 * MAX_DIM^2 bytes with the float32
+# Settings.layer_budget and the matrix fits MAX_DIM (12 * MAX_DIM^2 bytes with the float32
 # copy: 1.2 GB).
 CUBIC, SQUARE, PER_ADD = 5e-11, 1e-7, 1e-5
 MAX_DIM = 10240
