@@ -158,7 +158,8 @@ def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chai
     value, certified = _compose(graph, node_bounds, chains, results, base)
     records = [_chain_record(c, r) for c, r in zip(chains, results)]
     detail = "; ".join(f"{r['chain']}: {r['detail']}" for r in records)
-    extra: dict = {"chains": records, "cut_by_budget": any(r is not None and r.cut_by_budget for r in results)}
+    cut = any(r is not None and r.cut_by_budget for r in results)
+    extra: dict = {"chains": records, "cut_by_budget": cut}
     if name.endswith(QUICK):
         extra["mode"] = "quick"
         detail = "quick limits of --method auto; " + detail

@@ -25,6 +25,7 @@ import numpy as np
 IMPROVE = 1e-12    # a flip must raise the norm by this relative amount to count
 BISECTIONS = 60
 REFRESH = 12       # a fresh SVD after this many accepted flips (folded in until then)
+POWER_STEPS = 3    # power steps per sweep for the candidates' lower estimates
 SMALL_SVD = 64     # ... but after every flip when A has at most this many rows or columns
 
 
@@ -46,17 +47,20 @@ class _Basis:
     beta: np.ndarray            # Q^T Y^T (r, n)
     rest_x: np.ndarray          # |x_j|^2 - |alpha_j|^2: the part outside span(P)
     rest_y: np.ndarray
-    gram_x: np.ndarray          # X^T X (n, n) rows of accepted units are read
-    gram_y: np.ndarray
+    x: np.ndarray               # X (p, n) and Y (n, q): inner products of units on demand
+    y: np.ndarray
+    norm_x: np.ndarray          # |x_j|^2, |y_j|^2
+    norm_y: np.ndarray
     accepted: list[tuple[int, float]]
 
 
-def _basis(x: np.ndarray, y: np.ndarray, a: np.ndarray, gram_x, gram_y) -> _Basis:
+def _basis(x: np.ndarray, y: np.ndarray, a: np.ndarray) -> _Basis:
     p, s, qt = np.linalg.svd(a, full_matrices=False)
     alpha, beta = p.T @ x, qt @ y.T
-    rest_x = np.einsum("pn,pn->n", x, x) - np.einsum("rn,rn->n", alpha, alpha)
-    rest_y = np.einsum("nq,nq->n", y, y) - np.einsum("rn,rn->n", beta, beta)
-    return _Basis(s, alpha, beta, rest_x, rest_y, gram_x, gram_y, [])
+    norm_x, norm_y = np.einsum("pn,pn->n", x, x), np.einsum("nq,nq->n", y, y)
+    rest_x = norm_x - np.einsum("rn,rn->n", alpha, alpha)
+    rest_y = norm_y - np.einsum("rn,rn->n", beta, beta)
+    return _Basis(s, alpha, beta, rest_x, rest_y, x, y, norm_x, norm_y, [])
 
 
 def _resolvent(b: _Basis, lam: float, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -64,8 +68,8 @@ def _resolvent(b: _Basis, lam: float, rows: np.ndarray, cols: np.ndarray) -> np.
     R = (lam I - [[0, A0], [A0^T, 0]])^-1 (lam > ||A0||)."""
     g = 1.0 / (lam * lam - b.s * b.s)
     ar, br, ac, bc = b.alpha[:, rows], b.beta[:, rows], b.alpha[:, cols], b.beta[:, cols]
-    uu = (ar * (lam * g - 1 / lam)[:, None]).T @ ac + b.gram_x[np.ix_(rows, cols)] / lam
-    vv = (br * (lam * g - 1 / lam)[:, None]).T @ bc + b.gram_y[np.ix_(rows, cols)] / lam
+    uu = (ar * (lam * g - 1 / lam)[:, None]).T @ ac + (b.x[:, rows].T @ b.x[:, cols]) / lam
+    vv = (br * (lam * g - 1 / lam)[:, None]).T @ bc + (b.y[rows] @ b.y[cols].T) / lam
     uv = (ar * (b.s * g)[:, None]).T @ bc
     vu = (br * (b.s * g)[:, None]).T @ ac
     return np.array([[uu, uv], [vu, vv]])
@@ -95,15 +99,17 @@ def _exceeds(lam: float, b: _Basis, cand: np.ndarray, delta: np.ndarray) -> np.n
 def _diag_resolvent(b: _Basis, lam: float, cand: np.ndarray) -> np.ndarray:
     g = 1.0 / (lam * lam - b.s * b.s)
     a, be = b.alpha[:, cand], b.beta[:, cand]
-    uu = (lam * g - 1 / lam) @ (a * a) + np.diag(b.gram_x)[cand] / lam
-    vv = (lam * g - 1 / lam) @ (be * be) + np.diag(b.gram_y)[cand] / lam
+    uu = (lam * g - 1 / lam) @ (a * a) + b.norm_x[cand] / lam
+    vv = (lam * g - 1 / lam) @ (be * be) + b.norm_y[cand] / lam
     uv = (b.s * g) @ (a * be)
     return np.array([[uu, uv], [uv, vv]])
 
 
-def _best_flip(b: _Basis, current: float, reach: np.ndarray, delta: np.ndarray):
+def _best_flip(b: _Basis, current: float, reach: np.ndarray, delta: np.ndarray,
+               floor: np.ndarray):
     """(unit, norm after its flip) of the best single flip, or None if none raises the
-    norm; the norm is an upper estimate within 1e-15 relative."""
+    norm; the norm is an upper estimate within 1e-15 relative. `floor`: a value each
+    flip's norm reaches at least (prunes the candidates below the best of them)."""
     lam = current * (1 + IMPROVE) + 1e-300
     alive = np.flatnonzero(delta != 0)
     hit = _exceeds(lam, b, alive, delta[alive])
@@ -111,6 +117,11 @@ def _best_flip(b: _Basis, current: float, reach: np.ndarray, delta: np.ndarray):
         return None
     alive = alive[hit]
     low, high = lam, current + float(reach[alive].max()) * (1 + 1e-9)
+    start = float(floor[alive].max()) * (1 - 1e-12)
+    if low < start < high:
+        hit = _exceeds(start, b, alive, delta[alive])
+        if hit.any():   # always, unless rounding: then the plain bisection below
+            low, alive = start, alive[hit]
     for _ in range(BISECTIONS):
         if high - low <= 1e-15 * high:
             break
@@ -123,6 +134,18 @@ def _best_flip(b: _Basis, current: float, reach: np.ndarray, delta: np.ndarray):
     return int(alive.min()), high
 
 
+def _top_pair(a: np.ndarray, v: np.ndarray, steps: int = POWER_STEPS):
+    """Unit vectors near A's top singular pair: a few power steps from v (only used for
+    lower estimates, so their accuracy decides speed, never the result)."""
+    u = a @ v
+    for _ in range(steps):
+        u = u / max(np.linalg.norm(u), 1e-300)
+        v = a.T @ u
+        v = v / max(np.linalg.norm(v), 1e-300)
+        u = a @ v
+    return u / max(np.linalg.norm(u), 1e-300), v
+
+
 def greedy_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
                deadline: float = float("inf"), max_sweeps: int | None = None,
                refresh: int | None = None) -> GreedyResult:
@@ -131,9 +154,9 @@ def greedy_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
     deadline is only a safety cap. `refresh`: accepted flips between SVDs (None: auto)."""
     sigma = np.full(x.shape[1], float(hi))
     a = x @ (sigma[:, None] * y)
-    gram_x, gram_y = x.T @ x, y @ y.T
-    scale = abs(hi - lo) * np.sqrt(np.diag(gram_x) * np.diag(gram_y))
-    basis = _basis(x, y, a, gram_x, gram_y)
+    basis = _basis(x, y, a)
+    scale = abs(hi - lo) * np.sqrt(basis.norm_x * basis.norm_y)
+    v = np.ones(a.shape[1]) / np.sqrt(max(a.shape[1], 1))
     current = float(basis.s[0]) if basis.s.size else 0.0
     sweeps, finished, cut = 0, False, False
     cap = 4 * x.shape[1] if max_sweeps is None else max_sweeps
@@ -145,7 +168,9 @@ def greedy_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
             break
         sweeps += 1
         delta = np.where(sigma == hi, lo - hi, hi - lo)
-        best = _best_flip(basis, current, scale, delta)
+        u, v = _top_pair(a, v)
+        floor = np.abs(u @ a @ v + delta * (u @ x) * (y @ v))   # u^T A' v <= ||A'||
+        best = _best_flip(basis, current, scale, delta, floor)
         if best is None:
             finished = True
             break
@@ -154,7 +179,7 @@ def greedy_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
         sigma[j] = lo if sigma[j] == hi else hi
         basis.accepted.append((j, float(delta[j])))
         if len(basis.accepted) >= refresh:
-            basis = _basis(x, y, a, gram_x, gram_y)
+            basis = _basis(x, y, a)
             current = max(current, float(basis.s[0]))
     value = float(np.linalg.svd(x @ (sigma[:, None] * y), compute_uv=False)[0])
     return GreedyResult(value, sigma, sweeps, finished, cut)

@@ -100,7 +100,8 @@ def _verified_psd(q: np.ndarray) -> bool:
     (n + 1) eps / (1 - (n + 1) eps) tr(Q) (Rump, BIT 46, 2006), taken 4x. A Cholesky is
     ~10x cheaper than the smallest eigenvalue, and the check is as strict."""
     n = q.shape[0]
-    shift = 32 * n * EPS * float(np.linalg.norm(q, "fro")) + 4 * (n + 2) * EPS * float(np.abs(np.diag(q)).sum())
+    forming = 32 * n * EPS * float(np.linalg.norm(q, "fro"))
+    shift = forming + 4 * (n + 2) * EPS * float(np.abs(np.diag(q)).sum())
     try:
         scipy.linalg.cholesky(q - shift * np.eye(n), lower=True, check_finite=False)
     except np.linalg.LinAlgError:
