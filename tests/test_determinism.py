@@ -39,8 +39,7 @@ def strip(data: Any) -> Any:
 
 
 def _json(path, seed: int, layer_method: str = "auto", lower_budget: float = 0.0) -> str:
-    # only AutoLip: SeqLip/SDP/ECLipsE stop on a wall-clock budget (settings.time_budget),
-    # so their values can differ between runs on a loaded machine (reported to the lead)
+    # AutoLip only here (fast); test_default_estimate_is_reproducible covers the defaults
     report = api.estimate(str(path), settings=Settings(seed=seed, layer_method=layer_method),
                           options=api.EstimateOptions(methods=("autolip",),
                                                       lower_budget=lower_budget))
@@ -76,3 +75,19 @@ def test_lower_bound_with_fixed_rounds_is_reproducible(tmp_path):
     first, second = (lower_bound(graph, budget_s=1e9, seed=2, rounds=1) for _ in range(2))
     assert first.value == second.value > 0
     assert first.extra["rounds"] == 1
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn"])
+def test_default_estimate_is_reproducible(name):
+    """The defaults (auto global methods, count-based lower-bound rounds) give the same
+    report twice: every value-deciding limit is a count, clocks are only caps."""
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "models" / f"{name}.onnx"
+
+    def run() -> str:
+        report = api.estimate(str(path))
+        assert not any(w.code == "cut_by_budget" for w in report.warnings)
+        return json.dumps(strip(json.loads(report.to_json())), sort_keys=True)
+    first = run()
+    assert first == run()
+    assert '"lower_bound": {' in first.replace('"lower_bound": null', '')

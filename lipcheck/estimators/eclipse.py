@@ -95,6 +95,6 @@ def eclipse(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: 
     if verified is None:
         return SdpResult(math.sqrt(max(rho, 0.0)), False,
                          f"{name}: the certificate did not verify in float64", seconds)
-    return SdpResult(math.sqrt(verified) * (1 + 1e-12), True,
+    return SdpResult(math.sqrt(verified) * (1 + 1e-9), True,
                      f"{name}: rho {rho:.9g}, verified rho {verified:.9g} (float64 Cholesky check)",
                      seconds)

@@ -209,6 +209,6 @@ def lipsdp_neuron(weights: list[np.ndarray], slopes: list[tuple[float, float]],
     if verified is None:
         return SdpResult(math.sqrt(max(claimed, 0.0)), False,
                          f"{note}: the certificate did not verify in float64", seconds, cut)
-    value = math.sqrt(verified) * (1 + 1e-12)
+    value = math.sqrt(verified) * (1 + 1e-9)  # also covers the SVD reduction's rounding
     return SdpResult(value, True, f"{note}, solver rho {claimed:.9g}, "
                      f"verified rho {verified:.9g} (float64 Cholesky check)", seconds, cut)
