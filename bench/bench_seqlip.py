@@ -8,8 +8,10 @@
    ~100 sweeps x 2 pairs of 500x500 SVDs), so the agreement is measured on 784-W-W-10
    nets of the same family with W = 100 and 200 instead (printed as such);
 2. low-rank SeqLip (k=200) on conv(1->16,k3)-relu-conv(16->32,k3,s2)-relu-linear(->10)
-   at 1x28x28 (slow today: ~10 s for the factors, then ~0.25 s a greedy sweep over the
-   10816 hidden units of pair 1, and the rule needs thousands of sweeps: many minutes);
+   at 1x28x28: ~10 s for the factors, then greedy.ascent_max on both pairs (10816 and
+   4608 units: above seqlip.ASCENT_MIN_UNITS); the paper's rule would need thousands of
+   ~0.25 s sweeps on pair 1 (many minutes). With --reference, pair 2 also by the
+   paper's rule (greedy_max, ~25 s) for comparison;
 3. LipSDP-Neuron on a 784-50-10 MLP with the exact end-layer reduction (barrier method),
    against the unreduced 834x834 problem (barrier) and cvxpy + Clarabel on the reduced
    one with --direct-sdp (SCS on the unreduced problem is too inaccurate: see bench_sdp);
@@ -32,6 +34,7 @@ import torch
 
 from lipcheck.estimators.autolip import bound_nodes
 from lipcheck.estimators.chains import find_chains
+from lipcheck.estimators.greedy import ascent_max, greedy_max
 from lipcheck.estimators.sdp import lipsdp_neuron
 from lipcheck.estimators.seqlip import dense_factor, greedy_chain, lowrank_factors, pair_matrices
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
@@ -115,7 +118,7 @@ def bench_greedy(reference: bool) -> dict:
     return out
 
 
-def bench_lowrank() -> dict:
+def bench_lowrank(reference: bool) -> dict:
     s = Settings()
     g = cnn_graph()
     (chain,) = find_chains(g, bound_nodes(g, s), s)
@@ -123,9 +126,19 @@ def bench_lowrank() -> dict:
     factors = lowrank_factors(chain, s, 200)
     svd_seconds = time.perf_counter() - start
     result = greedy_chain(factors, chain.slopes, math.inf)
-    return {"lowrank_value": result.value, "lowrank_seconds": time.perf_counter() - start,
-            "svd_seconds": svd_seconds, "parts": [p.shape for p in chain.parts],
-            "detail": result.detail, "autolip": chain.autolip_product}
+    out = {"lowrank_value": result.value, "lowrank_seconds": time.perf_counter() - start,
+           "svd_seconds": svd_seconds, "parts": [p.shape for p in chain.parts],
+           "detail": result.detail, "autolip": chain.autolip_product}
+    if reference:
+        (x, y), (lo, hi) = pair_matrices(factors)[1], chain.slopes[1]
+        start = time.perf_counter()
+        ascent = ascent_max(x, y, lo, hi)
+        middle = time.perf_counter()
+        paper = greedy_max(x, y, lo, hi)
+        out["pair_2"] = {"ascent_value": ascent.value, "ascent_seconds": middle - start,
+                         "paper_rule_value": paper.value, "paper_rule_sweeps": paper.sweeps,
+                         "paper_rule_seconds": time.perf_counter() - middle}
+    return out
 
 
 def bench_sdp(direct: bool) -> dict:
@@ -166,12 +179,12 @@ def bench_default() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", action="store_true", help="also run the plain greedy (minutes)")
+    parser.add_argument("--reference", action="store_true", help="also run the plain greedy (minutes; lowrank: pair 2 only)")
     parser.add_argument("--direct-sdp", action="store_true", help="also solve the unreduced SDP")
     parser.add_argument("--only", choices=["greedy", "lowrank", "sdp", "default"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    runs = {"greedy": lambda: bench_greedy(args.reference), "lowrank": bench_lowrank,
+    runs = {"greedy": lambda: bench_greedy(args.reference), "lowrank": lambda: bench_lowrank(args.reference),
             "sdp": lambda: bench_sdp(args.direct_sdp), "default": bench_default}
     for name, run in runs.items():
         if args.only in (None, name):

@@ -14,9 +14,11 @@ from lipcheck.estimators.autolip import bound_nodes
 from lipcheck.estimators.chains import find_chains
 from lipcheck.estimators.global_bounds import (DEFAULT_METHODS, expand_methods, global_bounds,
                                                tightest_certified)
-from lipcheck.estimators.greedy import greedy_max
+from lipcheck.estimators import seqlip
+from lipcheck.estimators.greedy import ascent_max, greedy_max, sign_ascent
 from lipcheck.estimators.pairmax import branch_and_bound, enumerate_max
-from lipcheck.estimators.seqlip import dense_factor, exact_chain, randomized_factor
+from lipcheck.estimators.seqlip import (Factor, dense_factor, exact_chain, greedy_chain,
+                                        pair_matrices, randomized_factor)
 from lipcheck.graph import OpKind
 from lipcheck.settings import Settings
 
@@ -79,6 +81,52 @@ def test_greedy_follows_the_papers_rule(rng, lo, hi, refresh):
     assert ours.value == pytest.approx(reference_greedy(x, y, lo, hi), rel=1e-12)
     np.testing.assert_allclose(ours.value, np.linalg.norm(x @ np.diag(ours.sigma) @ y, 2), rtol=1e-12)
 
+
+
+def _norm(x: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> float:
+    return float(np.linalg.norm(x @ np.diag(sigma) @ y, 2))
+
+
+@pytest.mark.parametrize("lo,hi", SLOPES)
+def test_ascent_ends_at_a_single_flip_local_max_below_the_brute_max(rng, lo, hi):
+    x, y = rng.standard_normal((6, 13)), rng.standard_normal((13, 5))
+    runs = [ascent_max(x, y, lo, hi) for _ in range(2)]
+    r = runs[0]
+    assert r.value == runs[1].value and np.array_equal(r.sigma, runs[1].sigma)   # reproducible
+    assert set(r.sigma) <= {lo, hi} and r.finished
+    assert r.value == pytest.approx(_norm(x, y, r.sigma), rel=1e-12)
+    assert _norm(x, y, np.full(13, hi)) * (1 - 1e-12) <= r.value <= brute_max(x, y, lo, hi) * (1 + 1e-12)
+    for j in range(13):   # finished: no single flip raises the norm (the paper's stopping rule)
+        flipped = r.sigma.copy()
+        flipped[j] = lo if r.sigma[j] == hi else hi
+        assert _norm(x, y, flipped) <= r.value * (1 + 1e-9)
+
+
+def test_sign_ascent_is_monotone_and_stops_at_a_fixed_point(rng):
+    x, y = rng.standard_normal((15, 400)), rng.standard_normal((400, 12))
+    start = np.ones(400)
+    sigma, steps = sign_ascent(x, y, 0.0, 1.0, start)
+    assert steps > 1 and set(sigma) <= {0.0, 1.0}
+    assert _norm(x, y, sigma) > _norm(x, y, start)
+    u, _, vt = np.linalg.svd(x @ np.diag(sigma) @ y)
+    c = (u[:, 0] @ x) * (y @ vt[0])
+    proposal = np.where(c > 0, 1.0, np.where(c < 0, 0.0, sigma))
+    assert np.array_equal(proposal, sigma) or _norm(x, y, proposal) <= _norm(x, y, sigma) * (1 + 1e-12)
+
+
+def test_large_pairs_take_the_ascent_and_stay_uncertified(rng, monkeypatch):
+    monkeypatch.setattr(seqlip, "ASCENT_MIN_UNITS", 8)
+    factors = [dense_factor_of(rng.standard_normal((12, 7))), dense_factor_of(rng.standard_normal((4, 12)))]
+    result = greedy_chain(factors, [(0.0, 1.0)], float("inf"))
+    ((x, y),) = pair_matrices(factors)
+    assert not result.certified and "linearized ascent" in result.detail
+    assert result.value == ascent_max(x, y, 0.0, 1.0).value
+    assert result.value <= brute_max(x, y, 0.0, 1.0) * (1 + 1e-12)
+
+
+def dense_factor_of(w: np.ndarray) -> Factor:
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    return Factor(u, s, vt.T)
 
 @pytest.mark.parametrize("seed", range(6))
 def test_exact_seqlip_is_the_exact_constant_of_two_layer_relu_nets(seed):

@@ -14,6 +14,10 @@ matrix is negative definite (Haynsworth inertia on the symmetric dilation
 [[0, A0], [A0^T, 0]]; the accepted flips' block has exactly K negative eigenvalues).
 All candidates are tested at once, and a shared bisection on lam finds the best flip.
 The decisions are those of the plain rule up to rounding (tested against it).
+
+`ascent_max` (for pairs too large for the rule's thousands of sweeps): linearized
+ascent with the top singular pair, then a few sweeps of the rule; an estimate too,
+reproducible, but not the paper's path.
 """
 from __future__ import annotations
 
@@ -148,11 +152,12 @@ def _top_pair(a: np.ndarray, v: np.ndarray, steps: int = POWER_STEPS):
 
 def greedy_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
                deadline: float = float("inf"), max_sweeps: int | None = None,
-               refresh: int | None = None) -> GreedyResult:
-    """Best single flip per sweep from sigma = hi until no flip raises the norm, for at
-    most `max_sweeps` sweeps (default 4 n: a count, so the result is reproducible); the
-    deadline is only a safety cap. `refresh`: accepted flips between SVDs (None: auto)."""
-    sigma = np.full(x.shape[1], float(hi))
+               refresh: int | None = None, start: np.ndarray | None = None) -> GreedyResult:
+    """Best single flip per sweep from sigma = hi (or `start`, a vertex) until no flip
+    raises the norm, for at most `max_sweeps` sweeps (default 4 n: a count, so the result
+    is reproducible); the deadline is only a safety cap. `refresh`: accepted flips
+    between SVDs (None: auto)."""
+    sigma = np.full(x.shape[1], float(hi)) if start is None else np.array(start, dtype=float)
     a = x @ (sigma[:, None] * y)
     basis = _basis(x, y, a)
     scale = abs(hi - lo) * np.sqrt(basis.norm_x * basis.norm_y)
@@ -183,3 +188,60 @@ def greedy_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
             current = max(current, float(basis.s[0]))
     value = float(np.linalg.svd(x @ (sigma[:, None] * y), compute_uv=False)[0])
     return GreedyResult(value, sigma, sweeps, finished, cut)
+
+
+# --- a faster variant for large pairs (an estimate like the rule above, not the same path) ---
+
+ASCENT_ROUNDS = 3    # rounds of (linearized ascent to a fixed point, a few single-flip sweeps)
+ASCENT_STEPS = 200   # cap on sign-rule steps a round
+POLISH_SWEEPS = 10   # sweeps of the paper's rule a round
+
+
+def _top_triplet(x: np.ndarray, y: np.ndarray, sigma: np.ndarray):
+    """(||M||, u, v) for M = X diag(sigma) Y, exact (M is small: at most rank x rank)."""
+    u, s, vt = np.linalg.svd(x @ (sigma[:, None] * y), full_matrices=False)
+    return float(s[0]), u[:, 0], vt[0]
+
+
+def sign_ascent(x: np.ndarray, y: np.ndarray, lo: float, hi: float, sigma: np.ndarray,
+                max_steps: int = ASCENT_STEPS) -> tuple[np.ndarray, int]:
+    """Linearized ascent: with (u, v) the top singular pair of M(sigma), set every
+    sigma_i to the end of [lo, hi] that maximizes u^T M(sigma') v = sum_i sigma'_i
+    (u^T x_i)(y_i^T v) (ties keep sigma_i); repeat until sigma stops changing or the
+    norm stops rising. Monotone: ||M(sigma')|| >= u^T M(sigma') v >= u^T M(sigma) v =
+    ||M(sigma)||. Returns (sigma, steps)."""
+    value, u, v = _top_triplet(x, y, sigma)
+    for step in range(max_steps):
+        c = (u @ x) * (y @ v)
+        new = np.where(c > 0, max(lo, hi), np.where(c < 0, min(lo, hi), sigma))
+        if np.array_equal(new, sigma):
+            return sigma, step
+        new_value, new_u, new_v = _top_triplet(x, y, new)
+        if new_value <= value * (1 + IMPROVE):
+            return sigma, step + 1
+        sigma, value, u, v = new, new_value, new_u, new_v
+    return sigma, max_steps
+
+
+def ascent_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
+               deadline: float = float("inf"), rounds: int = ASCENT_ROUNDS,
+               polish: int = POLISH_SWEEPS) -> GreedyResult:
+    """From sigma = hi: `rounds` rounds of sign_ascent then at most `polish` sweeps of
+    the paper's single-flip rule (greedy_max from there), stopping early once a round
+    ends at a local maximum of the paper's rule (no single flip raises the norm). Counts
+    only, so reproducible; a vertex's norm, so a lower estimate of the pair's max. Not
+    the paper's path: it can end above or below greedy_max."""
+    sigma = np.full(x.shape[1], float(hi))
+    steps, finished, cut = 0, False, False
+    for _ in range(rounds):
+        if time.monotonic() >= deadline:
+            cut = True
+            break
+        sigma, ascent_steps = sign_ascent(x, y, lo, hi, sigma)
+        result = greedy_max(x, y, lo, hi, deadline, max_sweeps=polish, start=sigma)
+        sigma, steps, cut = result.sigma, steps + ascent_steps + result.sweeps, cut | result.cut_by_budget
+        if result.finished or cut:
+            finished = result.finished
+            break
+    value = float(np.linalg.svd(x @ (sigma[:, None] * y), compute_uv=False)[0])
+    return GreedyResult(value, sigma, steps, finished, cut)

@@ -73,7 +73,7 @@ def _gap_message(lower: GlobalBound, upper: GlobalBound, gap: float) -> str:
             f"(gap {gap:.2f}x). Computing it exactly is NP-hard (Scaman & Virmaux 2018). "
             f"{_sentence(_likely_loose(lower, upper))}. To narrow it: an exact SeqLip or "
             "SDP upper bound (--method seqlip-exact / --method sdp) where the model is small "
-            "enough, or a larger lower-bound budget (--lower-budget SECONDS)")
+            "enough, or a longer lower-bound search (--lower-rounds N, capped by --lower-budget)")
 
 
 def _sentence(text: str) -> str:
