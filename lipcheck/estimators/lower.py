@@ -70,6 +70,7 @@ class _Search:
     config: LowerConfig
     best: Candidate | None = None
     starts: list[tuple[float, int]] = field(default_factory=list)  # (value, point index)
+    cut: bool = False  # an ascent stopped at the deadline before its step count
 
     def offer(self, candidate: Candidate) -> None:
         if self.best is None or candidate.value > self.best.value:
@@ -115,13 +116,13 @@ def lower_bound(graph: Graph, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
     box = _check_range(input_range)
     search = _Search(NetFunction(graph), box, seed, config or LowerConfig())
     deadline = start + budget_s
-    screen_deadline = deadline if rounds is None else math.inf
     with torch.random.fork_rng(devices=[]):
         _exact_witness(graph, search, budget_s if rounds is None else None)
-        screened = _screen(search, screen_deadline)
+        screened = _screen(search, deadline)
         done = _rounds(search, pairwise, deadline, rounds)
     result = _bound(search, time.perf_counter() - start, done, screened)
-    result.extra["cut_by_budget"] = rounds is not None and done < rounds
+    result.extra["cut_by_budget"] = rounds is not None and (
+        done < rounds or screened < search.config.screen or search.cut)
     return result
 
 
@@ -162,12 +163,15 @@ def _exact_witness(graph: Graph, search: _Search, budget_s: float | None) -> Non
 
 
 def _screen(search: _Search, deadline: float, chunk: int = 64) -> int:
-    """Round 0: certified Jacobian values at seeded random points; starts best first."""
-    done = 0
+    """Round 0: certified Jacobian values at seeded random points; starts best first.
+    Batches grow 1, 2, 4, ... up to `chunk` so that a large model meets the deadline
+    (the points and their values do not depend on the batching)."""
+    done, size = 0, 1
     while done < search.config.screen:
         if done and time.perf_counter() > deadline:
             break
-        indices = list(range(done, min(done + chunk, search.config.screen)))
+        indices = list(range(done, min(done + size, search.config.screen)))
+        size = min(2 * size, chunk)
         pairs, _ = jacobian_pairs(search.fn, search.points(indices)[0], search.box)
         search.offer_pairs(pairs, "jacobian-ascent")
         search.starts += [(float(v), i) for v, i in zip(pairs.values, indices)]
@@ -181,7 +185,7 @@ def _rounds(search: _Search, pairwise: bool, deadline: float, rounds: int | None
     while rounds is None or done < rounds:
         if time.perf_counter() > deadline:
             break
-        _one_round(search, done, pairwise)
+        _one_round(search, done, pairwise, deadline)
         done += 1
     return done
 
@@ -193,20 +197,22 @@ def _round_starts(search: _Search, index: int) -> list[int]:
     return [ranked[j] if j < len(ranked) else screen + j for j in range(index * k, index * k + k)]
 
 
-def _one_round(search: _Search, index: int, pairwise: bool) -> None:
+def _one_round(search: _Search, index: int, pairwise: bool, deadline: float = math.inf) -> None:
     cfg = search.config
     xs, scales = search.points(_round_starts(search, index))
     schedules = torch.tensor([cfg.sharpness[i % len(cfg.sharpness)] for i in range(len(xs))],
                              dtype=torch.float64)
     found = jacobian_ascent(search.fn, xs, cfg.ascent_steps, cfg.lr * scales, search.box,
-                            schedules)
+                            schedules, deadline=deadline)
+    search.cut = search.cut or time.perf_counter() > deadline
     search.offer_pairs(found, "jacobian-ascent")
     if pairwise:
         d = found.q - found.p
         size = d.norm(dim=1, keepdim=True)
         d = torch.where(size > 0, d / size.clamp_min(1e-300), torch.ones_like(d) / d.shape[1] ** 0.5)
         pairs = pairwise_ascent(search.fn, found.p, 1e-2 * scales * d, cfg.pair_steps,
-                                cfg.lr * scales, search.box)
+                                cfg.lr * scales, search.box, deadline)
+        search.cut = search.cut or time.perf_counter() > deadline
         search.offer_pairs(pairs, "pairwise")
 
 

@@ -8,6 +8,9 @@ caller certifies the best one point by point (lower_search.certify).
 """
 from __future__ import annotations
 
+import math
+import time
+
 import torch
 
 from lipcheck.estimators.lower_search import (Box, Pairs, chunks, clamp, grad,
@@ -38,7 +41,8 @@ class Adam:
 
 
 def jacobian_ascent(fn: NetFunction, x0: torch.Tensor, steps: int, lrs: torch.Tensor, box: Box,
-                    sharpness: torch.Tensor | None = None, check_every: int = 10) -> Pairs:
+                    sharpness: torch.Tensor | None = None, check_every: int = 10,
+                    deadline: float = math.inf) -> Pairs:
     """Adam ascent of ||J_s(x) v|| for each row (J_s: the smoothed network, sharpness
     annealed geometrically from sharpness[:, 0] to sharpness[:, 1], one schedule per row,
     default 1 -> 30; v kept the top singular vector by one power step per iteration);
@@ -54,9 +58,12 @@ def jacobian_ascent(fn: NetFunction, x0: torch.Tensor, steps: int, lrs: torch.Te
             v = _ascent_step(fn, x, v, opt, box)
         finally:
             fn.smoothing = None
-        if (k + 1) % check_every == 0 or k + 1 == steps:
+        late = time.perf_counter() > deadline
+        if (k + 1) % check_every == 0 or k + 1 == steps or late:
             found, _ = jacobian_pairs(fn, x.detach(), box, v)
             best.improve(found)
+        if late:
+            break
     return best
 
 
@@ -83,7 +90,7 @@ def _ascent_step(fn: NetFunction, x: torch.Tensor, v: torch.Tensor, opt: Adam,
 
 
 def pairwise_ascent(fn: NetFunction, x0: torch.Tensor, d0: torch.Tensor, steps: int,
-                    lrs: torch.Tensor, box: Box) -> Pairs:
+                    lrs: torch.Tensor, box: Box, deadline: float = math.inf) -> Pairs:
     """Adam ascent of ||f(x) - f(x + d)|| / ||d|| for each row, exact network; every
     iterate is a candidate; the best per row."""
     x = x0.detach().clone().requires_grad_(True)
@@ -101,6 +108,8 @@ def pairwise_ascent(fn: NetFunction, x0: torch.Tensor, d0: torch.Tensor, steps: 
         with torch.no_grad():
             x.copy_(clamp(x, box))
             d.copy_(clamp(x + d, box) - x)
+        if time.perf_counter() > deadline:
+            break
     return best
 
 
