@@ -238,7 +238,7 @@ def _layers_section(data: dict[str, Any]) -> list[str]:
     layers = sorted(data["layers"], key=lambda layer: -_value(layer["bound"]))[:TOP_LAYERS]
     rows = [[f"`{layer['name']}`", layer["op"], fmt(_value(layer["bound"])),
              "certified" if layer["certified"] else "estimate",
-             fmt(_value(layer["running_bound"]))] for layer in layers]
+             fmt(_value(layer.get("running_bound")))] for layer in layers]
     return ["### Largest layer bounds", "",
             table(["node", "op", "bound", "status", "running AutoLip"], rows), ""]
 

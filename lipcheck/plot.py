@@ -38,7 +38,7 @@ def _layers_axis(ax, layers: list[dict[str, Any]]) -> None:
     colors = ["tab:blue" if layer["certified"] else "tab:orange" for layer in layers]
     ax.bar(positions, [b if b > 0 else math.nan for b in bounds], color=colors,
            label="node bound (orange: estimate)")
-    running = _finite([layer["running_bound"] for layer in layers])
+    running = _finite([layer.get("running_bound") for layer in layers])  # optional in 1.x
     ax.plot(positions, [r if r > 0 else math.nan for r in running], color="black", marker=".",
             label="running AutoLip product")
     ax.set_yscale("log")

@@ -216,3 +216,19 @@ def test_no_sympy_import() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("pathlib").Path(__file__).parent))
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_time_budget_caps_a_count_based_search():
+    """--lower-budget is a hard cap even with a round count: the search stops soon after it
+    and says it was cut (large models once ran for minutes past a 10 s budget)."""
+    import time as _time
+    from graphs import conv_net
+    graph = conv_net(seed=0, size=12)
+    start = _time.perf_counter()
+    found = lower_bound(graph, budget_s=0.05, seed=0, rounds=50)
+    assert _time.perf_counter() - start < 20
+    assert found.extra["cut_by_budget"] and found.extra["rounds"] < 50
+    assert found.certified and found.value >= 0
+    import re
+    screened = int(re.search(r"(\d+) random starts", found.detail).group(1))
+    assert screened < LowerConfig().screen  # the screen itself stopped at the cap
