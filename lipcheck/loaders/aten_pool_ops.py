@@ -56,29 +56,28 @@ def _adaptive_kernel(low: Lowering, a: dict[str, Any]) -> list[int] | None:
     return [s // o for s, o in zip(spatial, out)]
 
 
-@converts("aten.adaptive_avg_pool1d.default", "aten.adaptive_avg_pool2d.default",
-          "aten.adaptive_avg_pool3d.default", "aten._adaptive_avg_pool2d.default",
-          "aten._adaptive_avg_pool3d.default")
-def _adaptive_avg(low: Lowering, node: fx.Node) -> Value:
+def _adaptive(low: Lowering, node: fx.Node, global_op: OpKind, window_op: OpKind):
+    """An adaptive pool as its global form (output 1) or an even-window pool."""
     a = args(node)
     kernel = _adaptive_kernel(low, a)
     x = low.value(a["self"])
     if kernel is None:
-        return low.emit(OpKind.GLOBAL_AVERAGE_POOL, [x])
+        return low.emit(global_op, [x])
     attrs = {"kernel_shape": kernel, "strides": kernel, "pads": [0] * (2 * len(kernel))}
-    return low.emit(OpKind.AVERAGE_POOL, [x], attrs)
+    return low.emit(window_op, [x], attrs)
+
+
+@converts("aten.adaptive_avg_pool1d.default", "aten.adaptive_avg_pool2d.default",
+          "aten.adaptive_avg_pool3d.default", "aten._adaptive_avg_pool2d.default",
+          "aten._adaptive_avg_pool3d.default")
+def _adaptive_avg(low: Lowering, node: fx.Node) -> Value:
+    return _adaptive(low, node, OpKind.GLOBAL_AVERAGE_POOL, OpKind.AVERAGE_POOL)
 
 
 @converts("aten.adaptive_max_pool1d.default", "aten.adaptive_max_pool2d.default",
           "aten.adaptive_max_pool3d.default")
 def _adaptive_max(low: Lowering, node: fx.Node) -> Value:
-    a = args(node)
-    kernel = _adaptive_kernel(low, a)
-    x = low.value(a["self"])
-    if kernel is None:
-        return [low.emit(OpKind.GLOBAL_MAX_POOL, [x]), None]
-    attrs = {"kernel_shape": kernel, "strides": kernel, "pads": [0] * (2 * len(kernel))}
-    return [low.emit(OpKind.MAX_POOL, [x], attrs), None]
+    return [_adaptive(low, node, OpKind.GLOBAL_MAX_POOL, OpKind.MAX_POOL), None]
 
 
 # ----- reductions --------------------------------------------------------------------
