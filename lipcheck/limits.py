@@ -27,8 +27,10 @@ class RunTimeout(LipcheckError):
     code = "timeout"
 
 
-def check_file_size(path: Path, limit: int = MAX_MODEL_BYTES) -> int:
-    """The file's size in bytes; ModelLoadError when it is above the limit."""
+def check_file_size(path: Path, limit: int | None = None) -> int:
+    """The file's size in bytes; ModelLoadError when it is above the limit
+    (default: MAX_MODEL_BYTES, read at call time)."""
+    limit = MAX_MODEL_BYTES if limit is None else limit
     size = path.stat().st_size
     if size > limit:
         raise ModelLoadError(f"{path}: {size} bytes, more than the limit of {limit} bytes "
@@ -36,7 +38,9 @@ def check_file_size(path: Path, limit: int = MAX_MODEL_BYTES) -> int:
     return size
 
 
-def check_node_count(count: int, where: str, limit: int = MAX_NODES) -> None:
+def check_node_count(count: int, where: str, limit: int | None = None) -> None:
+    """ModelLoadError when a graph has more nodes than the limit (default: MAX_NODES)."""
+    limit = MAX_NODES if limit is None else limit
     if count > limit:
         raise ModelLoadError(f"{where}: {count} nodes, more than the limit of {limit}")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from lipcheck import __version__
 from lipcheck.estimators.autolip import NodeResult
-from lipcheck.results import GlobalBound
+from lipcheck.results import GlobalBound, tightest_certified
 
 SCHEMA_VERSION = "1.0"
 NP_HARD_MESSAGE = ("the exact Lipschitz constant is NP-hard to compute (Scaman & Virmaux 2018); "
@@ -81,8 +81,7 @@ class Report:
     @property
     def upper_bound(self) -> GlobalBound | None:
         """The tightest certified upper bound, or None when there is none."""
-        certified = [b for b in self.bounds if b.kind == "upper" and b.certified]
-        return min(certified, key=lambda b: b.value) if certified else None
+        return tightest_certified(self.bounds)
 
     @property
     def finite(self) -> bool:

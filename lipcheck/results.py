@@ -21,3 +21,9 @@ class GlobalBound:
     seconds: float = 0.0
     detail: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def tightest_certified(bounds: list[GlobalBound]) -> GlobalBound | None:
+    """The smallest certified upper bound, or None when there is none."""
+    certified = [b for b in bounds if b.certified and b.kind == "upper"]
+    return min(certified, key=lambda b: b.value, default=None)

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 from lipcheck import api, limits
 from lipcheck.cli import app
 from lipcheck.errors import ModelLoadError, UnsafeFileError
-from lipcheck.loaders import onnx_loader
 from lipcheck.settings import Settings
 from onnx_builders import const, model, save
 
@@ -121,7 +120,6 @@ def test_external_data_inside_the_folder_loads(tmp_path):
 def test_size_and_node_limits_give_one_clear_line(tmp_path, monkeypatch):
     path = _mlp(tmp_path)
     monkeypatch.setattr(limits, "MAX_MODEL_BYTES", 10)
-    monkeypatch.setattr(onnx_loader, "MAX_FILE_BYTES", 10)
     out = _error(["estimate", path], "bytes, more than the")
     assert str(path.stat().st_size) in out
     torch_file = tmp_path / "w.pt"
@@ -129,7 +127,7 @@ def test_size_and_node_limits_give_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="more than the limit"):
         api.load(str(torch_file), [(1, 2)])
     monkeypatch.undo()
-    monkeypatch.setattr(onnx_loader, "MAX_NODES", 0)
+    monkeypatch.setattr(limits, "MAX_NODES", 0)
     _error(["estimate", path], "1 nodes, more than the limit of 0")
 
 

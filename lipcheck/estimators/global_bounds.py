@@ -26,7 +26,7 @@ from lipcheck.estimators.seqlip import (ChainBound, dense_factor, exact_chain, g
 from lipcheck.errors import UserError
 from lipcheck.graph import Graph
 from lipcheck.numerics import well_scaled
-from lipcheck.results import GlobalBound
+from lipcheck.results import GlobalBound, tightest_certified  # noqa: F401 (re-exported)
 from lipcheck.rules import NodeBound
 from lipcheck.settings import Settings
 
@@ -218,6 +218,3 @@ def global_bounds(graph: Graph, node_bounds: dict[str, NodeBound], methods: list
     return sorted(out, key=lambda b: b.value)
 
 
-def tightest_certified(bounds: list[GlobalBound]) -> GlobalBound | None:
-    certified = [b for b in bounds if b.certified and b.kind == "upper"]
-    return min(certified, key=lambda b: b.value, default=None)

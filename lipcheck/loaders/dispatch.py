@@ -53,7 +53,7 @@ def _check_file(path: Path) -> None:
         raise ModelLoadError(f"{path.name}: unknown model file extension {path.suffix!r}; "
                              f"supported: {', '.join(SUPPORTED)}")
     from lipcheck import limits
-    limits.check_file_size(path, limits.MAX_MODEL_BYTES)
+    limits.check_file_size(path)
 
 
 def torch_kind(path: Path) -> str:

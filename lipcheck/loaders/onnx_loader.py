@@ -23,8 +23,7 @@ from lipcheck.loaders.onnx_ops import CONVERTERS
 from lipcheck.rules.structural import ONNX_DTYPES
 
 MIN_OPSET, MAX_OPSET = 6, 23
-from lipcheck.limits import MAX_MODEL_BYTES as MAX_FILE_BYTES  # noqa: E402
-from lipcheck.limits import MAX_NODES  # noqa: E402
+from lipcheck.limits import check_file_size, check_node_count  # noqa: E402
 DEFAULT_DOMAINS = ("", "ai.onnx")
 InputShapes = Sequence[tuple[int, ...]] | dict[str, tuple[int, ...]] | None
 
@@ -34,8 +33,7 @@ def load_onnx(path: str | Path, input_shapes: InputShapes = None, seed: int = 0)
     model = _read_model(path)
     opset = _default_opset(model)
     nodes = list(model.graph.node)
-    if len(nodes) > MAX_NODES:
-        raise ModelLoadError(f"{path}: {len(nodes)} nodes, more than the limit of {MAX_NODES}")
+    check_node_count(len(nodes), str(path))
     _check_known_ops(nodes)
     builder = Builder(opset)
     _load_initializers(builder, model.graph)
@@ -60,8 +58,7 @@ def _read_model(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, not an ONNX file")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ModelLoadError(f"{path}: {path.stat().st_size} bytes, more than the 2 GB limit")
+    check_file_size(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (google.protobuf.message.DecodeError, ValueError, RuntimeError, OSError) as exc:
