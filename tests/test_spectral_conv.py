@@ -18,7 +18,8 @@ from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.rules import BoundContext, get_rule
 from lipcheck.settings import Settings
-from lipcheck.spectral.block_bounds import certify_dense, cholesky_certify, gram_iteration_bound, max_eig_bound
+from lipcheck.spectral.block_bounds import certify_dense, cholesky_certify, gram_iteration_bound
+from lipcheck.spectral.top_eig import max_eig_bound
 from lipcheck.spectral.freq_gram import frequency_grams
 from lipcheck.spectral.operator import dense_jacobian, matrix_norm, node_operator
 from lipcheck.spectral.polyphase import conv_spec, phase_kernel
@@ -137,13 +138,14 @@ def test_frequency_grams_match_a_direct_dft() -> None:
     gen = torch.Generator().manual_seed(3)
     taps = torch.randn(1, 4, 3, 5, generator=gen, dtype=torch.float64)
     offsets = torch.tensor([[0, 0], [0, 1], [1, 0], [2, 1]])
-    blocks, error = frequency_grams(taps, offsets, (5, 4))
+    grams = frequency_grams(taps, offsets, (5, 4))
+    index = grams.freqs.tolist().index([2, 1])
     theta = 2 * math.pi * torch.tensor([2.0, 1.0], dtype=torch.float64) / 5.0 * torch.tensor([1.0, 1.25], dtype=torch.float64)  # frequency (2, 1)
     k = sum(taps[0, a].to(torch.complex128) * torch.exp(1j * (offsets[a].double() @ theta)) for a in range(4))
     expected = k @ k.mH  # output side (3 < 5), up to conjugation
-    got = blocks[2 * 3 + 1]
+    got = grams.blocks[index]
     assert torch.allclose(got, expected, atol=1e-12) or torch.allclose(got, expected.conj(), atol=1e-12)
-    assert 0 < error < 1e-10
+    assert 0 < grams.error < 1e-10
 
 
 def test_cholesky_certificate_is_sharp_and_never_wrong() -> None:
@@ -217,13 +219,64 @@ def test_cuda_matches_cpu() -> None:
 
 def test_cholesky_margin_refuses_a_gap_below_the_rounding_bound() -> None:
     """tau I - G is positive definite in exact arithmetic when tau exceeds lambda_max by
-    1e-13 relative, and a bare Cholesky succeeds; the certificate still refuses, because
-    its backward-error margin for n = 400 is larger than that gap (drop it: this fails)."""
-    g = torch.diag(torch.full((400,), 3.0, dtype=torch.complex128))[None]
-    tau = 3.0 * (1 + 1e-13)
-    assert int(torch.linalg.cholesky_ex(tau * torch.eye(400, dtype=torch.complex128) - g[0])[1]) == 0
-    assert not bool(cholesky_certify(g, tau)[0])
-    assert bool(cholesky_certify(g, 3.0 * (1 + 1e-7))[0])
+    1e-15 relative, and a bare Cholesky succeeds; the certificate still refuses, because
+    its backward-error margin for n = 400 is larger than that gap."""
+    g = torch.diag(torch.full((400,), 3.0, dtype=torch.complex128))
+    g[0, 1] = g[1, 0] = 1.0  # eigenvalues 2, 3 (x 397), 4: trace(tau I - G) ~ 400 tau - 1200
+    tau = 4.0 * (1 + 2e-15)
+    assert int(torch.linalg.cholesky_ex(tau * torch.eye(400, dtype=torch.complex128) - g)[1]) == 0
+    assert not bool(cholesky_certify(g[None], tau)[0])
+    assert bool(cholesky_certify(g[None], 4.0 * (1 + 1e-10))[0])
+
+
+def near_singular_cases(count: int, relative_gap: float, seed: int, hermitian: bool = True
+                        ) -> list[tuple[np.ndarray, float]]:
+    """2x2 symmetric / Hermitian G and tau just at or below lambda_max(G) (tau I - G not
+    positive definite in exact rational arithmetic on the stored floats), for which a bare
+    LAPACK Cholesky of the rounded tau I - G (single precision when relative_gap > 0)
+    still succeeds."""
+    from fractions import Fraction
+
+    rng, out = np.random.default_rng(seed), []
+    single = relative_gap > 0
+    while len(out) < count:
+        a, c, br, bi = rng.standard_normal(4)
+        bi = bi if hermitian else 0.0
+        g = np.array([[a, br + 1j * bi], [br - 1j * bi, c]]) if hermitian else np.array([[a, br], [br, c]])
+        tau = ((a + c) / 2 + math.hypot((a - c) / 2, math.hypot(br, bi))) * (1 - relative_gap * rng.random())
+        ta, tc = Fraction(tau) - Fraction(a), Fraction(tau) - Fraction(c)
+        if ta > 0 and ta * tc - Fraction(br) ** 2 - Fraction(bi) ** 2 > 0:
+            continue  # positive definite after all: not a trap
+        bare = tau * np.eye(2) - g
+        factor = {(True, True): scipy.linalg.lapack.cpotrf, (True, False): scipy.linalg.lapack.spotrf,
+                  (False, True): scipy.linalg.lapack.zpotrf, (False, False): scipy.linalg.lapack.dpotrf}
+        if factor[single, hermitian](bare.astype(np.complex64 if hermitian else np.float32) if single else bare,
+                                     lower=1)[1] == 0:
+            out.append((g, tau))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["float64", "single", "dense"])
+def test_certificate_never_accepts_a_matrix_that_is_not_positive_definite(kind: str) -> None:
+    """Traps: tau I - G is not positive definite (exact arithmetic) yet a bare Cholesky in
+    the working precision succeeds; the certificate (batched float64 or single precision,
+    dense LAPACK) must refuse every one. Without the margin it would accept them all."""
+    cases = near_singular_cases(40, 1e-7 if kind == "single" else 0.0, seed=3, hermitian=kind != "dense")
+    for g, tau in cases:
+        if kind == "dense":
+            assert not certify_dense(g.copy(), tau)
+        else:
+            assert not bool(cholesky_certify(torch.from_numpy(g)[None], tau, kind == "single")[0])
+
+
+def test_single_precision_certificate_proves_blocks_well_below_tau() -> None:
+    gen = torch.Generator().manual_seed(8)
+    a = torch.randn(20, 64, 64, generator=gen, dtype=torch.complex128)
+    g = a.mH @ a
+    top = torch.linalg.eigvalsh(g)[:, -1]
+    assert bool(cholesky_certify(g, float(top.max()) * 1.01, low_precision=True).all())
+    assert not bool(cholesky_certify(g, float(top.max()) * (1 + 1e-6), low_precision=True)[int(top.argmax())])
+    assert bool(cholesky_certify(g, float(top.max()) * (1 + 1e-6))[int(top.argmax())])
 
 
 def test_max_eig_bound_finds_a_block_that_trace_ranking_misses() -> None:
@@ -240,24 +293,27 @@ def test_max_eig_bound_finds_a_block_that_trace_ranking_misses() -> None:
 
 @pytest.mark.parametrize("dims", [1, 3])
 def test_every_frequency_block_matches_a_direct_dft(dims: int) -> None:
-    """All half-spectrum blocks (half-pair Gammas + real DFT) equal K(w) K(w)^H computed
-    directly at their frequency, up to conjugation (the half spectrum's convention)."""
+    """Every block (half-difference Gammas + real DFT) equals K(w) K(w)^H computed directly
+    at its frequency, up to conjugation; one frequency of each conjugate pair, all covered."""
     gen = torch.Generator().manual_seed(7)
     taps = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64)
     offsets = torch.tensor([[0] * dims, [1] + [0] * (dims - 1), [2] + [1] * (dims - 1)])
     grid = (6,) if dims == 1 else (4, 3, 5)
-    blocks, _ = frequency_grams(taps, offsets, grid)
-    half = list(grid[:-1]) + [grid[-1] // 2 + 1]
-    index = 0
-    for group in range(2):
-        for freq in itertools.product(*(range(h) for h in half)):
-            theta = 2 * math.pi * torch.tensor(freq, dtype=torch.float64) / torch.tensor(grid, dtype=torch.float64)
-            k = sum(taps[group, a].to(torch.complex128) * torch.exp(1j * (offsets[a].double() @ theta))
-                    for a in range(3))
-            got, expected = blocks[index], k @ k.mH
-            assert torch.allclose(got, expected, atol=1e-11) or torch.allclose(got, expected.conj(), atol=1e-11)
-            index += 1
-    assert index == blocks.shape[0]
+    grams = frequency_grams(taps, offsets, grid)
+    size = torch.tensor(grid)
+    kept = {tuple(f) for f in grams.freqs.tolist()}
+    assert all((f in kept) != (tuple(torch.remainder(-torch.tensor(f), size).tolist()) in kept)
+               or torch.equal(torch.remainder(-torch.tensor(f), size), torch.tensor(f))
+               for f in itertools.product(*(range(v) for v in grid)))  # one of each pair
+    count = grams.freqs.shape[0]
+    for index in range(grams.blocks.shape[0]):
+        group, freq = divmod(index, count)
+        theta = 2 * math.pi * grams.freqs[freq].double() / size.double()
+        k = sum(taps[group, a].to(torch.complex128) * torch.exp(1j * (offsets[a].double() @ theta))
+                for a in range(3))
+        got, expected = grams.blocks[index], k @ k.mH
+        assert torch.allclose(got, expected, atol=1e-11) or torch.allclose(got, expected.conj(), atol=1e-11)
+    assert grams.blocks.shape[0] == 2 * count
 
 
 def test_auto_takes_the_dense_svd_when_the_time_budget_allows() -> None:
@@ -293,13 +349,14 @@ def test_exact_gram_is_tight_where_the_circular_embedding_is_loose() -> None:
 
 
 def test_dense_certificate_refuses_a_gap_below_the_rounding_bound() -> None:
-    """As for the batched certificate: a gap of 1e-13 relative passes a bare Cholesky but
-    is below the backward-error margin for n = 400 (drop the margin: this fails)."""
-    tau = 3.0 * (1 + 1e-13)
-    bare = tau * np.eye(400) - np.diag(np.full(400, 3.0))
-    assert scipy.linalg.lapack.dpotrf(bare)[1] == 0
-    assert not certify_dense(np.diag(np.full(400, 3.0)), tau)
-    assert certify_dense(np.diag(np.full(400, 3.0)), 3.0 * (1 + 1e-7))
+    """As for the batched certificate: a gap of 2e-15 relative passes a bare Cholesky but
+    is below the backward-error margin for n = 400."""
+    g = np.diag(np.full(400, 3.0))
+    g[0, 1] = g[1, 0] = 1.0
+    tau = 4.0 * (1 + 2e-15)
+    assert scipy.linalg.lapack.dpotrf(tau * np.eye(400) - g)[1] == 0
+    assert not certify_dense(g.copy(), tau)
+    assert certify_dense(g.copy(), 4.0 * (1 + 1e-10))
     gen = np.random.default_rng(3)
     a = gen.standard_normal((60, 60))
     top = float(np.linalg.eigvalsh(a @ a.T)[-1])

@@ -15,11 +15,12 @@ import torch
 
 from lipcheck.graph import Node, OpKind
 from lipcheck.bounds import BoundContext
-from lipcheck.spectral.block_bounds import gram_iteration_bound, max_eig_bound
-from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, frequency_grams
+from lipcheck.spectral.block_bounds import gram_iteration_bound
+from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, FrequencyGrams, frequency_grams
 from lipcheck.spectral.padded_gram import MAX_DIM, exact_gram_norm, gram_dim, predicted_seconds
 from lipcheck.spectral.operator import LinearOperator, NormResult, matrix_norm
-from lipcheck.spectral.polyphase import PhaseKernel, conv_spec, phase_kernel
+from lipcheck.spectral.polyphase import PhaseKernel, circular_grid, conv_spec, phase_kernel
+from lipcheck.spectral.top_eig import lanczos_top, max_eig_bound
 
 
 @dataclass
@@ -43,13 +44,13 @@ def conv_certifier(node: Node, ctx: BoundContext, op: LinearOperator) -> Certifi
     if exact is not None:
         return exact
     device = torch.device(ctx.settings.device)
-    blocks, error = frequency_grams(pk.taps, pk.offsets, pk.grid, device)
+    grams = frequency_grams(pk.taps, pk.offsets, circular_grid(pk), device)
     if ctx.settings.layer_method == "gram":
-        return _gram_result(blocks, error, pk)
-    tau, _, worst = max_eig_bound(blocks)
-    value = math.sqrt(tau + error) * (1 + 8 * UNIT_ROUNDOFF)
-    start = plane_wave(pk, blocks[worst], worst)
-    return CertifiedNorm(value, True, "fft", detail=_detail(pk, blocks.shape[0]), start=start,
+        return _gram_result(grams, pk)
+    tau, _, worst = max_eig_bound(grams)
+    value = math.sqrt(tau + grams.error) * (1 + 8 * UNIT_ROUNDOFF)
+    start = plane_wave(pk, grams, worst)
+    return CertifiedNorm(value, True, "fft", detail=_detail(pk, grams), start=start,
                          start_on_output=node.op == OpKind.CONV_TRANSPOSE)
 
 
@@ -74,40 +75,29 @@ def is_pointwise(node: Node, ctx: BoundContext) -> bool:
     return phase_kernel(conv_spec(node, weight)).taps.shape[1] <= 1
 
 
-def _gram_result(blocks: torch.Tensor, error: float, pk: PhaseKernel, steps: int = 6) -> CertifiedNorm:
-    lam = float(gram_iteration_bound(blocks, steps).max())
-    value = math.sqrt(lam + error) * (1 + 8 * UNIT_ROUNDOFF)
-    return CertifiedNorm(value, True, "fft-gram", detail=_detail(pk, blocks.shape[0]) + f", {steps} Gram steps")
+def _gram_result(grams: FrequencyGrams, pk: PhaseKernel, steps: int = 6) -> CertifiedNorm:
+    lam = float(gram_iteration_bound(grams.blocks, steps).max())
+    value = math.sqrt(lam + grams.error) * (1 + 8 * UNIT_ROUNDOFF)
+    return CertifiedNorm(value, True, "fft-gram", detail=_detail(pk, grams) + f", {steps} Gram steps")
 
 
-def _detail(pk: PhaseKernel, count: int) -> str:
-    grid = "x".join(str(n) for n in pk.grid)
-    return (f"grid {grid}, {count} blocks of {min(pk.taps.shape[2:])}, "
+def _detail(pk: PhaseKernel, grams: FrequencyGrams) -> str:
+    grid = "x".join(str(n) for n in grams.grid)
+    return (f"grid {grid}, {grams.count} blocks of {min(pk.taps.shape[2:])}, "
             f"{pk.taps.shape[1]} taps, {pk.taps.shape[3]} phase channels")
 
 
-def plane_wave(pk: PhaseKernel, block: torch.Tensor, index: int) -> torch.Tensor:
+def plane_wave(pk: PhaseKernel, grams: FrequencyGrams, index: int) -> torch.Tensor:
     """The input (on the Conv's input grid) of the top singular vector at one frequency."""
     groups, taps, c_out, c_eff = pk.taps.shape
-    half = list(pk.grid[:-1]) + [pk.grid[-1] // 2 + 1]
-    freq = torch.tensor(_unravel(index % math.prod(half), half), dtype=torch.float64)
-    theta = 2 * math.pi * freq / torch.tensor(pk.grid, dtype=torch.float64)
-    vec = top_vector(block.cpu())
-    k = pk.taps[index // math.prod(half)].to(torch.complex128)  # (T, C_out, C_eff)
+    count = grams.freqs.shape[0]
+    theta = 2 * math.pi * grams.freqs[index % count].to(torch.float64) / torch.tensor(grams.grid, dtype=torch.float64)
+    vec = lanczos_top(grams.fetch(torch.tensor([index]))[0])[2].cpu()
+    k = pk.taps[index // count].to(torch.complex128)  # (T, C_out, C_eff)
     phase = torch.exp(1j * (pk.offsets.to(torch.float64) @ theta))  # e^{i theta.a}
     if c_out < c_eff:
         vec, theta = torch.einsum("toc,t,o->c", k, phase, vec), -theta
-    return _spread(pk, vec, theta, index // math.prod(half))
-
-
-def top_vector(block: torch.Tensor, steps: int = 30) -> torch.Tensor:
-    """An approximate top eigenvector (power iteration from a fixed start): only a warm start."""
-    gen = torch.Generator().manual_seed(0)
-    vec = torch.randn(block.shape[-1], generator=gen, dtype=torch.float64).to(block.dtype)
-    for _ in range(steps):
-        vec = block @ vec
-        vec = vec / vec.norm().clamp_min(1e-300)
-    return vec
+    return _spread(pk, vec, theta, index // count)
 
 
 def _spread(pk: PhaseKernel, vec: torch.Tensor, theta: torch.Tensor, group: int) -> torch.Tensor:
@@ -123,11 +113,3 @@ def _spread(pk: PhaseKernel, vec: torch.Tensor, theta: torch.Tensor, group: int)
     x = torch.zeros((spec.weight.shape[1] * spec.group, *spec.size), dtype=torch.float64)
     x[group * c_in_g:(group + 1) * c_in_g] = (full[(slice(None), *phase_index)] * wave).real
     return x
-
-
-def _unravel(flat: int, shape: list[int]) -> list[int]:
-    out = []
-    for n in reversed(shape):
-        out.append(flat % n)
-        flat //= n
-    return out[::-1]

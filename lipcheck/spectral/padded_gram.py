@@ -38,12 +38,14 @@ def real_entries(pk: PhaseKernel) -> np.ndarray:
     """Bool (prod(grid), C_eff): True where phase-grid position q of phase channel c is a
     real input (padded position s*q + t inside [pads_begin, pads_begin + size))."""
     spec = pk.spec
-    phases = torch.tensor(list(np.ndindex(*spec.strides)), dtype=torch.int64)[pk.channels % math.prod(spec.strides)]
-    positions = torch.tensor(list(np.ndindex(*pk.grid)), dtype=torch.int64).reshape(-1, len(pk.grid))
-    stride = torch.tensor(spec.strides)
-    padded = positions[:, None, :] * stride + phases[None, :, :]  # (Q, C_eff, d)
-    begin, size = torch.tensor(spec.pads_begin), torch.tensor(spec.size)
-    return ((padded >= begin) & (padded < begin + size)).all(dim=-1).numpy()
+    phase = pk.channels.numpy() % math.prod(spec.strides)
+    mask = np.ones((1, phase.size), dtype=bool)
+    for axis, (s, b, n) in enumerate(zip(spec.strides, spec.pads_begin, spec.size)):
+        t = phase // math.prod(spec.strides[axis + 1:]) % s
+        padded = np.arange(pk.grid[axis])[:, None] * s + t[None, :]
+        inside = (padded >= b) & (padded < b + n)
+        mask = (mask[:, None, :] & inside[None, :, :]).reshape(-1, phase.size)
+    return mask
 
 
 def gram_dim(pk: PhaseKernel) -> int:

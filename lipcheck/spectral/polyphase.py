@@ -49,12 +49,34 @@ class PhaseKernel:
     offsets: torch.Tensor         # (T, d) int64, offsets on the phase grid
     channels: torch.Tensor        # (C_eff,) kept phase channels, index c * P + phase
     out_size: tuple[int, ...]     # m
-    grid: tuple[int, ...]         # N = m + max offset: a circular grid with no wrap-around
+    grid: tuple[int, ...]         # m + max offset: every phase position that an output reads
     spec: ConvSpec
 
     @property
     def empty(self) -> bool:
         return self.taps.numel() == 0 or math.prod(self.out_size) == 0
+
+    def real_range(self, axis: int) -> list[tuple[int, int]]:
+        """Per used phase t along `axis`: the phase positions [lo, hi) holding real input
+        (padded position s*q + t inside [pad_begin, pad_begin + size)); empty ones dropped."""
+        spec = self.spec
+        s, b, n = spec.strides[axis], spec.pads_begin[axis], spec.size[axis]
+        trailing = math.prod(spec.strides[axis + 1:])
+        phases = torch.unique(self.channels % math.prod(spec.strides) // trailing % s).tolist()
+        ranges = [(-((t - b) // s), -((t - b - n) // s)) for t in phases]  # ceil((b - t) / s), ...
+        return [(lo, hi) for lo, hi in ranges if hi > lo]
+
+
+def circular_grid(pk: PhaseKernel) -> tuple[int, ...]:
+    """The smallest circle N per axis on which the layer is a restriction of a circular
+    correlation: real positions [lo, hi) stay put (N >= hi) and every padding position that
+    an output reads, i + a <= m + A - 1, lands on a zero slot after wrapping (N >= m + A - lo).
+    At most pk.grid (= m + A, where nothing wraps at all)."""
+    out = []
+    for axis, (m, full) in enumerate(zip(pk.out_size, pk.grid)):
+        need = [max(hi, full - lo) for lo, hi in pk.real_range(axis)]
+        out.append(max(1, min(full, max(need, default=1))))
+    return tuple(out)
 
 
 def conv_spec(node: Node, weight: torch.Tensor) -> ConvSpec:
@@ -91,14 +113,14 @@ def phase_kernel(spec: ConvSpec) -> PhaseKernel:
     c_out_g, k = w.shape[0] // g, tuple(w.shape[2:])
     phases = math.prod(spec.strides)
     spans = tuple((r * (kk - 1)) // s + 1 for r, kk, s in zip(spec.dilations, k, spec.strides))
-    dense = torch.zeros((g, c_out_g, c_in_g * phases, *spans), dtype=torch.float64)
+    dense = torch.zeros((g, math.prod(spans), c_out_g, c_in_g * phases), dtype=torch.float64)
     grouped = w.reshape(g, c_out_g, c_in_g, *k)
     for j in itertools.product(*(range(kk) for kk in k)):
         pos = [r * jj for r, jj in zip(spec.dilations, j)]
         phase = _ravel([p % s for p, s in zip(pos, spec.strides)], spec.strides)
-        offset = tuple(p // s for p, s in zip(pos, spec.strides))
-        dense[(slice(None), slice(None), slice(phase, None, phases)) + offset] += grouped[(..., *j)]
-    return _sparse_taps(dense, spec)
+        offset = _ravel([p // s for p, s in zip(pos, spec.strides)], spans)
+        dense[:, offset, :, phase::phases] += grouped[(..., *j)]
+    return _sparse_taps(dense, spans, spec)
 
 
 def _ravel(index: list[int], shape: tuple[int, ...]) -> int:
@@ -108,17 +130,18 @@ def _ravel(index: list[int], shape: tuple[int, ...]) -> int:
     return flat
 
 
-def _sparse_taps(dense: torch.Tensor, spec: ConvSpec) -> PhaseKernel:
+def _sparse_taps(dense: torch.Tensor, spans: tuple[int, ...], spec: ConvSpec) -> PhaseKernel:
     """Keep the non-zero taps and the phase channels that some tap reads."""
     d = spec.dims
-    g, c_out_g, c_eff = dense.shape[:3]
-    per_tap = dense.reshape(g, c_out_g, c_eff, -1)
-    used_taps = per_tap.abs().amax(dim=(0, 1, 2)) > 0
-    used_channels = per_tap.abs().amax(dim=(0, 1, 3)) > 0
-    spans = dense.shape[3:]
+    g, t, c_out_g, c_eff = dense.shape
+    nonzero = dense != 0
+    used_taps = nonzero.transpose(0, 1).reshape(t, -1).any(dim=1)
+    used_channels = nonzero.reshape(-1, c_eff).any(dim=0)
     all_offsets = torch.tensor(list(itertools.product(*(range(a) for a in spans))),
                                dtype=torch.int64).reshape(-1, d)
-    taps = per_tap[:, :, used_channels][..., used_taps].permute(0, 3, 1, 2).contiguous()
+    taps = dense[:, used_taps]
+    if not bool(used_channels.all()):
+        taps = taps[..., used_channels]
     offsets = all_offsets[used_taps]
     out = spec.out_size()
     reach = offsets.max(dim=0).values.tolist() if offsets.numel() else [0] * d

@@ -1,0 +1,202 @@
+"""A proven bound on the largest eigenvalue over many Hermitian PSD blocks.
+
+`max_eig_bound` certifies the blocks against a running threshold tau in order of
+decreasing trace, a chunk at a time (block_bounds.cholesky_certify). tau starts at the
+top-eigenvalue estimate of the largest-trace block (plus its residual) times 1 + eta; a
+block that fails is a "record": its top eigenvalue is estimated (eigvalsh for small
+blocks, Lanczos for large ones), tau is raised, and only the failing blocks of the chunk
+are tested again. Blocks proven earlier stay proven (tau only grows). Blocks predicted to
+lie well below tau (top eigenvalue ~ the largest ratio lambda_max / mean eigenvalue seen so
+far, times their mean eigenvalue) are certified in single precision, about twice as fast;
+a failure there only sends them to float64. Cost: one Cholesky per block, plus an estimate
+and a Cholesky per record.
+
+Blocks come from a `BlockSource`: a tensor, or frequency Grams formed on demand.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from lipcheck.spectral.block_bounds import (SINGLE_ROUNDOFF, chunks, cholesky_certify, fro_bound,
+                                            squared_frobenius)
+from lipcheck.spectral.freq_gram import gamma
+from lipcheck.spectral.scratch import Scratch
+
+FETCH_BYTES = 2**27    # blocks formed at a time: up to 128 MB, so that a source's inputs (when
+                       # larger than the cache) are read at most about twice per block formed
+CERTIFY_BYTES = 2**23  # blocks certified at a time: ~8 MB (two 512 x 512 complex)
+SINGLE_FIRST = 0.02    # try single precision first on every block when its margin is below 2 % of tau
+LANCZOS_FROM = 128     # larger blocks: a top eigenvalue by Lanczos (eigvalsh costs ~4 Choleskys)
+
+
+class BlockSource(Protocol):
+    count: int
+    n: int
+
+    def traces(self) -> torch.Tensor: ...
+
+    def fetch(self, index: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor: ...
+
+
+@dataclass
+class TensorBlocks:
+    tensor: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return self.tensor.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.tensor.shape[-1]
+
+    def traces(self) -> torch.Tensor:
+        return self.tensor.diagonal(dim1=-2, dim2=-1).real.sum(dim=-1)
+
+    def fetch(self, index: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
+        return self.tensor[index.to(self.tensor.device)]
+
+
+@dataclass
+class _Search:
+    tau: float
+    lower: float   # the largest estimate (a Ritz value: from below)
+    worst: int
+    ratio: float   # largest lambda_max / mean eigenvalue seen
+
+
+def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4) -> tuple[float, float, int]:
+    """(tau, lower, worst): every block has lambda_max < tau (proven); `lower` is the
+    largest top-eigenvalue estimate computed, at block `worst`."""
+    source = TensorBlocks(blocks) if isinstance(blocks, torch.Tensor) else blocks
+    if source.count == 0:
+        return 0.0, 0.0, 0
+    traces = source.traces().cpu()
+    order = torch.argsort(traces, descending=True)
+    first = source.fetch(order[:1])
+    if float(squared_frobenius(first).max()) == 0.0 and float(traces.abs().max()) == 0.0:
+        return _all_zero(source)
+    value, reach, _ = _estimate_top(first, torch.arange(1))
+    state = _Search(_threshold(reach, eta), value, int(order[0]), _ratio(value, float(traces[order[0]]), source.n))
+    scratch = Scratch()
+    fetch_bytes = min(FETCH_BYTES, max(CERTIFY_BYTES, 2 * getattr(source, "input_bytes", 0)))
+    for part in chunks(source.count, source.n, fetch_bytes):
+        fetched = source.fetch(order[part], scratch)
+        for sub in chunks(fetched.shape[0], source.n, CERTIFY_BYTES):
+            index = order[part][sub]
+            if not _certify_part(fetched[sub], index, traces[index], state, eta, scratch):
+                return fro_bound(source.fetch(torch.arange(source.count))), state.lower, state.worst
+    return state.tau, state.lower, state.worst
+
+
+def _certify_part(blocks: torch.Tensor, index: torch.Tensor, traces: torch.Tensor, state: _Search,
+                  eta: float, scratch: Scratch) -> bool:
+    """Prove every block of the chunk below state.tau, raising it at records."""
+    proven = torch.zeros(blocks.shape[0], dtype=torch.bool)
+    low = _single_is_enough(traces, state, blocks.shape[-1])
+    if bool(low.all()):
+        proven = cholesky_certify(blocks, state.tau, True, scratch).cpu()
+    elif bool(low.any()):
+        proven[low] = cholesky_certify(blocks[low.to(blocks.device)], state.tau, True, scratch).cpu()
+    pending = torch.nonzero(~proven).flatten()
+    for attempt in range(10):
+        if pending.numel() == 0:
+            return True
+        subset = blocks if pending.numel() == blocks.shape[0] else blocks[pending.to(blocks.device)]
+        pending = pending[~cholesky_certify(subset, state.tau, False, scratch).cpu()]
+        if pending.numel() == 0:
+            return True
+        value, reach, local = _estimate_top(blocks, pending)
+        state.ratio = max(state.ratio, _ratio(value, float(traces[local]), blocks.shape[-1]))
+        if value > state.lower:
+            state.lower, state.worst = value, int(index[local])
+        state.tau = max(state.tau * (1 + eta * 4 ** attempt), _threshold(reach, eta))
+    return False
+
+
+def _single_is_enough(traces: torch.Tensor, state: _Search, n: int) -> torch.Tensor:
+    """Blocks worth a single-precision try: its margin (with ||G||_F <= trace G) is below
+    SINGLE_FIRST * tau, or the predicted top eigenvalue plus 1.5x the margin is below tau."""
+    g = gamma(n + 2, SINGLE_ROUNDOFF)
+    tau = state.tau
+    margin = 1.25 * (g * (n * tau - traces).abs() + SINGLE_ROUNDOFF * (traces.abs() + 2 * math.sqrt(n) * tau))
+    return (margin < SINGLE_FIRST * tau) | (state.ratio * traces / n + 1.5 * margin < tau)
+
+
+def _ratio(value: float, trace: float, n: int) -> float:
+    return value * n / trace if trace > 0 else float(n)
+
+
+def _all_zero(source: BlockSource) -> tuple[float, float, int]:
+    blocks = source.fetch(torch.arange(source.count))
+    return fro_bound(blocks), 0.0, 0
+
+
+def _threshold(value: float, eta: float) -> float:
+    return max(value, 0.0) * (1 + eta) + 1e-300
+
+
+def _estimate_top(blocks: torch.Tensor, among: torch.Tensor) -> tuple[float, float, int]:
+    """(largest top-eigenvalue estimate, the value tau is set from, position) among the
+    blocks at positions `among`."""
+    if blocks.shape[-1] < LANCZOS_FROM:
+        values = top_eigenvalues(blocks[among.to(blocks.device)]).cpu()
+        best = int(values.argmax())
+        return float(values[best]), float(values[best]), int(among[best])
+    results = [(lanczos_top(blocks[int(i)])[0], int(i)) for i in among]
+    value, position = max(results)
+    return value, value, position
+
+
+def top_eigenvalues(blocks: torch.Tensor) -> torch.Tensor:
+    values = [torch.linalg.eigvalsh(blocks[p])[:, -1] for p in chunks(blocks.shape[0], blocks.shape[-1])]
+    return torch.cat(values) if values else blocks.new_zeros(0).real
+
+
+def lanczos_top(matrix: torch.Tensor, steps: int = 48, tol: float = 1e-7) -> tuple[float, float, torch.Tensor]:
+    """(Ritz value, residual norm, Ritz vector) for the top eigenvalue of a Hermitian
+    matrix: Lanczos with full reorthogonalisation from a fixed start, on the CPU with numpy
+    (torch's complex matrix-vector product is ~4x slower there), in single precision for
+    n >= LANCZOS_FROM (half the memory traffic); stopped when the Ritz value moves by less
+    than tol relative over 4 steps. An estimate only: the Ritz value is at most lambda_max up
+    to rounding, and converges much faster than its residual."""
+    n = matrix.shape[-1]
+    work = matrix.detach().cpu().numpy()
+    if n >= LANCZOS_FROM and work.dtype in (np.complex128, np.float64):
+        work = work.astype(np.complex64 if np.iscomplexobj(work) else np.float32)
+    limit = min(n, steps)
+    basis = np.zeros((limit + 1, n), dtype=work.dtype)
+    basis[0] = np.random.default_rng(0).standard_normal(n)
+    basis[0] /= np.linalg.norm(basis[0])
+    alphas: list[float] = []
+    betas: list[float] = []
+    previous = -math.inf
+    for j in range(limit):
+        w = work @ basis[j]
+        alphas.append(float(np.vdot(basis[j], w).real))
+        w -= (basis[:j + 1].conj() @ w) @ basis[:j + 1]  # full reorthogonalisation
+        betas.append(float(np.linalg.norm(w)))
+        if j + 1 == limit or betas[-1] == 0.0 or (j >= 7 and j % 4 == 3):
+            value, residual, coords = _ritz(alphas, betas)
+            if (value - previous <= tol * abs(value) or betas[-1] <= 1e-13 * abs(value)
+                    or residual <= 1e-3 * tol * abs(value) or j + 1 == limit):
+                break
+            previous = value
+        basis[j + 1] = w / betas[-1]
+    vector = torch.from_numpy(coords.astype(basis.dtype) @ basis[:len(alphas)])
+    return value, residual, vector.to(torch.complex128 if vector.is_complex() else torch.float64)
+
+
+def _ritz(alphas: list[float], betas: list[float]) -> tuple[float, float, np.ndarray]:
+    k = len(alphas)
+    if k == 1:
+        return alphas[0], abs(betas[0]), np.ones(1)
+    values, vectors = scipy.linalg.eigh_tridiagonal(np.array(alphas), np.array(betas[:k - 1]),
+                                                    select="i", select_range=(k - 1, k - 1))
+    return float(values[-1]), abs(betas[-1] * float(vectors[-1, -1])), vectors[:, -1]
