@@ -156,7 +156,7 @@ def test_cholesky_certificate_is_sharp_and_never_wrong() -> None:
     top = float(torch.linalg.eigvalsh(g)[:, -1].max())
     assert bool(cholesky_certify(g, top * (1 + 1e-7)).all())
     assert not bool(cholesky_certify(g, top * (1 - 1e-7)).all())
-    tau, lower, _ = max_eig_bound(g)
+    tau, lower, _, _ = max_eig_bound(g)
     assert lower <= top < tau <= top * 1.01
 
 
@@ -286,7 +286,7 @@ def test_max_eig_bound_finds_a_block_that_trace_ranking_misses() -> None:
     spike = torch.zeros(30, 30, dtype=torch.complex128)
     spike[0, 0] = 2.0  # lambda 2, trace 2
     blocks = torch.cat([flat, spike[None]])
-    tau, lower, worst = max_eig_bound(blocks)
+    tau, lower, worst, _ = max_eig_bound(blocks)
     assert worst == 40 and lower == pytest.approx(2.0)
     assert 2.0 < tau <= 2.0 * 1.01
 

@@ -20,7 +20,7 @@ from lipcheck.graph import Node, OpKind
 from lipcheck.bounds import BoundContext, NodeBound
 from lipcheck.spectral.conv_norm import conv_certifier, is_pointwise
 from lipcheck.spectral.operator import (LinearOperator, NormResult, apply_with_adjoint, dense_norm,
-                                        fits_dense, node_operator, power_norm)
+                                        fits_dense, lanczos_estimate, node_operator, power_norm)
 
 # Certified norm methods for particular ops (FFT, Gram iteration, ...), tried by
 # `affine_bound` when the dense Jacobian is too large. Each returns None when it
@@ -28,7 +28,7 @@ from lipcheck.spectral.operator import (LinearOperator, NormResult, apply_with_a
 # estimate) and `start_on_output` (the start lives on the output space).
 Certifier = Callable[[Node, BoundContext, LinearOperator], NormResult | None]
 CERTIFIERS: dict[OpKind, list[Certifier]] = {}
-ESTIMATE_ITERS = 10  # warm-started (a few % of the certificate's cost); Settings.extra["estimate_iters"] overrides (0: none)
+ESTIMATE_ITERS = 4  # Lanczos steps, warm-started; Settings.extra["estimate_iters"] overrides (0: none)
 
 
 def register_certifier(op: OpKind, fn: Certifier) -> Certifier:
@@ -116,7 +116,7 @@ def _estimate(node: Node, ctx: BoundContext, op: LinearOperator, result: NormRes
         return None
     working = op if ctx.settings.dtype == "float64" else node_operator(node, ctx, torch.float32)
     v = _start(working, result, ctx.settings.seed)
-    sigma = warm_power(working, v, iters)
+    sigma = lanczos_estimate(working, v, iters)
     return min(sigma, result.value) if math.isfinite(sigma) else None
 
 
@@ -137,18 +137,3 @@ def _fit(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     index = tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape))
     out[index] = x[index]
     return out
-
-
-def warm_power(op: LinearOperator, v: torch.Tensor, iters: int) -> float:
-    """Power iteration on A^T A from v: ||A v|| / ||v|| never exceeds ||A||."""
-    sigma = 0.0
-    with torch.no_grad():
-        for _ in range(iters):
-            norm = float(v.norm())
-            if norm == 0.0 or not math.isfinite(norm):
-                break
-            v = v / norm
-            u, adjoint = apply_with_adjoint(op, v)
-            sigma = max(sigma, float(u.norm()))
-            v = adjoint(u)
-    return sigma

@@ -47,9 +47,9 @@ def conv_certifier(node: Node, ctx: BoundContext, op: LinearOperator) -> Certifi
     grams = frequency_grams(pk.taps, pk.offsets, circular_grid(pk), device)
     if ctx.settings.layer_method == "gram":
         return _gram_result(grams, pk)
-    tau, _, worst = max_eig_bound(grams)
-    value = math.sqrt(tau + grams.error) * (1 + 8 * UNIT_ROUNDOFF)
-    start = plane_wave(pk, grams, worst)
+    top = max_eig_bound(grams)
+    value = math.sqrt(top.tau + grams.error) * (1 + 8 * UNIT_ROUNDOFF)
+    start = plane_wave(pk, grams, top.worst, top.vector)
     return CertifiedNorm(value, True, "fft", detail=_detail(pk, grams), start=start,
                          start_on_output=node.op == OpKind.CONV_TRANSPOSE)
 
@@ -87,12 +87,15 @@ def _detail(pk: PhaseKernel, grams: FrequencyGrams) -> str:
             f"{pk.taps.shape[1]} taps, {pk.taps.shape[3]} phase channels")
 
 
-def plane_wave(pk: PhaseKernel, grams: FrequencyGrams, index: int) -> torch.Tensor:
-    """The input (on the Conv's input grid) of the top singular vector at one frequency."""
+def plane_wave(pk: PhaseKernel, grams: FrequencyGrams, index: int, vec: torch.Tensor | None) -> torch.Tensor:
+    """The input (on the Conv's input grid) of the top singular vector at one frequency
+    (`vec`, the block's top eigenvector, computed here when None)."""
     groups, taps, c_out, c_eff = pk.taps.shape
     count = grams.freqs.shape[0]
     theta = 2 * math.pi * grams.freqs[index % count].to(torch.float64) / torch.tensor(grams.grid, dtype=torch.float64)
-    vec = lanczos_top(grams.fetch(torch.tensor([index]))[0])[2].cpu()
+    if vec is None:
+        vec = lanczos_top(grams.fetch(torch.tensor([index]))[0])[2]
+    vec = vec.cpu().to(torch.complex128)
     k = pk.taps[index // count].to(torch.complex128)  # (T, C_out, C_eff)
     phase = torch.exp(1j * (pk.offsets.to(torch.float64) @ theta))  # e^{i theta.a}
     if c_out < c_eff:

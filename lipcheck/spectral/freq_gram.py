@@ -28,6 +28,8 @@ import torch
 from lipcheck.spectral.scratch import Scratch
 
 UNIT_ROUNDOFF = 2.0 ** -53
+TILE_ROWS = 64           # frequencies per tile when forming blocks
+TILE_ENTRIES = 2**18     # frequencies x entries per tile: two 2 MB float64 tiles, in cache
 
 
 def gamma(n: float, u: float = UNIT_ROUNDOFF) -> float:
@@ -69,25 +71,44 @@ class FrequencyGrams:
         return (diagonal @ self.cos.T).reshape(-1)
 
     def fetch(self, index: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
-        """The blocks at `index` (k, n, n) complex128 (a view of `scratch` when given)."""
+        """The blocks at `index` (k, n, n) complex128 (a view of `scratch` when given),
+        computed in tiles of frequencies x entries whose real and imaginary parts fit in
+        cache and are written once, in place, into the complex result."""
         n, count, k = self.n, self.freqs.shape[0], index.numel()
         scratch = scratch or Scratch()
         device = self.cos.device
         index = index.to(device)
-        group, freq = index // count, index % count
         out = scratch.take("blocks", (k, n, n), torch.complex128, device)
-        real = scratch.take("real", (k, n * n), torch.float64, device)
-        imag = scratch.take("imag", (k, n * n), torch.float64, device)
-        for g in torch.unique(group).tolist():
-            rows = torch.nonzero(group == g).flatten()
-            part = slice(0, rows.numel())
-            torch.matmul(self.cos[freq[rows]], self.symmetric[g].reshape(-1, n * n), out=real[part])
-            torch.matmul(self.sin[freq[rows]], self.antisymmetric[g].reshape(-1, n * n), out=imag[part])
-            if rows.numel() == k:
-                torch.complex(real, imag, out=out.view(k, n * n))
-            else:
-                out[rows] = torch.complex(real[part], imag[part]).reshape(-1, n, n)
+        pairs = torch.view_as_real(out).view(k, n * n, 2)
+        rows_per = min(max(k, 1), TILE_ROWS)
+        width = min(n * n, max(1024, TILE_ENTRIES // rows_per))
+        real = scratch.take("real", (rows_per, width), torch.float64, device)
+        imag = scratch.take("imag", (rows_per, width), torch.float64, device)
+        for start in range(0, k, rows_per):
+            rows = slice(start, min(k, start + rows_per))
+            group, freq = index[rows] // count, index[rows] % count
+            for g in torch.unique(group).tolist():
+                mine = torch.nonzero(group == g).flatten() + start
+                self._tiles(g, freq[mine - start], pairs, mine, real, imag, width)
         return out
+
+    def _tiles(self, g: int, freq: torch.Tensor, pairs: torch.Tensor, rows: torch.Tensor,
+               real: torch.Tensor, imag: torch.Tensor, width: int) -> None:
+        n2 = self.n * self.n
+        cos, sin = self.cos[freq], self.sin[freq]
+        symmetric, antisymmetric = self.symmetric[g].reshape(-1, n2), self.antisymmetric[g].reshape(-1, n2)
+        contiguous = bool((rows[1:] - rows[:-1] == 1).all()) if rows.numel() > 1 else True
+        target = pairs[int(rows[0]):int(rows[-1]) + 1] if contiguous else None
+        for lo in range(0, n2, width):
+            cols = slice(lo, min(n2, lo + width))
+            r, i = real[:rows.numel(), :cols.stop - lo], imag[:rows.numel(), :cols.stop - lo]
+            torch.matmul(cos, symmetric[:, cols], out=r)
+            torch.matmul(sin, antisymmetric[:, cols], out=i)
+            if target is not None:
+                target[:, cols, 0] = r
+                target[:, cols, 1] = i
+            else:
+                pairs[rows, cols] = torch.stack([r, i], dim=-1)
 
     @property
     def blocks(self) -> torch.Tensor:

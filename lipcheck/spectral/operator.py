@@ -165,6 +165,36 @@ def power_norm(op: LinearOperator, max_iter: int, tol: float, seed: int) -> Norm
     return NormResult(sigma, False, "power-iteration", it, converged)
 
 
+def lanczos_estimate(op: LinearOperator, start: torch.Tensor, steps: int) -> float:
+    """A lower estimate of ||A||: `steps` Lanczos steps on A^T A from `start` (full
+    reorthogonalisation), then ||A x|| / ||x|| for the top Ritz vector x, a difference
+    quotient of the operator itself. Per product as good as several power iterations (on
+    ResNet-shaped layers 4 steps beat 10 power iterations)."""
+    basis, alphas, betas = [start / start.norm()], [], []
+    with torch.no_grad():
+        for _ in range(steps):
+            u, adjoint = apply_with_adjoint(op, basis[-1])
+            w = adjoint(u)
+            alpha = float((basis[-1] * w).sum())
+            if not math.isfinite(alpha):
+                break
+            alphas.append(alpha)
+            for _ in range(2):  # twice is enough (Kahan)
+                for q in basis:
+                    w = w - (q * w).sum() * q
+            betas.append(float(w.norm()))
+            if not betas[-1] > 1e-30 * max(abs(alphas[-1]), 1e-300):
+                break
+            basis.append(w / betas[-1])
+        if not alphas:
+            return 0.0
+        k = len(alphas)
+        tri = np.diag(alphas) + np.diag(betas[:k - 1], 1) + np.diag(betas[:k - 1], -1)
+        coords = np.linalg.eigh(tri)[1][:, -1]
+        x = sum(float(c) * q for c, q in zip(coords, basis[:k]))
+        return float(op.apply(x).norm() / x.norm())
+
+
 def fits_dense(op: LinearOperator, ctx: BoundContext) -> bool:
     s = ctx.settings
     return min(op.n_in, op.n_out) <= s.exact_max_dim and op.n_in * op.n_out <= s.exact_max_entries

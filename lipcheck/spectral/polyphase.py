@@ -108,18 +108,18 @@ def transpose_spec(node: Node, weight: torch.Tensor, strides: tuple[int, ...],
 
 
 def phase_kernel(spec: ConvSpec) -> PhaseKernel:
-    w = spec.weight.detach().to(torch.float64)
-    g, c_in_g = spec.group, w.shape[1]
-    c_out_g, k = w.shape[0] // g, tuple(w.shape[2:])
+    g, c_in_g = spec.group, spec.weight.shape[1]
+    c_out_g, k = spec.weight.shape[0] // g, tuple(spec.weight.shape[2:])
     phases = math.prod(spec.strides)
     spans = tuple((r * (kk - 1)) // s + 1 for r, kk, s in zip(spec.dilations, k, spec.strides))
+    per_tap = spec.weight.detach().reshape(g, c_out_g, c_in_g, -1).permute(0, 3, 1, 2)
     dense = torch.zeros((g, math.prod(spans), c_out_g, c_in_g * phases), dtype=torch.float64)
-    grouped = w.reshape(g, c_out_g, c_in_g, *k)
-    for j in itertools.product(*(range(kk) for kk in k)):
+    for index, j in enumerate(itertools.product(*(range(kk) for kk in k))):
         pos = [r * jj for r, jj in zip(spec.dilations, j)]
         phase = _ravel([p % s for p, s in zip(pos, spec.strides)], spec.strides)
         offset = _ravel([p // s for p, s in zip(pos, spec.strides)], spans)
-        dense[:, offset, :, phase::phases] += grouped[(..., *j)]
+        target = dense[:, offset] if phases == 1 else dense[:, offset, :, phase::phases]
+        target += per_tap[:, index]  # (taps land on distinct offsets when phases == 1)
     return _sparse_taps(dense, spans, spec)
 
 
@@ -134,12 +134,12 @@ def _sparse_taps(dense: torch.Tensor, spans: tuple[int, ...], spec: ConvSpec) ->
     """Keep the non-zero taps and the phase channels that some tap reads."""
     d = spec.dims
     g, t, c_out_g, c_eff = dense.shape
-    nonzero = dense != 0
-    used_taps = nonzero.transpose(0, 1).reshape(t, -1).any(dim=1)
-    used_channels = nonzero.reshape(-1, c_eff).any(dim=0)
+    nonzero = (dense.amax(dim=2) > 0) | (dense.amin(dim=2) < 0)  # (g, T, C_eff), no |dense| copy
+    used_taps = nonzero.any(dim=2).any(dim=0)
+    used_channels = nonzero.any(dim=1).any(dim=0)
     all_offsets = torch.tensor(list(itertools.product(*(range(a) for a in spans))),
                                dtype=torch.int64).reshape(-1, d)
-    taps = dense[:, used_taps]
+    taps = dense if bool(used_taps.all()) else dense[:, used_taps]
     if not bool(used_channels.all()):
         taps = taps[..., used_channels]
     offsets = all_offsets[used_taps]

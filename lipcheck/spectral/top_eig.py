@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import scipy.linalg
@@ -63,27 +63,37 @@ class TensorBlocks:
         return self.tensor[index.to(self.tensor.device)]
 
 
+class EigBound(NamedTuple):
+    tau: float                    # every block has lambda_max < tau (proven)
+    lower: float                  # the largest top-eigenvalue estimate computed (from below)
+    worst: int                    # the block it belongs to
+    vector: torch.Tensor | None   # its top eigenvector estimate, when Lanczos computed one
+
+
 @dataclass
 class _Search:
     tau: float
-    lower: float   # the largest estimate (a Ritz value: from below)
+    lower: float
     worst: int
     ratio: float   # largest lambda_max / mean eigenvalue seen
+    vector: torch.Tensor | None = None
+
+    def result(self) -> EigBound:
+        return EigBound(self.tau, self.lower, self.worst, self.vector)
 
 
-def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4) -> tuple[float, float, int]:
-    """(tau, lower, worst): every block has lambda_max < tau (proven); `lower` is the
-    largest top-eigenvalue estimate computed, at block `worst`."""
+def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4) -> EigBound:
     source = TensorBlocks(blocks) if isinstance(blocks, torch.Tensor) else blocks
     if source.count == 0:
-        return 0.0, 0.0, 0
+        return EigBound(0.0, 0.0, 0, None)
     traces = source.traces().cpu()
     order = torch.argsort(traces, descending=True)
     first = source.fetch(order[:1])
     if float(squared_frobenius(first).max()) == 0.0 and float(traces.abs().max()) == 0.0:
         return _all_zero(source)
-    value, reach, _ = _estimate_top(first, torch.arange(1))
-    state = _Search(_threshold(reach, eta), value, int(order[0]), _ratio(value, float(traces[order[0]]), source.n))
+    value, reach, _, vector = _estimate_top(first, torch.arange(1))
+    state = _Search(_threshold(reach, eta), value, int(order[0]), _ratio(value, float(traces[order[0]]), source.n),
+                    vector)
     scratch = Scratch()
     fetch_bytes = min(FETCH_BYTES, max(CERTIFY_BYTES, 2 * getattr(source, "input_bytes", 0)))
     for part in chunks(source.count, source.n, fetch_bytes):
@@ -91,8 +101,9 @@ def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4) -> tupl
         for sub in chunks(fetched.shape[0], source.n, CERTIFY_BYTES):
             index = order[part][sub]
             if not _certify_part(fetched[sub], index, traces[index], state, eta, scratch):
-                return fro_bound(source.fetch(torch.arange(source.count))), state.lower, state.worst
-    return state.tau, state.lower, state.worst
+                state.tau = fro_bound(source.fetch(torch.arange(source.count)))
+                return state.result()
+    return state.result()
 
 
 def _certify_part(blocks: torch.Tensor, index: torch.Tensor, traces: torch.Tensor, state: _Search,
@@ -112,10 +123,10 @@ def _certify_part(blocks: torch.Tensor, index: torch.Tensor, traces: torch.Tenso
         pending = pending[~cholesky_certify(subset, state.tau, False, scratch).cpu()]
         if pending.numel() == 0:
             return True
-        value, reach, local = _estimate_top(blocks, pending)
+        value, reach, local, vector = _estimate_top(blocks, pending)
         state.ratio = max(state.ratio, _ratio(value, float(traces[local]), blocks.shape[-1]))
         if value > state.lower:
-            state.lower, state.worst = value, int(index[local])
+            state.lower, state.worst, state.vector = value, int(index[local]), vector
         state.tau = max(state.tau * (1 + eta * 4 ** attempt), _threshold(reach, eta))
     return False
 
@@ -133,25 +144,25 @@ def _ratio(value: float, trace: float, n: int) -> float:
     return value * n / trace if trace > 0 else float(n)
 
 
-def _all_zero(source: BlockSource) -> tuple[float, float, int]:
+def _all_zero(source: BlockSource) -> EigBound:
     blocks = source.fetch(torch.arange(source.count))
-    return fro_bound(blocks), 0.0, 0
+    return EigBound(fro_bound(blocks), 0.0, 0, None)
 
 
 def _threshold(value: float, eta: float) -> float:
     return max(value, 0.0) * (1 + eta) + 1e-300
 
 
-def _estimate_top(blocks: torch.Tensor, among: torch.Tensor) -> tuple[float, float, int]:
-    """(largest top-eigenvalue estimate, the value tau is set from, position) among the
-    blocks at positions `among`."""
+def _estimate_top(blocks: torch.Tensor, among: torch.Tensor) -> tuple[float, float, int, torch.Tensor | None]:
+    """(largest top-eigenvalue estimate, the value tau is set from, position, its vector
+    or None) among the blocks at positions `among`."""
     if blocks.shape[-1] < LANCZOS_FROM:
         values = top_eigenvalues(blocks[among.to(blocks.device)]).cpu()
         best = int(values.argmax())
-        return float(values[best]), float(values[best]), int(among[best])
-    results = [(lanczos_top(blocks[int(i)])[0], int(i)) for i in among]
-    value, position = max(results)
-    return value, value, position
+        return float(values[best]), float(values[best]), int(among[best]), None
+    results = [(lanczos_top(blocks[int(i)]), int(i)) for i in among]
+    (value, _, vector), position = max(results, key=lambda r: r[0][0])
+    return value, value, position, vector
 
 
 def top_eigenvalues(blocks: torch.Tensor) -> torch.Tensor:
