@@ -72,43 +72,44 @@ class FrequencyGrams:
 
     def fetch(self, index: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
         """The blocks at `index` (k, n, n) complex128 (a view of `scratch` when given),
-        computed in tiles of frequencies x entries whose real and imaginary parts fit in
-        cache and are written once, in place, into the complex result."""
+        computed in tiles of frequencies x entries small enough to stay in cache, each
+        written once into the result."""
         n, count, k = self.n, self.freqs.shape[0], index.numel()
         scratch = scratch or Scratch()
         device = self.cos.device
         index = index.to(device)
         out = scratch.take("blocks", (k, n, n), torch.complex128, device)
-        pairs = torch.view_as_real(out).view(k, n * n, 2)
         rows_per = min(max(k, 1), TILE_ROWS)
         width = min(n * n, max(1024, TILE_ENTRIES // rows_per))
-        real = scratch.take("real", (rows_per, width), torch.float64, device)
-        imag = scratch.take("imag", (rows_per, width), torch.float64, device)
+        tiles = (scratch.take("real", (rows_per, width), torch.float64, device),
+                 scratch.take("imag", (rows_per, width), torch.float64, device),
+                 scratch.take("tile", (rows_per, width), torch.complex128, device))
+        flat = out.view(k, n * n)
         for start in range(0, k, rows_per):
-            rows = slice(start, min(k, start + rows_per))
+            rows = torch.arange(start, min(k, start + rows_per), device=device)
             group, freq = index[rows] // count, index[rows] % count
             for g in torch.unique(group).tolist():
-                mine = torch.nonzero(group == g).flatten() + start
-                self._tiles(g, freq[mine - start], pairs, mine, real, imag, width)
+                mine = rows[group == g]
+                self._tiles(g, freq[group == g], flat, mine, tiles, width)
         return out
 
-    def _tiles(self, g: int, freq: torch.Tensor, pairs: torch.Tensor, rows: torch.Tensor,
-               real: torch.Tensor, imag: torch.Tensor, width: int) -> None:
-        n2 = self.n * self.n
+    def _tiles(self, g: int, freq: torch.Tensor, flat: torch.Tensor, rows: torch.Tensor,
+               tiles: tuple[torch.Tensor, torch.Tensor, torch.Tensor], width: int) -> None:
+        n2, count = self.n * self.n, rows.numel()
         cos, sin = self.cos[freq], self.sin[freq]
         symmetric, antisymmetric = self.symmetric[g].reshape(-1, n2), self.antisymmetric[g].reshape(-1, n2)
-        contiguous = bool((rows[1:] - rows[:-1] == 1).all()) if rows.numel() > 1 else True
-        target = pairs[int(rows[0]):int(rows[-1]) + 1] if contiguous else None
+        first, last = int(rows[0]), int(rows[-1])
+        target = flat[first:last + 1] if last - first + 1 == count else None
         for lo in range(0, n2, width):
             cols = slice(lo, min(n2, lo + width))
-            r, i = real[:rows.numel(), :cols.stop - lo], imag[:rows.numel(), :cols.stop - lo]
-            torch.matmul(cos, symmetric[:, cols], out=r)
-            torch.matmul(sin, antisymmetric[:, cols], out=i)
+            real, imag, tile = (t[:count, :cols.stop - lo] for t in tiles)
+            torch.matmul(cos, symmetric[:, cols], out=real)
+            torch.matmul(sin, antisymmetric[:, cols], out=imag)
+            torch.complex(real, imag, out=tile)
             if target is not None:
-                target[:, cols, 0] = r
-                target[:, cols, 1] = i
+                target[:, cols] = tile
             else:
-                pairs[rows, cols] = torch.stack([r, i], dim=-1)
+                flat[rows, cols] = tile
 
     @property
     def blocks(self) -> torch.Tensor:

@@ -160,9 +160,21 @@ def _estimate_top(blocks: torch.Tensor, among: torch.Tensor) -> tuple[float, flo
         values = top_eigenvalues(blocks[among.to(blocks.device)]).cpu()
         best = int(values.argmax())
         return float(values[best]), float(values[best]), int(among[best]), None
-    results = [(lanczos_top(blocks[int(i)]), int(i)) for i in among]
-    (value, _, vector), position = max(results, key=lambda r: r[0][0])
+    results = [(_checked_lanczos(blocks[int(i)]), int(i)) for i in among]
+    (value, vector), position = max(results, key=lambda r: r[0][0])
     return value, value, position, vector
+
+
+def _checked_lanczos(block: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+    """Lanczos's top Ritz value, checked against the float64 Rayleigh quotient of its
+    vector (a value from below): if they disagree the block's eigvalsh is used instead,
+    so that a Lanczos failure cannot inflate tau."""
+    value, _, vector = lanczos_top(block)
+    x = vector.to(block.device, block.dtype)
+    rayleigh = float((torch.vdot(x, block @ x) / torch.vdot(x, x)).real)
+    if abs(value - rayleigh) <= 1e-4 * abs(value):
+        return value, vector
+    return float(torch.linalg.eigvalsh(block)[-1]), None
 
 
 def top_eigenvalues(blocks: torch.Tensor) -> torch.Tensor:
@@ -170,13 +182,14 @@ def top_eigenvalues(blocks: torch.Tensor) -> torch.Tensor:
     return torch.cat(values) if values else blocks.new_zeros(0).real
 
 
-def lanczos_top(matrix: torch.Tensor, steps: int = 48, tol: float = 1e-7) -> tuple[float, float, torch.Tensor]:
+def lanczos_top(matrix: torch.Tensor, steps: int = 48, tol: float = 1e-5) -> tuple[float, float, torch.Tensor]:
     """(Ritz value, residual norm, Ritz vector) for the top eigenvalue of a Hermitian
-    matrix: Lanczos with full reorthogonalisation from a fixed start, on the CPU with numpy
-    (torch's complex matrix-vector product is ~4x slower there), in single precision for
-    n >= LANCZOS_FROM (half the memory traffic); stopped when the Ritz value moves by less
-    than tol relative over 4 steps. An estimate only: the Ritz value is at most lambda_max up
-    to rounding, and converges much faster than its residual."""
+    matrix: Lanczos with full reorthogonalisation (Gram-Schmidt twice: once is not enough
+    in single precision after convergence, where it lets Ritz values run above lambda_max)
+    from a fixed start, on the CPU with numpy (torch's complex matrix-vector product is ~4x
+    slower there), in single precision for n >= LANCZOS_FROM (half the memory traffic);
+    stopped when the Ritz value moves by less than tol relative over 4 steps. An estimate
+    only: the Ritz value is at most lambda_max up to rounding."""
     n = matrix.shape[-1]
     work = matrix.detach().cpu().numpy()
     if n >= LANCZOS_FROM and work.dtype in (np.complex128, np.float64):
@@ -191,7 +204,8 @@ def lanczos_top(matrix: torch.Tensor, steps: int = 48, tol: float = 1e-7) -> tup
     for j in range(limit):
         w = work @ basis[j]
         alphas.append(float(np.vdot(basis[j], w).real))
-        w -= (basis[:j + 1].conj() @ w) @ basis[:j + 1]  # full reorthogonalisation
+        for _ in range(2):  # full reorthogonalisation, twice
+            w -= (basis[:j + 1].conj() @ w) @ basis[:j + 1]
         betas.append(float(np.linalg.norm(w)))
         if j + 1 == limit or betas[-1] == 0.0 or (j >= 7 and j % 4 == 3):
             value, residual, coords = _ritz(alphas, betas)
