@@ -34,7 +34,7 @@ def how(layer: dict[str, Any]) -> str:
         state = "converged" if layer.get("converged") else "NOT converged"
         return f"power-iteration ({layer['iterations']} it, {state})"
     if layer.get("gap") is not None and layer["certified"] and abs(layer["gap"] - 1) > 1e-9:
-        return f"{method} (power est. {fmt(layer['estimate'])}, gap {layer['gap']:.4f}x)"
+        return f"{method} (Krylov est. {fmt(layer['estimate'])}, gap {layer['gap']:.4f}x)"
     return method
 
 

@@ -28,7 +28,7 @@ from lipcheck.spectral.block_bounds import (SINGLE_ROUNDOFF, chunks, cholesky_ce
 from lipcheck.spectral.freq_gram import gamma
 from lipcheck.spectral.scratch import Scratch
 
-FETCH_BYTES = 2**27    # blocks formed at a time: up to 128 MB, so that a source's inputs (when
+FETCH_BYTES = 2**28    # blocks formed at a time: up to 256 MB, so that a source's inputs (when
                        # larger than the cache) are read at most about twice per block formed
 CERTIFY_BYTES = 2**23  # blocks certified at a time: ~8 MB (two 512 x 512 complex)
 SINGLE_FIRST = 0.02    # try single precision first on every block when its margin is below 2 % of tau
@@ -88,21 +88,23 @@ def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4) -> EigB
         return EigBound(0.0, 0.0, 0, None)
     traces = source.traces().cpu()
     order = torch.argsort(traces, descending=True)
-    first = source.fetch(order[:1])
-    if float(squared_frobenius(first).max()) == 0.0 and float(traces.abs().max()) == 0.0:
-        return _all_zero(source)
-    value, reach, _, vector = _estimate_top(first, torch.arange(1))
-    state = _Search(_threshold(reach, eta), value, int(order[0]), _ratio(value, float(traces[order[0]]), source.n),
-                    vector)
     scratch = Scratch()
     fetch_bytes = min(FETCH_BYTES, max(CERTIFY_BYTES, 2 * getattr(source, "input_bytes", 0)))
+    state: _Search | None = None
     for part in chunks(source.count, source.n, fetch_bytes):
         fetched = source.fetch(order[part], scratch)
+        if state is None:  # the largest-trace block sets the first threshold
+            if float(squared_frobenius(fetched[:1]).max()) == 0.0 and float(traces.abs().max()) == 0.0:
+                return _all_zero(source)
+            value, reach, _, vector = _estimate_top(fetched, torch.arange(1))
+            state = _Search(_threshold(reach, eta), value, int(order[0]),
+                            _ratio(value, float(traces[order[0]]), source.n), vector)
         for sub in chunks(fetched.shape[0], source.n, CERTIFY_BYTES):
             index = order[part][sub]
             if not _certify_part(fetched[sub], index, traces[index], state, eta, scratch):
                 state.tau = fro_bound(source.fetch(torch.arange(source.count)))
                 return state.result()
+    assert state is not None
     return state.result()
 
 
