@@ -29,7 +29,7 @@ from lipcheck.spectral.scratch import Scratch
 
 UNIT_ROUNDOFF = 2.0 ** -53
 TILE_ROWS = 64           # frequencies per tile when forming blocks
-TILE_ENTRIES = 2**18     # frequencies x entries per tile: two 2 MB float64 tiles, in cache
+TILE_ENTRIES = 2**18     # frequencies x entries per tile (4 MB of complex output)
 
 
 def gamma(n: float, u: float = UNIT_ROUNDOFF) -> float:
@@ -41,75 +41,57 @@ def gamma(n: float, u: float = UNIT_ROUNDOFF) -> float:
 @dataclass
 class FrequencyGrams:
     """Block g * F + f is the Gram of group g at frequency 2 pi freqs[f] / grid, formed on
-    demand (`fetch`) from the half-difference matrices: a few blocks at a time stay in
-    cache, and the whole spectrum is never held at once."""
+    demand (`fetch`) from the half-difference matrices: the whole spectrum is never held at
+    once. `stacked[g]` interleaves them so that one real matmul writes complex blocks:
+    row d holds Gamma_0 / Gamma_d + Gamma_d^T in the real slots (even columns), row D + d
+    holds Gamma_d - Gamma_d^T in the imaginary slots; `coefficients` is [cos | -sin]."""
 
-    symmetric: torch.Tensor      # (groups, D, n, n): Gamma_0, Gamma_d + Gamma_d^T
-    antisymmetric: torch.Tensor  # (groups, D, n, n): 0, Gamma_d - Gamma_d^T
-    cos: torch.Tensor            # (F, D)
-    sin: torch.Tensor            # (F, D): -sin(w.delta)
+    stacked: torch.Tensor        # (groups, 2D, 2 n^2)
+    coefficients: torch.Tensor   # (F, 2D)
+    diagonal_sums: torch.Tensor  # (groups, D): traces of Gamma_0, Gamma_d + Gamma_d^T
     freqs: torch.Tensor          # (F, d) int64: one frequency of each conjugate pair
     grid: tuple[int, ...]
+    n: int
     error: float                 # bound on the spectral norm of every block's rounding error
 
     @property
     def count(self) -> int:
-        return self.symmetric.shape[0] * self.freqs.shape[0]
-
-    @property
-    def n(self) -> int:
-        return self.symmetric.shape[-1]
+        return self.stacked.shape[0] * self.freqs.shape[0]
 
     @property
     def input_bytes(self) -> int:
-        """What one fetch reads besides its output (the half-difference matrices)."""
-        return 8 * (self.symmetric.numel() + self.antisymmetric.numel())
+        """What one fetch reads besides its output."""
+        return 8 * self.stacked.numel()
 
     def traces(self) -> torch.Tensor:
         """trace G per block (the imaginary part is traceless): no block is formed."""
-        diagonal = self.symmetric.diagonal(dim1=-2, dim2=-1).sum(dim=-1)  # (groups, D)
-        return (diagonal @ self.cos.T).reshape(-1)
+        half = self.diagonal_sums.shape[1]
+        return (self.diagonal_sums @ self.coefficients[:, :half].T).reshape(-1)
 
     def fetch(self, index: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
         """The blocks at `index` (k, n, n) complex128 (a view of `scratch` when given),
-        computed in tiles of frequencies x entries small enough to stay in cache, each
-        written once into the result."""
-        n, count, k = self.n, self.freqs.shape[0], index.numel()
+        written by tiles of frequencies x entries straight into the complex result."""
+        n2, count, k = self.n * self.n, self.freqs.shape[0], index.numel()
         scratch = scratch or Scratch()
-        device = self.cos.device
+        device = self.coefficients.device
         index = index.to(device)
-        out = scratch.take("blocks", (k, n, n), torch.complex128, device)
+        out = scratch.take("blocks", (k, self.n, self.n), torch.complex128, device)
+        flat = torch.view_as_real(out).view(k, 2 * n2)
         rows_per = min(max(k, 1), TILE_ROWS)
-        width = min(n * n, max(1024, TILE_ENTRIES // rows_per))
-        tiles = (scratch.take("real", (rows_per, width), torch.float64, device),
-                 scratch.take("imag", (rows_per, width), torch.float64, device),
-                 scratch.take("tile", (rows_per, width), torch.complex128, device))
-        flat = out.view(k, n * n)
+        width = min(2 * n2, max(2048, 2 * TILE_ENTRIES // rows_per))
         for start in range(0, k, rows_per):
-            rows = torch.arange(start, min(k, start + rows_per), device=device)
-            group, freq = index[rows] // count, index[rows] % count
+            stop = min(k, start + rows_per)
+            group, freq = index[start:stop] // count, index[start:stop] % count
             for g in torch.unique(group).tolist():
-                mine = rows[group == g]
-                self._tiles(g, freq[group == g], flat, mine, tiles, width)
+                mine = group == g
+                coefficients = self.coefficients[freq[mine]]
+                for lo in range(0, 2 * n2, width):
+                    cols = slice(lo, min(2 * n2, lo + width))
+                    if bool(mine.all()):
+                        torch.mm(coefficients, self.stacked[g, :, cols], out=flat[start:stop, cols])
+                    else:
+                        flat[torch.nonzero(mine).flatten() + start, cols] = coefficients @ self.stacked[g, :, cols]
         return out
-
-    def _tiles(self, g: int, freq: torch.Tensor, flat: torch.Tensor, rows: torch.Tensor,
-               tiles: tuple[torch.Tensor, torch.Tensor, torch.Tensor], width: int) -> None:
-        n2, count = self.n * self.n, rows.numel()
-        cos, sin = self.cos[freq], self.sin[freq]
-        symmetric, antisymmetric = self.symmetric[g].reshape(-1, n2), self.antisymmetric[g].reshape(-1, n2)
-        first, last = int(rows[0]), int(rows[-1])
-        target = flat[first:last + 1] if last - first + 1 == count else None
-        for lo in range(0, n2, width):
-            cols = slice(lo, min(n2, lo + width))
-            real, imag, tile = (t[:count, :cols.stop - lo] for t in tiles)
-            torch.matmul(cos, symmetric[:, cols], out=real)
-            torch.matmul(sin, antisymmetric[:, cols], out=imag)
-            torch.complex(real, imag, out=tile)
-            if target is not None:
-                target[:, cols] = tile
-            else:
-                flat[rows, cols] = tile
 
     @property
     def blocks(self) -> torch.Tensor:
@@ -123,10 +105,19 @@ def frequency_grams(taps: torch.Tensor, offsets: torch.Tensor, grid: tuple[int, 
     taps = taps.to(device=device, dtype=torch.float64)
     if taps.shape[2] < taps.shape[3]:
         taps = taps.transpose(2, 3)  # the output side is smaller: K K^H has the same norm
-    deltas, symmetric, antisymmetric = _half_gammas(taps, offsets)
+    g, n = taps.shape[0], taps.shape[3]
+    deltas, pairs = _differences(offsets)
+    half = len(deltas)
+    stacked = torch.empty((g, 2 * half, n, n, 2), dtype=torch.float64, device=taps.device)
+    stacked[:, :half, ..., 1] = 0.0
+    stacked[:, half:, ..., 0] = 0.0
+    _half_gammas(taps, pairs, stacked)
+    diagonal_sums = stacked[:, :half, ..., 0].diagonal(dim1=-2, dim2=-1).sum(dim=-1)
     freqs = conjugate_representatives(grid)
-    cos, sin = _twiddles(freqs, deltas, grid, device)  # (F, D) each
-    return FrequencyGrams(symmetric, antisymmetric, cos, sin, freqs, tuple(grid), _formation_error(taps, grid))
+    delta_table = torch.tensor(deltas, dtype=torch.int64).reshape(-1, offsets.shape[1])
+    cos, sin = _twiddles(freqs, delta_table, grid, device)  # (F, D) each
+    return FrequencyGrams(stacked.reshape(g, 2 * half, 2 * n * n), torch.cat([cos, sin], dim=1),
+                          diagonal_sums, freqs, tuple(grid), n, _formation_error(taps, grid))
 
 
 def conjugate_representatives(grid: tuple[int, ...]) -> torch.Tensor:
@@ -139,31 +130,35 @@ def conjugate_representatives(grid: tuple[int, ...]) -> torch.Tensor:
     return freqs[freqs @ strides <= mirror]
 
 
-def _half_gammas(taps: torch.Tensor, offsets: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The differences delta >= 0 (first row 0), and per group the stacked matrices
-    Gamma_0, Gamma_d + Gamma_d^T (for cos) and 0, Gamma_d - Gamma_d^T (for sin). Each
-    tap-pair product is accumulated in place (no stacked copies of the taps)."""
-    g, t, c_out, n = taps.shape
+def _differences(offsets: torch.Tensor) -> tuple[list[tuple[int, ...]], dict[tuple[int, ...], list[tuple[int, int]]]]:
+    """The tap differences delta = a - b >= 0 (lexicographically; the first is 0), and the
+    tap pairs (a, b) of each."""
     pairs: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-    for a, b in itertools.product(range(t), repeat=2):
+    for a, b in itertools.product(range(offsets.shape[0]), repeat=2):
         delta = tuple(int(v) for v in offsets[a] - offsets[b])
-        if delta >= (0,) * len(delta):  # lexicographic: delta > 0 or delta = 0
+        if delta >= (0,) * len(delta):
             pairs.setdefault(delta, []).append((a, b))
-    deltas = sorted(pairs)
-    symmetric = torch.zeros((g, len(deltas), n, n), dtype=torch.float64, device=taps.device)
-    antisymmetric = torch.zeros_like(symmetric)
-    gram = torch.empty((g, n, n), dtype=torch.float64, device=taps.device)
-    for i, delta in enumerate(deltas):
+    return sorted(pairs), pairs
+
+
+def _half_gammas(taps: torch.Tensor, pairs: dict[tuple[int, ...], list[tuple[int, int]]],
+                 stacked: torch.Tensor) -> None:
+    """Into stacked (groups, 2D, n, n, 2): row d's real slots get Gamma_0 (d = 0) or
+    Gamma_d + Gamma_d^T, row D + d's imaginary slots Gamma_d - Gamma_d^T, with
+    Gamma_d = sum_{a-b=d} k_a^T k_b accumulated in place (no stacked copies of the taps)."""
+    g, _, _, n = taps.shape
+    half = len(pairs)
+    gram, part = (torch.empty((g, n, n), dtype=torch.float64, device=taps.device) for _ in range(2))
+    for i, delta in enumerate(sorted(pairs)):
         gram.zero_()
         for a, b in pairs[delta]:
             torch.baddbmm(gram, taps[:, a].mT, taps[:, b], out=gram)
         if i == 0:
-            symmetric[:, 0] = gram
-        else:
-            torch.add(gram, gram.mT, out=symmetric[:, i])
-            torch.sub(gram, gram.mT, out=antisymmetric[:, i])
-    return torch.tensor(deltas, dtype=torch.int64).reshape(-1, offsets.shape[1]), symmetric, antisymmetric
+            stacked[:, 0, ..., 0] = gram
+            stacked[:, half, ..., 1] = 0.0
+        else:  # via a contiguous temporary: a strided sum with a transposed input is slow
+            stacked[:, i, ..., 0] = torch.add(gram, gram.mT, out=part)
+            stacked[:, half + i, ..., 1] = torch.sub(gram, gram.mT, out=part)
 
 
 def _twiddles(freqs: torch.Tensor, deltas: torch.Tensor, grid: tuple[int, ...],
