@@ -33,6 +33,7 @@ from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.rules import BoundContext, get_rule
 from lipcheck.settings import Settings
+from lipcheck.spectral.scratch import Scratch
 from lipcheck.spectral.operator import apply_with_adjoint, dense_jacobian, node_operator, power_norm
 
 Layer = tuple[str, int, int, int, int, int, int]  # name, c_in, c_out, k, stride, pad, input size
@@ -93,10 +94,13 @@ def dense_graph(n_in: int, n_out: int, gen: torch.Generator) -> Graph:
     return g
 
 
-def certified(graph: Graph, settings: Settings) -> tuple[float, float | None, str, float]:
+def certified(graph: Graph, settings: Settings, scratch: Scratch | None = None
+              ) -> tuple[float, float | None, str, float]:
+    """One layer's certified bound; `scratch` shares work buffers between the layers as
+    one model's run does (lipcheck estimate bounds all nodes with one BoundContext)."""
     node = graph.nodes[0]
     start = time.perf_counter()
-    bound = get_rule(node.op).bound(node, BoundContext(graph, settings))
+    bound = get_rule(node.op).bound(node, BoundContext(graph, settings, scratch or Scratch()))
     return bound.value, bound.estimate, bound.method, time.perf_counter() - start
 
 
@@ -142,15 +146,18 @@ def run_network(name: str, layers: list[Layer], with_truth: bool, with_power: bo
     ratios, cert_time, power_time = [], 0.0, 0.0
     warm = layer_graph(("warm-up", 4, 4, 3, 2, 1, 16), gen)  # one-time library set-up, charged to neither side
     certified(warm, settings), power100(warm)
+    scratch = Scratch()
     print(f"\n== {name}: {len(layers)} conv layers")
     for layer in layers:
         graph = layer_graph(layer, gen)
-        value, estimate, method, seconds = certified(graph, settings)
+        value, estimate, method, seconds = certified(graph, settings, scratch)
         cert_time += seconds
         line = f"{layer[0]:>12} {layer[1]:>4}->{layer[2]:<4} k{layer[3]} s{layer[4]} @{layer[6]:<4} " \
                f"{method:>10} {value:9.4f} est {estimate or float('nan'):9.4f} {seconds:6.2f}s"
         if with_power:
-            power_time += power100(graph)
+            seconds_power = power100(graph)
+            power_time += seconds_power
+            line += f"  power100 {seconds_power:5.2f}s"
         if with_truth:
             true = truth(graph, None if method.startswith("exact") else estimate)
             ratios.append(value / true)

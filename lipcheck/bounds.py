@@ -11,6 +11,7 @@ from enum import Enum
 
 import torch
 
+from lipcheck.spectral.scratch import Scratch
 from lipcheck.graph import Graph, Node
 from lipcheck.settings import Settings
 
@@ -55,6 +56,7 @@ class NodeBound:
 class BoundContext:
     graph: Graph
     settings: Settings
+    scratch: Scratch = field(default_factory=Scratch)  # work buffers shared by the nodes of one run
 
     def const(self, node: Node, position: int) -> torch.Tensor | None:
         return self.graph.constant(node, position)

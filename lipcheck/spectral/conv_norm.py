@@ -44,10 +44,10 @@ def conv_certifier(node: Node, ctx: BoundContext, op: LinearOperator) -> Certifi
     if exact is not None:
         return exact
     device = torch.device(ctx.settings.device)
-    grams = frequency_grams(pk.taps, pk.offsets, circular_grid(pk), device)
+    grams = frequency_grams(pk.taps, pk.offsets, circular_grid(pk), device, ctx.scratch)
     if ctx.settings.layer_method == "gram":
         return _gram_result(grams, pk)
-    top = max_eig_bound(grams)
+    top = max_eig_bound(grams, scratch=ctx.scratch)
     value = math.sqrt(top.tau + grams.error) * (1 + 8 * UNIT_ROUNDOFF)
     start = plane_wave(pk, grams, top.worst, top.vector)
     return CertifiedNorm(value, True, "fft", detail=_detail(pk, grams), start=start,

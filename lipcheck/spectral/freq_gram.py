@@ -23,6 +23,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import scipy.linalg.blas
 import torch
 
 from lipcheck.spectral.scratch import Scratch
@@ -99,7 +100,7 @@ class FrequencyGrams:
 
 
 def frequency_grams(taps: torch.Tensor, offsets: torch.Tensor, grid: tuple[int, ...],
-                    device: torch.device | str = "cpu") -> FrequencyGrams:
+                    device: torch.device | str = "cpu", scratch: Scratch | None = None) -> FrequencyGrams:
     """taps (groups, T, C_out, C_in) float64, offsets (T, d) on a circle of size `grid`;
     blocks on the smaller side n = min(C_out, C_in)."""
     taps = taps.to(device=device, dtype=torch.float64)
@@ -108,7 +109,7 @@ def frequency_grams(taps: torch.Tensor, offsets: torch.Tensor, grid: tuple[int, 
     g, n = taps.shape[0], taps.shape[3]
     deltas, pairs = _differences(offsets)
     half = len(deltas)
-    stacked = torch.empty((g, 2 * half, n, n, 2), dtype=torch.float64, device=taps.device)
+    stacked = (scratch or Scratch()).take("stacked", (g, 2 * half, n, n, 2), torch.float64, taps.device)
     stacked[:, :half, ..., 1] = 0.0
     stacked[:, half:, ..., 0] = 0.0
     _half_gammas(taps, pairs, stacked)
@@ -150,15 +151,28 @@ def _half_gammas(taps: torch.Tensor, pairs: dict[tuple[int, ...], list[tuple[int
     half = len(pairs)
     gram, part = (torch.empty((g, n, n), dtype=torch.float64, device=taps.device) for _ in range(2))
     for i, delta in enumerate(sorted(pairs)):
-        gram.zero_()
-        for a, b in pairs[delta]:
-            torch.baddbmm(gram, taps[:, a].mT, taps[:, b], out=gram)
+        if i == 0 and taps.device.type == "cpu":
+            _diagonal_gram(taps, gram)
+        else:
+            gram.zero_()
+            for a, b in pairs[delta]:
+                torch.baddbmm(gram, taps[:, a].mT, taps[:, b], out=gram)
         if i == 0:
             stacked[:, 0, ..., 0] = gram
             stacked[:, half, ..., 1] = 0.0
         else:  # via a contiguous temporary: a strided sum with a transposed input is slow
             stacked[:, i, ..., 0] = torch.add(gram, gram.mT, out=part)
             stacked[:, half + i, ..., 1] = torch.sub(gram, gram.mT, out=part)
+
+
+def _diagonal_gram(taps: torch.Tensor, out: torch.Tensor) -> None:
+    """Gamma_0 = sum_a k_a^T k_a per group by one symmetric rank-k update (BLAS syrk: half
+    the flops of the products), then mirrored."""
+    for g in range(taps.shape[0]):
+        stacked = taps[g].reshape(-1, taps.shape[-1]).numpy()  # (T C_out, n), row-major
+        upper = scipy.linalg.blas.dsyrk(1.0, stacked.T)        # (n, n): upper triangle of W^T W
+        full = torch.from_numpy(upper)
+        out[g] = full.triu() + full.triu(1).mT
 
 
 def _twiddles(freqs: torch.Tensor, deltas: torch.Tensor, grid: tuple[int, ...],

@@ -8,7 +8,8 @@ import torch
 
 class Scratch:
     """Reusable buffers for the block loops: a fresh large tensor costs its page faults
-    (about 0.3 ms per MB on the project's machine), so the loops take views of these."""
+    (about 0.3 ms per MB on the project's machine), so the loops take views of these. A
+    view stays valid until the next `take` of the same name."""
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}

@@ -82,13 +82,14 @@ class _Search:
         return EigBound(self.tau, self.lower, self.worst, self.vector)
 
 
-def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4) -> EigBound:
+def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4,
+                  scratch: Scratch | None = None) -> EigBound:
     source = TensorBlocks(blocks) if isinstance(blocks, torch.Tensor) else blocks
     if source.count == 0:
         return EigBound(0.0, 0.0, 0, None)
     traces = source.traces().cpu()
     order = torch.argsort(traces, descending=True)
-    scratch = Scratch()
+    scratch = scratch or Scratch()
     fetch_bytes = min(FETCH_BYTES, max(CERTIFY_BYTES, 2 * getattr(source, "input_bytes", 0)))
     state: _Search | None = None
     for part in chunks(source.count, source.n, fetch_bytes):
