@@ -96,10 +96,12 @@ def plane_wave(pk: PhaseKernel, grams: FrequencyGrams, index: int, vec: torch.Te
     if vec is None:
         vec = lanczos_top(grams.fetch(torch.tensor([index]))[0])[2]
     vec = vec.cpu().to(torch.complex128)
-    k = pk.taps[index // count].to(torch.complex128)  # (T, C_out, C_eff)
     phase = torch.exp(1j * (pk.offsets.to(torch.float64) @ theta))  # e^{i theta.a}
-    if c_out < c_eff:
-        vec, theta = torch.einsum("toc,t,o->c", k, phase, vec), -theta
+    if c_out < c_eff:  # the block is on the output side: its input is K(w)^H v
+        k = pk.taps[index // count]  # (T, C_out, C_eff), real: no complex copy of the taps
+        parts = torch.stack([vec.real, vec.imag], dim=1)  # (C_out, 2)
+        vec = sum(phase[t] * torch.view_as_complex((k[t].mT @ parts).contiguous()) for t in range(k.shape[0]))
+        theta = -theta
     return _spread(pk, vec, theta, index // count)
 
 

@@ -167,10 +167,16 @@ def _half_gammas(taps: torch.Tensor, pairs: dict[tuple[int, ...], list[tuple[int
 
 def _diagonal_gram(taps: torch.Tensor, out: torch.Tensor) -> None:
     """Gamma_0 = sum_a k_a^T k_a per group by one symmetric rank-k update (BLAS syrk: half
-    the flops of the products), then mirrored."""
+    the flops of the products), then mirrored. Taps that are a transposed view (the output
+    side) are gathered as [k_1^T ... k_T^T] (contiguous rows) instead of copied strided."""
+    t, c, n = taps.shape[1:]
     for g in range(taps.shape[0]):
-        stacked = taps[g].reshape(-1, taps.shape[-1]).numpy()  # (T C_out, n), row-major
-        upper = scipy.linalg.blas.dsyrk(1.0, stacked.T)        # (n, n): upper triangle of W^T W
+        if taps[g].stride(-1) == 1:
+            rows = taps[g].reshape(t * c, n).numpy()                  # W = [k_1; ...; k_T]
+            upper = scipy.linalg.blas.dsyrk(1.0, rows.T)              # W^T W
+        else:
+            columns = taps[g].transpose(1, 2).permute(1, 0, 2).reshape(n, t * c).numpy()
+            upper = scipy.linalg.blas.dsyrk(1.0, columns.T, trans=1)  # [k_a^T] [k_a^T]^T
         full = torch.from_numpy(upper)
         out[g] = full.triu() + full.triu(1).mT
 
@@ -190,7 +196,7 @@ def _twiddles(freqs: torch.Tensor, deltas: torch.Tensor, grid: tuple[int, ...],
 
 def _formation_error(taps: torch.Tensor, grid: tuple[int, ...]) -> float:
     g, t, c_out, n = taps.shape
-    absolute = taps.abs().sum(dim=1)  # (g, C_out, n): |K|_1
+    absolute = taps.abs().sum(dim=1)  # (g, C_out, n): |K|_1 (the same for a transposed view)
     scale = float((absolute.square().sum(dim=(1, 2))).max())  # ||B||_F <= ||  |K|_1 ||_F^2
     # the DFT sums <= (2N-1)^d terms; twiddle angles carry < (2 pi d (d + 3) + 2) u error
     d = len(grid)
