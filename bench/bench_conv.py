@@ -10,8 +10,10 @@ Builds ResNet-18-, VGG-11- and ResNet-50-shaped conv/linear layer lists with ran
 weights (one single-node graph per layer), bounds every layer with lipcheck's default
 (auto) per-layer method and prints, per network: certified / true (max, median), where
 true is a dense SVD for small operators and otherwise a converged warm-started power
-iteration (a lower estimate, so the ratio is pessimistic); total certified time versus
-100-iteration autograd power iteration over the same layers; peak RSS. One thread.
+iteration (a lower estimate, so the ratio is pessimistic); per layer and in total, the
+certified time (with the estimate) versus 100-iteration autograd power iteration over the
+same layers in the same run; peak RSS. One thread. The layers share one set of work
+buffers, as the nodes of one model's run do.
 """
 from __future__ import annotations
 
