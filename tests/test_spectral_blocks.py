@@ -162,3 +162,22 @@ def test_a_lanczos_failure_cannot_inflate_the_threshold(monkeypatch: pytest.Monk
     g = a.mH @ a
     top = float(torch.linalg.eigvalsh(g)[:, -1].max())
     assert top < max_eig_bound(g).tau <= top * (1 + 2e-4)
+
+
+@pytest.mark.parametrize("transpose, attrs", [
+    (False, {"pads": [1, 1, 1, 1], "group": 6}),                                   # depthwise
+    (False, {"pads": [2, 0, 1, 1], "group": 2, "strides": [2, 1]}),
+    (True, {"pads": [1, 1, 0, 0], "group": 3, "strides": [2, 2], "output_padding": [1, 0]}),
+])
+def test_grouped_conv_on_a_small_grid_is_exact_group_by_group(transpose: bool, attrs: dict) -> None:
+    """Block-diagonal over groups: auto forms every group's small operator at once and
+    takes its SVD (the circular embedding is ~10 % loose on such grids)."""
+    from test_spectral_conv import bound
+
+    graph = conv_graph(6, 6, (6, 5), (3, 3), attrs, transpose=transpose, seed=4)
+    truth = true_norm(graph)
+    result = bound(graph, exact_max_dim=10)  # the whole operator is "too large" for one SVD
+    assert result.method == "exact-svd" and "groups" in result.detail
+    assert truth <= result.value <= truth * (1 + 1e-8)
+    circular = bound(graph, "fft")
+    assert circular.value >= truth

@@ -19,8 +19,8 @@ from lipcheck.errors import UserError
 from lipcheck.graph import Node, OpKind
 from lipcheck.bounds import BoundContext, NodeBound
 from lipcheck.spectral.conv_norm import conv_certifier, is_pointwise
-from lipcheck.spectral.operator import (LinearOperator, NormResult, apply_with_adjoint, dense_norm,
-                                        fits_dense, lanczos_estimate, node_operator, power_norm)
+from lipcheck.spectral.operator import (DENSE_SECONDS_PER_FLOP, LinearOperator, NormResult, apply_with_adjoint,
+                                        dense_norm, fits_dense, lanczos_estimate, node_operator, power_norm)
 
 # Certified norm methods for particular ops (FFT, Gram iteration, ...), tried by
 # `affine_bound` when the dense Jacobian is too large. Each returns None when it
@@ -83,7 +83,6 @@ def _norm(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
 # budget, else the op's certifier. Time model (one thread, measured on 3x3 convs:
 # 2.2 s at 2048 x 2048, 15 s at 4096 x 4096): DENSE_SECONDS_PER_FLOP * small^2 * large.
 DENSE_CHEAP_ENTRIES = 2**20
-DENSE_SECONDS_PER_FLOP = 3e-10
 
 
 def dense_seconds(op: LinearOperator) -> float:

@@ -31,6 +31,7 @@ from lipcheck.spectral.scratch import Scratch
 UNIT_ROUNDOFF = 2.0 ** -53
 TILE_ROWS = 64           # frequencies per tile when forming blocks
 TILE_ENTRIES = 2**18     # frequencies x entries per tile (4 MB of complex output)
+SMALL_BLOCK = 64         # blocks of at most this many entries: groups mixed in one batched product
 
 
 def gamma(n: float, u: float = UNIT_ROUNDOFF) -> float:
@@ -78,21 +79,31 @@ class FrequencyGrams:
         index = index.to(device)
         out = scratch.take("blocks", (k, self.n, self.n), torch.complex128, device)
         flat = torch.view_as_real(out).view(k, 2 * n2)
-        rows_per = min(max(k, 1), TILE_ROWS)
+        rows_per = min(max(k, 1), max(TILE_ROWS, TILE_ENTRIES // n2))
         width = min(2 * n2, max(2048, 2 * TILE_ENTRIES // rows_per))
         for start in range(0, k, rows_per):
             stop = min(k, start + rows_per)
             group, freq = index[start:stop] // count, index[start:stop] % count
-            for g in torch.unique(group).tolist():
+            groups = torch.unique(group)
+            if groups.numel() > 1 and n2 <= SMALL_BLOCK:  # many small groups: one batched product
+                flat[start:stop] = torch.bmm(self.coefficients[freq][:, None, :], self.stacked[group])[:, 0]
+                continue
+            for g in groups.tolist():
                 mine = group == g
-                coefficients = self.coefficients[freq[mine]]
-                for lo in range(0, 2 * n2, width):
-                    cols = slice(lo, min(2 * n2, lo + width))
-                    if bool(mine.all()):
-                        torch.mm(coefficients, self.stacked[g, :, cols], out=flat[start:stop, cols])
-                    else:
-                        flat[torch.nonzero(mine).flatten() + start, cols] = coefficients @ self.stacked[g, :, cols]
+                self._tile_group(g, self.coefficients[freq[mine]], flat, start, stop, mine, width)
         return out
+
+    def _tile_group(self, g: int, coefficients: torch.Tensor, flat: torch.Tensor, start: int, stop: int,
+                    mine: torch.Tensor, width: int) -> None:
+        """The rows `mine` of flat[start:stop] (all of group g), in column tiles."""
+        every = bool(mine.all())
+        rows = torch.nonzero(mine).flatten() + start
+        for lo in range(0, flat.shape[1], width):
+            cols = slice(lo, min(flat.shape[1], lo + width))
+            if every:
+                torch.mm(coefficients, self.stacked[g, :, cols], out=flat[start:stop, cols])
+            else:
+                flat[rows, cols] = coefficients @ self.stacked[g, :, cols]
 
     @property
     def blocks(self) -> torch.Tensor:
