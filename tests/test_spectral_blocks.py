@@ -181,3 +181,22 @@ def test_grouped_conv_on_a_small_grid_is_exact_group_by_group(transpose: bool, a
     assert truth <= result.value <= truth * (1 + 1e-8)
     circular = bound(graph, "fft")
     assert circular.value >= truth
+
+
+@pytest.mark.parametrize("graph", random_cases(40, seed=13), ids=lambda g: "")
+def test_tap_count_matches_the_phase_kernel(graph) -> None:
+    from lipcheck.spectral.polyphase import tap_count
+
+    spec = conv_spec(graph.nodes[0], graph.constants["w"])
+    pk = phase_kernel(spec)
+    assert tap_count(spec) == (0 if pk.empty else pk.taps.shape[1])
+
+
+def test_tap_count_drops_zero_taps_like_the_phase_kernel() -> None:
+    from lipcheck.spectral.polyphase import tap_count
+
+    graph = conv_graph(3, 4, (8, 8), (3, 3), {"pads": [1, 1, 1, 1]})
+    weight = torch.zeros_like(graph.constants["w"])
+    weight[:, :, 1, 1] = 1.0
+    spec = conv_spec(graph.nodes[0], weight)
+    assert tap_count(spec) == phase_kernel(spec).taps.shape[1] == 1

@@ -20,7 +20,7 @@ from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, FrequencyGrams, frequency
 from lipcheck.spectral.padded_gram import MAX_DIM, exact_gram_norm, gram_dim, predicted_seconds
 from lipcheck.spectral.operator import (DENSE_SECONDS_PER_FLOP, FLOAT64_MARGIN, LinearOperator, NormResult,
                                         matrix_norm)
-from lipcheck.spectral.polyphase import ConvSpec, PhaseKernel, circular_grid, conv_spec, phase_kernel
+from lipcheck.spectral.polyphase import ConvSpec, PhaseKernel, circular_grid, conv_spec, phase_kernel, tap_count
 from lipcheck.spectral.top_eig import lanczos_top, max_eig_bound
 
 
@@ -110,7 +110,7 @@ def is_pointwise(node: Node, ctx: BoundContext) -> bool:
     weight = ctx.const(node, 1)
     if node.op not in (OpKind.CONV, OpKind.CONV_TRANSPOSE) or weight is None or weight.dim() < 3:
         return False
-    return phase_kernel(conv_spec(node, weight)).taps.shape[1] <= 1
+    return tap_count(conv_spec(node, weight)) <= 1
 
 
 def _gram_result(grams: FrequencyGrams, pk: PhaseKernel, steps: int = 6) -> CertifiedNorm:

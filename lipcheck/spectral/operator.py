@@ -190,10 +190,10 @@ def lanczos_estimate(op: LinearOperator, start: torch.Tensor, steps: int) -> flo
             basis.append(w / betas[-1])
         if not alphas:
             return 0.0
-        k = len(alphas)
-        tri = np.diag(alphas) + np.diag(betas[:k - 1], 1) + np.diag(betas[:k - 1], -1)
-        coords = np.linalg.eigh(tri)[1][:, -1]
-        x = sum(float(c) * q for c, q in zip(coords, basis[:k]))
+        from lipcheck.spectral.top_eig import top_ritz
+
+        coords = top_ritz(alphas, betas)[2]
+        x = sum(float(c) * q for c, q in zip(coords, basis[:len(alphas)]))
         return float(op.apply(x).norm() / x.norm())
 
 

@@ -123,6 +123,19 @@ def phase_kernel(spec: ConvSpec) -> PhaseKernel:
     return _sparse_taps(dense, spans, spec)
 
 
+def tap_count(spec: ConvSpec) -> int:
+    """How many taps `phase_kernel` keeps, without building it: the distinct offsets
+    (r*j) // s of the kernel positions j whose weights are not all zero (0 when the output
+    grid is empty)."""
+    if min(spec.out_size(), default=1) <= 0:
+        return 0
+    k = tuple(spec.weight.shape[2:])
+    nonzero = (spec.weight.detach() != 0).reshape(-1, math.prod(k)).any(dim=0).tolist()
+    offsets = {tuple((r * jj) // s for r, jj, s in zip(spec.dilations, j, spec.strides))
+               for index, j in enumerate(itertools.product(*(range(kk) for kk in k))) if nonzero[index]}
+    return len(offsets)
+
+
 def _ravel(index: list[int], shape: tuple[int, ...]) -> int:
     flat = 0
     for i, n in zip(index, shape):

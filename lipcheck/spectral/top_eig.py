@@ -211,7 +211,7 @@ def lanczos_top(matrix: torch.Tensor, steps: int = 48, tol: float = 1e-5) -> tup
             w -= (basis[:j + 1].conj() @ w) @ basis[:j + 1]
         betas.append(float(np.linalg.norm(w)))
         if j + 1 == limit or betas[-1] == 0.0 or (j >= 7 and j % 4 == 3):
-            value, residual, coords = _ritz(alphas, betas)
+            value, residual, coords = top_ritz(alphas, betas)
             if (value - previous <= tol * abs(value) or betas[-1] <= 1e-13 * abs(value)
                     or residual <= 1e-3 * tol * abs(value) or j + 1 == limit):
                 break
@@ -221,7 +221,9 @@ def lanczos_top(matrix: torch.Tensor, steps: int = 48, tol: float = 1e-5) -> tup
     return value, residual, vector.to(torch.complex128 if vector.is_complex() else torch.float64)
 
 
-def _ritz(alphas: list[float], betas: list[float]) -> tuple[float, float, np.ndarray]:
+def top_ritz(alphas: list[float], betas: list[float]) -> tuple[float, float, np.ndarray]:
+    """The top eigenpair of the Lanczos tridiagonal (alphas, betas[:-1]): (Ritz value,
+    residual norm |beta_k s_k|, coordinates of the Ritz vector in the Lanczos basis)."""
     k = len(alphas)
     if k == 1:
         return alphas[0], abs(betas[0]), np.ones(1)
