@@ -92,9 +92,10 @@ def test_smallest_grid_is_smaller_for_same_padding_and_one_less_breaks_it() -> N
     assert not torch.allclose(real_layer(spec, x), circular_layer(pk, (7, 7), x), atol=1e-6)
 
 
-def test_blocks_formed_on_demand_match_the_whole_spectrum() -> None:
+@pytest.mark.parametrize("width", [4, 9])  # 16 entries: groups mixed in one batched product; 81: per group
+def test_blocks_formed_on_demand_match_the_whole_spectrum(width: int) -> None:
     gen = torch.Generator().manual_seed(3)
-    taps = torch.randn(2, 5, 6, 4, generator=gen, dtype=torch.float64)
+    taps = torch.randn(2, 5, 11, width, generator=gen, dtype=torch.float64)
     offsets = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 2], [2, 1]])
     grams = frequency_grams(taps, offsets, (5, 6))
     whole = grams.blocks

@@ -291,12 +291,13 @@ def test_max_eig_bound_finds_a_block_that_trace_ranking_misses() -> None:
     assert 2.0 < tau <= 2.0 * 1.01
 
 
-@pytest.mark.parametrize("dims", [1, 3])
-def test_every_frequency_block_matches_a_direct_dft(dims: int) -> None:
+@pytest.mark.parametrize("dims, c_out, c_in", [(1, 4, 6), (3, 4, 6), (3, 12, 9)])
+def test_every_frequency_block_matches_a_direct_dft(dims: int, c_out: int, c_in: int) -> None:
     """Every block (half-difference Gammas + real DFT) equals K(w) K(w)^H computed directly
-    at its frequency, up to conjugation; one frequency of each conjugate pair, all covered."""
+    at its frequency, up to conjugation; one frequency of each conjugate pair, all covered
+    (4 x 4 blocks: groups formed together; 9 x 9: group by group)."""
     gen = torch.Generator().manual_seed(7)
-    taps = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64)
+    taps = torch.randn(2, 3, c_out, c_in, generator=gen, dtype=torch.float64)
     offsets = torch.tensor([[0] * dims, [1] + [0] * (dims - 1), [2] + [1] * (dims - 1)])
     grid = (6,) if dims == 1 else (4, 3, 5)
     grams = frequency_grams(taps, offsets, grid)
@@ -311,7 +312,7 @@ def test_every_frequency_block_matches_a_direct_dft(dims: int) -> None:
         theta = 2 * math.pi * grams.freqs[freq].double() / size.double()
         k = sum(taps[group, a].to(torch.complex128) * torch.exp(1j * (offsets[a].double() @ theta))
                 for a in range(3))
-        got, expected = grams.blocks[index], k @ k.mH
+        got, expected = grams.blocks[index], (k @ k.mH if c_out < c_in else k.mH @ k)  # the smaller side
         assert torch.allclose(got, expected, atol=1e-11) or torch.allclose(got, expected.conj(), atol=1e-11)
     assert grams.blocks.shape[0] == 2 * count
 
