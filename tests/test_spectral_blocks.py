@@ -201,3 +201,15 @@ def test_tap_count_drops_zero_taps_like_the_phase_kernel() -> None:
     weight[:, :, 1, 1] = 1.0
     spec = conv_spec(graph.nodes[0], weight)
     assert tap_count(spec) == phase_kernel(spec).taps.shape[1] == 1
+
+
+def test_when_no_certificate_succeeds_the_search_falls_back_to_the_frobenius_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import lipcheck.spectral.top_eig as top_eig
+
+    monkeypatch.setattr(top_eig, "cholesky_certify", lambda blocks, *a, **k: torch.zeros(blocks.shape[0], dtype=torch.bool))
+    gen = torch.Generator().manual_seed(10)
+    a = torch.randn(5, 30, 30, generator=gen, dtype=torch.complex128)
+    g = a.mH @ a
+    fro = float(torch.linalg.matrix_norm(g, "fro").max())
+    assert fro <= max_eig_bound(g).tau <= fro * (1 + 1e-9)

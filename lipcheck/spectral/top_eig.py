@@ -2,14 +2,15 @@
 
 `max_eig_bound` certifies the blocks against a running threshold tau in order of
 decreasing trace, a chunk at a time (block_bounds.cholesky_certify). tau starts at the
-top-eigenvalue estimate of the largest-trace block (plus its residual) times 1 + eta; a
-block that fails is a "record": its top eigenvalue is estimated (eigvalsh for small
-blocks, Lanczos for large ones), tau is raised, and only the failing blocks of the chunk
-are tested again. Blocks proven earlier stay proven (tau only grows). Blocks predicted to
-lie well below tau (top eigenvalue ~ the largest ratio lambda_max / mean eigenvalue seen so
-far, times their mean eigenvalue) are certified in single precision, about twice as fast;
-a failure there only sends them to float64. Cost: one Cholesky per block, plus an estimate
-and a Cholesky per record.
+top-eigenvalue estimate of the largest-trace block times 1 + eta; a block that fails is a
+"record": its top eigenvalue is estimated (eigvalsh for small blocks, Lanczos checked
+against the float64 Rayleigh quotient for large ones), tau is raised, and only the
+failing blocks of the chunk are tested again. Blocks proven earlier stay proven (tau only
+grows). Blocks whose single-precision margin is small (below SINGLE_FIRST * tau), or that
+are predicted to lie well below tau (the largest ratio lambda_max / mean eigenvalue seen so
+far, times their mean eigenvalue), are tried in single precision first; a failure there
+only sends them to float64. Cost: one Cholesky per block, plus an estimate and a Cholesky
+per record. Estimates only choose tau: every bound comes from a certificate.
 
 Blocks come from a `BlockSource`: a tensor, or frequency Grams formed on demand.
 """
@@ -97,13 +98,13 @@ def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4,
         if state is None:  # the largest-trace block sets the first threshold
             if float(squared_frobenius(fetched[:1]).max()) == 0.0 and float(traces.abs().max()) == 0.0:
                 return _all_zero(source)
-            value, reach, _, vector = _estimate_top(fetched, torch.arange(1))
-            state = _Search(_threshold(reach, eta), value, int(order[0]),
+            value, _, vector = _estimate_top(fetched, torch.arange(1))
+            state = _Search(_threshold(value, eta), value, int(order[0]),
                             _ratio(value, float(traces[order[0]]), source.n), vector)
         for sub in chunks(fetched.shape[0], source.n, CERTIFY_BYTES):
             index = order[part][sub]
             if not _certify_part(fetched[sub], index, traces[index], state, eta, scratch):
-                state.tau = fro_bound(source.fetch(torch.arange(source.count)))
+                state.tau = _fro_over(source)  # tau grew 26x without a proof: never seen
                 return state.result()
     assert state is not None
     return state.result()
@@ -126,11 +127,11 @@ def _certify_part(blocks: torch.Tensor, index: torch.Tensor, traces: torch.Tenso
         pending = pending[~cholesky_certify(subset, state.tau, False, scratch).cpu()]
         if pending.numel() == 0:
             return True
-        value, reach, local, vector = _estimate_top(blocks, pending)
+        value, local, vector = _estimate_top(blocks, pending)
         state.ratio = max(state.ratio, _ratio(value, float(traces[local]), blocks.shape[-1]))
         if value > state.lower:
             state.lower, state.worst, state.vector = value, int(index[local]), vector
-        state.tau = max(state.tau * (1 + eta * 4 ** attempt), _threshold(reach, eta))
+        state.tau = max(state.tau * (1 + eta * 4 ** attempt), _threshold(value, eta))
     return False
 
 
@@ -148,24 +149,29 @@ def _ratio(value: float, trace: float, n: int) -> float:
 
 
 def _all_zero(source: BlockSource) -> EigBound:
-    blocks = source.fetch(torch.arange(source.count))
-    return EigBound(fro_bound(blocks), 0.0, 0, None)
+    return EigBound(_fro_over(source), 0.0, 0, None)
+
+
+def _fro_over(source: BlockSource) -> float:
+    """max over blocks of the trivial certificate ||G||_F, a chunk at a time."""
+    order = torch.arange(source.count)
+    return max(fro_bound(source.fetch(order[part])) for part in chunks(source.count, source.n, CERTIFY_BYTES))
 
 
 def _threshold(value: float, eta: float) -> float:
     return max(value, 0.0) * (1 + eta) + 1e-300
 
 
-def _estimate_top(blocks: torch.Tensor, among: torch.Tensor) -> tuple[float, float, int, torch.Tensor | None]:
-    """(largest top-eigenvalue estimate, the value tau is set from, position, its vector
-    or None) among the blocks at positions `among`."""
+def _estimate_top(blocks: torch.Tensor, among: torch.Tensor) -> tuple[float, int, torch.Tensor | None]:
+    """(largest top-eigenvalue estimate, position, its vector or None) among the blocks
+    at positions `among`."""
     if blocks.shape[-1] < LANCZOS_FROM:
         values = top_eigenvalues(blocks[among.to(blocks.device)]).cpu()
         best = int(values.argmax())
-        return float(values[best]), float(values[best]), int(among[best]), None
+        return float(values[best]), int(among[best]), None
     results = [(_checked_lanczos(blocks[int(i)]), int(i)) for i in among]
     (value, vector), position = max(results, key=lambda r: r[0][0])
-    return value, value, position, vector
+    return value, position, vector
 
 
 def _checked_lanczos(block: torch.Tensor) -> tuple[float, torch.Tensor | None]:
