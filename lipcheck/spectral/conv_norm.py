@@ -49,7 +49,7 @@ def conv_certifier(node: Node, ctx: BoundContext, op: LinearOperator) -> Certifi
     device = torch.device(ctx.settings.device)
     grams = frequency_grams(pk.taps, pk.offsets, circular_grid(pk), device, ctx.scratch)
     if ctx.settings.layer_method == "gram":
-        return _gram_result(grams, pk)
+        return _gram_result(grams, pk, node.op == OpKind.CONV_TRANSPOSE)
     top = max_eig_bound(grams, scratch=ctx.scratch)
     value = math.sqrt(top.tau + grams.error) * (1 + 8 * UNIT_ROUNDOFF)
     start = plane_wave(pk, grams, top.worst, top.vector)
@@ -113,10 +113,12 @@ def is_pointwise(node: Node, ctx: BoundContext) -> bool:
     return tap_count(conv_spec(node, weight)) <= 1
 
 
-def _gram_result(grams: FrequencyGrams, pk: PhaseKernel, steps: int = 6) -> CertifiedNorm:
-    lam = float(gram_iteration_bound(grams.blocks, steps).max())
-    value = math.sqrt(lam + grams.error) * (1 + 8 * UNIT_ROUNDOFF)
-    return CertifiedNorm(value, True, "fft-gram", detail=_detail(pk, grams) + f", {steps} Gram steps")
+def _gram_result(grams: FrequencyGrams, pk: PhaseKernel, transpose: bool, steps: int = 6) -> CertifiedNorm:
+    rho = gram_iteration_bound(grams.blocks, steps)
+    value = math.sqrt(float(rho.max()) + grams.error) * (1 + 8 * UNIT_ROUNDOFF)
+    start = plane_wave(pk, grams, int(rho.argmax()), None)
+    return CertifiedNorm(value, True, "fft-gram", detail=_detail(pk, grams) + f", {steps} Gram steps",
+                         start=start, start_on_output=transpose)
 
 
 def _detail(pk: PhaseKernel, grams: FrequencyGrams) -> str:
