@@ -5,7 +5,7 @@ is too large for it), "fft" / "gram" (the op's certifier: for Conv and ConvTrans
 FFT block bound with a Cholesky certificate, or with Gram iteration), "power" (power
 iteration: an estimate, not certified), "auto" (exact when the dense SVD fits and its
 predicted time is within Settings.layer_budget; else the op's certifier; else power iteration). Beside every certified value that is not
-exact, a warm-started power iteration gives the lower estimate (NodeBound.estimate).
+exact, a few warm-started Lanczos steps give the lower estimate (NodeBound.estimate).
 """
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def _certify_chunk(blocks: torch.Tensor, tau: float, low_precision: bool, scratc
     n = blocks.shape[-1]
     u = SINGLE_ROUNDOFF if low_precision else UNIT_ROUNDOFF
     diagonal = blocks.diagonal(dim1=-2, dim2=-1).real
-    need = gamma(n + 2, u) * (n * tau - diagonal.sum(dim=-1)).abs() + 4 * UNIT_ROUNDOFF * abs(tau)
+    need = _rounding_need(n, tau, diagonal.sum(dim=-1), u)
     conversion = torch.zeros_like(need)
     if low_precision:  # rounding A to single precision moves it by <= u ||A||_F <= u (||G||_F + sqrt(n) |tau - c|)
         conversion = u * (squared_frobenius(blocks).sqrt() + math.sqrt(n) * 2 * abs(tau)) * (1 + 1e-6)
@@ -65,6 +65,13 @@ def _certify_chunk(blocks: torch.Tensor, tau: float, low_precision: bool, scratc
     shifted.diagonal(dim1=-2, dim2=-1).copy_((tau - shift)[:, None] - diagonal)  # rounded once
     succeeded = _factor_in_place(shifted)
     return succeeded & (shift < 2 * abs(tau)) & _margin_holds(diagonal, tau, shift, u, conversion)
+
+
+def _rounding_need(n: int, tau: float, trace: torch.Tensor, u: float) -> torch.Tensor:
+    """What `_margin_holds` will ask of the shift, from the blocks' traces: Demmel's
+    gamma_{n+2} ||R||_F^2 ~ gamma_{n+2} trace((tau - c) I - G), plus the diagonal's rounding.
+    The shift taken is 1.25 times this (checked afterwards, never trusted)."""
+    return gamma(n + 2, u) * (n * tau - trace).abs() + 4 * UNIT_ROUNDOFF * abs(tau)
 
 
 _POTRF = {torch.complex128: scipy.linalg.lapack.zpotrf, torch.complex64: scipy.linalg.lapack.cpotrf,
@@ -107,7 +114,7 @@ def certify_dense(matrix: np.ndarray, tau: float) -> bool:
     LAPACK (no copy: the matrix is consumed; its upper triangle is the one read)."""
     n = matrix.shape[0]
     diagonal = torch.from_numpy(matrix.diagonal().copy())
-    shift = 1.25 * gamma(n + 2) * abs(n * tau - float(diagonal.sum())) * 1.01 + 4 * UNIT_ROUNDOFF * abs(tau)
+    shift = 1.25 * float(_rounding_need(n, tau, diagonal.sum(), UNIT_ROUNDOFF))
     np.negative(matrix, out=matrix)
     matrix.flat[::n + 1] += tau - shift
     _, info = scipy.linalg.lapack.dpotrf(matrix.T, lower=1, overwrite_a=1, clean=0)

@@ -39,6 +39,7 @@ LANCZOS_FROM = 128     # larger blocks: a top eigenvalue by Lanczos (eigvalsh co
 class BlockSource(Protocol):
     count: int
     n: int
+    input_bytes: int  # what a fetch reads besides its output (sets the fetch size)
 
     def traces(self) -> torch.Tensor: ...
 
@@ -56,6 +57,8 @@ class TensorBlocks:
     @property
     def n(self) -> int:
         return self.tensor.shape[-1]
+
+    input_bytes: int = 0
 
     def traces(self) -> torch.Tensor:
         return self.tensor.diagonal(dim1=-2, dim2=-1).real.sum(dim=-1)
@@ -91,7 +94,7 @@ def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4,
     traces = source.traces().cpu()
     order = torch.argsort(traces, descending=True)
     scratch = scratch or Scratch()
-    fetch_bytes = min(FETCH_BYTES, max(CERTIFY_BYTES, 2 * getattr(source, "input_bytes", 0)))
+    fetch_bytes = min(FETCH_BYTES, max(CERTIFY_BYTES, 2 * source.input_bytes))
     state: _Search | None = None
     for part in chunks(source.count, source.n, fetch_bytes):
         fetched = source.fetch(order[part], scratch)
