@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipcheck.estimators.autolip import autolip, bound_nodes
-from lipcheck.estimators.lower import DEFAULT_ROUNDS, lower_bound
-from lipcheck.estimators.pwl_chain import mlp_graph
+from lipcheck.estimators.upper.autolip import autolip, bound_nodes
+from lipcheck.estimators.lower.rounds import DEFAULT_ROUNDS, lower_bound
+from lipcheck.estimators.exact.pwl_chain import mlp_graph
 from lipcheck.settings import Settings
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -41,7 +41,7 @@ def certified_uppers(graph, methods: list[str]) -> dict[str, float]:
     nodes = bound_nodes(graph, settings)
     out = {"autolip": autolip(graph, nodes).value}
     try:
-        from lipcheck.estimators.global_bounds import global_bounds
+        from lipcheck.estimators.upper.global_bounds import global_bounds
     except ImportError:
         return out
     for b in global_bounds(graph, nodes, methods, settings):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from lipcheck.estimators.autolip import AutoLipResult, autolip, bound_nodes
+from lipcheck.estimators.upper.autolip import AutoLipResult, autolip, bound_nodes
 from lipcheck.graph import Graph, Node
 from lipcheck.limits import check_timeout, time_limit
 from lipcheck.numerics import check_finite_constants, torch_dtype
@@ -142,7 +142,7 @@ def _settings_dict(settings: Settings, options: EstimateOptions) -> dict[str, An
 def _other_bounds(graph: Graph, node_bounds: dict, settings: Settings, options: EstimateOptions,
                   timings: dict[str, float]) -> list[GlobalBound]:
     try:
-        from lipcheck.estimators.global_bounds import DEFAULT_METHODS, METHODS, global_bounds
+        from lipcheck.estimators.upper.global_bounds import DEFAULT_METHODS, METHODS, global_bounds
     except ImportError:
         return []
     expanded = {"auto": DEFAULT_METHODS, "all": METHODS}
@@ -161,7 +161,7 @@ def _lower(graph: Graph, settings: Settings, options: EstimateOptions, timings: 
     if options.lower_budget <= 0:
         return None
     try:
-        from lipcheck.estimators.lower import lower_bound
+        from lipcheck.estimators.lower.rounds import lower_bound
     except ImportError:
         return None
     start = time.perf_counter()
@@ -170,7 +170,7 @@ def _lower(graph: Graph, settings: Settings, options: EstimateOptions, timings: 
                         input_range=options.input_range)
     timings["lower_bound"] = time.perf_counter() - start
     if options.witness_path and found is not None:
-        from lipcheck.estimators.lower import save_witness
+        from lipcheck.estimators.lower.rounds import save_witness
         save_witness(options.witness_path, found)
     return found
 
@@ -181,7 +181,7 @@ def _lower_rounds(options: EstimateOptions) -> int | None:
         return None
     if options.lower_rounds is not None:
         return options.lower_rounds
-    from lipcheck.estimators import lower
+    from lipcheck.estimators.lower import rounds as lower
     return getattr(lower, "DEFAULT_ROUNDS", 2)
 
 

@@ -11,7 +11,7 @@ from importlib import resources
 from typing import Any
 
 from lipcheck import __version__
-from lipcheck.estimators.autolip import NodeResult
+from lipcheck.estimators.upper.autolip import NodeResult
 from lipcheck.results import GlobalBound, tightest_certified
 
 SCHEMA_VERSION = "1.0"

@@ -8,7 +8,7 @@ import pytest
 from onnx import helper
 
 from lipcheck import api
-from lipcheck.estimators.lower import lower_bound
+from lipcheck.estimators.lower.rounds import lower_bound
 from lipcheck.settings import Settings
 from onnx_builders import const, model, save
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from lipcheck.estimators.autolip import autolip, bound_nodes
-from lipcheck.estimators.exact import exact_lipschitz
-from lipcheck.estimators.lower import (DEFAULT_ROUNDS, LowerConfig, load_witness, lower_bound,
+from lipcheck.estimators.upper.autolip import autolip, bound_nodes
+from lipcheck.estimators.exact.regions import exact_lipschitz
+from lipcheck.estimators.lower.rounds import (DEFAULT_ROUNDS, LowerConfig, load_witness, lower_bound,
                                        save_witness, witness_value)
-from lipcheck.estimators.lower_search import jacobians, top_direction, top_directions
-from lipcheck.estimators.netfn import NetFunction
+from lipcheck.estimators.lower.search import jacobians, top_direction, top_directions
+from lipcheck.estimators.lower.netfn import NetFunction
 from lipcheck.estimators.sandwich import Sandwich
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
@@ -209,7 +209,7 @@ def test_no_sympy_import() -> None:
     import sys
     code = ("import sys, torch\n"
             "from test_lower import conv_net\n"
-            "from lipcheck.estimators.lower import lower_bound, LowerConfig\n"
+            "from lipcheck.estimators.lower.rounds import lower_bound, LowerConfig\n"
             "lower_bound(conv_net([1, 8]), rounds=1, config=LowerConfig(screen=4, "
             "starts_per_round=2, ascent_steps=2, pair_steps=2))\n"
             "print('sympy' in sys.modules, 'torch._dynamo' in sys.modules)")

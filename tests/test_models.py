@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lipcheck.estimators.autolip import autolip, bound_nodes
+from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.graph import Graph
 from lipcheck.interpreter import run_graph
 from lipcheck.loaders.dispatch import load_model

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from lipcheck import api
 from lipcheck.cli import app
 from lipcheck.errors import BadWeightsError, UserError
-from lipcheck.estimators.autolip import autolip, bound_nodes
+from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.numerics import checked_bound, round_up_tiny, safe_rss

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lipcheck.estimators.autolip import autolip, bound_nodes
+from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes, run_graph
 from lipcheck.passes import fuse_batchnorm

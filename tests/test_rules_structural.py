@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from lipcheck.estimators.autolip import combine
+from lipcheck.estimators.upper.autolip import combine
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes, run_graph
 from lipcheck.rules import BoundContext, get_rule

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from lipcheck.errors import UserError
-from lipcheck.estimators import sdp
-from lipcheck.estimators.eclipse import eclipse
-from lipcheck.estimators.sdp import assemble, lipsdp_neuron, verify
+from lipcheck.estimators.upper import sdp
+from lipcheck.estimators.upper.eclipse import eclipse
+from lipcheck.estimators.upper.sdp import assemble, lipsdp_neuron, verify
 
 pytest.importorskip("cvxpy")
 

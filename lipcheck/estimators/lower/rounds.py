@@ -3,7 +3,7 @@
 For any two inputs p != q, ||f(p) - f(q)|| / ||p - q|| <= Lip(f): every quotient we
 evaluate (exact network, float64, minus a rounding margin) is a certified lower
 bound, and so is ||J(x)|| wherever f is differentiable, which we certify through a
-secant quotient along J's top singular direction (see lower_search.py).
+secant quotient along J's top singular direction (see lower/search.py).
 
 The search runs in deterministic rounds within a time budget:
   round 0  screening: `screen` seeded random points, the Jacobian norm at each; and,
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from lipcheck.errors import UserError
-from lipcheck.estimators.lower_ascent import jacobian_ascent, pairwise_ascent
-from lipcheck.estimators.lower_search import (Box, Candidate, Pairs, certified_quotient,
+from lipcheck.estimators.lower.ascent import jacobian_ascent, pairwise_ascent
+from lipcheck.estimators.lower.search import (Box, Candidate, Pairs, certified_quotient,
                                               certify, jacobian_pairs)
-from lipcheck.estimators.netfn import NetFunction
+from lipcheck.estimators.lower.netfn import NetFunction
 from lipcheck.graph import Graph
 from lipcheck.results import GlobalBound
 
@@ -136,7 +136,7 @@ def _check_range(input_range: tuple[float, float] | None) -> Box:
 
 
 def _hidden_units(graph: Graph) -> int:
-    from lipcheck.estimators.pwl_chain import ACTIVATIONS
+    from lipcheck.estimators.exact.pwl_chain import ACTIVATIONS
     return sum(math.prod(node.output_shapes[0]) if node.output_shapes else 0
                for node in graph.nodes if node.op in ACTIVATIONS)
 
@@ -144,7 +144,7 @@ def _hidden_units(graph: Graph) -> int:
 def _exact_witness(graph: Graph, search: _Search, budget_s: float | None) -> None:
     """For a tiny ReLU-family chain, certify the exact enumeration's best region (budget
     None: limited by its LP count only, so that replays are deterministic)."""
-    from lipcheck.estimators.pwl_chain import pwl_chain
+    from lipcheck.estimators.exact.pwl_chain import pwl_chain
     if _hidden_units(graph) > search.config.exact_max_units or search.fn.n_in > 4096:
         return
     try:
@@ -153,7 +153,7 @@ def _exact_witness(graph: Graph, search: _Search, budget_s: float | None) -> Non
         return
     if sum(chain.widths) > search.config.exact_max_units:
         return
-    from lipcheck.estimators.exact import exact_chain
+    from lipcheck.estimators.exact.regions import exact_chain
     seconds = float("inf") if budget_s is None else search.config.exact_share * budget_s
     result = exact_chain(chain, search.box, max_lps=search.config.exact_max_lps,
                          max_seconds=seconds)

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from lipcheck.estimators.lower_search import (Box, Pairs, chunks, clamp, grad,
+from lipcheck.estimators.lower.search import (Box, Pairs, chunks, clamp, grad,
                                               jacobian_pairs, quotients)
-from lipcheck.estimators.netfn import NetFunction
+from lipcheck.estimators.lower.netfn import NetFunction
 
 
 class Adam:

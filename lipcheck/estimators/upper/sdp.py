@@ -163,8 +163,8 @@ def _problem(cp, weights, slopes):
 def _barrier(w: list[np.ndarray], slopes: list[tuple[float, float]], deadline: float):
     """(rho, lams, note, cut) from the barrier method started at ECLipsE-Fast, or None where
     ECLipsE-Fast does not apply (a b < 0 or a + b = 0)."""
-    from lipcheck.estimators.eclipse import fast_start   # eclipse imports this module
-    from lipcheck.estimators.sdp_barrier import solve_barrier
+    from lipcheck.estimators.upper.eclipse import fast_start   # eclipse imports this module
+    from lipcheck.estimators.upper.sdp_barrier import solve_barrier
     start = fast_start(w, slopes)
     if start is None:
         return None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lipcheck.estimators.netfn import NetFunction
+from lipcheck.estimators.lower.netfn import NetFunction
 
 DENSE_OUT = 32          # form J (one batched backward) up to this many outputs
 REL_MARGIN = 1e-9       # relative margin on every certified quotient

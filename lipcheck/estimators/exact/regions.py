@@ -17,7 +17,7 @@ continuous, and almost every segment crosses regions only at their boundaries).
 Results: `value` (max over kept regions; the exact constant, a certified upper bound
 with the float64 SVD margin, when `complete`), `lower` and `witness` (max over regions
 with a ball of radius >= WITNESS_RADIUS, and that ball's centre: a certified lower
-bound once lower.py verifies it by a secant quotient).
+bound once lower/rounds.py verifies it by a secant quotient).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
-from lipcheck.estimators.pwl_chain import Chain, pwl_chain
+from lipcheck.estimators.exact.pwl_chain import Chain, pwl_chain
 from lipcheck.graph import Graph
 from lipcheck.spectral.operator import FLOAT64_MARGIN
 

@@ -1,6 +1,6 @@
 """Whole-network bounds from chain bounds, one per method.
 
-For a method, each chain (see lipcheck.estimators.chains) gets that method's bound;
+For a method, each chain (see lipcheck.estimators.upper.chains) gets that method's bound;
 the network bound is AutoLip over the DAG with the chain's first node carrying the
 chain bound and its other nodes carrying 1 (a chain's inner values have one consumer,
 so this replaces exactly the product of the chain's AutoLip node bounds). A chain the
@@ -16,12 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from lipcheck.estimators.autolip import autolip
-from lipcheck.estimators.chains import Chain, find_chains
-from lipcheck.estimators.eclipse import eclipse
-from lipcheck.estimators.pairmax import MAX_NODES
-from lipcheck.estimators.sdp import lipsdp_neuron
-from lipcheck.estimators.seqlip import (ChainBound, dense_factor, exact_chain, greedy_chain,
+from lipcheck.estimators.upper.autolip import autolip
+from lipcheck.estimators.upper.chains import Chain, find_chains
+from lipcheck.estimators.upper.eclipse import eclipse
+from lipcheck.estimators.exact.pairmax import MAX_NODES
+from lipcheck.estimators.upper.sdp import lipsdp_neuron
+from lipcheck.estimators.upper.seqlip import (ChainBound, dense_factor, exact_chain, greedy_chain,
                                         lowrank_factors)
 from lipcheck.errors import UserError
 from lipcheck.graph import Graph
