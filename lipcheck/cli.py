@@ -67,7 +67,7 @@ def parse_range(text: Optional[str]) -> Optional[tuple[float, float]]:
 
 def parse_methods(text: str) -> tuple[str, ...]:
     known = ("auto", "autolip", "seqlip-exact", "seqlip-greedy", "seqlip-lowrank", "sdp",
-             "eclipse", "eclipse-fast", "all")
+             "eclipse", "eclipse-fast", "sdp-conv", "all")
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
     bad = [m for m in methods if m not in known]
     if bad or not methods:
@@ -131,7 +131,7 @@ def estimate(
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),
     format: Format = typer.Option(Format.table, "--format", help="what to print on stdout"),
     method: str = typer.Option("auto", help="global methods: auto, autolip, seqlip-exact, "
-                               "seqlip-greedy, seqlip-lowrank, sdp, eclipse, eclipse-fast, all"),
+                               "seqlip-greedy, seqlip-lowrank, sdp, eclipse, eclipse-fast, sdp-conv, all"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
     time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
     layer_budget: float = typer.Option(5.0, help="seconds a layer's certified norm may take "
