@@ -25,7 +25,8 @@ from lipcheck.estimators.upper.sdp_conv_cert import certify
 from lipcheck.estimators.upper.seqlip import ChainBound
 from lipcheck.settings import Settings
 
-STEPS = 60           # L-BFGS iterations on the multipliers
+STEPS = 40           # L-BFGS iterations on the multipliers, per smoothing stage
+SHARPNESS = (30.0, 300.0)  # smooth maximum of the eigenvalues of S: sharper stage by stage
 HISTORY = 20
 INFEASIBLE = 1e3     # log rho given to multipliers that make some X_i indefinite
 MAX_BLOCK_ENTRIES = 2**24   # F * D^2 of the certificate's blocks (complex128: 256 MB)
@@ -52,9 +53,10 @@ def _symbols(model: CircularChain) -> tuple[list[torch.Tensor], torch.Tensor, to
     return a, torch.from_numpy(model.border()[keep]), torch.from_numpy(weight)
 
 
-def rho_of(a: list[torch.Tensor], border: torch.Tensor, weight: torch.Tensor, ts: list[torch.Tensor],
-           slope: float):
-    """rho(T) by the Schur recursion, or None where some X_i is not positive definite."""
+def spectrum(a: list[torch.Tensor], border: torch.Tensor, weight: torch.Tensor, ts: list[torch.Tensor],
+             slope: float):
+    """The eigenvalues of S(T) = sum_w B X_{k-1}^{-1} B^H by the Schur recursion, or None
+    where some X_i is not positive definite."""
     half2 = (slope / 2) ** 2
     k = a[0] @ a[0].mH
     for i, t in enumerate(ts):
@@ -67,7 +69,13 @@ def rho_of(a: list[torch.Tensor], border: torch.Tensor, weight: torch.Tensor, ts
         y = torch.linalg.solve_triangular(low, nxt.mH, upper=False)
         k = y.mH @ y
     s = (weight[:, None, None] * k.real).sum(dim=0)   # k(-w) = conj k(w): the sum is real
-    return torch.linalg.eigvalsh((s + s.mT) / 2)[-1]
+    return torch.linalg.eigvalsh((s + s.mT) / 2)
+
+
+def rho_of(a, border, weight, ts, slope: float):
+    """rho(T) = lambda_max S(T), or None where T is infeasible."""
+    ev = spectrum(a, border, weight, ts, slope)
+    return None if ev is None else ev[-1]
 
 
 def fast_start(a: list[torch.Tensor], slope: float) -> list[torch.Tensor]:
@@ -89,39 +97,51 @@ class _Stop(Exception):
 
 
 def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[list[np.ndarray], int, bool]:
-    """Multipliers after L-BFGS (at most `steps` iterations, strong Wolfe line search) on
-    log rho over log t, from ECLipsE-Fast's start; an infeasible point (some X_i not
-    positive definite) gets a large value, which the line search backs off from. Returns
-    the best feasible multipliers seen and the number of evaluations."""
+    """Multipliers from L-BFGS (strong Wolfe line search, at most `steps` iterations per
+    smoothing stage) on a smooth maximum of log eig S(T) over log t, from ECLipsE-Fast's
+    start; the smoothing sharpens stage by stage (the top eigenvalue of S may be multiple
+    at the optimum, where log rho is not differentiable). An infeasible point (some X_i
+    indefinite) gets a large value, which the line search backs off from. Returns the
+    best feasible multipliers seen (by rho), the evaluations used, and whether the
+    deadline cut the search short."""
     a, border, weight = _symbols(model)
     logs = [torch.log(t).requires_grad_(True) for t in fast_start(a, model.slope)]
     best = {"value": math.inf, "ts": [torch.exp(t.detach()) for t in logs], "evals": 0}
-    opt = torch.optim.LBFGS(logs, lr=1, max_iter=steps, history_size=HISTORY,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+    cut = False
+    for sharpness in SHARPNESS:
+        opt = torch.optim.LBFGS(logs, lr=1, max_iter=steps, history_size=HISTORY,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-13)
+        try:
+            opt.step(_closure(opt, logs, a, border, weight, model.slope, sharpness, best, deadline))
+        except _Stop:
+            cut = True
+            break
+    return [t.numpy() for t in best["ts"]], best["evals"], cut
 
+
+class _Stop(Exception):
+    pass
+
+
+def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best: dict, deadline: float):
     def closure():
         if time.monotonic() > deadline:
             raise _Stop
         best["evals"] += 1
         opt.zero_grad()
         ts = [torch.exp(t) for t in logs]
-        rho = rho_of(a, border, weight, ts, model.slope)
-        if rho is None or not math.isfinite(float(rho.detach())):
+        ev = spectrum(a, border, weight, ts, slope)
+        if ev is None or not bool(torch.isfinite(ev.detach()).all()) or float(ev[-1].detach()) <= 0:
             penalty = sum(t.sum() for t in logs) * 0 + INFEASIBLE
             penalty.backward()
             return penalty
-        if float(rho.detach()) < best["value"]:
-            best["value"], best["ts"] = float(rho.detach()), [t.detach().clone() for t in ts]
-        loss = torch.log(rho)
+        top = float(ev[-1].detach())
+        if top < best["value"]:
+            best["value"], best["ts"] = top, [t.detach().clone() for t in ts]
+        loss = torch.log(ev[-1]) + torch.logsumexp(sharpness * (ev / ev[-1].detach() - 1), 0) / sharpness
         loss.backward()
         return loss
-
-    cut = False
-    try:
-        opt.step(closure)
-    except _Stop:
-        cut = True
-    return [t.numpy() for t in best["ts"]], best["evals"], cut
+    return closure
 
 
 def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
