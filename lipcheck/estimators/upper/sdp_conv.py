@@ -28,6 +28,7 @@ from lipcheck.settings import Settings
 STEPS = 40           # L-BFGS iterations on the multipliers, per smoothing stage
 SHARPNESS = (30.0, 300.0)  # smooth maximum of the eigenvalues of S: sharper stage by stage
 HISTORY = 20
+CERTIFY_EVALS = 2    # the float64 certificate costs about this many evaluations
 INFEASIBLE = 1e3     # log rho given to multipliers that make some X_i indefinite
 MAX_BLOCK_ENTRIES = 2**24   # F * D^2 of the certificate's blocks (complex128: 256 MB)
 
@@ -125,8 +126,9 @@ class _Stop(Exception):
 
 def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best: dict, deadline: float):
     def closure():
-        if time.monotonic() > deadline:
-            raise _Stop
+        now = time.monotonic()
+        if now + CERTIFY_EVALS * best.get("eval_seconds", 0.0) > deadline:
+            raise _Stop   # leave the certificate (about this many evaluations) its time
         best["evals"] += 1
         opt.zero_grad()
         ts = [torch.exp(t) for t in logs]
@@ -140,6 +142,7 @@ def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best:
             best["value"], best["ts"] = top, [t.detach().clone() for t in ts]
         loss = torch.log(ev[-1]) + torch.logsumexp(sharpness * (ev / ev[-1].detach() - 1), 0) / sharpness
         loss.backward()
+        best["eval_seconds"] = max(best.get("eval_seconds", 0.0), time.monotonic() - now)
         return loss
     return closure
 
