@@ -21,7 +21,9 @@ import torch
 
 from lipcheck.estimators.upper.chains import Chain
 from lipcheck.estimators.upper.conv_chain import CircularChain, circular_chain
+from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.upper.sdp_conv_cert import certify
+from lipcheck.estimators.upper.sdp_residual import residual_add, sdp_residual
 from lipcheck.estimators.upper.seqlip import ChainBound
 from lipcheck.settings import Settings
 
@@ -30,6 +32,7 @@ SHARPNESS = (30.0, 300.0)  # smooth maximum of the eigenvalues of S: sharper sta
 HISTORY = 20
 CERTIFY_EVALS = 2    # the float64 certificate costs about this many evaluations
 INFEASIBLE = 1e3     # log rho given to multipliers that make some X_i indefinite
+DENSE_MAX_WIDTH = 4096      # hidden width up to which ECLipsE-Fast is tried as well
 MAX_BLOCK_ENTRIES = 2**24   # F * D^2 of the certificate's blocks (complex128: 256 MB)
 
 
@@ -152,6 +155,8 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
     start = time.monotonic()
     if chain.graph is None:
         return None
+    if residual_add(chain, settings) is not None:
+        return _with_dense(sdp_residual(chain, settings, deadline), chain, settings)
     model, _ = circular_chain(chain, chain.graph)
     if model is None:
         return None
@@ -169,4 +174,20 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
     value = math.sqrt(cert.rho) * (1 + 1e-9)
     if chain.autolip_certified:
         value = min(value, chain.autolip_product)
-    return ChainBound(value, True, True, f"{head}; float64 arrow Cholesky: {cert.detail}", seconds, cut)
+    return _with_dense(ChainBound(value, True, True, f"{head}; float64 arrow Cholesky: {cert.detail}",
+                                  seconds, cut), chain, settings)
+
+
+def _with_dense(result: ChainBound | None, chain: Chain, settings: Settings) -> ChainBound | None:
+    """On chains small enough for dense matrices, ECLipsE-Fast (per-neuron multipliers,
+    its own float64 check) where it is smaller: both are certified bounds of the same
+    quantity (for a residual block, of its branch)."""
+    if result is None or not settings.extra.get("sdp_conv_dense", True) or not chain.dense(settings) or \
+            max(p.shape[0] for p in chain.parts[:-1]) > DENSE_MAX_WIDTH:
+        return result
+    dense = eclipse([p.matrix() for p in chain.parts], chain.slopes, True)
+    if not dense.certified or (result.certified and dense.value >= result.value):
+        return result
+    return ChainBound(dense.value, True, True, f"{result.detail}; ECLipsE-Fast on the dense chain is "
+                      f"smaller and is kept: {dense.value:.9g} ({dense.detail})", result.seconds + dense.seconds,
+                      result.cut_by_budget)
