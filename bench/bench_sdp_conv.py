@@ -30,10 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from lipcheck.api import EstimateOptions, estimate  # noqa: E402
-from lipcheck.graph import Graph, Node, OpKind, ValueInfo  # noqa: E402
-from lipcheck.interpreter import infer_shapes  # noqa: E402
-from lipcheck.settings import Settings  # noqa: E402
+from lipcheck.api import EstimateOptions, estimate
+from lipcheck.graph import Graph, Node, OpKind, ValueInfo
+from lipcheck.interpreter import infer_shapes
+from lipcheck.settings import Settings
 
 MODELS = ("cnn", "cnn3", "digits_cnn", "digits_resnet")
 
@@ -125,7 +125,7 @@ def main() -> None:
           "low-rank SeqLip (heuristic) | sdp-conv time | auto time | peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isinf(v)) else f"{v:.4g}"  # noqa: E731
+        fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isinf(v)) else f"{v:.4g}"
         print(f"| {r['model']} | {fmt(r.get('autolip'))} | {fmt(r.get('sdp-conv'))} | "
               f"{fmt(r['best_upper'])} ({r['best_method']}) | {fmt(r['lower'])} | "
               f"{fmt(r.get('seqlip_lowrank'))} | {fmt(r['sdp_conv_seconds'])} s | "

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from graphs import function_of, max_jacobian_norm
+
 from lipcheck.estimators.exact.regions import exact_lipschitz
 from lipcheck.estimators.upper.autolip import bound_nodes
 from lipcheck.estimators.upper.chains import find_chains
@@ -282,7 +282,8 @@ def test_residual_block_bound_is_sound_and_below_one_plus_the_branch(seed: int) 
 
 
 def test_residual_certificate_on_the_boundary_is_refused_with_the_margin_only() -> None:
-    from lipcheck.estimators.upper.sdp_residual import certify_residual, optimise as res_opt, residual_model
+    from lipcheck.estimators.upper.sdp_residual import certify_residual, residual_model
+    from lipcheck.estimators.upper.sdp_residual import optimise as res_opt
     chain, _ = chain_of(resnet_block())
     model = residual_model(chain)
     t, _, _ = res_opt(model, 20, math.inf)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from lipcheck.estimators.upper.chains import SHAPE_ONLY, Chain, LinearPart
-from lipcheck.graph import Graph, Node, OpKind
+from lipcheck.graph import Graph, OpKind
 from lipcheck.spectral.freq_gram import gamma
 
 MAX_CLOSE_OUTPUTS = 256   # rows of the closing dense layer
@@ -181,7 +181,7 @@ def circular_chain(chain: Chain, graph: Graph, refine: int = 1) -> tuple[Circula
     between positions of different phase (periodic with period refine)."""
     if any(a != 0 or b <= 0 for a, b in chain.slopes):
         return None, "needs activation slopes in [0, b] (ReLU, sigmoid, tanh, ...)"
-    if len(set(b for _, b in chain.slopes)) != 1:
+    if len({b for _, b in chain.slopes}) != 1:
         return None, "needs the same slope interval on every hidden layer"
     layers = [_conv_of(p, graph) for p in chain.parts[:-1]]
     if any(layer is None for layer in layers):

@@ -20,8 +20,13 @@ import numpy as np
 import torch
 
 from lipcheck.estimators.upper.chains import Chain
-from lipcheck.estimators.upper.conv_chain import (CircularChain, _conv_of, _grid, _taps,
-                                                  apply_layer)
+from lipcheck.estimators.upper.conv_chain import (
+    CircularChain,
+    _conv_of,
+    _grid,
+    _taps,
+    apply_layer,
+)
 from lipcheck.estimators.upper.seqlip import ChainBound
 from lipcheck.graph import OpKind
 from lipcheck.rules import BoundContext, Merge, get_rule
@@ -46,7 +51,7 @@ def residual_add(chain: Chain, settings: Settings):
     add = users[0]
     if sorted(add.inputs) != sorted([source, out]) or source == out:
         return None
-    if len(set(tuple(shape) for shape in add.input_shapes)) != 1:
+    if len({tuple(shape) for shape in add.input_shapes}) != 1:
         return None
     bound = get_rule(OpKind.ADD).bound(add, BoundContext(graph, settings))
     if bound.merge != Merge.SUM or bound.value != 1.0 or not bound.certified:
@@ -95,47 +100,49 @@ def _spectrum(a1, a2, gram2, t, slope: float):
 
 
 def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[np.ndarray, int, bool]:
+    """Multipliers by L-BFGS on a smooth maximum of log(1 + eig) over all frequencies,
+    from two scalar starts; the best feasible seen, the evaluations, whether cut."""
     a1, a2 = (torch.from_numpy(model.symbol(i)) for i in range(2))
     gram2 = a2.mH @ a2
     top = float(torch.linalg.eigvalsh(gram2)[..., -1].max())
     best = {"value": math.inf, "t": None, "evals": 0}
-    cut = False
-    for scale in (2.0, 1.25):   # start: T = scale * max lambda(A2^H A2) I
-        log = torch.full((a1.shape[1],), math.log(scale * max(top, 1e-300)), dtype=torch.float64,
-                         requires_grad=True)
-        for sharp in SHARPNESS:
-            opt = torch.optim.LBFGS([log], lr=1, max_iter=steps, history_size=20,
-                                    line_search_fn="strong_wolfe", tolerance_grad=1e-10,
-                                    tolerance_change=1e-13)
-
-            def closure():
-                if time.monotonic() > deadline:
-                    raise TimeoutError
-                best["evals"] += 1
-                opt.zero_grad()
-                t = torch.exp(log)
-                ev = _spectrum(a1, a2, gram2, t, model.slope)
-                if ev is None:
-                    z = log.sum() * 0 + 1e3
-                    z.backward()
-                    return z
-                flat = ev.reshape(-1)
-                m = float(flat.detach().max())
-                if m < best["value"]:
-                    best["value"], best["t"] = m, t.detach().clone()
-                loss = torch.log(1 + flat.max()) + torch.logsumexp(
-                    sharp * ((1 + flat) / (1 + flat.detach().max()) - 1), 0) / sharp
-                loss.backward()
-                return loss
-            try:
-                opt.step(closure)
-            except TimeoutError:
-                cut = True
-                break
-        if cut:
-            break
+    try:
+        for scale in (2.0, 1.25):   # start: T = scale * max lambda(A2^H A2) I
+            log = torch.full((a1.shape[1],), math.log(scale * max(top, 1e-300)), dtype=torch.float64,
+                             requires_grad=True)
+            for sharp in SHARPNESS:
+                opt = torch.optim.LBFGS([log], lr=1, max_iter=steps, history_size=20,
+                                        line_search_fn="strong_wolfe", tolerance_grad=1e-10,
+                                        tolerance_change=1e-13)
+                opt.step(_closure(opt, log, (a1, a2, gram2), model.slope, sharp, best, deadline))
+        cut = False
+    except TimeoutError:
+        cut = True
     t = best["t"] if best["t"] is not None else torch.full((a1.shape[1],), 2 * top, dtype=torch.float64)
     return t.numpy(), best["evals"], cut
+
+
+def _closure(opt, log: torch.Tensor, mats, slope: float, sharp: float, best: dict, deadline: float):
+    def closure():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        best["evals"] += 1
+        opt.zero_grad()
+        t = torch.exp(log)
+        ev = _spectrum(*mats, t, slope)
+        if ev is None:
+            penalty = log.sum() * 0 + 1e3
+            penalty.backward()
+            return penalty
+        flat = ev.reshape(-1)
+        top = float(flat.detach().max())
+        if top < best["value"]:
+            best["value"], best["t"] = top, t.detach().clone()
+        loss = torch.log(1 + flat.max()) + torch.logsumexp(
+            sharp * ((1 + flat) / (1 + top) - 1), 0) / sharp
+        loss.backward()
+        return loss
+    return closure
 
 
 def certify_residual(model: CircularChain, t: np.ndarray, rho: float | None = None,
