@@ -182,7 +182,7 @@ def certify_residual(model: CircularChain, t: np.ndarray, rho: float | None = No
         r = np.linalg.cholesky(q)
     except np.linalg.LinAlgError:
         return rho, False, "a frequency block is not positive definite"
-    frob = np.sum(np.abs(r) ** 2, axis=(1, 2)).max() * (1 + gamma(n * n))
+    frob = np.sum(np.abs(r) ** 2, axis=(1, 2)).max() * (1 + gamma(n * n + 2))
     need = gm * frob + form + 4 * UNIT_ROUNDOFF * (abs(rho) + shift + float(t.max()) + size[1] ** 2) if margin else 0.0
     ok = (shift > need) if margin else True
     return rho, bool(ok), (f"rho {rho:.9g}, shift {shift:.3g} > rounding + formation {need:.3g}" if ok
