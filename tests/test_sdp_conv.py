@@ -299,3 +299,25 @@ def test_not_a_residual_block() -> None:
     from lipcheck.estimators.upper.sdp_residual import residual_add
     chain, s = chain_of(convnet(CONVS[0], 8))
     assert residual_add(chain, s) is None
+
+
+def test_cli_method_sdp_conv_reports_each_chain_with_its_certificate(tmp_path) -> None:
+    import json
+    from pathlib import Path
+
+    import jsonschema
+    from typer.testing import CliRunner
+
+    from lipcheck.cli import app
+    from lipcheck.report import load_schema
+    model = Path(__file__).resolve().parent.parent / "models" / "digits_resnet.onnx"
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["estimate", str(model), "--method", "sdp-conv",
+                                      "--lower-budget", "0", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    jsonschema.validate(data, load_schema())
+    (conv,) = [b for b in data["bounds"] if b["method"] == "sdp-conv"]
+    autolip = next(b for b in data["bounds"] if b["method"] == "autolip")
+    assert conv["kind"] == "upper" and conv["value"] < autolip["value"]
+    assert "as a unit" in conv["detail"] and "Cholesky" in conv["detail"]
