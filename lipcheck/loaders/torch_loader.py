@@ -13,7 +13,6 @@ caller passes unsafe_pickle=True, since unpickling runs arbitrary code.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import pickle
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ from lipcheck.errors import (GraphError, LipcheckError, ModelLoadError, ShapeErr
                              UnsafeFileError, UnsupportedOpsError, UserError)
 from lipcheck.graph import Graph
 from lipcheck.interpreter import infer_shapes, run_graph
+from lipcheck.loaders.arch import build_arch
 from lipcheck.loaders.aten_ops import TABLE
 from lipcheck.loaders.torch_lowering import lower_program
 
@@ -280,21 +280,6 @@ def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def build_arch(arch: str) -> torch.nn.Module:
-    """Call the factory named 'package.module:factory' with no arguments."""
-    module_name, _, factory_name = arch.partition(":")
-    if not module_name or not factory_name:
-        raise UserError(f"--arch {arch!r} must look like 'package.module:factory'")
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"--arch {arch!r}: {_first_line(exc)}") from exc
-    model = factory()
-    if not isinstance(model, torch.nn.Module):
-        raise UserError(f"--arch {arch!r} returned a {type(model).__name__}, not an nn.Module")
-    return model
-
-
 def load_state_dict_file(path: str | Path, input_shapes: Shapes | None, arch: str | None,
                          seed: int = 0) -> Graph:
     """Weights from a state_dict file, architecture from an `arch` factory."""
@@ -302,8 +287,8 @@ def load_state_dict_file(path: str | Path, input_shapes: Shapes | None, arch: st
     state = read_state_dict(path)
     if arch is None:
         raise UserError(f"{path.name} is a state_dict (weights only): name the architecture "
-                        "with --arch package.module:factory")
-    model = build_arch(arch)
+                        "with --arch package.module:factory or --arch path/to/file.py:factory")
+    model = build_arch(arch, beside=path.parent)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
