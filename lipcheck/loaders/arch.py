@@ -49,7 +49,7 @@ def find_file(text: str, source: str, beside: Path | None) -> Path:
     path = Path(source).expanduser()
     candidates = [path] if path.is_absolute() else [Path.cwd() / path]
     if beside is not None and not path.is_absolute():
-        candidates.append(beside / path)
+        candidates.append(beside.absolute() / path)
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
