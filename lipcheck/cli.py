@@ -14,9 +14,18 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from lipcheck.cli_base import (EXIT_INTERNAL, app, check_arch, check_model_file,  # noqa: F401
-                               check_output_path, err, guarded, parse_shapes, run_config,
-                               write_text)
+from lipcheck.cli_base import (  # noqa: F401
+    EXIT_INTERNAL,
+    app,
+    check_arch,
+    check_model_file,
+    check_output_path,
+    err,
+    guarded,
+    parse_shapes,
+    run_config,
+    write_text,
+)
 from lipcheck.errors import EXIT_NO_FINITE_BOUND, EXIT_OK, EXIT_USER_ERROR
 
 
@@ -106,13 +115,6 @@ def emit(report, format: Format, json_path: Optional[Path], quiet: bool) -> None
         sys.stdout.write(render.markdown(report) + "\n")
     elif not quiet:
         render.print_table(report, Console(highlight=False))
-
-
-def write_text(path: Path, text: str) -> None:
-    try:
-        path.write_text(text)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
 
 
 @app.command()

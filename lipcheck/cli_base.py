@@ -15,8 +15,8 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable, Optional  # noqa: E402
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -51,7 +51,7 @@ def _options(
     """Certified Lipschitz bounds for ONNX and PyTorch models."""
 
 
-def parse_shapes(text: Optional[str]) -> Optional[list[tuple[int, ...]]]:
+def parse_shapes(text: str | None) -> list[tuple[int, ...]] | None:
     """'1,3,32,32' or several inputs separated by ';' ('1,3,32,32;1,10')."""
     if not text:
         return None
@@ -67,7 +67,7 @@ def parse_shapes(text: Optional[str]) -> Optional[list[tuple[int, ...]]]:
     return shapes
 
 
-def parse_range(text: Optional[str]) -> Optional[tuple[float, float]]:
+def parse_range(text: str | None) -> tuple[float, float] | None:
     if not text:
         return None
     try:
@@ -134,13 +134,13 @@ def check_model_file(path: Path) -> None:
         raise ModelLoadError(f"{path} is a directory, not a model file")
 
 
-def check_input_file(path: Optional[Path], option: str) -> None:
+def check_input_file(path: Path | None, option: str) -> None:
     if path is not None and not path.is_file():
         what = "is a directory" if path.is_dir() else "no such file"
         raise UserError(f"{option} {path}: {what}")
 
 
-def check_output_path(path: Optional[Path], option: str) -> None:
+def check_output_path(path: Path | None, option: str) -> None:
     """Refuse an output whose folder does not exist before the run, not after it."""
     if path is None:
         return
@@ -151,16 +151,16 @@ def check_output_path(path: Optional[Path], option: str) -> None:
         raise UserError(f"{option} {path} is a directory")
 
 
-def check_arch(arch: Optional[str], model: Path) -> None:
+def check_arch(arch: str | None, model: Path) -> None:
     if arch is not None:
         from lipcheck.loaders.arch import parse_arch
         parse_arch(arch, model.parent)
 
 
 def run_config(*, seed: int, device: str, layer_method: str, time_budget: float, method: str,
-               lower_budget: float, lower_rounds: Optional[int], input_range: Optional[str],
-               arch: Optional[str], unsafe_pickle: bool, max_iter: int = 500, tol: float = 1e-6,
-               dtype: str = "float32", timeout: Optional[float] = None,
+               lower_budget: float, lower_rounds: int | None, input_range: str | None,
+               arch: str | None, unsafe_pickle: bool, max_iter: int = 500, tol: float = 1e-6,
+               dtype: str = "float32", timeout: float | None = None,
                layer_budget: float = 5.0):
     """Validated Settings and EstimateOptions from the options estimate and check share
     (every check runs before torch is imported)."""

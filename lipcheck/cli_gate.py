@@ -11,9 +11,18 @@ from typing import Optional
 
 import typer
 
-from lipcheck.cli_base import (app, check_arch, check_input_file, check_model_file,
-                               check_output_path, err, guarded, parse_shapes, run_config,
-                               write_text)
+from lipcheck.cli_base import (
+    app,
+    check_arch,
+    check_input_file,
+    check_model_file,
+    check_output_path,
+    err,
+    guarded,
+    parse_shapes,
+    run_config,
+    write_text,
+)
 from lipcheck.errors import EXIT_OK, EXIT_THRESHOLD
 
 

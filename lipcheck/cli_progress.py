@@ -7,8 +7,8 @@ The state (`PhaseClock`) is separate from the rich display so that the text is t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
 
 from rich.console import Console
 from rich.progress import Progress, ProgressColumn, SpinnerColumn, Task
@@ -19,13 +19,14 @@ class PhaseClock:
     """What the run is doing now. `caps`: the budget of each phase that has one (seconds);
     `timeout`: the cap on the whole run, or None."""
 
-    def __init__(self, caps: dict[str, float], timeout: Optional[float],
+    def __init__(self, caps: dict[str, float], timeout: float | None,
                  now: Callable[[], float] = time.monotonic) -> None:
         self.caps, self.timeout, self.now = caps, timeout, now
         self.started = self.phase_started = now()
-        self.phase, self.done, self.count, self.node = "starting", 0, None, ""
+        self.phase, self.done, self.node = "starting", 0, ""
+        self.count: int | None = None
 
-    def enter(self, phase: str, count: Optional[int] = None) -> None:
+    def enter(self, phase: str, count: int | None = None) -> None:
         self.phase, self.count, self.done, self.node = phase, count, 0, ""
         self.phase_started = self.now()
 
@@ -45,7 +46,7 @@ class PhaseClock:
         return " · ".join(parts)
 
 
-def _phase_time(elapsed: float, cap: Optional[float]) -> str:
+def _phase_time(elapsed: float, cap: float | None) -> str:
     if cap is None:
         return f"{elapsed:.1f}s"
     return f"{elapsed:.1f}s, {_secs(max(0.0, cap - elapsed))} of {_secs(cap)} left"

@@ -105,9 +105,10 @@ def print_table(report: Report, console: Console) -> None:
     table = Table(title=escape(title), show_lines=False, highlight=False)
     columns = layer_columns(data, console.width)
     for column in columns:
-        table.add_column(column.header, overflow="fold", justify="right" if column.right else "left")
-    for row in zip(*(column.cells for column in columns)):
-        table.add_row(*(escape(cell) for cell in row))
+        table.add_column(column.header, overflow="fold",
+                         justify="right" if column.right else "left")
+    for cells in zip(*(column.cells for column in columns), strict=True):
+        table.add_row(*(escape(cell) for cell in cells))
     console.print(table, highlight=False)
     bounds = Table(title="Global bounds", highlight=False)
     for header in ("method", "value", "what it is", "time"):

@@ -6,8 +6,8 @@ border between and around the columns, so a table is sum(widths) + 3 * columns +
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from rich.cells import cell_len
 

@@ -4,9 +4,9 @@ import re
 from pathlib import Path
 
 import pytest
+from graphs import mlp
 from rich.console import Console
 
-from graphs import mlp
 from lipcheck import render
 from lipcheck.api import EstimateOptions, estimate
 from lipcheck.graph import OpKind
@@ -101,7 +101,7 @@ def test_no_cell_is_cut_at_any_width_the_kept_columns_fit(width):
     assert max(len(line) for line in text.splitlines()[:-4]) <= width   # the tables
     rows = _layer_rows(text)
     assert len(rows) == len(report.layers), "a cell wrapped onto a second line"
-    for row, layer in zip(rows, report.layers):
+    for row, layer in zip(rows, report.layers, strict=True):
         cells = [c.strip() for c in row.strip("│").split("│")]
         assert cells[1] == layer.op and "certified" in cells
         assert cells[0] == layer.name or ("…" in cells[0] and layer.name.startswith(

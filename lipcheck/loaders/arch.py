@@ -63,7 +63,8 @@ def load_factory(spec: ArchSpec) -> Any:
         return getattr(module, spec.factory)
     except AttributeError:
         where = spec.file or spec.source
-        raise UserError(f"--arch {spec.text!r}: {where} has no attribute {spec.factory!r}") from None
+        raise UserError(f"--arch {spec.text!r}: {where} has no attribute "
+                        f"{spec.factory!r}") from None
 
 
 def _import_module(spec: ArchSpec) -> ModuleType:
