@@ -60,7 +60,8 @@ def estimate(
                               "(certified bounds always use float64)"),
     timeout: Optional[float] = typer.Option(None, help="stop the run after this many seconds "
                                             "(exit code 2)"),
-    arch: Optional[str] = typer.Option(None, help="package.module:factory for a state_dict"),
+    arch: Optional[str] = typer.Option(None, help="package.module:factory or "
+                                       "path/to/file.py:factory for a state_dict"),
     unsafe_pickle: bool = typer.Option(False, help="allow loading a pickled module (runs code)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table"),
     debug: bool = typer.Option(False, help="show tracebacks"),

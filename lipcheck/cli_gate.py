@@ -58,7 +58,8 @@ def check(
     input_range: Optional[str] = typer.Option(None, help="restrict the lower-bound search, LO,HI"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
-    arch: Optional[str] = typer.Option(None, help="package.module:factory for a state_dict"),
+    arch: Optional[str] = typer.Option(None, help="package.module:factory or "
+                                       "path/to/file.py:factory for a state_dict"),
     unsafe_pickle: bool = typer.Option(False, help="allow loading a pickled module (runs code)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only failed checks"),
     debug: bool = typer.Option(False, help="show tracebacks"),

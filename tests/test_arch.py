@@ -79,3 +79,17 @@ def test_errors_in_the_file_are_user_errors(weights) -> None:
 def test_malformed_values_are_refused_before_anything_runs(text) -> None:
     with pytest.raises(UserError, match="must look like"):
         parse_arch(text)
+
+
+def test_cli_takes_the_file_form(weights) -> None:
+    from typer.testing import CliRunner
+
+    from lipcheck.cli import app
+    folder, _ = weights
+    result = CliRunner().invoke(app, ["estimate", str(folder / "w.pt"), "--arch",
+                                      "net.py:make_net", "--input-shape", "1,4", "--quiet",
+                                      "--lower-budget", "0", "--method", "autolip"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["estimate", str(folder / "w.pt"), "--arch",
+                                      "nets.py:make_net", "--input-shape", "1,4"])
+    assert result.exit_code == 2 and "searched" in result.output
