@@ -111,10 +111,13 @@ class OpKind(str, Enum):
     POW = "Pow"
     SQRT = "Sqrt"
     RECIPROCAL = "Reciprocal"
+    REDUCE_L2 = "ReduceL2"
+    # normalisation by statistics of the input (Lipschitz when epsilon / bias > 0)
     LAYER_NORM = "LayerNormalization"
     INSTANCE_NORM = "InstanceNormalization"
+    GROUP_NORM = "GroupNormalization"
+    RMS_NORM = "RMSNormalization"
     LRN = "LRN"
-    REDUCE_L2 = "ReduceL2"
 
 
 @dataclass

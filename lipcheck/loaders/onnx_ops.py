@@ -37,7 +37,7 @@ for _name in ["Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoi
               "Tanh", "Softplus", "Softsign", "Gelu", "Erf", "HardSwish", "Mish", "Abs", "Neg",
               "Identity", "Exp", "Log", "Sqrt", "Reciprocal", "Sum", "Mean", "Max", "Min", "Pow",
               "Concat", "Transpose", "DepthToSpace", "SpaceToDepth", "Gather", "Flatten", "LRN",
-              "InstanceNormalization", "LayerNormalization", "Gemm", "MatMul",
+              "InstanceNormalization", "LayerNormalization", "RMSNormalization", "Gemm", "MatMul",
               "GlobalAveragePool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "ReduceL2",
               "ReduceMean"]:
     CONVERTERS[_name] = plain(OpKind(_name))
@@ -93,6 +93,26 @@ def _batch_norm(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None
         raise refuse(b, node, "training_mode=1 (inference only)")
     b.emit(OpKind.BATCH_NORM, list(node.input[:5]), [node.output[0]],
            {"epsilon": attrs.get("epsilon", 1e-5)}, node.op_type)
+
+
+def _group_norm(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """GroupNormalization-18 takes scale and bias per group, -21 per channel: the IR
+    takes them per channel (a per-group value repeated over the group's channels)."""
+    x, channels, groups = node.input[0], b.shape(node.input[0])[1], int(attrs["num_groups"])
+    inputs = [x]
+    for position in (1, 2):
+        value = b.values[node.input[position]]
+        if value.numel() != channels:
+            if not b.is_constant(node.input[position]) or value.numel() != groups:
+                raise refuse(b, node, f"scale/bias of {value.numel()} entries for {channels} "
+                                      f"channels in {groups} groups")
+            name = b.temp(node.input[position])
+            b.set_constant(name, value.reshape(-1).repeat_interleave(channels // groups))
+            inputs.append(name)
+        else:
+            inputs.append(node.input[position])
+    b.emit(OpKind.GROUP_NORM, inputs, [node.output[0]],
+           {"num_groups": groups, "epsilon": float(attrs.get("epsilon", 1e-5))}, node.op_type)
 
 
 def _clip(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
@@ -222,7 +242,8 @@ def _setting_input(op: OpKind, attr: str) -> Converter:
 CONVERTERS.update({"Slice": _slice, "Pad": _pad, "Split": _split, "Reshape": _reshape,
                    "Expand": _setting_input(OpKind.EXPAND, "shape"),
                    "Tile": _setting_input(OpKind.TILE, "repeats"),
-                   "Dropout": _dropout, "BatchNormalization": _batch_norm, "Clip": _clip})
+                   "Dropout": _dropout, "BatchNormalization": _batch_norm, "Clip": _clip,
+                   "GroupNormalization": _group_norm})
 
 
 def _cast(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
