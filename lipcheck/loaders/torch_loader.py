@@ -2,7 +2,7 @@
 
 Everything goes through torch.export: the module (or a wrapper that calls a
 TorchScript module) is exported at fixed input shapes and its FX graph is lowered by
-`torch_lowering` with the converter table of `aten_ops`. When the exported graph has
+`torch_lowering` with the converter table of `aten_table`. When the exported graph has
 an op the table lacks, the loader retries on the core-ATen decomposition
 (`run_decompositions()`), which breaks composite ops into simpler ones.
 
@@ -25,7 +25,7 @@ from lipcheck.errors import (GraphError, LipcheckError, ModelLoadError, ShapeErr
                              UnsafeFileError, UnsupportedOpsError, UserError)
 from lipcheck.graph import Graph
 from lipcheck.interpreter import infer_shapes, run_graph
-from lipcheck.loaders.aten_ops import TABLE
+from lipcheck.loaders.aten_table import TABLE
 from lipcheck.loaders.torch_lowering import lower_program
 
 Shapes = list[tuple[int, ...]]

@@ -4,7 +4,7 @@ The walker visits the FX graph in order. Placeholders become graph inputs or
 constants (parameters, buffers, lifted tensors: detached clones). A call whose
 inputs are all constants is folded: torch runs it and the result becomes a constant
 (e.g. the `permute` of a weight in core ATen). Every other call goes through the
-converter table in `aten_ops`; the ops it lacks are collected and reported at once.
+converter table (`aten_table`); the ops it lacks are collected and reported at once.
 """
 from __future__ import annotations
 
