@@ -68,11 +68,11 @@ def _example_inputs(shapes: Shapes, dtype: torch.dtype, seed: int) -> tuple[torc
 
 def _check_outputs(graph: Graph, ep: torch.export.ExportedProgram, seed: int) -> None:
     """The lowered graph must reproduce the exported program on a random input."""
-    feeds = _example_inputs([v.shape for v in graph.inputs], graph.inputs[0].dtype, seed + 1)
+    feeds, graph_feeds = _check_feeds(graph, ep, seed + 1)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = ep.module()(*feeds)
-        got = run_graph(graph, dict(zip([v.name for v in graph.inputs], feeds)))
+        got = run_graph(graph, graph_feeds)
     expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
     for name, want in zip(graph.outputs, expected):
         have = got[name]
@@ -82,6 +82,28 @@ def _check_outputs(graph: Graph, ep: torch.export.ExportedProgram, seed: int) ->
             diff = float((have - want).abs().max()) if have.shape == want.shape else float("nan")
             raise GraphError(f"the lowered graph does not reproduce output {name!r} of the model "
                              f"(max difference {diff:.3g}): a converter bug, please report it")
+
+
+def _check_feeds(graph: Graph, ep: torch.export.ExportedProgram,
+                 seed: int) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Random inputs for the program and the same ones for the graph; token ids (inputs
+    of an embedding lookup) are drawn from the table and the graph gets the looked-up rows."""
+    lookups = graph.metadata.get("lookups", {})
+    tables = {ids: table for ids, table in lookups.values()}
+    gen = torch.Generator().manual_seed(seed)
+    user = set(ep.graph_signature.user_inputs)
+    feeds: dict[str, torch.Tensor] = {}
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in user:
+            val = node.meta["val"]
+            if node.name in tables:
+                feeds[node.name] = torch.randint(0, tables[node.name].shape[0], tuple(val.shape),
+                                                 generator=gen, dtype=val.dtype)
+            else:
+                feeds[node.name] = torch.randn(tuple(val.shape), generator=gen).to(val.dtype)
+    graph_feeds = {v.name: feeds[v.name] if v.name not in lookups
+                   else lookups[v.name][1][feeds[lookups[v.name][0]]] for v in graph.inputs}
+    return list(feeds.values()), graph_feeds
 
 
 # ----- in-memory modules ----------------------------------------------------------------

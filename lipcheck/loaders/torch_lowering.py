@@ -45,6 +45,8 @@ class Lowering:
         self._node_names: set[str] = set()
         self._values: set[str] = {n.name for n in ep.graph.nodes}  # FX names are reserved
         self.failed: set[str] = set()
+        self.warnings: list[tuple[str, str]] = []  # (code, message) for the report
+        self.lookups: dict[str, tuple[str, torch.Tensor]] = {}  # input -> (ids input, table)
 
     # ----- values ---------------------------------------------------------------
     def value(self, arg: Any) -> str:
@@ -252,6 +254,10 @@ def lower_program(ep: torch.export.ExportedProgram, table: dict[str, Converter],
     outputs = [_output_value(low, name) for name in ep.graph_signature.user_outputs]
     used = _used_constants(low, outputs)
     graph = Graph(low.inputs, outputs, low.nodes, used, dict(metadata))
+    if low.warnings:
+        graph.metadata["warnings"] = list(graph.metadata.get("warnings", [])) + low.warnings
+    if low.lookups:
+        graph.metadata["lookups"] = dict(low.lookups)
     graph.metadata.setdefault("input_shape", [list(v.shape) for v in low.inputs])
     return graph
 
