@@ -25,6 +25,7 @@ from lipcheck.errors import (GraphError, LipcheckError, ModelLoadError, ShapeErr
                              UnsafeFileError, UnsupportedOpsError, UserError)
 from lipcheck.graph import Graph
 from lipcheck.interpreter import infer_shapes, run_graph
+from lipcheck.loaders.aten_fusions import find_fusions
 from lipcheck.loaders.aten_table import TABLE
 from lipcheck.loaders.torch_lowering import lower_program
 
@@ -38,7 +39,7 @@ def lower_exported(ep: torch.export.ExportedProgram, metadata: dict[str, Any],
     """Lower an ExportedProgram, retrying on its core-ATen form for unknown ops."""
     metadata = {"opset": None, "warnings": [], **metadata}
     try:
-        graph = lower_program(ep, TABLE, metadata, constant_names)
+        graph = lower_program(ep, TABLE, metadata, constant_names, find_fusions(ep.graph))
     except UnsupportedOpsError as first:
         graph = _lower_decomposed(ep, metadata, first, constant_names)
     infer_shapes(graph, seed)
@@ -56,7 +57,8 @@ def _lower_decomposed(ep: torch.export.ExportedProgram, metadata: dict[str, Any]
     except Exception:  # noqa: BLE001 - the decomposition is only a second chance
         raise first from None
     try:
-        return lower_program(decomposed, TABLE, metadata, constant_names)
+        return lower_program(decomposed, TABLE, metadata, constant_names,
+                             find_fusions(decomposed.graph))
     except UnsupportedOpsError:
         raise first from None
 

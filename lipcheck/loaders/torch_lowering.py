@@ -237,12 +237,22 @@ Converter = Callable[[Lowering, fx.Node], Value]
 
 
 def lower_program(ep: torch.export.ExportedProgram, table: dict[str, Converter],
-                  metadata: dict[str, Any], constant_names: dict[str, str] | None = None) -> Graph:
+                  metadata: dict[str, Any], constant_names: dict[str, str] | None = None,
+                  fusions: dict[str, Any] | None = None) -> Graph:
+    """`fusions` (from aten_fusions.find_fusions) maps an FX node to the one IR op that
+    replaces it and the nodes it covers."""
     low = Lowering(ep, constant_names)
     unsupported: dict[str, list[str]] = {}
+    fusions = fusions or {}
+    covered = {name for f in fusions.values() for name in f.covered}
     for node in ep.graph.nodes:
         try:
-            _lower_node(low, node, table)
+            if node.name in fusions:
+                low.current = node
+                fusion = fusions[node.name]
+                low.env[node.name] = low.emit(fusion.op, [low.value(fusion.input)], fusion.attrs)
+            elif node.name not in covered:
+                _lower_node(low, node, table)
         except Unsupported as exc:
             low.env[node.name] = node.name  # stands for the missing value: keep walking
             low.failed.add(node.name)
