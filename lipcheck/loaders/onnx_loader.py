@@ -18,6 +18,7 @@ from lipcheck.errors import (BadWeightsError, ModelLoadError, ShapeError, Unsafe
 from lipcheck.graph import Graph, ValueInfo
 from lipcheck.loaders import onnx_fold, onnx_resize  # noqa: F401  (register converters)
 from lipcheck.loaders.onnx_build import Builder
+from lipcheck.loaders.norm_fuse import fuse_normalisations
 from lipcheck.loaders.onnx_fuse import fuse_patterns
 from lipcheck.loaders.onnx_ops import CONVERTERS
 from lipcheck.rules.structural import ONNX_DTYPES
@@ -44,6 +45,8 @@ def load_onnx(path: str | Path, input_shapes: InputShapes = None, seed: int = 0)
     outputs = [o.name for o in model.graph.output]
     constants = {k: builder.values[k] for k in builder.constant_names}
     graph_nodes = fuse_patterns(builder.nodes, constants, outputs)
+    graph_nodes = fuse_normalisations(graph_nodes, constants, outputs, _shapes(builder),
+                                      _constant_adder(builder, constants))
     graph = Graph(inputs, outputs, graph_nodes, _used_constants(builder, graph_nodes, outputs))
     graph.metadata = {"format": "onnx", "path": str(path), "sha256": _sha256(path),
                       "opset": opset, "input_shape": [list(v.shape) for v in inputs],
@@ -238,6 +241,19 @@ def _convert(b: Builder, node: onnx.NodeProto, index: int) -> None:
         raise ModelLoadError(f"node {b.onnx_name!r} ({node.op_type}) reads undefined value(s) "
                              f"{missing}")
     CONVERTERS[node.op_type](b, node, _attributes(node))
+
+
+def _shapes(b: Builder) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in b.values.items() if isinstance(v, torch.Tensor)}
+
+
+def _constant_adder(b: Builder, constants: dict[str, torch.Tensor]):
+    def add(hint: str, value: torch.Tensor) -> str:
+        name = b.temp(hint)
+        b.set_constant(name, value)
+        constants[name] = value
+        return name
+    return add
 
 
 def _used_constants(b: Builder, nodes: list, outputs: list[str]) -> dict[str, torch.Tensor]:

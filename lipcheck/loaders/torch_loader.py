@@ -27,6 +27,7 @@ from lipcheck.graph import Graph
 from lipcheck.interpreter import infer_shapes, run_graph
 from lipcheck.loaders.aten_fusions import find_fusions
 from lipcheck.loaders.aten_table import TABLE
+from lipcheck.loaders.norm_fuse import fuse_normalisations
 from lipcheck.loaders.torch_lowering import lower_program
 
 Shapes = list[tuple[int, ...]]
@@ -43,8 +44,32 @@ def lower_exported(ep: torch.export.ExportedProgram, metadata: dict[str, Any],
     except UnsupportedOpsError as first:
         graph = _lower_decomposed(ep, metadata, first, constant_names)
     infer_shapes(graph, seed)
+    graph = _fuse_normalisations(graph, seed)
     _check_outputs(graph, ep, seed)
     return graph
+
+
+def _fuse_normalisations(graph: Graph, seed: int) -> Graph:
+    """Written-out Layer/RMS norms (user code, core-ATen rms_norm) as one node each."""
+    shapes = {v.name: tuple(v.shape) for v in graph.inputs}
+    shapes.update({o: tuple(s) for n in graph.nodes for o, s in zip(n.outputs, n.output_shapes)})
+    constants = dict(graph.constants)
+
+    def add(hint: str, value: torch.Tensor) -> str:
+        name, k = hint, 1
+        while name in constants or name in shapes:
+            name, k = f"{hint}#{k}", k + 1
+        constants[name] = value
+        return name
+
+    nodes = fuse_normalisations(graph.nodes, constants, graph.outputs, shapes, add)
+    if len(nodes) == len(graph.nodes):
+        return graph
+    read = {v for n in nodes for v in n.inputs}
+    fused = Graph(graph.inputs, graph.outputs, nodes,
+                  {k: v for k, v in constants.items() if k in read}, graph.metadata)
+    infer_shapes(fused, seed)
+    return fused
 
 
 def _lower_decomposed(ep: torch.export.ExportedProgram, metadata: dict[str, Any],
