@@ -80,7 +80,8 @@ def test_group_norm_runs_like_torch() -> None:
 
 
 def test_rms_norm_constant_is_exact() -> None:
-    graph = make(OpKind.RMS_NORM, [(2, 5)], {"epsilon": EPS}, {"g": torch.tensor([1., -4, 2, 0, 3])})
+    graph = make(OpKind.RMS_NORM, [(2, 5)], {"epsilon": EPS},
+                 {"g": torch.tensor([1., -4, 2, 0, 3])})
     _assert_exact(graph, torch.zeros(2, 5, dtype=torch.float64))
 
 
@@ -143,4 +144,4 @@ def test_lrn_bound_dominates_every_jacobian_found(size, alpha, beta, bias) -> No
             found = max(found, _ascend(graph, x))
     print(f"LRN {attrs}: bound {bound:.4f}, largest Jacobian norm found {found:.4f}")
     assert found <= bound * (1 + 1e-12)
-    assert bound <= 4 * found  # a bound, not a vacuous one
+    assert bound <= 1.5 * found  # a bound, not a vacuous one

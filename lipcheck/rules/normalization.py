@@ -200,10 +200,14 @@ def _rms_norm_bound(node: Node, ctx: BoundContext) -> NodeBound:
 
 register(Rule(OpKind.LAYER_NORM, FAMILY, _layer_norm_run, _layer_norm_bound,
               "||diag(g) P|| / sqrt(eps) <= max|g| / sqrt(eps), P the centring projection "
-              "(exact: attained at a constant input); unbounded if eps = 0", derivation=__doc__))
+              "(exact: attained at a constant input); unbounded if eps = 0",
+              derivation=__doc__))
 register(Rule(OpKind.INSTANCE_NORM, FAMILY, _instance_norm_run, _instance_norm_bound,
-              "max|g_c| / sqrt(eps) (exact, groups of >= 2 entries); unbounded if eps = 0", derivation=__doc__))
+              "max|g_c| / sqrt(eps) (exact, groups of >= 2 entries); unbounded if eps = 0",
+              derivation=__doc__))
 register(Rule(OpKind.GROUP_NORM, FAMILY, _group_norm_run, _group_norm_bound,
-              "max over groups of ||diag(g) P|| / sqrt(eps) (exact); unbounded if eps = 0", derivation=__doc__))
+              "max over groups of ||diag(g) P|| / sqrt(eps) (exact); unbounded if eps = 0",
+              derivation=__doc__))
 register(Rule(OpKind.RMS_NORM, FAMILY, _rms_norm_run, _rms_norm_bound,
-              "max|g| / sqrt(eps) (exact: attained at x = 0); unbounded if eps = 0", derivation=__doc__))
+              "max|g| / sqrt(eps) (exact: attained at x = 0); unbounded if eps = 0",
+              derivation=__doc__))
