@@ -131,3 +131,68 @@ def test_embedding_lookup_becomes_the_input_with_a_warning(tmp_path: Path) -> No
     rows = model.embed.weight.detach()[ids]
     torch.testing.assert_close(_output(graph, rows), model(ids))
     assert not _infinite(graph)
+
+
+def _where_model(dynamic_other: bool):
+    import numpy as np
+    from onnx import helper
+
+    from onnx_builders import const, model
+    keep = np.array([[True, False, True], [False, False, True]])
+    inits = [const("keep", keep, np.bool_), const("fill", -np.inf)]
+    other = "x" if dynamic_other else "fill"
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]) if dynamic_other else
+             helper.make_node("Identity", ["x"], ["sq"]),
+             helper.make_node("Where", ["keep", "sq", other], ["y"])]
+    return model(nodes, {"x": (4, 2, 3)}, ["y"], inits, opset=16)
+
+
+@pytest.mark.parametrize("dynamic_other", [False, True])
+def test_onnx_where_with_a_constant_condition(dynamic_other: bool, tmp_path: Path) -> None:
+    graph = check(_where_model(dynamic_other), tmp_path)
+    assert {n.source_op for n in graph.nodes} >= {"Where"}
+    if not dynamic_other:  # Identity then x * keep + (-inf where not kept): scaling by 0/1
+        assert not _infinite(graph)
+
+
+class _CausalLayer(nn.Module):
+    """An encoder layer with a float -inf causal mask held in a buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x, src_mask=self.mask, is_causal=True)
+
+
+class _MultiHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x, x, x)[0]  # need_weights=True: the weights path
+
+
+@pytest.mark.parametrize("build", [_CausalLayer, _MultiHead])
+def test_masked_and_weighted_attention_modules_lower(build) -> None:
+    torch.manual_seed(0)
+    module = build().eval()
+    graph = load_module(module, [(1, 6, 16)])
+    x = torch.randn(1, 6, 16)
+    torch.testing.assert_close(_output(graph, x), module(x), atol=1e-5, rtol=1e-5)
+    assert {n.op for n in _infinite(graph)} == {OpKind.MATMUL}
+
+
+def test_onnx_infinite_weights_are_still_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    from lipcheck.errors import BadWeightsError
+    from lipcheck.loaders.onnx_loader import load_onnx
+    from onnx_builders import const, one_node, save
+    path = save(one_node("MatMul", (2, 2), [const("w", [[1.0, np.inf], [0, 1]])],
+                         extra_inputs=["w"]), tmp_path)
+    with pytest.raises(BadWeightsError, match="'w'"):
+        load_onnx(path)

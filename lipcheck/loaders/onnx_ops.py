@@ -115,6 +115,39 @@ def _group_norm(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None
            {"num_groups": groups, "epsilon": float(attrs.get("epsilon", 1e-5))}, node.op_type)
 
 
+def _where(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Where with a constant condition: a * m + b * (1 - m), constant branches folded into
+    one constant added at the end (so a -inf fill stays exact)."""
+    mask = b.const(node, 0).bool()
+    if b.all_constant(node):
+        b.set_constant(node.output[0], torch.where(mask, b.values[node.input[1]],
+                                                   b.values[node.input[2]]))
+        return
+    parts, fixed = [], torch.zeros(())
+    for position, keep in ((1, mask), (2, ~mask)):
+        name = node.input[position]
+        if b.is_constant(name):
+            fixed = fixed + torch.where(keep, b.values[name].float(), 0.0)
+            continue
+        factor, out = b.temp(name), b.temp(name)
+        b.set_constant(factor, keep.float())
+        b.emit(OpKind.MUL, [name, factor], [out], {}, node.op_type)
+        parts.append(out)
+    current = parts[0]
+    if len(parts) == 2:
+        current = b.temp(node.output[0])
+        b.emit(OpKind.ADD, parts, [current], {}, node.op_type)
+    if bool((fixed != 0).any()):
+        fill, total = b.temp(node.output[0]), b.temp(node.output[0])
+        b.set_constant(fill, fixed)
+        b.emit(OpKind.ADD, [current, fill], [total], {}, node.op_type)
+        current = total
+    shape = torch.broadcast_shapes(*(b.shape(v) for v in node.input[:3]))
+    op = OpKind.IDENTITY if b.shape(current) == tuple(shape) else OpKind.EXPAND
+    b.emit(op, [current], [node.output[0]], {"shape": list(shape)} if op == OpKind.EXPAND else {},
+           node.op_type)
+
+
 def _clip(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if b.opset >= 11:
         lo, hi = b.const(node, 1), b.const(node, 2)
@@ -243,7 +276,7 @@ CONVERTERS.update({"Slice": _slice, "Pad": _pad, "Split": _split, "Reshape": _re
                    "Expand": _setting_input(OpKind.EXPAND, "shape"),
                    "Tile": _setting_input(OpKind.TILE, "repeats"),
                    "Dropout": _dropout, "BatchNormalization": _batch_norm, "Clip": _clip,
-                   "GroupNormalization": _group_norm})
+                   "GroupNormalization": _group_norm, "Where": _where})
 
 
 def _cast(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:

@@ -172,9 +172,13 @@ def _placeholder_tensor(ep: torch.export.ExportedProgram, node: fx.Node) -> tupl
     raise Unsupported(f"placeholder {node.name!r} is neither an input nor a weight")
 
 
-def _check_finite(name: str, tensor: torch.Tensor) -> None:
-    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
+def _check_finite(name: str, tensor: torch.Tensor, allow_inf: bool = False) -> None:
+    """NaN is refused everywhere, +-inf in parameters (buffers such as additive attention
+    masks hold -inf on purpose)."""
+    if not tensor.is_floating_point() or not tensor.numel():
+        return
+    bad = int(torch.isnan(tensor).sum()) if allow_inf else int((~torch.isfinite(tensor)).sum())
+    if bad:
         raise BadWeightsError(f"weight {name!r} has {bad} NaN/Inf value(s)")
 
 
@@ -188,7 +192,7 @@ def _lower_placeholder(low: Lowering, node: fx.Node) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise Unsupported(f"{target!r} is a {type(tensor).__name__}, not a tensor")
     tensor = tensor.detach().clone()
-    _check_finite(target, tensor)
+    _check_finite(target, tensor, node.name not in low.ep.graph_signature.inputs_to_parameters)
     low.env[node.name] = low.add_const(tensor, low.constant_names.get(target, target))
 
 
