@@ -16,7 +16,7 @@ import torch
 from lipcheck.errors import (BadWeightsError, ModelLoadError, ShapeError, UnsafeFileError,
                              UnsupportedOpsError)
 from lipcheck.graph import Graph, OpKind, ValueInfo
-from lipcheck.loaders import onnx_fold, onnx_resize  # noqa: F401  (register converters)
+from lipcheck.loaders import onnx_attention, onnx_fold, onnx_resize  # noqa: F401  (converters)
 from lipcheck.loaders.onnx_build import Builder
 from lipcheck.loaders.norm_fuse import fuse_normalisations
 from lipcheck.loaders.onnx_fuse import fuse_patterns
