@@ -196,3 +196,14 @@ def test_onnx_infinite_weights_are_still_refused(tmp_path: Path) -> None:
                          extra_inputs=["w"]), tmp_path)
     with pytest.raises(BadWeightsError, match="'w'"):
         load_onnx(path)
+
+
+def test_encoder_layer_norm_bounds_agree_between_formats() -> None:
+    per_format = []
+    for suffix in ("onnx", "pt2"):
+        graph = load_model(DATA / f"transformer_encoder.{suffix}")
+        ctx = BoundContext(graph, Settings())
+        per_format.append([get_rule(n.op).bound(n, ctx).value for n in graph.nodes
+                           if n.op == OpKind.LAYER_NORM])
+    assert len(per_format[0]) == 2
+    assert per_format[0] == pytest.approx(per_format[1], rel=1e-6)

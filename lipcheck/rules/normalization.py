@@ -44,20 +44,19 @@ def centred_scale_norm(g: torch.Tensor) -> float:
     if g.numel() <= 1:
         return 0.0
     values, counts = torch.unique(g.double().reshape(-1) ** 2, return_counts=True)
-    a = values.flip(0).tolist()
-    m = counts.flip(0).tolist()
-    if len(a) == 1 or m[0] >= 2:
-        return math.sqrt(a[0]) * MARGIN
-    lo, hi = a[1], a[0]
+    a, m = values.flip(0), counts.flip(0).double()
+    if a.numel() == 1 or m[0] >= 2:
+        return math.sqrt(float(a[0])) * MARGIN
+    lo, hi = float(a[1]), float(a[0])
     for _ in range(BISECTIONS):
         mid = (lo + hi) / 2
         if mid in (lo, hi):
             break
-        if sum(mk / (ak - mid) for ak, mk in zip(a, m)) > 0:
+        if float((m / (a - mid)).sum()) > 0:
             hi = mid
         else:
             lo = mid
-    return math.sqrt(min(hi, a[0])) * MARGIN
+    return math.sqrt(min(hi, float(a[0]))) * MARGIN
 
 
 def _epsilon(node: Node, default: float = 1e-5) -> float:
