@@ -20,10 +20,11 @@ from test_onnx_loader import check
 RNG = np.random.default_rng(0)
 
 
-def _attention(shape: tuple, mask=None, **attrs):
+def _attention(shape: tuple, mask=None, kv_hidden: int | None = None, **attrs):
     """Q = x Wq, K = x Wk, V = x Wv (so all three depend on x), then Attention."""
     hidden = shape[-1]
-    inits = [const(n, RNG.standard_normal((hidden, hidden)) / 3) for n in ("wq", "wk", "wv")]
+    widths = {"wq": hidden, "wk": kv_hidden or hidden, "wv": kv_hidden or hidden}
+    inits = [const(n, RNG.standard_normal((hidden, w)) / 3) for n, w in widths.items()]
     nodes = [helper.make_node("MatMul", ["x", w], [w[1]]) for w in ("wq", "wk", "wv")]
     inputs = ["q", "k", "v"]
     if mask is not None:
@@ -46,6 +47,8 @@ CASES = {
     "4d_causal": lambda: _attention((1, 1, 6, 4), is_causal=1),
     "3d_heads": lambda: _attention((2, 5, 6), q_num_heads=2, kv_num_heads=2),
     "softcap": lambda: _attention((1, 1, 5, 4), softcap=2.0),
+    "3d_grouped_query": lambda: _attention((1, 5, 8), kv_hidden=4, q_num_heads=4,
+                                           kv_num_heads=2),
 }
 
 
@@ -58,7 +61,7 @@ def test_attention_matches_onnxruntime_and_is_unbounded_at_its_products(case: st
     assert all(n.source_op == "Attention" for n in infinite)
 
 
-def test_grouped_query_attention_is_refused_by_name(tmp_path: Path) -> None:
-    path = save(_attention((1, 5, 8), q_num_heads=4, kv_num_heads=2), tmp_path)
+def test_heads_that_do_not_divide_are_refused_by_name(tmp_path: Path) -> None:
+    path = save(_attention((1, 5, 9), kv_hidden=6, q_num_heads=3, kv_num_heads=2), tmp_path)
     with pytest.raises(UnsupportedOpsError, match="Attention"):
         load_onnx(path)

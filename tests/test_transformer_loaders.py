@@ -207,3 +207,23 @@ def test_encoder_layer_norm_bounds_agree_between_formats() -> None:
                            if n.op == OpKind.LAYER_NORM])
     assert len(per_format[0]) == 2
     assert per_format[0] == pytest.approx(per_format[1], rel=1e-6)
+
+
+class _GroupedQuery(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.kv = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.q(x).unflatten(-1, (4, 4)).transpose(1, 2)         # 4 query heads
+        k, v = self.kv(x).unflatten(-1, (2, 8)).transpose(1, 2).chunk(2, dim=-1)  # 2 kv heads
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+
+def test_grouped_query_attention_repeats_key_heads() -> None:
+    torch.manual_seed(0)
+    module = _GroupedQuery().eval()
+    graph = load_module(module, [(2, 5, 16)])
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(_output(graph, x), module(x), atol=1e-5, rtol=1e-5)
+    assert [n.op for n in _infinite(graph)] == [OpKind.MATMUL, OpKind.MATMUL]

@@ -6,7 +6,8 @@ Attention is lowered to its definition, softmax(q k^T * scale + mask) v, as IR M
 Mul, Add and Softmax nodes named after the attention call (".../scores", ".../output").
 Both MatMuls multiply two input-dependent signals, so the global bound is infinite
 and the report names those nodes: dot-product attention is not globally Lipschitz
-(Kim et al., ICML 2021). Masks are constants; a boolean mask adds -inf where it is False.
+(Kim et al., ICML 2021). Masks are constants; a boolean mask adds -inf where it is False. Grouped-query
+attention repeats each key/value head over its group of query heads.
 
 An embedding whose ids are a model input is a lookup, not a function of a continuous
 input: its output becomes the graph input (the analysis starts after the lookup) and
@@ -49,11 +50,14 @@ def _sdpa(low: Lowering, node: fx.Node) -> Value:
     if float(a.get("dropout_p", 0.0)) != 0.0:
         raise Unsupported("attention dropout (dropout_p > 0)")
     q_shape, k_shape = low.shape(a["query"]), low.shape(a["key"])
+    key, value = low.value(a["key"]), low.value(a["value"])
     if q_shape[:-2] != k_shape[:-2]:
-        raise Unsupported(f"grouped-query attention: query {q_shape}, key {k_shape}")
+        repeats = _group_size(q_shape, k_shape)
+        key = _repeat_heads(low, key, k_shape, repeats, "key")
+        value = _repeat_heads(low, value, low.shape(a["value"]), repeats, "value")
     rank = len(k_shape)
     perm = list(range(rank - 2)) + [rank - 1, rank - 2]
-    key_t = low.emit(OpKind.TRANSPOSE, [low.value(a["key"])], {"perm": perm}, suffix="/key_t")
+    key_t = low.emit(OpKind.TRANSPOSE, [key], {"perm": perm}, suffix="/key_t")
     scores = low.emit(OpKind.MATMUL, [low.value(a["query"]), key_t], suffix="/scores")
     scale = a.get("scale")
     scale = 1 / math.sqrt(q_shape[-1]) if scale is None else float(scale)
@@ -64,7 +68,27 @@ def _sdpa(low: Lowering, node: fx.Node) -> Value:
         scores = low.emit(OpKind.ADD, [scores, low.add_const(mask, f"{node.name}.mask")],
                           suffix="/mask")
     weights = low.emit(OpKind.SOFTMAX, [scores], {"axis": -1}, suffix="/softmax")
-    return low.emit(OpKind.MATMUL, [weights, low.value(a["value"])], suffix="/output")
+    return low.emit(OpKind.MATMUL, [weights, value], suffix="/output")
+
+
+def _group_size(q_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> int:
+    """Query heads per key head in grouped-query attention (enable_gqa)."""
+    if len(q_shape) < 3 or q_shape[:-3] != k_shape[:-3] or q_shape[-3] % k_shape[-3]:
+        raise Unsupported(f"attention with query {q_shape} and key {k_shape}")
+    return q_shape[-3] // k_shape[-3]
+
+
+def _repeat_heads(low: Lowering, name: str, shape: tuple[int, ...], repeats: int,
+                  what: str) -> str:
+    """(..., H, S, E) -> (..., H * repeats, S, E), each head repeated in place
+    (torch's repeat_interleave, ONNX's np.repeat)."""
+    lead, (heads, length, size) = list(shape[:-3]), shape[-3:]
+    split = low.emit(OpKind.RESHAPE, [name], {"shape": lead + [heads, 1, length, size]},
+                     suffix=f"/{what}_heads")
+    wide = low.emit(OpKind.EXPAND, [split], {"shape": lead + [heads, repeats, length, size]},
+                    suffix=f"/{what}_repeat")
+    return low.emit(OpKind.RESHAPE, [wide], {"shape": lead + [heads * repeats, length, size]},
+                    suffix=f"/{what}_grouped")
 
 
 def _attention_mask(low: Lowering, a: dict[str, Any], length: int,

@@ -4,8 +4,9 @@ scaled_dot_product_attention: softmax(Q K^T * scale + mask) V with IR MatMul, Mu
 signals: the global bound is infinite and the report names them.
 
 3-D inputs (batch, sequence, heads x head size) are split into heads and merged back.
-Masks must be constants (a boolean mask adds -inf where it is False); grouped-query heads,
-past key/value caches and the extra outputs are refused by name.
+Masks must be constants (a boolean mask adds -inf where it is False); grouped-query
+attention repeats each key/value head over its group of query heads; past key/value
+caches and the extra outputs are refused by name.
 """
 from __future__ import annotations
 
@@ -40,6 +41,16 @@ def _heads(b: Builder, name: str, heads: int) -> str:
     return _emit(b, OpKind.TRANSPOSE, [split], name, {"perm": [0, 2, 1, 3]})
 
 
+def _repeat_heads(b: Builder, name: str, repeats: int) -> str:
+    """(B, H, S, E) -> (B, H * repeats, S, E), each head repeated in place (np.repeat)."""
+    batch, heads, length, size = b.shape(name)
+    split = _emit(b, OpKind.RESHAPE, [name], name, {"shape": [batch, heads, 1, length, size]})
+    wide = _emit(b, OpKind.EXPAND, [split], name,
+                 {"shape": [batch, heads, repeats, length, size]})
+    return _emit(b, OpKind.RESHAPE, [wide], name,
+                 {"shape": [batch, heads * repeats, length, size]})
+
+
 def _mask(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any], length: int,
           total: int) -> torch.Tensor | None:
     masks = []
@@ -63,9 +74,6 @@ def _check(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
         raise refuse(b, node, "past key/value caches and extra outputs are not supported")
     if attrs.get("qk_matmul_output_mode", 0):
         raise refuse(b, node, "qk_matmul_output_mode != 0")
-    q_heads, kv_heads = attrs.get("q_num_heads"), attrs.get("kv_num_heads")
-    if q_heads is not None and kv_heads is not None and q_heads != kv_heads:
-        raise refuse(b, node, f"grouped-query attention ({q_heads} query, {kv_heads} key heads)")
 
 
 def _attention(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
@@ -73,10 +81,13 @@ def _attention(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     q, k, v = node.input[:3]
     flat = len(b.shape(q)) == 3
     if flat:
-        heads = int(attrs["q_num_heads"])
-        q, k, v = (_heads(b, name, heads) for name in (q, k, v))
-    if b.shape(q)[:-2] != b.shape(k)[:-2]:
-        raise refuse(b, node, f"query {b.shape(q)} and key {b.shape(k)} heads differ")
+        q = _heads(b, q, int(attrs["q_num_heads"]))
+        k, v = (_heads(b, name, int(attrs["kv_num_heads"])) for name in (k, v))
+    q_heads, k_heads = b.shape(q)[1], b.shape(k)[1]
+    if q_heads != k_heads:
+        if q_heads % k_heads or b.shape(v)[1] != k_heads:
+            raise refuse(b, node, f"query {b.shape(q)} and key {b.shape(k)} heads differ")
+        k, v = (_repeat_heads(b, name, q_heads // k_heads) for name in (k, v))
     key_t = _emit(b, OpKind.TRANSPOSE, [k], k, {"perm": [0, 1, 3, 2]})
     scores = _emit(b, OpKind.MATMUL, [q, key_t], node.output[0] + "/scores")
     scale = float(attrs.get("scale", 1 / math.sqrt(b.shape(q)[-1])))
