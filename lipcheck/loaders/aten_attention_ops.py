@@ -6,8 +6,8 @@ Attention is lowered to its definition, softmax(q k^T * scale + mask) v, as IR M
 Mul, Add and Softmax nodes named after the attention call (".../scores", ".../output").
 Both MatMuls multiply two input-dependent signals, so the global bound is infinite
 and the report names those nodes: dot-product attention is not globally Lipschitz
-(Kim et al., ICML 2021). Masks are constants; a boolean mask adds -inf where it is False. Grouped-query
-attention repeats each key/value head over its group of query heads.
+(Kim et al., ICML 2021). Masks are constants; a boolean mask adds -inf where it is
+False. Grouped-query attention repeats each key/value head over its group of query heads.
 
 An embedding whose ids are a model input is a lookup, not a function of a continuous
 input: its output becomes the graph input (the analysis starts after the lookup) and
