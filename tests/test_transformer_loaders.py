@@ -227,3 +227,24 @@ def test_grouped_query_attention_repeats_key_heads() -> None:
     x = torch.randn(2, 5, 16)
     torch.testing.assert_close(_output(graph, x), module(x), atol=1e-5, rtol=1e-5)
     assert [n.op for n in _infinite(graph)] == [OpKind.MATMUL, OpKind.MATMUL]
+
+
+class _WithUnsupportedOp(nn.Module):
+    """glu has no converter: the loader retries on the core-ATen decomposition, where
+    attention comes with a guard for fully masked rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.glu(torch.cat([self.layer(x), x], dim=-1))
+
+
+def test_attention_in_the_core_aten_decomposition_lowers() -> None:
+    torch.manual_seed(0)
+    module = _WithUnsupportedOp().eval()
+    graph = load_module(module, [(1, 6, 16)])
+    x = torch.randn(1, 6, 16)
+    torch.testing.assert_close(_output(graph, x), module(x), atol=1e-5, rtol=1e-5)
+    assert sum(n.op == OpKind.SOFTMAX for n in graph.nodes) == 1

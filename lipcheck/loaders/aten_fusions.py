@@ -6,9 +6,14 @@ F.local_response_norm(x, size, alpha, beta, k) exports as
 x / (k + alpha * avg_pool(pad(x*x over channels)))^beta: matched from the division back;
 every intermediate value must have that one consumer. Only odd sizes fuse (torch pads
 size//2 channels before, ONNX's LRN (size-1)//2: the same window only when size is odd).
+
+Core ATen's attention guards fully masked rows: where(all(s == -inf, -1), 0, softmax(s)).
+For scores s that are finite (no row masked whole: the loader's output check compares
+with torch) that is softmax(s): the guard becomes an Identity.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,12 +94,33 @@ def _lrn(div: fx.Node) -> Fusion | None:
     return Fusion(OpKind.LRN, x, attrs, {n.name for n in chain} | {node.name})
 
 
+def _masked_row_guard(where: fx.Node) -> Fusion | None:
+    if str(where.target) != "aten.where.self" or len(where.args) != 3:
+        return None
+    condition, zeros, soft = where.args
+    if not (_is(condition, "aten.logical_not.default") and _is(zeros, "aten.full_like.default")
+            and isinstance(soft, fx.Node) and str(soft.target) == "aten._softmax.default"
+            and zeros.args[0] is soft and _number(zeros.args[1]) == 0.0):
+        return None
+    chain = [condition, zeros]
+    node = condition.args[0]
+    for target in ("aten.any.dim", "aten.logical_not.default", "aten.eq.Scalar"):
+        if not _is(node, target):
+            return None
+        chain.append(node)
+        node = node.args[0]
+    eq = chain[-1]
+    if eq.args[0] is not soft.args[0] or eq.args[1] != -math.inf:
+        return None
+    return Fusion(OpKind.IDENTITY, soft, {}, {n.name for n in chain})
+
+
 def find_fusions(graph: fx.Graph) -> dict[str, Fusion]:
     """The fusions in the graph, by the name of the FX node whose value each produces."""
     found = {}
     for node in graph.nodes:
         if node.op == "call_function":
-            fusion = _lrn(node)
+            fusion = _lrn(node) or _masked_row_guard(node)
             if fusion is not None:
                 found[node.name] = fusion
     return found
