@@ -63,23 +63,37 @@ def load(model: Any, input_shapes: Shapes = None, arch: str | None = None,
 
 def estimate(model: Any, input_shapes: Shapes = None, settings: Settings | None = None,
              options: EstimateOptions | None = None,
-             progress: Callable[[Node], None] | None = None) -> Report:
-    """Load and bound a model; stops with RunTimeout after settings.timeout seconds."""
+             progress: Callable[[Node], None] | None = None,
+             on_phase: Callable[[str, int | None], None] | None = None) -> Report:
+    """Load and bound a model; stops with RunTimeout after settings.timeout seconds.
+
+    `progress(node)` runs after each node is bounded; `on_phase(name, count)` when a phase
+    starts: PHASES in order (a phase that does not run is skipped), `count` the number of
+    nodes for the per-layer bounds, else None."""
     settings = settings or Settings()
     options = options or EstimateOptions()
     check_timeout(settings.timeout)
     torch_dtype(settings.dtype)
-    stage = _Stage(progress)
+    stage = _Stage(progress, on_phase)
     with time_limit(settings.timeout, stage.describe) as deadline:
         stage.deadline = deadline
-        return _estimate(model, input_shapes, settings, options, stage.tick)
+        return _estimate(model, input_shapes, settings, options, stage)
+
+
+PHASES = ("loading", "per-layer bounds", "global methods", "lower-bound search")
 
 
 class _Stage:
     """Where a run is (for the timeout message); checks the deadline after every node."""
 
-    def __init__(self, progress: Callable[[Node], None] | None) -> None:
+    def __init__(self, progress: Callable[[Node], None] | None,
+                 on_phase: Callable[[str, int | None], None] | None = None) -> None:
         self.progress, self.deadline, self.node = progress, None, None
+        self.on_phase = on_phase
+
+    def enter(self, phase: str, count: int | None = None) -> None:
+        if self.on_phase is not None:
+            self.on_phase(phase, count)
 
     def describe(self) -> str:
         if self.node is None:
@@ -95,21 +109,26 @@ class _Stage:
 
 
 def _estimate(model: Any, input_shapes: Shapes, settings: Settings, options: EstimateOptions,
-              progress: Callable[[Node], None]) -> Report:
+              stage: _Stage) -> Report:
     torch.manual_seed(settings.seed)
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    stage.enter("loading")
     graph = load(model, input_shapes, options.arch, options.unsafe_pickle, settings.seed)
     check_finite_constants(graph)
     if options.fuse_batchnorm:
         graph = fuse_batchnorm(graph)
     timings["load"] = time.perf_counter() - start
     start = time.perf_counter()
-    node_bounds = bound_nodes(graph, settings, progress)
+    stage.enter("per-layer bounds", len(graph.nodes))
+    node_bounds = bound_nodes(graph, settings, stage.tick)
     timings["layers"] = time.perf_counter() - start
     result = autolip(graph, node_bounds)
     bounds = [autolip_bound(result, timings["layers"])]
+    stage.enter("global methods")
     bounds += _other_bounds(graph, node_bounds, settings, options, timings)
+    if options.lower_budget > 0:
+        stage.enter("lower-bound search")
     lower = _lower(graph, settings, options, timings, result)
     report = Report(model=graph.metadata_for_report(), settings=_settings_dict(settings, options),
                     layers=_layers(graph, result), bounds=bounds, lower_bound=lower,
