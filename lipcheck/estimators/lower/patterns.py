@@ -290,9 +290,9 @@ def region_pairs(fn: NetFunction, chain: Chain, regions: list[Region]) -> Pairs:
     return Pairs(values, p, q, torch.tensor(sigmas, dtype=torch.float64))
 
 
-def applicable(chain: Chain) -> bool:
+def applicable(chain: Chain, max_units: int = MAX_UNITS) -> bool:
     units = sum(chain.widths)
-    return (units <= MAX_UNITS and chain.n_in <= MAX_INPUTS
+    return (units <= max_units and chain.n_in <= MAX_INPUTS
             and chain.affines[-1].weight.shape[0] <= 64
             and units * (chain.n_in + 1 + max(chain.widths)) <= MAX_LP_ENTRIES)
 
@@ -323,19 +323,19 @@ def pattern_regions(chain: Chain, box: Box, budget_s: float,
     return found
 
 
-def pattern_pairs(graph, fn: NetFunction, box: Box, budget_s: float,
-                  max_lps: int = MAX_LPS) -> Pairs | None:
+def pattern_pairs(graph, fn: NetFunction, box: Box, budget_s: float, max_lps: int = MAX_LPS,
+                  max_units: int = MAX_UNITS) -> Pairs | None:
     """Secant pairs in the regions of the SeqLip patterns (None: not a small ReLU-family
     chain, or nothing found within the counts and `budget_s`)."""
     from lipcheck.errors import UserError
     from lipcheck.estimators.exact.pwl_chain import pwl_chain
-    if _hidden_units(graph) > MAX_UNITS or fn.n_in > MAX_INPUTS:
+    if _hidden_units(graph) > max_units or fn.n_in > MAX_INPUTS:
         return None
     try:
         chain = pwl_chain(graph)
     except (UserError, RuntimeError, ValueError):
         return None
-    if not applicable(chain):
+    if not applicable(chain, max_units):
         return None
     regions = pattern_regions(chain, box, budget_s, max_lps)
     return region_pairs(fn, chain, regions) if regions else None

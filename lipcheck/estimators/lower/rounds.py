@@ -54,6 +54,7 @@ class LowerConfig:
     exact_max_units: int = 64               # hidden units at most for trying it
     exact_max_lps: int = 5000
     pattern_share: float = 0.3              # budget share (a cap) for the activation-pattern phase
+    pattern_max_units: int = 2048           # hidden units at most for it (0: off)
 
 
 @dataclass
@@ -150,10 +151,11 @@ PATTERNS = True   # bench/bench_patterns.py --no-patterns turns it off (the "bef
 def _pattern_witness(graph: Graph, search: _Search, budget_s: float) -> None:
     """For a small ReLU-family MLP, certify the regions of SeqLip's activation patterns
     (LP counts decide the value; `pattern_share * budget_s` is only a cap)."""
-    if not PATTERNS:
+    if not PATTERNS or search.config.pattern_max_units <= 0:
         return
     from lipcheck.estimators.lower.patterns import pattern_pairs
-    pairs = pattern_pairs(graph, search.fn, search.box, search.config.pattern_share * budget_s)
+    pairs = pattern_pairs(graph, search.fn, search.box, search.config.pattern_share * budget_s,
+                          max_units=search.config.pattern_max_units)
     if pairs is not None:
         search.offer_pairs(pairs, "activation-pattern")
 # --- end of the activation-pattern phase ---------------------------------------------
