@@ -163,3 +163,23 @@ def test_budget_caps_the_phase(monkeypatch) -> None:
     monkeypatch.setattr(patterns, "MAX_LPS", 10_000)
     patterns.pattern_pairs(graph, NetFunction(graph), None, 0.2, max_lps=10_000)
     assert time.monotonic() - start < 1.2
+
+
+def test_free_first_layer_realises_its_target_without_lps(monkeypatch) -> None:
+    """n_in >= h1: the first layer's target is met exactly (least squares on the rows),
+    the second by NNLS as far as it goes; the ball around the point keeps the pattern,
+    and the values stay below the exact constant."""
+    graph, _, _ = random_net(np.random.default_rng(4), [6, 5, 4, 2])
+    chain = pwl_chain(graph)
+    assert patterns.free_first_layer(chain, None) and not patterns.free_first_layer(chain, (0, 1))
+    target = [np.array([1.0, -1.0, 1.0, 1.0, -1.0]), np.array([1.0, 1.0, -1.0, 1.0])]
+    region = patterns.realise_free(chain, target)
+    assert region is not None and np.array_equal(region.signs[0], target[0])
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        d = rng.standard_normal(chain.n_in)
+        point = region.point + 0.999 * region.radius * d / np.linalg.norm(d)
+        assert all(np.array_equal(a, b) for a, b in zip(pattern_at(chain, point), region.signs))
+    monkeypatch.setattr(patterns, "MAX_LP_ENTRIES", 0)   # force the LP-free path
+    exact = exact_lipschitz(graph, max_lps=50_000, max_seconds=120)
+    assert exact.complete and 0 < max(certified_values(graph)) <= exact.value * (1 + 1e-9)

@@ -41,7 +41,7 @@ from lipcheck.estimators.lower.netfn import NetFunction
 MAX_UNITS = 2048          # hidden units at most (dense per-layer matrices)
 MAX_INPUTS = 4096
 MAX_LP_ENTRIES = 200_000  # LP matrix entries at most (HiGHS on dense rows: ~0.1 s here)
-GREEDY_MAX_UNITS = 256    # larger pairs: greedy.ascent_max (seconds fewer, an estimate too)
+GREEDY_MAX_UNITS = 256    # larger layers: no greedy (seconds), the sign ascent from all active
 MAX_LPS = 60              # LPs per call (a count, so the value is reproducible)
 WALK_TRIES = 4            # flips tested by LP per walk step (best predicted first)
 SIGN_STEPS = 50           # block sign-ascent sweeps over the layers
@@ -49,6 +49,8 @@ PENALTY = 10.0            # weight of the slacks against the margin in the reali
 T_CAP = 1.0               # margin cap (rows have unit norm): keeps the LPs bounded
 MIN_RADIUS = 1e-9         # a region's ball must be at least this (relative to |x|) to be used
 IMPROVE = 1e-9
+ASCENT_STEPS = 60         # Jacobian-norm ascent from the regions' centres (lower/ascent.py)
+ASCENT_LR = 0.01          # its Adam step, relative to the point's largest entry
 
 
 @dataclass
@@ -92,22 +94,24 @@ def jacobian_norm(chain: Chain, signs: list[np.ndarray]) -> float:
 # --- 1. target patterns ---------------------------------------------------------------
 
 def seqlip_targets(chain: Chain, deadline: float) -> list[np.ndarray]:
-    """Each hidden layer's pattern from greedy SeqLip on its pair of SVD factors (units
-    with one slope per layer only; else all active)."""
-    from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max
+    """Each hidden layer's pattern from greedy SeqLip on its pair of SVD factors (layers
+    with one slope and at most GREEDY_MAX_UNITS units; else all active: the block sign
+    ascent starts from there)."""
+    from lipcheck.estimators.heuristic.greedy import greedy_max
     from lipcheck.estimators.upper.seqlip import Factor, pair_matrices
+    eligible = [np.ptp(s) == 0 and len(s) <= GREEDY_MAX_UNITS for s in chain.slopes]
+    signs = [np.ones(len(s)) for s in chain.slopes]
+    if not any(eligible):
+        return signs
     factors = []
     for affine in chain.affines:
         u, s, vt = np.linalg.svd(affine.weight, full_matrices=False)
         factors.append(Factor(u, s, vt.T))
-    signs = []
-    for (x, y), slopes in zip(pair_matrices(factors), chain.slopes):
-        if np.ptp(slopes) > 0 or time.monotonic() > deadline:
-            signs.append(np.ones(len(slopes)))
-            continue
-        rule = ascent_max if x.shape[1] > GREEDY_MAX_UNITS else greedy_max
-        sigma = rule(x, y, float(slopes[0]), 1.0, deadline).sigma
-        signs.append(np.where(sigma == 1.0, 1.0, -1.0))
+    for layer, (x, y) in enumerate(pair_matrices(factors)):
+        if eligible[layer] and time.monotonic() < deadline:
+            lo = float(chain.slopes[layer][0])
+            sigma = greedy_max(x, y, lo, 1.0, deadline).sigma
+            signs[layer] = np.where(sigma == 1.0, 1.0, -1.0)
     return signs
 
 
@@ -225,6 +229,54 @@ def realise(chain: Chain, target: list[np.ndarray], box: Box, budget: _Budget) -
     return None if ball is None else Region(done, ball[0], ball[1], jacobian_norm(chain, done))
 
 
+def free_first_layer(chain: Chain, box: Box) -> bool:
+    """W1 has full row rank and no box: x -> W1 x + b1 is onto, every first-layer
+    pre-activation vector z1 is reached (x = W1^+ (z1 - b1))."""
+    w1 = chain.affines[0].weight
+    if box is not None or w1.shape[0] > w1.shape[1]:
+        return False
+    s = np.linalg.svd(w1, compute_uv=False)
+    return bool(s[-1] > 1e-10 * s[0])
+
+
+def ball_at(chain: Chain, x: np.ndarray) -> Region | None:
+    """The region of x and the largest ball around x inside it: on the region every z_i
+    is affine, so the ball of radius min_i |z_i(x)| / |m_i| keeps every sign."""
+    first = chain.affines[0]
+    m, c, signs, radius = first.weight, first.bias, [], np.inf
+    for layer in range(len(chain.slopes)):
+        z, size = m @ x + c, np.linalg.norm(m, axis=1)
+        live = size > 0
+        if np.any(z[~live] == 0):
+            return None
+        if live.any():
+            radius = min(radius, float(np.min(np.abs(z[live]) / size[live])))
+        signs.append(np.where(z > 0, 1.0, -1.0))
+        sigma, nxt = _slope(chain, layer, signs[-1]), chain.affines[layer + 1]
+        m, c = nxt.weight @ (sigma[:, None] * m), nxt.weight @ (sigma * c) + nxt.bias
+    if not radius > MIN_RADIUS * max(1.0, float(np.abs(x).max())):
+        return None
+    return Region(signs, x, radius, jacobian_norm(chain, signs))
+
+
+def realise_free(chain: Chain, target: list[np.ndarray]) -> Region | None:
+    """Without LPs, when the first layer is free (free_first_layer): its target signs
+    exactly, the second layer's by least squares on its rows with nonnegative active
+    values (NNLS: W2[:, A] h ~ s2 - b2, h >= 0), later layers as they fall."""
+    from scipy.optimize import nnls
+    (w1, b1), s1 = (chain.affines[0].weight, chain.affines[0].bias), target[0]
+    active = s1 > 0
+    h = np.ones(int(active.sum()))
+    if len(target) > 1 and active.any():
+        w2, b2 = chain.affines[1].weight, chain.affines[1].bias
+        h = nnls(w2[:, active], target[1] - b2, maxiter=10 * active.sum())[0]
+    floor = 1e-3 * max(float(h.max(initial=0.0)), 1e-6)
+    z1 = np.full(len(s1), -max(float(h.mean()) if h.size else 1.0, floor))
+    z1[active] = np.maximum(h, floor)
+    x = np.linalg.lstsq(w1, z1 - b1, rcond=None)[0]
+    return ball_at(chain, x)
+
+
 def flip_gains(chain: Chain, signs: list[np.ndarray]) -> list[np.ndarray]:
     """||J(P with unit i of layer l flipped)|| for every unit: J' = J + d a b^T with a the
     downstream column, b the upstream row, d the slope change; through J' J'^T (exact)."""
@@ -290,11 +342,14 @@ def region_pairs(fn: NetFunction, chain: Chain, regions: list[Region]) -> Pairs:
     return Pairs(values, p, q, torch.tensor(sigmas, dtype=torch.float64))
 
 
-def applicable(chain: Chain, max_units: int = MAX_UNITS) -> bool:
-    units = sum(chain.widths)
-    return (units <= max_units and chain.n_in <= MAX_INPUTS
+def lp_sized(chain: Chain) -> bool:
+    return sum(chain.widths) * (chain.n_in + 1 + max(chain.widths)) <= MAX_LP_ENTRIES
+
+
+def applicable(chain: Chain, box: Box, max_units: int = MAX_UNITS) -> bool:
+    return (sum(chain.widths) <= max_units and chain.n_in <= MAX_INPUTS
             and chain.affines[-1].weight.shape[0] <= 64
-            and units * (chain.n_in + 1 + max(chain.widths)) <= MAX_LP_ENTRIES)
+            and (lp_sized(chain) or free_first_layer(chain, box)))
 
 
 def _hidden_units(graph) -> int:
@@ -315,8 +370,13 @@ def pattern_regions(chain: Chain, box: Box, budget_s: float,
         better = sign_ascent(chain, first)
         if any(np.any(a != b) for a, b in zip(better, first)):
             targets.append(better)
-    found = []
+    found, free = [], free_first_layer(chain, box)
     for target in targets:
+        if free and not lp_sized(chain):
+            region = realise_free(chain, target)
+            if region is not None:
+                found.append(region)
+            continue
         region = realise(chain, target, box, budget)
         if region is not None:
             found.append(walk(chain, region, box, budget))
@@ -325,17 +385,39 @@ def pattern_regions(chain: Chain, box: Box, budget_s: float,
 
 def pattern_pairs(graph, fn: NetFunction, box: Box, budget_s: float, max_lps: int = MAX_LPS,
                   max_units: int = MAX_UNITS) -> Pairs | None:
-    """Secant pairs in the regions of the SeqLip patterns (None: not a small ReLU-family
-    chain, or nothing found within the counts and `budget_s`)."""
+    """Secant pairs in the regions of the SeqLip patterns, then the best pairs of a short
+    Jacobian-norm ascent (lower/ascent.py) started at their centres (None: not a small
+    ReLU-family chain, or nothing found within the counts and `budget_s`)."""
     from lipcheck.errors import UserError
     from lipcheck.estimators.exact.pwl_chain import pwl_chain
+    deadline = time.monotonic() + budget_s
     if _hidden_units(graph) > max_units or fn.n_in > MAX_INPUTS:
         return None
     try:
         chain = pwl_chain(graph)
     except (UserError, RuntimeError, ValueError):
         return None
-    if not applicable(chain, max_units):
+    if not applicable(chain, box, max_units):
         return None
-    regions = pattern_regions(chain, box, budget_s, max_lps)
-    return region_pairs(fn, chain, regions) if regions else None
+    regions = pattern_regions(chain, box, deadline - time.monotonic(), max_lps)
+    if not regions:
+        return None
+    pairs = region_pairs(fn, chain, regions)
+    if time.monotonic() < deadline:
+        pairs = _concat(pairs, _ascend(fn, regions, box, deadline))
+    return pairs
+
+
+def _ascend(fn: NetFunction, regions: list[Region], box: Box, deadline: float) -> Pairs:
+    from lipcheck.estimators.lower.ascent import jacobian_ascent
+    xs = torch.tensor(np.array([r.point for r in regions]), dtype=torch.float64)
+    lrs = ASCENT_LR * xs.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+    schedule = torch.tensor([[5.0, 30.0]] * len(xs), dtype=torch.float64)
+    # ascent.py compares its deadline with time.perf_counter()
+    cap = time.perf_counter() + max(deadline - time.monotonic(), 0.0)
+    return jacobian_ascent(fn, xs, ASCENT_STEPS, lrs, box, schedule, deadline=cap)
+
+
+def _concat(a: Pairs, b: Pairs) -> Pairs:
+    return Pairs(torch.cat([a.values, b.values]), torch.cat([a.p, b.p]), torch.cat([a.q, b.q]),
+                 torch.cat([a.sigmas, b.sigmas]))
