@@ -115,7 +115,8 @@ def seqlip_targets(chain: Chain, deadline: float) -> list[np.ndarray]:
     return signs
 
 
-def sign_ascent(chain: Chain, signs: list[np.ndarray], steps: int = SIGN_STEPS) -> list[np.ndarray]:
+def sign_ascent(chain: Chain, signs: list[np.ndarray], steps: int = SIGN_STEPS,
+                deadline: float = float("inf")) -> list[np.ndarray]:
     """Block ascent of ||J(P)||: with (u, v) J's top singular pair, set layer l's slopes to
     the ends that maximise u^T J v (linear in D_l); keep a change only if ||J|| rises."""
     signs = [s.copy() for s in signs]
@@ -123,6 +124,8 @@ def sign_ascent(chain: Chain, signs: list[np.ndarray], steps: int = SIGN_STEPS) 
     for _ in range(steps):
         moved = False
         for layer in range(len(signs)):
+            if time.monotonic() > deadline:
+                return signs
             trial = [s.copy() for s in signs]
             trial[layer] = _best_layer_signs(chain, signs, layer)
             new = jacobian_norm(chain, trial)
@@ -367,7 +370,7 @@ def pattern_regions(chain: Chain, box: Box, budget_s: float,
     first = seqlip_targets(chain, deadline)
     targets = [first]
     if time.monotonic() < deadline:
-        better = sign_ascent(chain, first)
+        better = sign_ascent(chain, first, deadline=deadline)
         if any(np.any(a != b) for a, b in zip(better, first)):
             targets.append(better)
     found, free = [], free_first_layer(chain, box)
