@@ -400,15 +400,31 @@ def pattern_pairs(graph, fn: NetFunction, box: Box, budget_s: float, max_lps: in
         chain = pwl_chain(graph)
     except (UserError, RuntimeError, ValueError):
         return None
-    if not applicable(chain, box, max_units):
+    if not applicable(chain, box, max_units) or not _finite(chain):
         return None
-    regions = pattern_regions(chain, box, deadline - time.monotonic(), max_lps)
-    if not regions:
+    try:
+        with np.errstate(all="ignore"):
+            regions = pattern_regions(chain, box, deadline - time.monotonic(), max_lps)
+            regions = [r for r in regions if np.isfinite(r.norm) and np.all(np.isfinite(r.point))]
+            if not regions:
+                return None
+            pairs = region_pairs(fn, chain, regions)
+    except (np.linalg.LinAlgError, ValueError):   # overflowing weights: no witness here
         return None
-    pairs = region_pairs(fn, chain, regions)
     if time.monotonic() < deadline:
         pairs = _concat(pairs, _ascend(fn, regions, box, deadline))
     return pairs
+
+
+def _finite(chain: Chain) -> bool:
+    """Every weight and bias finite, and small enough that products over the chain stay
+    finite (badly scaled nets are left to the other searches)."""
+    scale = 1.0
+    for affine in chain.affines:
+        if not (np.all(np.isfinite(affine.weight)) and np.all(np.isfinite(affine.bias))):
+            return False
+        scale *= max(float(np.abs(affine.weight).max(initial=0.0)), 1.0) * (1 + affine.weight.shape[1])
+    return scale < 1e150
 
 
 def _ascend(fn: NetFunction, regions: list[Region], box: Box, deadline: float) -> Pairs:
