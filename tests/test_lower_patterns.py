@@ -24,8 +24,9 @@ PATTERNS_ONLY = LowerConfig(screen=1, starts_per_round=1, ascent_steps=1, pair_s
 
 def certified_values(graph, box=None) -> list[float]:
     fn = NetFunction(graph)
-    pairs = patterns.pattern_pairs(graph, fn, box, budget_s=60.0)
-    assert pairs is not None
+    found = patterns.pattern_pairs(graph, fn, box, budget_s=60.0)
+    assert found.pairs is not None and not found.cut
+    pairs = found.pairs
     return [certify(fn, pairs, i, "activation-pattern").value for i in range(len(pairs.values))]
 
 
@@ -55,7 +56,7 @@ def test_box_search_stays_below_the_box_constant() -> None:
     exact = exact_lipschitz(graph, box=(-0.5, 0.5), max_lps=50_000, max_seconds=120)
     assert exact.complete
     fn, box = NetFunction(graph), (-0.5, 0.5)
-    pairs = patterns.pattern_pairs(graph, fn, box, 60.0)
+    pairs = patterns.pattern_pairs(graph, fn, box, 60.0).pairs
     if pairs is not None:
         assert pairs.p.min() >= -0.5 and pairs.q.max() <= 0.5
         best = max(certify(fn, pairs, i, "x").value for i in range(len(pairs.values)))
@@ -154,15 +155,19 @@ def test_flip_gains_match_direct_norms() -> None:
 
 def test_not_applicable_to_smooth_or_large_nets() -> None:
     graph, _, _ = random_net(np.random.default_rng(0), [3, 4, 2], "tanh")
-    assert patterns.pattern_pairs(graph, NetFunction(graph), None, 10.0) is None
+    assert patterns.pattern_pairs(graph, NetFunction(graph), None, 10.0).pairs is None
+    big, _, _ = random_net(np.random.default_rng(0), [3, 40, 2])
+    assert patterns.pattern_pairs(big, NetFunction(big), None, 10.0, max_units=39).pairs is None
+    assert patterns.pattern_pairs(big, NetFunction(big), None, 10.0, max_units=40).pairs is not None
 
 
-def test_budget_caps_the_phase(monkeypatch) -> None:
+def test_budget_caps_the_phase() -> None:
     graph, _, _ = random_net(np.random.default_rng(1), [6, 40, 40, 3])
+    fn = NetFunction(graph)
     start = time.monotonic()
-    monkeypatch.setattr(patterns, "MAX_LPS", 10_000)
-    patterns.pattern_pairs(graph, NetFunction(graph), None, 0.2, max_lps=10_000)
-    assert time.monotonic() - start < 1.2
+    found = patterns.pattern_pairs(graph, fn, None, 0.02, max_lps=10_000)
+    assert time.monotonic() - start < 1.02 and found.cut
+    assert not patterns.pattern_pairs(graph, fn, None, 120.0, max_lps=10).cut
 
 
 def test_free_first_layer_realises_its_target_without_lps(monkeypatch) -> None:

@@ -386,34 +386,43 @@ def pattern_regions(chain: Chain, box: Box, budget_s: float,
     return found
 
 
+@dataclass
+class PatternResult:
+    pairs: Pairs | None       # None: not applicable, or no region found
+    cut: bool = False         # the time cap ended the phase (the value may depend on speed)
+
+
 def pattern_pairs(graph, fn: NetFunction, box: Box, budget_s: float, max_lps: int = MAX_LPS,
-                  max_units: int = MAX_UNITS) -> Pairs | None:
+                  max_units: int = MAX_UNITS) -> PatternResult:
     """Secant pairs in the regions of the SeqLip patterns, then the best pairs of a short
-    Jacobian-norm ascent (lower/ascent.py) started at their centres (None: not a small
-    ReLU-family chain, or nothing found within the counts and `budget_s`)."""
+    Jacobian-norm ascent (lower/ascent.py) started at their centres. No pairs when the
+    graph is not a small ReLU-family chain or nothing was found within the counts."""
+    deadline = time.monotonic() + budget_s
+    chain = _chain(graph, fn, box, max_units)
+    if chain is None:
+        return PatternResult(None)
+    try:
+        with np.errstate(all="ignore"):
+            regions = pattern_regions(chain, box, deadline - time.monotonic(), max_lps)
+            regions = [r for r in regions if np.isfinite(r.norm) and np.all(np.isfinite(r.point))]
+            pairs = region_pairs(fn, chain, regions) if regions else None
+    except (np.linalg.LinAlgError, ValueError):   # overflowing weights: no witness here
+        return PatternResult(None)
+    if pairs is not None and time.monotonic() < deadline:
+        pairs = _concat(pairs, _ascend(fn, regions, box, deadline))
+    return PatternResult(pairs, time.monotonic() > deadline)
+
+
+def _chain(graph, fn: NetFunction, box: Box, max_units: int) -> Chain | None:
     from lipcheck.errors import UserError
     from lipcheck.estimators.exact.pwl_chain import pwl_chain
-    deadline = time.monotonic() + budget_s
     if _hidden_units(graph) > max_units or fn.n_in > MAX_INPUTS:
         return None
     try:
         chain = pwl_chain(graph)
     except (UserError, RuntimeError, ValueError):
         return None
-    if not applicable(chain, box, max_units) or not _finite(chain):
-        return None
-    try:
-        with np.errstate(all="ignore"):
-            regions = pattern_regions(chain, box, deadline - time.monotonic(), max_lps)
-            regions = [r for r in regions if np.isfinite(r.norm) and np.all(np.isfinite(r.point))]
-            if not regions:
-                return None
-            pairs = region_pairs(fn, chain, regions)
-    except (np.linalg.LinAlgError, ValueError):   # overflowing weights: no witness here
-        return None
-    if time.monotonic() < deadline:
-        pairs = _concat(pairs, _ascend(fn, regions, box, deadline))
-    return pairs
+    return chain if applicable(chain, box, max_units) and _finite(chain) else None
 
 
 def _finite(chain: Chain) -> bool:

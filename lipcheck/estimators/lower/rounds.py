@@ -154,10 +154,11 @@ def _pattern_witness(graph: Graph, search: _Search, budget_s: float) -> None:
     if not PATTERNS or search.config.pattern_max_units <= 0:
         return
     from lipcheck.estimators.lower.patterns import pattern_pairs
-    pairs = pattern_pairs(graph, search.fn, search.box, search.config.pattern_share * budget_s,
+    found = pattern_pairs(graph, search.fn, search.box, search.config.pattern_share * budget_s,
                           max_units=search.config.pattern_max_units)
-    if pairs is not None:
-        search.offer_pairs(pairs, "activation-pattern")
+    search.cut = search.cut or found.cut
+    if found.pairs is not None:
+        search.offer_pairs(found.pairs, "activation-pattern")
 # --- end of the activation-pattern phase ---------------------------------------------
 
 
