@@ -12,15 +12,19 @@ into certified lower bounds:
 2. realise: layer by layer, an LP (scipy HiGHS) that keeps the layers already realised
    with a margin t and asks the next layer for the target signs with slacks (maximise
    t - PENALTY * sum of slacks): where the target is reachable the slacks are zero, where
-   it is not the point lands in a nearby reachable pattern;
-3. walk: from that region, flip the unit whose flip raises ||J(P)|| most (exact rank-one
+   it is not the point lands in a nearby reachable pattern. When those LPs would be large
+   and W1 has full row rank (no box), every first-layer pattern is reachable: least
+   squares on the rows meets it exactly and NNLS on the second layer's rows comes near
+   the second layer's target (`realise_free`, no LP);
+3. walk (LP path): from that region, flip the unit whose flip raises ||J(P)|| most (exact rank-one
    updates of J J^T) when an LP finds a ball inside the flipped region, until no tested
    flip does (the "nearest reachable, then ascent" step);
 4. certify: the centre x and radius r of the region's largest ball (LP), the pair
    x -/+ 0.45 r v with v the top right singular vector of J(P): both points lie in the
    region, so the quotient equals ||J(P) v||; it is evaluated like every other quotient
    (lower/search.py: exact network, float64, minus the rounding margin), so a wrong
-   region or a rounding slip can only lower it, never make it unsound.
+   region or a rounding slip can only lower it, never make it unsound. Then a short
+   Jacobian-norm ascent (lower/ascent.py) from the regions' centres adds its pairs.
 
 Counts decide the value (targets, LPs, walk steps); `budget_s` is a safety cap checked
 with time.monotonic() before each LP and between steps.
@@ -375,6 +379,8 @@ def pattern_regions(chain: Chain, box: Box, budget_s: float,
             targets.append(better)
     found, free = [], free_first_layer(chain, box)
     for target in targets:
+        if time.monotonic() > deadline:
+            break
         if free and not lp_sized(chain):
             region = realise_free(chain, target)
             if region is not None:
