@@ -21,7 +21,7 @@ from test_exact import brute_force_two_layer, random_net
 
 FAST = LowerConfig(screen=8, starts_per_round=4, ascent_steps=10, pair_steps=10)
 SEARCH_ONLY = LowerConfig(screen=8, starts_per_round=4, ascent_steps=10, pair_steps=10,
-                          exact_max_units=0)
+                          exact_max_units=0, pattern_max_units=0)
 
 
 def upper(graph: Graph) -> float:

@@ -53,6 +53,8 @@ class LowerConfig:
     exact_share: float = 0.3                # budget share for the exact-region witness
     exact_max_units: int = 64               # hidden units at most for trying it
     exact_max_lps: int = 5000
+    pattern_share: float = 0.3              # budget share (a cap) for the activation-pattern phase
+    pattern_max_units: int = 2048           # hidden units at most for it (0: off)
 
 
 @dataclass
@@ -117,6 +119,7 @@ def lower_bound(graph: Graph, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
     search = _Search(NetFunction(graph), box, seed, config or LowerConfig())
     deadline = start + budget_s
     with torch.random.fork_rng(devices=[]):
+        _pattern_witness(graph, search, budget_s)
         _exact_witness(graph, search, budget_s if rounds is None else None)
         screened = _screen(search, deadline)
         done = _rounds(search, pairwise, deadline, rounds)
@@ -139,6 +142,24 @@ def _hidden_units(graph: Graph) -> int:
     from lipcheck.estimators.exact.pwl_chain import ACTIVATIONS
     return sum(math.prod(node.output_shapes[0]) if node.output_shapes else 0
                for node in graph.nodes if node.op in ACTIVATIONS)
+
+
+# --- activation-pattern phase (issue 12 item 3): lower/patterns.py ---------------------
+PATTERNS = True   # bench/bench_patterns.py --no-patterns turns it off (the "before" column)
+
+
+def _pattern_witness(graph: Graph, search: _Search, budget_s: float) -> None:
+    """For a small ReLU-family MLP, certify the regions of SeqLip's activation patterns
+    (LP counts decide the value; `pattern_share * budget_s` is only a cap)."""
+    if not PATTERNS or search.config.pattern_max_units <= 0:
+        return
+    from lipcheck.estimators.lower.patterns import pattern_pairs
+    found = pattern_pairs(graph, search.fn, search.box, search.config.pattern_share * budget_s,
+                          max_units=search.config.pattern_max_units)
+    search.cut = search.cut or found.cut
+    if found.pairs is not None:
+        search.offer_pairs(found.pairs, "activation-pattern")
+# --- end of the activation-pattern phase ---------------------------------------------
 
 
 def _exact_witness(graph: Graph, search: _Search, budget_s: float | None) -> None:
