@@ -7,7 +7,8 @@ node's output), and each node one of
   consecutive affine nodes are multiplied into one step;
 - ReLU or LeakyReLU with 0 <= alpha <= 1: `Act(alpha)`;
 - MaxPool / GlobalMaxPool: `MaxPool(windows)`, the input entries each output reads
-  (found by running the node on one-hot inputs, so padding and dilation are the rule's).
+  (found by running the node on one-hot inputs, so padding and dilation are the rule's);
+  an activation right before a max pool moves after it (the same function).
 Anything else raises `UnsupportedLocal` naming the node.
 """
 from __future__ import annotations
@@ -146,6 +147,16 @@ def _merge(steps: list[Step]) -> list[Step]:
     return merged
 
 
+def _pool_first(steps: list[Step]) -> list[Step]:
+    """Act then MaxPool becomes MaxPool then Act: max_i s(z_i) = s(max_i z_i) for a
+    nondecreasing s, and the ranges are tighter with fewer units to relax."""
+    out = list(steps)
+    for i in range(len(out) - 1):
+        if isinstance(out[i], Act) and isinstance(out[i + 1], MaxPool):
+            out[i], out[i + 1] = out[i + 1], out[i]
+    return out
+
+
 def build_program(graph: Graph) -> Program:
     """The graph as dense steps, or UnsupportedLocal naming what is in the way."""
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
@@ -162,7 +173,7 @@ def build_program(graph: Graph) -> Program:
     if current != graph.outputs[0]:
         raise UnsupportedLocal("local bounds need the graph output at the end of the chain")
     n_in = math.prod(graph.inputs[0].shape)
-    steps = _merge(steps)
+    steps = _pool_first(_merge(steps))
     n_out = steps[-1].weight.shape[0] if isinstance(steps[-1], Affine) else None
     if n_out is None:
         n_out = int(Program(steps, n_in, 0).run(torch.zeros(1, n_in, dtype=torch.float64)).shape[1])
