@@ -31,9 +31,10 @@ class Ranges:
     pre: dict[int, Bounds] = field(default_factory=dict)   # step index -> its input range
     output: Bounds | None = None
 
-    def unstable(self) -> int:
-        """Units whose sign (or max-pool winner) is not fixed on the set, summed over the batch."""
-        return sum(int(((l < 0) & (u > 0)).sum()) for l, u in self.pre.values())
+    def unstable(self, program: Program) -> int:
+        """Activation inputs whose sign is not fixed on the set, summed over the batch."""
+        return sum(int(((lo < 0) & (hi > 0)).sum()) for i, (lo, hi) in self.pre.items()
+                   if isinstance(program.steps[i], Act))
 
 
 def widen(lo: torch.Tensor, hi: torch.Tensor) -> Bounds:

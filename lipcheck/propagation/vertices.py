@@ -5,9 +5,11 @@ unstable unit's slope in an interval (and each undecided max-pool window's choic
 its possible winners). ||.||_2 of that product is convex in each unit's slope separately
 (it is affine in it), so its maximum over the box of slopes is reached at a vertex: both
 end slopes of every unstable unit, every possible winner of every window. `vertex_bounds`
-walks backwards keeping the set of vectors explicitly while it stays below `cap` per row,
-and switches to the interval hull of the set (then `jacobian.py`'s interval steps) when it
-would not; an exact enumeration to the end gives sup ||r J|| exactly.
+walks backwards keeping the vertex products explicitly (all rows share a vertex: the
+slopes belong to the point, not to the row) while there are at most `cap`, and switches to
+their interval hull (then `jacobian.py`'s interval steps) when there would be more. An
+enumeration that reaches the input gives sup ||r J|| (and sup ||J||_2: the spectral norm is
+convex in each slope too) exactly.
 """
 from __future__ import annotations
 
@@ -21,29 +23,32 @@ from lipcheck.propagation.ranges import Ranges, _pool_gather
 
 
 def _act_vertices(vecs: torch.Tensor, alpha: float, lo: torch.Tensor, hi: torch.Tensor):
+    """vecs (V, m, n) -> (V * 2^u, m, n): every end-slope choice of the u unstable units."""
     s_lo, s_hi = slope_interval(alpha, lo, hi)
     unstable = torch.nonzero(s_lo != s_hi).flatten()
     base = vecs * s_lo
     if not len(unstable):
         return base
     corners = torch.tensor(list(itertools.product((0, 1), repeat=len(unstable))),
-                           dtype=vecs.dtype)                      # (V, u)
-    slopes = s_lo[unstable] + corners * (s_hi - s_lo)[unstable]   # (V, u)
-    out = base[:, None, :].repeat(1, len(corners), 1)             # (m, V, n)
-    out[:, :, unstable] = vecs[:, None, unstable] * slopes
-    return out.reshape(-1, vecs.shape[1])
+                           dtype=vecs.dtype)                      # (C, u)
+    slopes = s_lo[unstable] + corners * (s_hi - s_lo)[unstable]   # (C, u)
+    out = base[:, None].repeat(1, len(corners), 1, 1)             # (V, C, m, n)
+    out[..., unstable] = vecs[:, None][..., unstable] * slopes[None, :, None, :]
+    return out.reshape(-1, *vecs.shape[1:])
 
 
 def _pool_vertices(vecs: torch.Tensor, step, lo: torch.Tensor, hi: torch.Tensor):
+    """vecs (V, m, n_out) -> (V * C, m, n_in): every choice of each window's winner."""
     lw, uw = _pool_gather(step, lo[None])[0], _pool_gather(step, hi[None])[0]
     possible = uw >= lw.amax(dim=1, keepdim=True)                  # (n_out, k)
     choices = [torch.nonzero(possible[o]).flatten().tolist() for o in range(len(possible))]
-    combos = list(itertools.product(*choices))
-    picked = step.windows[torch.arange(len(choices))[None], torch.tensor(combos)]  # (V, n_out)
-    out = torch.zeros(vecs.shape[0], len(combos), step.n_in + 1, dtype=vecs.dtype)
-    out.scatter_add_(2, picked[None].expand(vecs.shape[0], -1, -1),
-                     vecs[:, None, :].expand(-1, len(combos), -1).contiguous())
-    return out[:, :, :step.n_in].reshape(-1, step.n_in)
+    combos = torch.tensor(list(itertools.product(*choices)))        # (C, n_out)
+    picked = step.windows[torch.arange(len(choices))[None], combos]  # (C, n_out)
+    v, m, n_out = vecs.shape
+    out = torch.zeros(v, len(combos), m, step.n_in + 1, dtype=vecs.dtype)
+    index = picked[None, :, None, :].expand(v, -1, m, -1)
+    out.scatter_add_(3, index, vecs[:, None].expand(-1, len(combos), -1, -1).contiguous())
+    return out[..., :step.n_in].reshape(-1, m, step.n_in)
 
 
 def _count(step, i: int, ranges: Ranges, b: int) -> int:
@@ -57,10 +62,9 @@ def _count(step, i: int, ranges: Ranges, b: int) -> int:
     return int(torch.prod(per.double()).clamp(max=2.0 ** 62))
 
 
-def _one(program: Program, ranges: Ranges, rows: torch.Tensor, b: int, cap: int) -> torch.Tensor:
-    m = rows.shape[0]
-    owner = torch.arange(m)           # which row each vector belongs to
-    vecs = rows.to(torch.float64)
+def _walk(program: Program, ranges: Ranges, rows: torch.Tensor, b: int, cap: int):
+    """Backwards from rows (m, n_out): ("vertices", (V, m, n_in)) or ("hull", (lo, hi))."""
+    vecs = rows.to(torch.float64)[None]
     hull = None
     for i in range(len(program.steps) - 1, -1, -1):
         step = program.steps[i]
@@ -68,27 +72,13 @@ def _one(program: Program, ranges: Ranges, rows: torch.Tensor, b: int, cap: int)
             hull = _hull_step(hull, step, i, ranges, b)
         elif isinstance(step, Affine):
             vecs = vecs @ step.weight
-        elif len(vecs) // m * _count(step, i, ranges, b) <= cap:
+        elif len(vecs) * _count(step, i, ranges, b) <= cap:
             lo, hi = ranges.pre[i][0][b], ranges.pre[i][1][b]
-            before = len(vecs)
             vecs = (_act_vertices(vecs, step.alpha, lo, hi) if isinstance(step, Act)
                     else _pool_vertices(vecs, step, lo, hi))
-            owner = owner.repeat_interleave(len(vecs) // before)
         else:
-            hull = _to_hull(vecs, owner, m)
-            hull = _hull_step(hull, step, i, ranges, b)
-    if hull is None:
-        norms = torch.linalg.vector_norm(vecs, dim=1)
-        return torch.zeros(m, dtype=torch.float64).scatter_reduce(0, owner, norms, "amax")
-    return torch.linalg.vector_norm(torch.maximum(hull[0].abs(), hull[1].abs()), dim=1)
-
-
-def _to_hull(vecs, owner, m):
-    n = vecs.shape[1]
-    index = owner[:, None].expand(-1, n)
-    lo = torch.full((m, n), torch.inf, dtype=vecs.dtype).scatter_reduce(0, index, vecs, "amin")
-    hi = torch.full((m, n), -torch.inf, dtype=vecs.dtype).scatter_reduce(0, index, vecs, "amax")
-    return lo, hi
+            hull = _hull_step((vecs.amin(dim=0), vecs.amax(dim=0)), step, i, ranges, b)
+    return ("vertices", vecs) if hull is None else ("hull", hull)
 
 
 def _hull_step(hull, step, i: int, ranges: Ranges, b: int):
@@ -104,8 +94,28 @@ def _hull_step(hull, step, i: int, ranges: Ranges, b: int):
     return out[0][0], out[1][0]
 
 
+def _row_norms(kind: str, value) -> torch.Tensor:
+    if kind == "vertices":
+        return torch.linalg.vector_norm(value, dim=2).amax(dim=0)
+    return torch.linalg.vector_norm(torch.maximum(value[0].abs(), value[1].abs()), dim=1)
+
+
+def _matrix_norm(kind: str, value) -> torch.Tensor:
+    if kind == "vertices":
+        return torch.linalg.matrix_norm(value, ord=2).amax()
+    return torch.linalg.matrix_norm(torch.maximum(value[0].abs(), value[1].abs()), ord=2)
+
+
 def vertex_bounds(program: Program, ranges: Ranges, rows: torch.Tensor,
                   cap: int = 4096) -> torch.Tensor:
-    """(B, m): sup over the set of ||r_i J|| (exact when the vertices fit under `cap`)."""
-    out = [_one(program, ranges, rows[b], b, cap) for b in range(rows.shape[0])]
+    """(B, m): sup over each set of ||r_i J|| (exact when the vertices fit under `cap`)."""
+    out = [_row_norms(*_walk(program, ranges, rows[b], b, cap)) for b in range(rows.shape[0])]
     return torch.stack(out) * SAFETY
+
+
+def vertex_lipschitz(program: Program, ranges: Ranges, cap: int = 1024) -> torch.Tensor:
+    """(B,): sup over each set of ||J||_2 (exact when the vertices fit under `cap`)."""
+    eye = torch.eye(program.n_out, dtype=torch.float64)
+    batch = ranges.output[0].shape[0]
+    return torch.stack([_matrix_norm(*_walk(program, ranges, eye, b, cap))
+                        for b in range(batch)]) * SAFETY
