@@ -17,7 +17,8 @@ import itertools
 
 import torch
 
-from lipcheck.propagation.jacobian import SAFETY, _back_pool, _times, slope_interval
+from lipcheck.propagation.jacobian import (SAFETY, _back_pool, _times, hull_matrix_norm,
+                                           slope_interval)
 from lipcheck.propagation.program import Act, Affine, Program
 from lipcheck.propagation.ranges import Ranges, _pool_gather
 
@@ -103,7 +104,7 @@ def _row_norms(kind: str, value) -> torch.Tensor:
 def _matrix_norm(kind: str, value) -> torch.Tensor:
     if kind == "vertices":
         return torch.linalg.matrix_norm(value, ord=2).amax()
-    return torch.linalg.matrix_norm(torch.maximum(value[0].abs(), value[1].abs()), ord=2)
+    return hull_matrix_norm(*value)
 
 
 def vertex_bounds(program: Program, ranges: Ranges, rows: torch.Tensor,
