@@ -4,7 +4,8 @@ Lipschitz constant (L2) of the network on an input set, beside the global one.
 Upper side (certified, per set): bound propagation gives every unit's range on the set
 (lipcheck.propagation: interval, then CROWN), then the smallest of three bounds of
 sup ||J(x)||_2 over the set: the masked AutoLip product (dead units removed), the interval
-hull of the Jacobians, and exact enumeration of the slope vertices when they are few. The
+hull of the Jacobians, exact enumeration of the slope vertices when they are few, and on
+MLP chains ECLipsE-Fast and LipSDP-Neuron on the weights with the dead units removed. The
 global certified bound also holds on the set, so the reported value is never above it.
 Lower side (certified, per set): the largest Jacobian norm found at points of the set
 (`points` random points, count-based and seeded), each a derivative inside the set.
@@ -24,6 +25,7 @@ import torch
 from lipcheck.errors import UserError
 from lipcheck.graph import Graph
 from lipcheck.propagation import InputSet, Program, build_program, local_lipschitz, propagate
+from lipcheck.estimators.upper.local_chain import chain_bounds
 from lipcheck.propagation.masked import masked_product
 from lipcheck.propagation.vertices import vertex_lipschitz
 
@@ -99,7 +101,8 @@ def local_section(graph: Graph, spec: LocalSet, global_upper: float | None,
     ranges = propagate(program, s)
     candidates = {"masked-autolip": masked_product(program, ranges),
                   "interval-jacobian": local_lipschitz(program, ranges),
-                  "slope-vertices": vertex_lipschitz(program, ranges)}
+                  "slope-vertices": vertex_lipschitz(program, ranges),
+                  **chain_bounds(program, ranges)}
     names = list(candidates)
     stacked = torch.stack([candidates[k] for k in names])
     best, which = stacked.min(dim=0)
@@ -115,7 +118,8 @@ def local_section(graph: Graph, spec: LocalSet, global_upper: float | None,
             "unstable_units": ranges.unstable(program), "points_searched": points,
             "per_set": [{"upper_bound": v, "method": m, "lower_bound": lo}
                         for v, m, lo in zip(values, methods, lower)],
-            "methods": {k: [float(v) for v in candidates[k]] for k in names},
+            "methods": {k: [float(v) if math.isfinite(v) else None for v in candidates[k]]
+                        for k in names},
             "seconds": round(time.perf_counter() - start, 6)}
 
 
