@@ -181,3 +181,10 @@ def test_a_residual_graph_is_refused_with_the_node_named():
 def test_an_unsupported_op_is_named():
     with pytest.raises(UnsupportedLocal, match="Sigmoid"):
         build_program(mlp([3, 4, 2], OpKind.SIGMOID))
+
+
+def test_a_layer_too_large_for_dense_steps_is_refused(monkeypatch):
+    import lipcheck.propagation.program as program_module
+    monkeypatch.setattr(program_module, "MAX_ENTRIES", 20)
+    with pytest.raises(UnsupportedLocal, match="too large"):
+        build_program(mlp([5, 8, 3]))

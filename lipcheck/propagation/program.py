@@ -26,6 +26,7 @@ from lipcheck.rules import get_rule
 SHAPE_ONLY = {OpKind.FLATTEN, OpKind.RESHAPE, OpKind.IDENTITY, OpKind.DROPOUT,
               OpKind.SQUEEZE, OpKind.UNSQUEEZE, OpKind.TRANSPOSE}
 POOLS = {OpKind.MAX_POOL, OpKind.GLOBAL_MAX_POOL}
+MAX_ENTRIES = 1 << 22   # a dense step above this (32 MiB in float64) is refused
 
 
 class UnsupportedLocal(UserError):
@@ -88,9 +89,16 @@ def _inputs(graph: Graph, node: Node, dynamic: torch.Tensor) -> list[torch.Tenso
     return values
 
 
+def _too_large(node: Node, n_in: int, n_out: int) -> None:
+    if n_in * n_out > MAX_ENTRIES:
+        raise UnsupportedLocal(f"local bounds: node {node.name!r} ({node.op.value}) is too large "
+                               f"for dense steps ({n_out} x {n_in} > {MAX_ENTRIES} entries)")
+
+
 def _affine(graph: Graph, node: Node) -> Affine:
     shape = tuple(node.input_shapes[graph.dynamic_inputs(node)[0]])
     n = math.prod(shape)
+    _too_large(node, n, math.prod(node.output_shapes[0]) if node.output_shapes else n)
 
     def fn(v: torch.Tensor) -> torch.Tensor:
         return run_node(node, _inputs(graph, node, v.reshape(shape)))[0].reshape(-1)
@@ -108,6 +116,7 @@ def _pool(graph: Graph, node: Node) -> MaxPool:
     if shape[0] != 1:
         raise UnsupportedLocal(f"local bounds: node {node.name!r} ({node.op.value}) needs batch 1")
     n = math.prod(shape)
+    _too_large(node, n, n)
     onehot = 2 * torch.eye(n, dtype=torch.float64) - 1
     out = run_node(node, _inputs(graph, node, onehot.reshape(n, *shape[1:])))[0]
     member = out.reshape(n, -1).T > 0          # (n_out, n_in)

@@ -6,7 +6,8 @@ its possible winners). ||.||_2 of that product is convex in each unit's slope se
 (it is affine in it), so its maximum over the box of slopes is reached at a vertex: both
 end slopes of every unstable unit, every possible winner of every window. `vertex_bounds`
 walks backwards keeping the vertex products explicitly (all rows share a vertex: the
-slopes belong to the point, not to the row) while there are at most `cap`, and switches to
+slopes belong to the point, not to the row) while there are at most `cap` (fewer for wide
+layers: 2^23 floats at most), and switches to
 their interval hull (then `jacobian.py`'s interval steps) when there would be more. An
 enumeration that reaches the input gives sup ||r J|| (and sup ||J||_2: the spectral norm is
 convex in each slope too) exactly.
@@ -19,8 +20,10 @@ import torch
 
 from lipcheck.propagation.jacobian import (SAFETY, _back_pool, _times, hull_matrix_norm,
                                            slope_interval)
-from lipcheck.propagation.program import Act, Affine, Program
+from lipcheck.propagation.program import Act, Affine, MaxPool, Program
 from lipcheck.propagation.ranges import Ranges, _pool_gather
+
+MAX_FLOATS = 1 << 23    # vertices x rows x width kept at once (64 MiB)
 
 
 def _act_vertices(vecs: torch.Tensor, alpha: float, lo: torch.Tensor, hi: torch.Tensor):
@@ -66,6 +69,9 @@ def _count(step, i: int, ranges: Ranges, b: int) -> int:
 def _walk(program: Program, ranges: Ranges, rows: torch.Tensor, b: int, cap: int):
     """Backwards from rows (m, n_out): ("vertices", (V, m, n_in)) or ("hull", (lo, hi))."""
     vecs = rows.to(torch.float64)[None]
+    widest = max(max(s.weight.shape) if isinstance(s, Affine) else s.n_in
+                 if isinstance(s, MaxPool) else 0 for s in program.steps)
+    cap = max(1, min(cap, MAX_FLOATS // (rows.shape[0] * max(widest, 1))))
     hull = None
     for i in range(len(program.steps) - 1, -1, -1):
         step = program.steps[i]
