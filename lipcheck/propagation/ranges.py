@@ -11,8 +11,8 @@ sound; the tighter of the two is kept, per unit. Bounds are widened by a relativ
 
 Relaxations on [l, u] with l < 0 < u: ReLU-family y = max(z, alpha z), chord above,
 the line of slope 1 (when u >= -l) or alpha below; max pool y = max_i x_i: below by the
-entry with the largest lower bound, above by that entry when it dominates the window
-(its lower bound >= every other upper bound), else by the constant max upper bound.
+entry with the largest lower bound, above by the best at the box centre of three affine
+upper bounds (`pool_upper`; exact when one entry dominates its window).
 """
 from __future__ import annotations
 
@@ -86,13 +86,45 @@ def _back_act(lam, const, step: Act, bounds: Bounds):
     return pos * s_up[:, None, :] + neg * s_low[:, None, :], const
 
 
+def pool_upper(step: MaxPool, lo: torch.Tensor, hi: torch.Tensor):
+    """y = max_k x_k <= sum_k w_k x_k + c on the box, w >= 0 (B, n_out, k), c (B, n_out).
+
+    For w >= 0 the smallest valid c is max_j [(1 - w_j) u_j - sum_{i != j} w_i l_i] (each
+    term is the largest of x_j - sum w_i x_i on the box). Per window the candidate with the
+    smallest value at the box centre is kept, among: the constant max_k u_k (w = 0), the
+    entry with the largest lower bound (w = e_k: exact when it dominates), and weights
+    proportional to how far each upper bound reaches above the largest lower bound."""
+    lw, uw = _pool_gather(step, lo), _pool_gather(step, hi)
+    valid = (step.windows < step.n_in).expand_as(lw)
+    l0, u0 = torch.where(valid, lw, 0.0), torch.where(valid, uw, 0.0)
+    top = lw.amax(dim=2, keepdim=True)
+    reach = torch.where(valid, (uw - top).clamp(min=0), 0.0)
+    spread = reach / reach.sum(dim=2, keepdim=True).clamp(min=1e-300)
+    winner = torch.zeros_like(lw).scatter(2, lw.argmax(dim=2, keepdim=True), 1.0)
+    best_w, best_c = torch.zeros_like(lw), uw.amax(dim=2)
+    best_score = best_c
+    for w in (winner, spread):
+        terms = (1 - w) * u0 + w * l0 - (w * l0).sum(dim=2, keepdim=True)
+        c = torch.where(valid, terms, -torch.inf).amax(dim=2)
+        score = (w * (l0 + u0) / 2).sum(dim=2) + c
+        better = score < best_score
+        best_w = torch.where(better[..., None], w, best_w)
+        best_c = torch.where(better, c, best_c)
+        best_score = torch.minimum(score, best_score)
+    return best_w, best_c
+
+
 def _back_pool(lam, const, step: MaxPool, bounds: Bounds):
-    winner, dominated, top = pool_relaxation(step, *bounds)
-    use_x = dominated[:, None, :] | (lam < 0)
-    const = const + torch.where(use_x, 0.0, lam * top[:, None, :]).sum(dim=2)
-    out = torch.zeros(*lam.shape[:2], step.n_in + 1, dtype=lam.dtype)
-    index = winner[:, None, :].expand_as(lam)
-    out.scatter_add_(2, index, torch.where(use_x, lam, 0.0))
+    winner, _, _ = pool_relaxation(step, *bounds)
+    weights, offset = pool_upper(step, *bounds)
+    pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+    const = const + (pos * offset[:, None, :]).sum(dim=2)
+    batch, m, n_out = lam.shape
+    k = step.windows.shape[1]
+    out = torch.zeros(batch, m, step.n_in + 1, dtype=lam.dtype)
+    up = (pos[..., None] * weights[:, None]).reshape(batch, m, n_out * k)
+    out.scatter_add_(2, step.windows.reshape(1, 1, -1).expand(batch, m, -1), up)
+    out.scatter_add_(2, winner[:, None, :].expand_as(lam), neg)
     return out[:, :, :step.n_in], const
 
 
