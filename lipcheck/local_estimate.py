@@ -23,9 +23,15 @@ import numpy as np
 import torch
 
 from lipcheck.errors import UserError
-from lipcheck.graph import Graph
-from lipcheck.propagation import InputSet, Program, build_program, local_lipschitz, propagate
 from lipcheck.estimators.upper.local_chain import chain_bounds
+from lipcheck.graph import Graph
+from lipcheck.propagation import (
+    InputSet,
+    Program,
+    build_program,
+    local_lipschitz,
+    propagate,
+)
 from lipcheck.propagation.masked import masked_product
 from lipcheck.propagation.vertices import vertex_lipschitz
 

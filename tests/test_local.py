@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from graphs import conv_net, function_of, mlp
+
 from lipcheck.api import EstimateOptions, estimate
 from lipcheck.certify import certify, predict
 from lipcheck.local_certify import certify_local

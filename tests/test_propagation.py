@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
+from graphs import conv_net, mlp
 from torch import nn
 
-from graphs import conv_net, mlp
 from lipcheck.graph import OpKind
 from lipcheck.interpreter import run_graph
 from lipcheck.loaders.torch_loader import load_module
-from lipcheck.propagation import (InputSet, Program, UnsupportedLocal, build_program,
-                                  local_lipschitz, propagate, row_norm_bounds)
+from lipcheck.propagation import (
+    InputSet,
+    Program,
+    UnsupportedLocal,
+    build_program,
+    local_lipschitz,
+    propagate,
+    row_norm_bounds,
+)
 from lipcheck.propagation.masked import masked_product
 from lipcheck.propagation.program import Affine
 from lipcheck.propagation.vertices import vertex_bounds, vertex_lipschitz

@@ -18,8 +18,13 @@ import itertools
 
 import torch
 
-from lipcheck.propagation.jacobian import (SAFETY, _back_pool, _times, hull_matrix_norm,
-                                           slope_interval)
+from lipcheck.propagation.jacobian import (
+    SAFETY,
+    _back_pool,
+    _times,
+    hull_matrix_norm,
+    slope_interval,
+)
 from lipcheck.propagation.program import Act, Affine, MaxPool, Program
 from lipcheck.propagation.ranges import Ranges, _pool_gather
 
@@ -48,7 +53,7 @@ def _pool_vertices(vecs: torch.Tensor, step, lo: torch.Tensor, hi: torch.Tensor)
     choices = [torch.nonzero(possible[o]).flatten().tolist() for o in range(len(possible))]
     combos = torch.tensor(list(itertools.product(*choices)))        # (C, n_out)
     picked = step.windows[torch.arange(len(choices))[None], combos]  # (C, n_out)
-    v, m, n_out = vecs.shape
+    v, m, _ = vecs.shape
     out = torch.zeros(v, len(combos), m, step.n_in + 1, dtype=vecs.dtype)
     index = picked[None, :, None, :].expand(v, -1, m, -1)
     out.scatter_add_(3, index, vecs[:, None].expand(-1, len(combos), -1, -1).contiguous())
