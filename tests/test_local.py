@@ -15,6 +15,7 @@ from graphs import conv_net, function_of, mlp
 
 from lipcheck.api import EstimateOptions, estimate
 from lipcheck.certify import certify, predict
+from lipcheck.graph import OpKind
 from lipcheck.local_certify import certify_local
 from lipcheck.local_estimate import LocalSet
 from lipcheck.report import load_schema
@@ -94,12 +95,23 @@ def test_on_a_linear_model_local_and_global_agree():
 
 
 def test_a_model_outside_the_propagation_keeps_the_global_rule():
-    graph = conv_net(residual=True, size=4)
-    x = np.random.default_rng(1).normal(size=(6, 2 * 4 * 4))
-    y = predict(graph, x).numpy().reshape(6, -1).argmax(axis=1)
+    graph = mlp([4, 6, 3], OpKind.SIGMOID, seed=2)
+    x = np.random.default_rng(1).normal(size=(6, 4))
+    y = predict(graph, x).numpy().argmax(axis=1)
     rob = certify(graph, report_of(graph), x, y, eps=0.01)
-    assert rob.local.skipped and "add" in rob.local.skipped
+    assert rob.local.skipped and "Sigmoid" in rob.local.skipped
     assert rob.certified_accuracy == rob.certified_accuracy_global
+
+
+def test_a_residual_model_is_certified_locally_and_survives_attacks():
+    graph = conv_net(seed=4, residual=True, size=4)
+    x = np.random.default_rng(2).normal(size=(12, 2 * 4 * 4))
+    y = predict(graph, x).numpy().argmax(axis=1)
+    eps = 0.05
+    local = certify_local(graph, x, y, predict(graph, x).numpy(), eps)
+    assert local.skipped is None and local.certified.any()
+    for i in np.flatnonzero(local.certified):
+        assert not attack(graph, x[i], y[i], eps), i
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -130,7 +142,7 @@ def test_local_bounds_sit_between_found_jacobians_and_the_global_bound(seed, tmp
 def test_a_box_gives_a_local_section_and_a_skip_is_a_warning():
     report = report_of(mlp([4, 6, 2], seed=5), input_range=(0.0, 1.0))
     assert report.local["set"] == "box [0, 1]" and report.local["sets"] == 1
-    skipped = report_of(conv_net(residual=True, size=4), input_range=(0.0, 1.0))
+    skipped = report_of(mlp([4, 6, 2], OpKind.SIGMOID, seed=5), input_range=(0.0, 1.0))
     assert "skipped" in skipped.local
     assert any(w.code == "local_skipped" for w in skipped.warnings)
 

@@ -9,8 +9,8 @@ import torch
 from graphs import conv_net, mlp
 from torch import nn
 
-from lipcheck.graph import OpKind
-from lipcheck.interpreter import run_graph
+from lipcheck.graph import Graph, Node, OpKind
+from lipcheck.interpreter import infer_shapes, run_graph
 from lipcheck.loaders.torch_loader import load_module
 from lipcheck.propagation import (
     InputSet,
@@ -22,7 +22,7 @@ from lipcheck.propagation import (
     row_norm_bounds,
 )
 from lipcheck.propagation.masked import masked_product
-from lipcheck.propagation.program import Affine
+from lipcheck.propagation.program import Add, Affine, sources
 from lipcheck.propagation.vertices import vertex_bounds, vertex_lipschitz
 
 
@@ -41,6 +41,7 @@ GRAPHS = {
     "leaky": lambda: mlp([4, 6, 6, 2], OpKind.LEAKY_RELU, seed=4, attrs={"alpha": 0.3}),
     "conv": lambda: conv_net(seed=2, size=4),
     "pool": lambda: load_module(pool_cnn(), [(1, 1, 6, 6)]),
+    "residual": lambda: conv_net(seed=6, residual=True, size=4),
 }
 SETS = [("box", 0.5), ("l2", 0.7), ("linf", 0.3)]
 
@@ -93,9 +94,9 @@ def test_every_range_contains_the_sampled_values(name, kind, size):
     for method in ("interval", "crown"):
         ranges = propagate(program, s, method)
         flat = points.reshape(-1, program.n_in)
+        every = program.values(flat)
         for i, (lo, hi) in ranges.pre.items():
-            values = Program(program.steps[:i], program.n_in, 0).run(flat)
-            values = values.reshape(s.batch, points.shape[1], -1)
+            values = every[sources(program.steps, i)[0]].reshape(s.batch, points.shape[1], -1)
             assert bool((values >= lo[:, None] - 1e-12).all() and (values <= hi[:, None] + 1e-12).all())
         out = program.run(points.reshape(-1, program.n_in)).reshape(s.batch, points.shape[1], -1)
         assert bool((out >= ranges.output[0][:, None] - 1e-12).all())
@@ -179,9 +180,21 @@ def test_the_local_constant_shrinks_towards_the_global_one_as_the_set_grows():
     assert values[-1] <= product * (1 + 1e-7)  # the same norms, inflated against rounding
 
 
-def test_a_residual_graph_is_refused_with_the_node_named():
-    with pytest.raises(UnsupportedLocal, match="add"):
-        build_program(conv_net(residual=True))
+def test_a_residual_graph_is_not_a_chain_and_keeps_the_interval_hull():
+    program = build_program(GRAPHS["residual"]())
+    assert not program.is_chain and any(isinstance(s, Add) for s in program.steps)
+    ranges = propagate(program, make_set("l2", 0.3, centers(program)))
+    assert bool(torch.isinf(masked_product(program, ranges)).all())
+    assert torch.equal(vertex_lipschitz(program, ranges), local_lipschitz(program, ranges))
+
+
+def test_a_product_of_two_dynamic_inputs_is_refused_with_the_node_named():
+    graph = mlp([3, 4, 2], seed=1)
+    graph = Graph(graph.inputs, ["sq"], graph.nodes + [Node("square", OpKind.MUL, ["h1", "h1"],
+                                                            ["sq"])], graph.constants)
+    infer_shapes(graph)
+    with pytest.raises(UnsupportedLocal, match="square"):
+        build_program(graph)
 
 
 def test_an_unsupported_op_is_named():

@@ -10,11 +10,7 @@
 The estimators use these; nothing here knows about reports or the terminal.
 """
 from lipcheck.propagation.input_set import InputSet
-from lipcheck.propagation.jacobian import (
-           jacobian_hull,
-           local_lipschitz,
-           row_norm_bounds,
-)
+from lipcheck.propagation.jacobian import jacobian_hull, local_lipschitz, row_norm_bounds
 from lipcheck.propagation.program import Program, UnsupportedLocal, build_program
 from lipcheck.propagation.ranges import Ranges, propagate
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from lipcheck.propagation.program import Act, Affine, MaxPool, Program
+from lipcheck.propagation.program import Act, Affine, MaxPool, Program, sources
 from lipcheck.propagation.ranges import Ranges, _pool_gather
 
 SAFETY = 1 + 1e-9
@@ -55,21 +55,35 @@ def _back_pool(lo, hi, step: MaxPool, bounds):
     return out[0], out[1]
 
 
+def _back(step, i: int, lo, hi, ranges: Ranges):
+    if isinstance(step, Affine):
+        mid, rad = (lo + hi) / 2, (hi - lo) / 2
+        mid, rad = mid @ step.weight, rad @ step.weight.abs()
+        return mid - rad, mid + rad
+    if isinstance(step, Act):
+        s_lo, s_hi = slope_interval(step.alpha, *ranges.pre[i])
+        return _times(lo, hi, s_lo[:, None, :], s_hi[:, None, :])
+    if isinstance(step, MaxPool):
+        return _back_pool(lo, hi, step, ranges.pre[i])
+    return lo, hi          # Add: the same interval to both summands
+
+
 def jacobian_hull(program: Program, ranges: Ranges, rows: torch.Tensor):
     """Intervals (lo, hi), each (B, m, n_in), containing rows @ J(x) for every x in the set."""
-    lo = hi = rows.to(torch.float64)
+    rows = rows.to(torch.float64)
+    pending = {len(program.steps): (rows, rows)}
     for i in range(len(program.steps) - 1, -1, -1):
-        step = program.steps[i]
-        if isinstance(step, Affine):
-            mid, rad = (lo + hi) / 2, (hi - lo) / 2
-            mid, rad = mid @ step.weight, rad @ step.weight.abs()
-            lo, hi = mid - rad, mid + rad
-        elif isinstance(step, Act):
-            s_lo, s_hi = slope_interval(step.alpha, *ranges.pre[i])
-            lo, hi = _times(lo, hi, s_lo[:, None, :], s_hi[:, None, :])
-        else:
-            lo, hi = _back_pool(lo, hi, step, ranges.pre[i])
-    return lo, hi
+        found = pending.pop(i + 1, None)
+        if found is None:
+            continue
+        lo, hi = _back(program.steps[i], i, *found, ranges)
+        for v in sources(program.steps, i):
+            old = pending.get(v)
+            pending[v] = (lo, hi) if old is None else (old[0] + lo, old[1] + hi)
+    if 0 not in pending:
+        zero = torch.zeros(*rows.shape[:2], program.n_in, dtype=torch.float64)
+        return zero, zero
+    return pending[0]
 
 
 def row_norm_bounds(program: Program, ranges: Ranges, rows: torch.Tensor) -> torch.Tensor:

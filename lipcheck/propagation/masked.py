@@ -7,6 +7,7 @@ neighbouring affine steps, so a chain ... W_2 D_1 W_1 ... is bounded by the prod
 column. A max pool contributes sqrt(the largest number of windows one entry can win);
 an activation next to a pool keeps only its affine-side half (the other is <= 1). Never
 above the global AutoLip product of the merged affine steps; exact for a linear network.
+Chains only (inf on residual graphs).
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def _pool_factor(step: MaxPool, lo: torch.Tensor, hi: torch.Tensor) -> torch.Ten
 def masked_product(program: Program, ranges: Ranges) -> torch.Tensor:
     """(B,): product over the steps of the masked per-layer norms, on each set."""
     batch = ranges.output[0].shape[0]
+    if not program.is_chain:      # a residual sum is not a product: no bound here
+        return torch.full((batch,), torch.inf, dtype=torch.float64)
     total = torch.ones(batch, dtype=torch.float64)
     for i, step in enumerate(program.steps):
         if isinstance(step, Affine):

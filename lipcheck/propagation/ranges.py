@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lipcheck.propagation.input_set import InputSet
-from lipcheck.propagation.program import Act, Affine, MaxPool, Program
+from lipcheck.propagation.program import Act, Add, Affine, MaxPool, Program, sources
 
 Bounds = tuple[torch.Tensor, torch.Tensor]
 
@@ -42,7 +42,10 @@ def widen(lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
     return lo - tol, hi + tol
 
 
-def _interval(step, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+def _interval(step, bounds: Bounds, *more: Bounds) -> Bounds:
+    lo, hi = bounds
+    if isinstance(step, Add):
+        return lo + more[0][0], hi + more[0][1]
     if isinstance(step, Affine):
         mid, rad = (lo + hi) / 2, (hi - lo) / 2
         mid = mid @ step.weight.T + step.bias
@@ -128,45 +131,65 @@ def _back_pool(lam, const, step: MaxPool, bounds: Bounds):
     return out[:, :, :step.n_in], const
 
 
-def back_substitute(program: Program, upto: int, lam: torch.Tensor, const: torch.Tensor,
+def _push(pending: dict, value: int, lam: torch.Tensor) -> None:
+    pending[value] = pending[value] + lam if value in pending else lam
+
+
+def back_substitute(program: Program, pending: dict, const: torch.Tensor, upto: int,
                     ranges: Ranges, input_set: InputSet) -> torch.Tensor:
-    """Upper bound of lam . (value before step `upto`) + const over each set."""
+    """Upper bound over each set of sum_v lam_v . value_v + const, for the coefficients
+    `pending` (value -> (B, m, n_v)) on values written before step `upto`."""
     for i in range(upto - 1, -1, -1):
-        step = program.steps[i]
+        lam = pending.pop(i + 1, None)
+        if lam is None:
+            continue
+        step, src = program.steps[i], sources(program.steps, i)
         if isinstance(step, Affine):
             const = const + lam @ step.bias
             lam = lam @ step.weight
         elif isinstance(step, Act):
             lam, const = _back_act(lam, const, step, ranges.pre[i])
-        else:
+        elif isinstance(step, MaxPool):
             lam, const = _back_pool(lam, const, step, ranges.pre[i])
+        for v in src:
+            _push(pending, v, lam)
+    lam = pending.pop(0, None)
+    if lam is None:
+        return const
     return input_set.affine_range(lam, const)[1]
 
 
-def _crown(program: Program, i: int, ranges: Ranges, input_set: InputSet) -> Bounds:
-    step = program.steps[i - 1]
+def _crown(program: Program, value: int, ranges: Ranges, input_set: InputSet) -> Bounds:
+    """CROWN bounds of `value`, written by an affine step."""
+    step = program.steps[value - 1]
     batch = input_set.batch
     w = step.weight.expand(batch, -1, -1)
-    lam = torch.cat([w, -w], dim=1)
+    pending = {sources(program.steps, value - 1)[0]: torch.cat([w, -w], dim=1)}
     const = torch.cat([step.bias, -step.bias]).expand(batch, -1)
-    upper = back_substitute(program, i - 1, lam, const, ranges, input_set)
+    upper = back_substitute(program, pending, const, value - 1, ranges, input_set)
     m = step.weight.shape[0]
     return -upper[:, m:], upper[:, :m]
 
 
 def _propagate_chunk(program: Program, input_set: InputSet, method: str) -> Ranges:
     ranges = Ranges()
-    lo, hi = input_set.interval()
+    values = [input_set.interval()]
+    tightened: set[int] = set()
     for i, step in enumerate(program.steps):
-        if i > 0 and isinstance(program.steps[i - 1], Affine) and not isinstance(step, Affine):
-            if i == 1 or method == "crown":
-                c_lo, c_hi = _crown(program, i, ranges, input_set)
-                lo, hi = torch.maximum(lo, c_lo), torch.minimum(hi, c_hi)
-        if not isinstance(step, Affine):
-            lo, hi = widen(lo, hi)
-            ranges.pre[i] = (lo, hi)
-        lo, hi = _interval(step, lo, hi)
-    ranges.output = (lo, hi)
+        src = sources(program.steps, i)
+        if not isinstance(step, (Affine, Add)):
+            v = src[0]
+            if v not in tightened:
+                if v > 0 and isinstance(program.steps[v - 1], Affine) and (
+                        method == "crown" or sources(program.steps, v - 1) == (0,)):
+                    c_lo, c_hi = _crown(program, v, ranges, input_set)
+                    values[v] = (torch.maximum(values[v][0], c_lo),
+                                 torch.minimum(values[v][1], c_hi))
+                values[v] = widen(*values[v])
+                tightened.add(v)
+            ranges.pre[i] = values[v]
+        values.append(_interval(step, *(values[v] for v in src)))
+    ranges.output = values[-1]
     return ranges
 
 

@@ -10,7 +10,7 @@ slopes belong to the point, not to the row) while there are at most `cap` (fewer
 layers: 2^23 floats at most), and switches to
 their interval hull (then `jacobian.py`'s interval steps) when there would be more. An
 enumeration that reaches the input gives sup ||r J|| (and sup ||J||_2: the spectral norm is
-convex in each slope too) exactly.
+convex in each slope too) exactly. Chains only: on residual graphs the interval hull is used.
 """
 from __future__ import annotations
 
@@ -18,13 +18,8 @@ import itertools
 
 import torch
 
-from lipcheck.propagation.jacobian import (
-    SAFETY,
-    _back_pool,
-    _times,
-    hull_matrix_norm,
-    slope_interval,
-)
+from lipcheck.propagation.jacobian import (SAFETY, _back_pool, _times, hull_matrix_norm,
+                                           local_lipschitz, row_norm_bounds, slope_interval)
 from lipcheck.propagation.program import Act, Affine, MaxPool, Program
 from lipcheck.propagation.ranges import Ranges, _pool_gather
 
@@ -121,12 +116,16 @@ def _matrix_norm(kind: str, value) -> torch.Tensor:
 def vertex_bounds(program: Program, ranges: Ranges, rows: torch.Tensor,
                   cap: int = 4096) -> torch.Tensor:
     """(B, m): sup over each set of ||r_i J|| (exact when the vertices fit under `cap`)."""
+    if not program.is_chain:      # residual graphs: the interval hull only
+        return row_norm_bounds(program, ranges, rows)
     out = [_row_norms(*_walk(program, ranges, rows[b], b, cap)) for b in range(rows.shape[0])]
     return torch.stack(out) * SAFETY
 
 
 def vertex_lipschitz(program: Program, ranges: Ranges, cap: int = 1024) -> torch.Tensor:
     """(B,): sup over each set of ||J||_2 (exact when the vertices fit under `cap`)."""
+    if not program.is_chain:      # residual graphs: the interval hull only
+        return local_lipschitz(program, ranges)
     eye = torch.eye(program.n_out, dtype=torch.float64)
     batch = ranges.output[0].shape[0]
     return torch.stack([_matrix_norm(*_walk(program, ranges, eye, b, cap))
