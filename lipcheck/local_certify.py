@@ -3,9 +3,10 @@
 For a sample x with predicted class c, the margin m_j = f_c - f_j stays positive on the L2
 ball B(x, eps) when m_j(x) > eps * K_cj, with K_cj an upper bound of the Lipschitz constant
 of f_c - f_j *on that ball*. K_cj comes from bound propagation (lipcheck.propagation):
-CROWN ranges of every unit on the ball, then the sup over the ball of ||(e_c - e_j) J||,
-by exact enumeration of the slope vertices when the unstable units are few, else by the
-interval hull of the Jacobians. Every number is certified (float64, widened against
+CROWN ranges of every unit on the ball, then the sup over the ball of ||(e_c - e_j) J||:
+the smaller of exact enumeration of the slope vertices (when the unstable units are few)
+and the interval hull of the Jacobians. (Masked AutoLip per row, `graph_masked`, certified
+no more samples on the digits models and costs an SVD per sample and layer: not used.) Every number is certified (float64, widened against
 rounding); models the propagation does not handle are reported as skipped, with the
 reason, and the gate keeps the global rule.
 """
