@@ -53,6 +53,8 @@ class LocalSet:
         if self.around is not None and not (self.eps is not None and math.isfinite(self.eps)
                                             and self.eps > 0):
             raise UserError("--around needs --eps, a finite radius > 0")
+        if self.around is not None and not Path(self.around).is_file():
+            raise UserError(f"--around {self.around}: no such file")
         if self.norm not in ("2", "inf"):
             raise UserError(f"--norm {self.norm!r}: choose 2 or inf")
         return self

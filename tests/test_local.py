@@ -153,11 +153,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--around", "pts.npz"], "--around needs --eps"),
+    (["--around", "{pts}"], "--around needs --eps"),
     (["--eps", "0.1"], "--eps needs --around"),
-    (["--around", "pts.npz", "--eps", "0.1", "--norm", "1"], "--norm '1'"),
+    (["--around", "{pts}", "--eps", "0.1", "--norm", "1"], "--norm '1'"),
+    (["--around", "missing.npz", "--eps", "0.1"], "missing.npz: no such file"),
 ])
-def test_bad_local_options_are_one_line_user_errors(args, message):
+def test_bad_local_options_are_one_line_user_errors(args, message, tmp_path):
+    np.savez(tmp_path / "pts.npz", x=np.zeros((2, 64)))
+    args = [a.format(pts=tmp_path / "pts.npz") for a in args]
     proc = run_cli("estimate", "models/digits_mlp.onnx", "--lower-budget", "0", *args)
     assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr
