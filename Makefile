@@ -6,7 +6,7 @@ PIP = $(VENV)/bin/pip
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
 
-.PHONY: install test demo models docs bench clean
+.PHONY: install test lint demo models docs bench clean
 
 install: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 
 test: install
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n 2 tests
+
+# ruff (lint + import order) and mypy on lipcheck/, configured in pyproject.toml
+lint: install
+	$(VENV)/bin/ruff check lipcheck tests
+	$(VENV)/bin/mypy
 
 demo: install
 	$(VENV)/bin/lipcheck estimate models/digits_cnn.onnx

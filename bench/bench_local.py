@@ -23,7 +23,8 @@ import torch
 from lipcheck.api import EstimateOptions, estimate
 from lipcheck.certify import certify
 from lipcheck.loaders.dispatch import load_model
-from lipcheck.local_estimate import LocalSet, local_section
+from lipcheck.local_estimate import local_section
+from lipcheck.local_set import LocalSet
 from lipcheck.propagation import build_program
 from lipcheck.propagation.program import Affine
 from lipcheck.settings import Settings

@@ -42,7 +42,7 @@ class EstimateOptions:
     arch: str | None = None
     unsafe_pickle: bool = False
     fuse_batchnorm: bool = True        # fold Conv -> BatchNorm into one Conv (tighter, same function)
-    local: Any = None                  # a lipcheck.local_estimate.LocalSet: bound on that set too
+    local: Any = None                  # a lipcheck.local_set.LocalSet: bound on that set too
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,23 +64,37 @@ def load(model: Any, input_shapes: Shapes = None, arch: str | None = None,
 
 def estimate(model: Any, input_shapes: Shapes = None, settings: Settings | None = None,
              options: EstimateOptions | None = None,
-             progress: Callable[[Node], None] | None = None) -> Report:
-    """Load and bound a model; stops with RunTimeout after settings.timeout seconds."""
+             progress: Callable[[Node], None] | None = None,
+             on_phase: Callable[[str, int | None], None] | None = None) -> Report:
+    """Load and bound a model; stops with RunTimeout after settings.timeout seconds.
+
+    `progress(node)` runs after each node is bounded; `on_phase(name, count)` when a phase
+    starts: PHASES in order (a phase that does not run is skipped), `count` the number of
+    nodes for the per-layer bounds, else None."""
     settings = settings or Settings()
     options = options or EstimateOptions()
     check_timeout(settings.timeout)
     torch_dtype(settings.dtype)
-    stage = _Stage(progress)
+    stage = _Stage(progress, on_phase)
     with time_limit(settings.timeout, stage.describe) as deadline:
         stage.deadline = deadline
-        return _estimate(model, input_shapes, settings, options, stage.tick)
+        return _estimate(model, input_shapes, settings, options, stage)
+
+
+PHASES = ("loading", "per-layer bounds", "global methods", "lower-bound search")
 
 
 class _Stage:
     """Where a run is (for the timeout message); checks the deadline after every node."""
 
-    def __init__(self, progress: Callable[[Node], None] | None) -> None:
+    def __init__(self, progress: Callable[[Node], None] | None,
+                 on_phase: Callable[[str, int | None], None] | None = None) -> None:
         self.progress, self.deadline, self.node = progress, None, None
+        self.on_phase = on_phase
+
+    def enter(self, phase: str, count: int | None = None) -> None:
+        if self.on_phase is not None:
+            self.on_phase(phase, count)
 
     def describe(self) -> str:
         if self.node is None:
@@ -96,21 +110,26 @@ class _Stage:
 
 
 def _estimate(model: Any, input_shapes: Shapes, settings: Settings, options: EstimateOptions,
-              progress: Callable[[Node], None]) -> Report:
+              stage: _Stage) -> Report:
     torch.manual_seed(settings.seed)
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    stage.enter("loading")
     graph = load(model, input_shapes, options.arch, options.unsafe_pickle, settings.seed)
     check_finite_constants(graph)
     if options.fuse_batchnorm:
         graph = fuse_batchnorm(graph)
     timings["load"] = time.perf_counter() - start
     start = time.perf_counter()
-    node_bounds = bound_nodes(graph, settings, progress)
+    stage.enter("per-layer bounds", len(graph.nodes))
+    node_bounds = bound_nodes(graph, settings, stage.tick)
     timings["layers"] = time.perf_counter() - start
     result = autolip(graph, node_bounds)
     bounds = [autolip_bound(result, timings["layers"])]
+    stage.enter("global methods")
     bounds += _other_bounds(graph, node_bounds, settings, options, timings)
+    if options.lower_budget > 0:
+        stage.enter("lower-bound search")
     lower = _lower(graph, settings, options, timings, result)
     report = Report(model=graph.metadata_for_report(), settings=_settings_dict(settings, options),
                     layers=_layers(graph, result), bounds=bounds, lower_bound=lower,
@@ -123,7 +142,8 @@ def _estimate(model: Any, input_shapes: Shapes, settings: Settings, options: Est
 def _local(graph: Graph, report: Report, settings: Settings, options: EstimateOptions,
            timings: dict[str, float]) -> dict[str, Any] | None:
     """The constant on --input-range / --around sets, beside the global one."""
-    from lipcheck.local_estimate import LocalSet, local_section
+    from lipcheck.local_estimate import local_section
+    from lipcheck.local_set import LocalSet
     from lipcheck.propagation import UnsupportedLocal
     spec = options.local or LocalSet(input_range=options.input_range)
     if not spec.wanted:

@@ -1,4 +1,5 @@
-"""CLI commands of the robustness gate (check, compare, plot): registered on lipcheck.cli.app.
+"""CLI commands of the robustness gate (check, compare, plot): registered on the app of
+lipcheck.cli_base (this module imports cli_base, never lipcheck.cli).
 
 Argument parsing, output files and exit codes only; the gate itself is lipcheck.api.check.
 """
@@ -10,7 +11,18 @@ from typing import Optional
 
 import typer
 
-from lipcheck.cli import app, err, guarded, parse_shapes, run_config, write_text
+from lipcheck.cli_base import (
+    app,
+    check_arch,
+    check_input_file,
+    check_model_file,
+    check_output_path,
+    err,
+    guarded,
+    parse_shapes,
+    run_config,
+    write_text,
+)
 from lipcheck.errors import EXIT_OK, EXIT_THRESHOLD
 
 
@@ -46,21 +58,26 @@ def check(
     input_range: Optional[str] = typer.Option(None, help="restrict the lower-bound search, LO,HI"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
-    arch: Optional[str] = typer.Option(None, help="package.module:factory for a state_dict"),
+    arch: Optional[str] = typer.Option(None, help="package.module:factory or "
+                                       "path/to/file.py:factory for a state_dict"),
     unsafe_pickle: bool = typer.Option(False, help="allow loading a pickled module (runs code)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only failed checks"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
     """Pass or fail a model against thresholds (exit 0 pass, 1 failed, 2 error, 3 no bound)."""
     def body() -> int:
-        from lipcheck.api import check as api_check
+        check_paths(model, arch, inputs=((config, "--config"), (baseline, "--baseline"),
+                                         (data, "--data")),
+                    outputs=((junit, "--junit"), (markdown, "--markdown"), (json_path, "--json")))
+        shapes = parse_shapes(input_shape)
         settings, options = run_config(
             seed=seed, device=device, layer_method=layer_method, time_budget=time_budget,
             method=method, lower_budget=lower_budget, lower_rounds=lower_rounds,
             input_range=input_range, arch=arch, unsafe_pickle=unsafe_pickle)
+        from lipcheck.api import check as api_check
         verdict = api_check(
             str(model), config=config, discover_config=not no_config,
-            input_shapes=parse_shapes(input_shape), settings=settings, options=options,
+            input_shapes=shapes, settings=settings, options=options,
             max_lipschitz=max_lipschitz, max_layer=max_layer, baseline=baseline,
             max_increase=max_increase, require_certified=require_certified, data=data, eps=eps,
             min_certified_accuracy=min_certified_accuracy)
@@ -68,6 +85,16 @@ def check(
         print_verdict(verdict, quiet)
         return verdict.exit_code
     guarded(debug, body)
+
+
+def check_paths(model: Path, arch: Optional[str], inputs, outputs) -> None:
+    """Every path option, before the heavy imports: a typo costs no waiting."""
+    check_model_file(model)
+    check_arch(arch, model)
+    for path, option in inputs:
+        check_input_file(path, option)
+    for path, option in outputs:
+        check_output_path(path, option)
 
 
 def write_outputs(verdict, junit: Optional[Path], markdown: Optional[Path],

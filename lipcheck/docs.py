@@ -25,7 +25,19 @@ def operators_markdown() -> str:
     rows = sorted(RULES.values(), key=lambda r: (r.family, r.op.value))
     lines = [f"| {r.op.value} | {r.family} | {'yes' if r.affine else ''} | "
              f"{r.summary.replace('|', '&#124;')} |" for r in rows]
-    return HEADER + "\n".join(lines) + "\n"
+    return HEADER + "\n".join(lines) + "\n" + derivations_markdown(rows)
+
+
+def derivations_markdown(rules: list) -> str:
+    """One section per distinct derivation text, headed by the ops that share it."""
+    texts: dict[str, list[str]] = {}
+    for r in rules:
+        if r.derivation:
+            texts.setdefault(r.derivation.strip(), []).append(r.op.value)
+    if not texts:
+        return ""
+    parts = [f"\n### {', '.join(ops)}\n\n```text\n{text}\n```\n" for text, ops in texts.items()]
+    return "\n## Derivations\n" + "".join(parts)
 
 
 def main(argv: list[str]) -> None:

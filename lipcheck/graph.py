@@ -21,6 +21,11 @@ Attribute conventions (the contract between loaders and rules):
 - Conv/ConvTranspose/pooling: auto_pad resolved to explicit `pads`
   [begin_1..begin_d, end_1..end_d]; `strides`, `dilations`, `kernel_shape`,
   `group`, `output_padding` as in ONNX.
+- Normalisations: LayerNormalization and RMSNormalization take `axis` (first normalised
+  dim) and `epsilon`, and always a Scale input (constant ones when the source has none);
+  GroupNormalization takes `num_groups`, `epsilon` and per-channel scale and bias (opset 21
+  semantics: the loader repeats opset 18's per-group values over each group's channels).
+- Attention has no op of its own: loaders lower it to MatMul / Mul / Add (mask) / Softmax.
 - Every node's `source_op` records what the loader saw (e.g. "Gemm", "aten.linear").
 """
 from __future__ import annotations
@@ -111,10 +116,13 @@ class OpKind(str, Enum):
     POW = "Pow"
     SQRT = "Sqrt"
     RECIPROCAL = "Reciprocal"
+    REDUCE_L2 = "ReduceL2"
+    # normalisation by statistics of the input (Lipschitz when epsilon / bias > 0)
     LAYER_NORM = "LayerNormalization"
     INSTANCE_NORM = "InstanceNormalization"
+    GROUP_NORM = "GroupNormalization"
+    RMS_NORM = "RMSNormalization"
     LRN = "LRN"
-    REDUCE_L2 = "ReduceL2"
 
 
 @dataclass

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lipcheck.render_fit import Column, drop, fit, middle, recompute, rename, squeeze
 from lipcheck.report import Report
 
 
@@ -88,28 +89,49 @@ def local_line(local: dict[str, Any]) -> str:
             f"{fmt(local['upper_bound'])}{per}{beside}")
 
 
+def layer_columns(data: dict[str, Any], width: int) -> list[Column]:
+    """The layer table's columns, fitted to `width`. Until it fits: the detail of `how` goes,
+    long headers shorten, shapes go, `how` goes, `running` goes; after each drop, node names
+    abbreviated from the middle (to 24 characters) are tried first, and last to 8. Node,
+    op, bound and status always stay."""
+    rows = layer_rows(data)
+    columns = [Column(h, [r[i] for r in rows], right=h in ("bound", "running AutoLip"))
+               for i, h in enumerate(LAYER_HEADERS)]
+    methods = [layer["method"] for layer in data["layers"]]
+    steps = [recompute("how", methods),
+             rename({"running AutoLip": "running", "shape in -> out": "shape"}),
+             drop("shape"), squeeze("node", 24, True), drop("how"), squeeze("node", 24, True),
+             drop("running"), squeeze("node", 8)]
+    return fit(columns, width, steps)
+
+
 def print_table(report: Report, console: Console) -> None:
+    """The layer table, the global bounds and the interval. At any width at which the kept
+    columns fit (80 does), no cell is cut mid-word; text is printed without rich's automatic
+    highlighting, which would colour `16.9x` as `16.` and `9x`."""
     data = report.to_dict()
-    table = Table(title=escape(f"lipcheck: {data['model'].get('path') or 'model'}"), show_lines=False)
-    for header in LAYER_HEADERS:
-        table.add_column(header, overflow="fold",
-                         justify="right" if header in ("bound", "running AutoLip")
-                         else "left")
-    for row in layer_rows(data):
-        table.add_row(*(escape(cell) for cell in row))
-    console.print(table)
-    bounds = Table(title="Global bounds")
+    title = middle(f"lipcheck: {data['model'].get('path') or 'model'}", console.width)
+    table = Table(title=escape(title), show_lines=False, highlight=False)
+    columns = layer_columns(data, console.width)
+    for column in columns:
+        table.add_column(column.header, overflow="fold",
+                         justify="right" if column.right else "left")
+    for cells in zip(*(column.cells for column in columns), strict=True):
+        table.add_row(*(escape(cell) for cell in cells))
+    console.print(table, highlight=False)
+    bounds = Table(title="Global bounds", highlight=False)
     for header in ("method", "value", "what it is", "time"):
         bounds.add_column(header)
     for row in bound_rows(data):
         bounds.add_row(*(escape(cell) for cell in row))
-    console.print(bounds)
-    console.print(f"[bold]{escape(interval_line(data))}[/bold]")
+    console.print(bounds, highlight=False)
+    console.print(f"[bold]{escape(interval_line(data))}[/bold]", highlight=False)
     if data.get("local") and not data["local"].get("skipped"):
-        console.print(f"[bold]{escape(local_line(data['local']))}[/bold]")
+        console.print(f"[bold]{escape(local_line(data['local']))}[/bold]", highlight=False)
     for w in data["warnings"]:
         where = f" ({w['node']})" if w.get("node") else ""
-        console.print(f"[yellow]warning[/yellow] {escape(w['code'] + where)}: {escape(w['message'])}")
+        console.print(f"[yellow]warning[/yellow] {escape(w['code'] + where)}: "
+                      f"{escape(w['message'])}", highlight=False)
 
 
 def markdown(report: Report) -> str:

@@ -9,7 +9,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(1)
+# Torch's pool follows OMP_NUM_THREADS (1 unless set), so `OMP_NUM_THREADS=2 pytest` flushes out
+# results that depend on the thread count.
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from lipcheck.api import EstimateOptions, estimate
 from lipcheck.certify import certify, predict
 from lipcheck.graph import OpKind
 from lipcheck.local_certify import certify_local
-from lipcheck.local_estimate import LocalSet
+from lipcheck.local_set import LocalSet
 from lipcheck.report import load_schema
 from lipcheck.settings import Settings
 

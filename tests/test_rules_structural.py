@@ -195,11 +195,7 @@ def test_average_pool_schur_certificate_dominates_exact_norm(attrs: dict) -> Non
     (OpKind.EXP, {}, [(3,)]), (OpKind.LOG, {}, [(3,)]), (OpKind.SQRT, {}, [(3,)]),
     (OpKind.RECIPROCAL, {}, [(3,)]), (OpKind.POW, {"e": torch.tensor(2.0)}, [(3,)]),
     (OpKind.MUL, {}, [(3,), (3,)]), (OpKind.DIV, {"c": torch.tensor([1.0, 0.0, 2.0])}, [(3,)]),
-    (OpKind.LAYER_NORM, {"g": torch.ones(3)}, [(2, 3)]),
-    (OpKind.INSTANCE_NORM, {"g": torch.ones(2), "b": torch.zeros(2)}, [(1, 2, 3)]),
-    (OpKind.LRN, {}, [(1, 3, 2, 2)]),
 ])
 def test_not_globally_lipschitz_ops_are_unbounded(op: OpKind, consts: dict, shapes: list) -> None:
-    attrs = {"size": 3} if op == OpKind.LRN else {}
-    bound = bound_of(make(op, shapes, attrs, consts))
+    bound = bound_of(make(op, shapes, {}, consts))
     assert math.isinf(bound.value) and bound.detail

@@ -227,12 +227,12 @@ def test_uneven_adaptive_pool_unsupported() -> None:
 def test_wrong_converter_is_caught(monkeypatch) -> None:
     """The loader checks the lowered graph against torch: a bad converter cannot pass."""
     from lipcheck.errors import GraphError
-    from lipcheck.loaders import aten_ops
+    from lipcheck.loaders.aten_table import TABLE
 
     def relu_as_tanh(low, node):
         return low.emit(OpKind.TANH, [low.value(node.args[0])])
 
-    monkeypatch.setitem(aten_ops.TABLE, "aten.relu.default", relu_as_tanh)
+    monkeypatch.setitem(TABLE, "aten.relu.default", relu_as_tanh)
     with pytest.raises(GraphError, match="does not reproduce"):
         load_module(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), [(2, 3)])
 

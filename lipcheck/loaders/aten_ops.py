@@ -1,56 +1,20 @@
-"""ATen -> IR converters for the affine ops, activations, normalisation and pooling.
+"""ATen -> IR converters for the affine ops and activations.
 
 Each converter reads the FX node's arguments by schema name (`args`) and emits IR
-nodes through the `Lowering`. The table `TABLE` maps an overload's name (as
-`str(torch.ops.aten.x.y)` prints it, "aten.x.y") to its converter; it covers both
-the pre-dispatch ops torch.export produces (linear, conv2d, batch_norm, ...) and the
-core ATen ones after `run_decompositions()` (addmm, convolution, ...).
-The structural and arithmetic ops are in `aten_shape_ops`.
+nodes through the `Lowering`; `@converts` registers it in `aten_registry.TABLE`, for
+both the pre-dispatch ops torch.export produces (linear, conv2d, ...) and the core
+ATen ones after `run_decompositions()` (addmm, convolution, ...). Normalisation,
+pooling, structural/arithmetic and attention ops are in their own `aten_*` files.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-import torch
 import torch.fx as fx
 
 from lipcheck.graph import OpKind
+from lipcheck.loaders.aten_registry import TABLE, args, converts, ints  # noqa: F401 (TABLE)
 from lipcheck.loaders.torch_lowering import Converter, Lowering, Unsupported, Value
-
-TABLE: dict[str, Converter] = {}
-
-
-def converts(*names: str) -> Callable[[Converter], Converter]:
-    def decorate(fn: Converter) -> Converter:
-        for name in names:
-            if name in TABLE:
-                raise ValueError(f"a converter for {name} is already registered")
-            TABLE[name] = fn
-        return fn
-    return decorate
-
-
-def args(node: fx.Node) -> dict[str, Any]:
-    """The node's arguments by schema name, defaults filled in."""
-    schema = node.target._schema
-    out: dict[str, Any] = {}
-    for i, arg in enumerate(schema.arguments):
-        if i < len(node.args) and not arg.kwarg_only:
-            out[arg.name] = node.args[i]
-        elif arg.name in node.kwargs:
-            out[arg.name] = node.kwargs[arg.name]
-        elif arg.has_default_value():
-            out[arg.name] = arg.default_value
-    return out
-
-
-def ints(value: Any, dims: int) -> list[int]:
-    """An int or a list of ints (torch allows either) as a list of `dims` ints."""
-    if isinstance(value, (list, tuple)):
-        values = [int(v) for v in value]
-        return values * dims if len(values) == 1 else values
-    return [int(value)] * dims
-
 
 def same_pads(kernel: list[int], dilations: list[int]) -> list[int]:
     """torch's padding='same': the extra odd pixel goes at the end."""
@@ -140,51 +104,6 @@ def _convolution(low: Lowering, node: fx.Node) -> Value:
         return low.emit(OpKind.CONV, _conv_inputs(low, a), attrs)
     attrs["output_padding"] = ints(a["output_padding"], len(kernel))
     return low.emit(OpKind.CONV_TRANSPOSE, _conv_inputs(low, a), attrs)
-
-
-# ----- normalisation -------------------------------------------------------------
-def _bn_inputs(low: Lowering, node: fx.Node, a: dict[str, Any]) -> list[str]:
-    channels = low.shape(a["input"])[1]
-    weight, bias = a.get("weight"), a.get("bias")
-    scale = low.value(weight) if weight is not None else low.add_const(
-        torch.ones(channels), f"{node.name}.weight")
-    shift = low.value(bias) if bias is not None else low.add_const(
-        torch.zeros(channels), f"{node.name}.bias")
-    mean, var = a["running_mean"], a["running_var"]
-    if mean is None or var is None:
-        raise Unsupported("batch_norm without running statistics")
-    names = [scale, shift, low.value(mean), low.value(var)]
-    if any(not low.is_const(n) for n in names):
-        raise Unsupported("batch_norm with input-dependent parameters")
-    return [low.value(a["input"])] + names
-
-
-@converts("aten.batch_norm.default")
-def _batch_norm(low: Lowering, node: fx.Node) -> Value:
-    a = args(node)
-    if a["training"]:
-        raise Unsupported("batch_norm in training mode (batch statistics)")
-    return low.emit(OpKind.BATCH_NORM, _bn_inputs(low, node, a), {"epsilon": float(a["eps"])})
-
-
-@converts("aten._native_batch_norm_legit_no_training.default")
-def _batch_norm_legit(low: Lowering, node: fx.Node) -> Value:
-    a = args(node)
-    y = low.emit(OpKind.BATCH_NORM, _bn_inputs(low, node, a), {"epsilon": float(a["eps"])})
-    return [y, None, None]
-
-
-@converts("aten.layer_norm.default")
-def _layer_norm(low: Lowering, node: fx.Node) -> Value:
-    a = args(node)
-    shape = list(a["normalized_shape"])
-    inputs = [low.value(a["input"])]
-    weight = a.get("weight")
-    inputs.append(low.value(weight) if weight is not None
-                  else low.add_const(torch.ones(shape), f"{node.name}.weight"))
-    if a.get("bias") is not None:
-        inputs.append(low.value(a["bias"]))
-    return low.emit(OpKind.LAYER_NORM, inputs, {"axis": -len(shape), "epsilon": float(a["eps"])})
 
 
 # ----- activations -----------------------------------------------------------------
@@ -305,7 +224,3 @@ def _softmax(op: OpKind) -> Converter:
 converts("aten.softmax.int", "aten._softmax.default")(_softmax(OpKind.SOFTMAX))
 converts("aten.log_softmax.int", "aten._log_softmax.default")(_softmax(OpKind.LOG_SOFTMAX))
 
-
-# The pooling, reduction, structural and arithmetic converters register themselves
-# in TABLE on import.
-from lipcheck.loaders import aten_pool_ops, aten_shape_ops  # noqa: E402,F401

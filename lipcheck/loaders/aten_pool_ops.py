@@ -1,4 +1,4 @@
-"""ATen -> IR converters for pooling and reductions (registered in aten_ops.TABLE)."""
+"""ATen -> IR converters for pooling and reductions (registered in aten_registry.TABLE)."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,7 +6,7 @@ from typing import Any
 import torch.fx as fx
 
 from lipcheck.graph import OpKind
-from lipcheck.loaders.aten_ops import args, converts, ints
+from lipcheck.loaders.aten_registry import args, converts, ints
 from lipcheck.loaders.torch_lowering import Lowering, Unsupported, Value
 
 

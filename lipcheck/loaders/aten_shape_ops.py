@@ -1,4 +1,4 @@
-"""ATen -> IR converters for structural and arithmetic ops (registered in aten_ops.TABLE).
+"""ATen -> IR converters for structural and arithmetic ops (registered in aten_registry.TABLE).
 
 Shapes that torch computes (view, flatten, expand, upsample) are read from the FX
 node's output metadata, so the IR carries concrete `shape`/`sizes` attributes.
@@ -11,7 +11,7 @@ import torch
 import torch.fx as fx
 
 from lipcheck.graph import OpKind
-from lipcheck.loaders.aten_ops import args, converts
+from lipcheck.loaders.aten_registry import args, converts
 from lipcheck.loaders.torch_lowering import Lowering, Unsupported, Value
 
 IDENTITY_OPS = ("aten.clone.default", "aten.contiguous.default", "aten.alias.default",

@@ -52,8 +52,8 @@ def _check_file(path: Path) -> None:
     if path.suffix.lower() not in SUPPORTED:
         raise ModelLoadError(f"{path.name}: unknown model file extension {path.suffix!r}; "
                              f"supported: {', '.join(SUPPORTED)}")
-    from lipcheck import limits
-    limits.check_file_size(path)
+    from lipcheck.limits import check_file_size
+    check_file_size(path)
 
 
 def torch_kind(path: Path) -> str:

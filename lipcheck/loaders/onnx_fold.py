@@ -2,7 +2,8 @@
 
 They are evaluated with torch at load time and never reach the IR: if one of them
 sits on the data path (an input depends on the model input) the loader refuses it.
-Shape and Size only need the shape of their input, which is always known.
+Shape and Size only need the shape of their input, which is always known. (Where is
+in onnx_ops: folded on constants, lowered when only its condition is constant.)
 """
 from __future__ import annotations
 
@@ -66,10 +67,6 @@ def _range(args: list[torch.Tensor], attrs: dict[str, Any]) -> torch.Tensor:
     return torch.arange(start.item(), limit.item(), delta.item(), dtype=args[0].dtype)
 
 
-def _where(args: list[torch.Tensor], attrs: dict[str, Any]) -> torch.Tensor:
-    return torch.where(args[0].bool(), args[1], args[2])
-
-
 def _nonzero(args: list[torch.Tensor], attrs: dict[str, Any]) -> torch.Tensor:
     return torch.nonzero(args[0]).T.contiguous()
 
@@ -89,7 +86,7 @@ def _binary(fn) -> FoldFn:
 
 
 FOLDERS.update({
-    "ConstantOfShape": _constant_of_shape, "Range": _range, "Where": _where,
+    "ConstantOfShape": _constant_of_shape, "Range": _range,
     "NonZero": _nonzero, "ReduceProd": _reduce_prod,
     "Equal": _binary(torch.eq), "Less": _binary(torch.lt), "Greater": _binary(torch.gt),
     "LessOrEqual": _binary(torch.le), "GreaterOrEqual": _binary(torch.ge),

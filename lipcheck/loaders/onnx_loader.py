@@ -15,9 +15,10 @@ import torch
 
 from lipcheck.errors import (BadWeightsError, ModelLoadError, ShapeError, UnsafeFileError,
                              UnsupportedOpsError)
-from lipcheck.graph import Graph, ValueInfo
-from lipcheck.loaders import onnx_fold, onnx_resize  # noqa: F401  (register converters)
+from lipcheck.graph import Graph, OpKind, ValueInfo
+from lipcheck.loaders import onnx_attention, onnx_fold, onnx_resize  # noqa: F401  (converters)
 from lipcheck.loaders.onnx_build import Builder
+from lipcheck.loaders.norm_fuse import fuse_normalisations
 from lipcheck.loaders.onnx_fuse import fuse_patterns
 from lipcheck.loaders.onnx_ops import CONVERTERS
 from lipcheck.rules.structural import ONNX_DTYPES
@@ -44,7 +45,10 @@ def load_onnx(path: str | Path, input_shapes: InputShapes = None, seed: int = 0)
     outputs = [o.name for o in model.graph.output]
     constants = {k: builder.values[k] for k in builder.constant_names}
     graph_nodes = fuse_patterns(builder.nodes, constants, outputs)
+    graph_nodes = fuse_normalisations(graph_nodes, constants, outputs, _shapes(builder),
+                                      _constant_adder(builder, constants))
     graph = Graph(inputs, outputs, graph_nodes, _used_constants(builder, graph_nodes, outputs))
+    _check_infinite_weights(graph)
     graph.metadata = {"format": "onnx", "path": str(path), "sha256": _sha256(path),
                       "opset": opset, "input_shape": [list(v.shape) for v in inputs],
                       "producer": model.producer_name, "warnings": builder.warnings}
@@ -147,9 +151,25 @@ def _tensor(proto: onnx.TensorProto, what: str) -> torch.Tensor:
     except (ValueError, TypeError) as exc:
         raise ModelLoadError(f"{what} {proto.name!r} cannot be read: {exc}") from exc
     t = torch.from_numpy(array.copy()) if array.dtype.kind != "U" else torch.zeros(0)
-    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+    if t.is_floating_point() and t.numel() and bool(torch.isnan(t).any()):
         raise BadWeightsError(f"{what} {proto.name!r} contains NaN or Inf values")
     return t
+
+
+ADDITIVE = {OpKind.ADD, OpKind.SUB, OpKind.SUM, OpKind.MAX, OpKind.MIN}
+
+
+def _check_infinite_weights(graph: Graph) -> None:
+    """+-inf is a value only for additive constants (attention masks add -inf);
+    anywhere else (weights, scales) it is a broken model."""
+    for node in graph.nodes:
+        if node.op in ADDITIVE:
+            continue
+        for v in node.inputs:
+            t = graph.constants.get(v)
+            if t is not None and t.is_floating_point() and bool(torch.isinf(t).any()):
+                raise BadWeightsError(f"initializer {v!r} contains NaN or Inf values "
+                                      f"(read by {node.name!r}, {node.op.value})")
 
 
 def _load_initializers(b: Builder, graph: onnx.GraphProto) -> None:
@@ -238,6 +258,19 @@ def _convert(b: Builder, node: onnx.NodeProto, index: int) -> None:
         raise ModelLoadError(f"node {b.onnx_name!r} ({node.op_type}) reads undefined value(s) "
                              f"{missing}")
     CONVERTERS[node.op_type](b, node, _attributes(node))
+
+
+def _shapes(b: Builder) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in b.values.items() if isinstance(v, torch.Tensor)}
+
+
+def _constant_adder(b: Builder, constants: dict[str, torch.Tensor]):
+    def add(hint: str, value: torch.Tensor) -> str:
+        name = b.temp(hint)
+        b.set_constant(name, value)
+        constants[name] = value
+        return name
+    return add
 
 
 def _used_constants(b: Builder, nodes: list, outputs: list[str]) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ for _name in ["Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoi
               "Tanh", "Softplus", "Softsign", "Gelu", "Erf", "HardSwish", "Mish", "Abs", "Neg",
               "Identity", "Exp", "Log", "Sqrt", "Reciprocal", "Sum", "Mean", "Max", "Min", "Pow",
               "Concat", "Transpose", "DepthToSpace", "SpaceToDepth", "Gather", "Flatten", "LRN",
-              "InstanceNormalization", "LayerNormalization", "Gemm", "MatMul",
+              "InstanceNormalization", "LayerNormalization", "RMSNormalization", "Gemm", "MatMul",
               "GlobalAveragePool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "ReduceL2",
               "ReduceMean"]:
     CONVERTERS[_name] = plain(OpKind(_name))
@@ -93,6 +93,59 @@ def _batch_norm(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None
         raise refuse(b, node, "training_mode=1 (inference only)")
     b.emit(OpKind.BATCH_NORM, list(node.input[:5]), [node.output[0]],
            {"epsilon": attrs.get("epsilon", 1e-5)}, node.op_type)
+
+
+def _group_norm(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """GroupNormalization-18 takes scale and bias per group, -21 per channel: the IR
+    takes them per channel (a per-group value repeated over the group's channels)."""
+    x, channels, groups = node.input[0], b.shape(node.input[0])[1], int(attrs["num_groups"])
+    inputs = [x]
+    for position in (1, 2):
+        value = b.values[node.input[position]]
+        if value.numel() != channels:
+            if not b.is_constant(node.input[position]) or value.numel() != groups:
+                raise refuse(b, node, f"scale/bias of {value.numel()} entries for {channels} "
+                                      f"channels in {groups} groups")
+            name = b.temp(node.input[position])
+            b.set_constant(name, value.reshape(-1).repeat_interleave(channels // groups))
+            inputs.append(name)
+        else:
+            inputs.append(node.input[position])
+    b.emit(OpKind.GROUP_NORM, inputs, [node.output[0]],
+           {"num_groups": groups, "epsilon": float(attrs.get("epsilon", 1e-5))}, node.op_type)
+
+
+def _where(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
+    """Where with a constant condition: a * m + b * (1 - m), constant branches folded into
+    one constant added at the end (so a -inf fill stays exact)."""
+    mask = b.const(node, 0).bool()
+    if b.all_constant(node):
+        b.set_constant(node.output[0], torch.where(mask, b.values[node.input[1]],
+                                                   b.values[node.input[2]]))
+        return
+    parts, fixed = [], torch.zeros(())
+    for position, keep in ((1, mask), (2, ~mask)):
+        name = node.input[position]
+        if b.is_constant(name):
+            fixed = fixed + torch.where(keep, b.values[name].float(), 0.0)
+            continue
+        factor, out = b.temp(name), b.temp(name)
+        b.set_constant(factor, keep.float())
+        b.emit(OpKind.MUL, [name, factor], [out], {}, node.op_type)
+        parts.append(out)
+    current = parts[0]
+    if len(parts) == 2:
+        current = b.temp(node.output[0])
+        b.emit(OpKind.ADD, parts, [current], {}, node.op_type)
+    if bool((fixed != 0).any()):
+        fill, total = b.temp(node.output[0]), b.temp(node.output[0])
+        b.set_constant(fill, fixed)
+        b.emit(OpKind.ADD, [current, fill], [total], {}, node.op_type)
+        current = total
+    shape = torch.broadcast_shapes(*(b.shape(v) for v in node.input[:3]))
+    op = OpKind.IDENTITY if b.shape(current) == tuple(shape) else OpKind.EXPAND
+    b.emit(op, [current], [node.output[0]], {"shape": list(shape)} if op == OpKind.EXPAND else {},
+           node.op_type)
 
 
 def _clip(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
@@ -222,7 +275,8 @@ def _setting_input(op: OpKind, attr: str) -> Converter:
 CONVERTERS.update({"Slice": _slice, "Pad": _pad, "Split": _split, "Reshape": _reshape,
                    "Expand": _setting_input(OpKind.EXPAND, "shape"),
                    "Tile": _setting_input(OpKind.TILE, "repeats"),
-                   "Dropout": _dropout, "BatchNormalization": _batch_norm, "Clip": _clip})
+                   "Dropout": _dropout, "BatchNormalization": _batch_norm, "Clip": _clip,
+                   "GroupNormalization": _group_norm, "Where": _where})
 
 
 def _cast(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:

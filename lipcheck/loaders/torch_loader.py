@@ -2,7 +2,7 @@
 
 Everything goes through torch.export: the module (or a wrapper that calls a
 TorchScript module) is exported at fixed input shapes and its FX graph is lowered by
-`torch_lowering` with the converter table of `aten_ops`. When the exported graph has
+`torch_lowering` with the converter table of `aten_table`. When the exported graph has
 an op the table lacks, the loader retries on the core-ATen decomposition
 (`run_decompositions()`), which breaks composite ops into simpler ones.
 
@@ -13,7 +13,6 @@ caller passes unsafe_pickle=True, since unpickling runs arbitrary code.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import pickle
 import warnings
 from pathlib import Path
@@ -25,7 +24,10 @@ from lipcheck.errors import (GraphError, LipcheckError, ModelLoadError, ShapeErr
                              UnsafeFileError, UnsupportedOpsError, UserError)
 from lipcheck.graph import Graph
 from lipcheck.interpreter import infer_shapes, run_graph
-from lipcheck.loaders.aten_ops import TABLE
+from lipcheck.loaders.arch import build_arch
+from lipcheck.loaders.aten_fusions import find_fusions
+from lipcheck.loaders.aten_table import TABLE
+from lipcheck.loaders.norm_fuse import fuse_normalisations
 from lipcheck.loaders.torch_lowering import lower_program
 
 Shapes = list[tuple[int, ...]]
@@ -38,12 +40,36 @@ def lower_exported(ep: torch.export.ExportedProgram, metadata: dict[str, Any],
     """Lower an ExportedProgram, retrying on its core-ATen form for unknown ops."""
     metadata = {"opset": None, "warnings": [], **metadata}
     try:
-        graph = lower_program(ep, TABLE, metadata, constant_names)
+        graph = lower_program(ep, TABLE, metadata, constant_names, find_fusions(ep.graph))
     except UnsupportedOpsError as first:
         graph = _lower_decomposed(ep, metadata, first, constant_names)
     infer_shapes(graph, seed)
+    graph = _fuse_normalisations(graph, seed)
     _check_outputs(graph, ep, seed)
     return graph
+
+
+def _fuse_normalisations(graph: Graph, seed: int) -> Graph:
+    """Written-out Layer/RMS norms (user code, core-ATen rms_norm) as one node each."""
+    shapes = {v.name: tuple(v.shape) for v in graph.inputs}
+    shapes.update({o: tuple(s) for n in graph.nodes for o, s in zip(n.outputs, n.output_shapes)})
+    constants = dict(graph.constants)
+
+    def add(hint: str, value: torch.Tensor) -> str:
+        name, k = hint, 1
+        while name in constants or name in shapes:
+            name, k = f"{hint}#{k}", k + 1
+        constants[name] = value
+        return name
+
+    nodes = fuse_normalisations(graph.nodes, constants, graph.outputs, shapes, add)
+    if len(nodes) == len(graph.nodes):
+        return graph
+    read = {v for n in nodes for v in n.inputs}
+    fused = Graph(graph.inputs, graph.outputs, nodes,
+                  {k: v for k, v in constants.items() if k in read}, graph.metadata)
+    infer_shapes(fused, seed)
+    return fused
 
 
 def _lower_decomposed(ep: torch.export.ExportedProgram, metadata: dict[str, Any],
@@ -56,7 +82,8 @@ def _lower_decomposed(ep: torch.export.ExportedProgram, metadata: dict[str, Any]
     except Exception:  # noqa: BLE001 - the decomposition is only a second chance
         raise first from None
     try:
-        return lower_program(decomposed, TABLE, metadata, constant_names)
+        return lower_program(decomposed, TABLE, metadata, constant_names,
+                             find_fusions(decomposed.graph))
     except UnsupportedOpsError:
         raise first from None
 
@@ -68,11 +95,11 @@ def _example_inputs(shapes: Shapes, dtype: torch.dtype, seed: int) -> tuple[torc
 
 def _check_outputs(graph: Graph, ep: torch.export.ExportedProgram, seed: int) -> None:
     """The lowered graph must reproduce the exported program on a random input."""
-    feeds = _example_inputs([v.shape for v in graph.inputs], graph.inputs[0].dtype, seed + 1)
+    feeds, graph_feeds = _check_feeds(graph, ep, seed + 1)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = ep.module()(*feeds)
-        got = run_graph(graph, dict(zip([v.name for v in graph.inputs], feeds)))
+        got = run_graph(graph, graph_feeds)
     expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
     for name, want in zip(graph.outputs, expected):
         have = got[name]
@@ -82,6 +109,28 @@ def _check_outputs(graph: Graph, ep: torch.export.ExportedProgram, seed: int) ->
             diff = float((have - want).abs().max()) if have.shape == want.shape else float("nan")
             raise GraphError(f"the lowered graph does not reproduce output {name!r} of the model "
                              f"(max difference {diff:.3g}): a converter bug, please report it")
+
+
+def _check_feeds(graph: Graph, ep: torch.export.ExportedProgram,
+                 seed: int) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Random inputs for the program and the same ones for the graph; token ids (inputs
+    of an embedding lookup) are drawn from the table and the graph gets the looked-up rows."""
+    lookups = graph.metadata.get("lookups", {})
+    tables = {ids: table for ids, table in lookups.values()}
+    gen = torch.Generator().manual_seed(seed)
+    user = set(ep.graph_signature.user_inputs)
+    feeds: dict[str, torch.Tensor] = {}
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in user:
+            val = node.meta["val"]
+            if node.name in tables:
+                feeds[node.name] = torch.randint(0, tables[node.name].shape[0], tuple(val.shape),
+                                                 generator=gen, dtype=val.dtype)
+            else:
+                feeds[node.name] = torch.randn(tuple(val.shape), generator=gen).to(val.dtype)
+    graph_feeds = {v.name: feeds[v.name] if v.name not in lookups
+                   else lookups[v.name][1][feeds[lookups[v.name][0]]] for v in graph.inputs}
+    return list(feeds.values()), graph_feeds
 
 
 # ----- in-memory modules ----------------------------------------------------------------
@@ -280,21 +329,6 @@ def _as_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def build_arch(arch: str) -> torch.nn.Module:
-    """Call the factory named 'package.module:factory' with no arguments."""
-    module_name, _, factory_name = arch.partition(":")
-    if not module_name or not factory_name:
-        raise UserError(f"--arch {arch!r} must look like 'package.module:factory'")
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"--arch {arch!r}: {_first_line(exc)}") from exc
-    model = factory()
-    if not isinstance(model, torch.nn.Module):
-        raise UserError(f"--arch {arch!r} returned a {type(model).__name__}, not an nn.Module")
-    return model
-
-
 def load_state_dict_file(path: str | Path, input_shapes: Shapes | None, arch: str | None,
                          seed: int = 0) -> Graph:
     """Weights from a state_dict file, architecture from an `arch` factory."""
@@ -302,8 +336,8 @@ def load_state_dict_file(path: str | Path, input_shapes: Shapes | None, arch: st
     state = read_state_dict(path)
     if arch is None:
         raise UserError(f"{path.name} is a state_dict (weights only): name the architecture "
-                        "with --arch package.module:factory")
-    model = build_arch(arch)
+                        "with --arch package.module:factory or --arch path/to/file.py:factory")
+    model = build_arch(arch, beside=path.parent)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

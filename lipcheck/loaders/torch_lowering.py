@@ -4,7 +4,7 @@ The walker visits the FX graph in order. Placeholders become graph inputs or
 constants (parameters, buffers, lifted tensors: detached clones). A call whose
 inputs are all constants is folded: torch runs it and the result becomes a constant
 (e.g. the `permute` of a weight in core ATen). Every other call goes through the
-converter table in `aten_ops`; the ops it lacks are collected and reported at once.
+converter table (`aten_table`); the ops it lacks are collected and reported at once.
 """
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ class Lowering:
         self._node_names: set[str] = set()
         self._values: set[str] = {n.name for n in ep.graph.nodes}  # FX names are reserved
         self.failed: set[str] = set()
+        self.warnings: list[tuple[str, str]] = []  # (code, message) for the report
+        self.lookups: dict[str, tuple[str, torch.Tensor]] = {}  # input -> (ids input, table)
 
     # ----- values ---------------------------------------------------------------
     def value(self, arg: Any) -> str:
@@ -170,9 +172,13 @@ def _placeholder_tensor(ep: torch.export.ExportedProgram, node: fx.Node) -> tupl
     raise Unsupported(f"placeholder {node.name!r} is neither an input nor a weight")
 
 
-def _check_finite(name: str, tensor: torch.Tensor) -> None:
-    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
+def _check_finite(name: str, tensor: torch.Tensor, allow_inf: bool = False) -> None:
+    """NaN is refused everywhere, +-inf in parameters (buffers such as additive attention
+    masks hold -inf on purpose)."""
+    if not tensor.is_floating_point() or not tensor.numel():
+        return
+    bad = int(torch.isnan(tensor).sum()) if allow_inf else int((~torch.isfinite(tensor)).sum())
+    if bad:
         raise BadWeightsError(f"weight {name!r} has {bad} NaN/Inf value(s)")
 
 
@@ -186,7 +192,7 @@ def _lower_placeholder(low: Lowering, node: fx.Node) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise Unsupported(f"{target!r} is a {type(tensor).__name__}, not a tensor")
     tensor = tensor.detach().clone()
-    _check_finite(target, tensor)
+    _check_finite(target, tensor, node.name not in low.ep.graph_signature.inputs_to_parameters)
     low.env[node.name] = low.add_const(tensor, low.constant_names.get(target, target))
 
 
@@ -235,12 +241,22 @@ Converter = Callable[[Lowering, fx.Node], Value]
 
 
 def lower_program(ep: torch.export.ExportedProgram, table: dict[str, Converter],
-                  metadata: dict[str, Any], constant_names: dict[str, str] | None = None) -> Graph:
+                  metadata: dict[str, Any], constant_names: dict[str, str] | None = None,
+                  fusions: dict[str, Any] | None = None) -> Graph:
+    """`fusions` (from aten_fusions.find_fusions) maps an FX node to the one IR op that
+    replaces it and the nodes it covers."""
     low = Lowering(ep, constant_names)
     unsupported: dict[str, list[str]] = {}
+    fusions = fusions or {}
+    covered = {name for f in fusions.values() for name in f.covered}
     for node in ep.graph.nodes:
         try:
-            _lower_node(low, node, table)
+            if node.name in fusions:
+                low.current = node
+                fusion = fusions[node.name]
+                low.env[node.name] = low.emit(fusion.op, [low.value(fusion.input)], fusion.attrs)
+            elif node.name not in covered:
+                _lower_node(low, node, table)
         except Unsupported as exc:
             low.env[node.name] = node.name  # stands for the missing value: keep walking
             low.failed.add(node.name)
@@ -252,6 +268,10 @@ def lower_program(ep: torch.export.ExportedProgram, table: dict[str, Converter],
     outputs = [_output_value(low, name) for name in ep.graph_signature.user_outputs]
     used = _used_constants(low, outputs)
     graph = Graph(low.inputs, outputs, low.nodes, used, dict(metadata))
+    if low.warnings:
+        graph.metadata["warnings"] = list(graph.metadata.get("warnings", [])) + low.warnings
+    if low.lookups:
+        graph.metadata["lookups"] = dict(low.lookups)
     graph.metadata.setdefault("input_shape", [list(v.shape) for v in low.inputs])
     return graph
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from lipcheck.graph import Node, OpKind
 from lipcheck.rules.registry import (BoundContext, Merge, NodeBound, Rule, analytic,
@@ -216,32 +215,6 @@ def _pow_bound(node: Node, ctx: BoundContext) -> NodeBound:
     return unbounded("Pow is not globally Lipschitz (unless the exponent is exactly 1)")
 
 
-def _layer_norm_run(node: Node, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    x, scale = inputs[0], inputs[1]
-    axis = int(node.attrs.get("axis", -1))
-    dims = tuple(range(axis % x.dim(), x.dim()))
-    mean = x.mean(dim=dims, keepdim=True)
-    var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
-    y = (x - mean) / torch.sqrt(var + float(node.attrs.get("epsilon", 1e-5))) * scale
-    return [y + inputs[2] if len(inputs) > 2 and inputs[2] is not None else y]
-
-
-def _instance_norm_run(node: Node, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    x, scale, bias = inputs[:3]
-    return [F.instance_norm(x, weight=scale, bias=bias, eps=float(node.attrs.get("epsilon", 1e-5)))]
-
-
-def _lrn_run(node: Node, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    x, size = inputs[0], int(node.attrs["size"])
-    alpha, beta = float(node.attrs.get("alpha", 1e-4)), float(node.attrs.get("beta", 0.75))
-    sq = x * x
-    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
-    zeros = torch.zeros_like(sq.narrow(1, 0, 1))
-    padded = torch.cat([zeros] * before + [sq] + [zeros] * after, dim=1)
-    total = sum(padded.narrow(1, i, x.shape[1]) for i in range(size))
-    return [x / (float(node.attrs.get("bias", 1.0)) + alpha / size * total) ** beta]
-
-
 for _op, _fn, _why in [
         (OpKind.EXP, torch.exp, "Exp grows without bound"),
         (OpKind.LOG, torch.log, "Log's slope is unbounded near 0"),
@@ -250,12 +223,3 @@ for _op, _fn, _why in [
     register(Rule(_op, FAMILY, lambda node, inputs, fn=_fn: [fn(inputs[0])], _never(_why), _why))
 register(Rule(OpKind.POW, FAMILY, _variadic(torch.pow), _pow_bound,
               "unbounded unless the exponent is the constant 1"))
-register(Rule(OpKind.LAYER_NORM, FAMILY, _layer_norm_run,
-              _never("LayerNormalization divides by the input's spread (unbounded near constant "
-                     "inputs)"), "unbounded (divides by the standard deviation)"))
-register(Rule(OpKind.INSTANCE_NORM, FAMILY, _instance_norm_run,
-              _never("InstanceNormalization divides by the input's spread"),
-              "unbounded (divides by the standard deviation)"))
-register(Rule(OpKind.LRN, FAMILY, _lrn_run,
-              _never("LRN is not globally Lipschitz for every beta; no certified constant"),
-              "unbounded (no certified constant implemented)"))

@@ -30,6 +30,7 @@ class Rule:
     bound: BoundFn
     summary: str          # the bound in words, for docs/operators.md
     affine: bool = False  # affine in its dynamic input: the operator norm of the linear part
+    derivation: str = ""  # the proof of the bound, for docs/operators.md (optional)
 
 
 RULES: dict[OpKind, Rule] = {}

@@ -90,6 +90,7 @@ class Chain:
     autolip_product: float = math.inf       # product of the nodes' AutoLip bounds
     autolip_certified: bool = True
     notes: list[str] = field(default_factory=list)
+    graph: Graph | None = None              # the graph the chain is in (its constants)
 
     @property
     def name(self) -> str:
@@ -170,7 +171,7 @@ def _split(path: list[Node], graph: Graph, bounds: dict[str, NodeBound],
     parts = [LinearPart(g, _compose(g, ctx)) for g in groups]
     product = math.prod(bounds[n.name].value for n in path)
     certified = all(bounds[n.name].certified for n in path)
-    return Chain(path, parts, slopes, product, certified)
+    return Chain(path, parts, slopes, product, certified, graph=graph)
 
 
 def find_chains(graph: Graph, bounds: dict[str, NodeBound], settings: Settings) -> list[Chain]:

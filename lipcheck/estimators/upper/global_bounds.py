@@ -21,6 +21,7 @@ from lipcheck.estimators.upper.chains import Chain, find_chains
 from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.exact.pairmax import MAX_NODES
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
+from lipcheck.estimators.upper.sdp_conv import sdp_conv
 from lipcheck.estimators.upper.seqlip import (ChainBound, dense_factor, exact_chain, greedy_chain,
                                         lowrank_factors)
 from lipcheck.errors import UserError
@@ -30,10 +31,10 @@ from lipcheck.results import GlobalBound, tightest_certified  # noqa: F401 (re-e
 from lipcheck.rules import NodeBound
 from lipcheck.settings import Settings
 
-METHODS = ("autolip", "seqlip-exact", "seqlip-greedy", "seqlip-lowrank", "sdp", "eclipse")
+METHODS = ("autolip", "seqlip-exact", "seqlip-greedy", "seqlip-lowrank", "sdp", "eclipse", "sdp-conv")
 # `--method auto`: what is cheap (< ~2 s a chain here) and useful; "quick" variants are
 # the same methods with smaller count limits and size gates, reported under their names.
-DEFAULT_METHODS = ("autolip", "eclipse-fast", "seqlip-exact:quick", "sdp:quick")
+DEFAULT_METHODS = ("autolip", "eclipse-fast", "seqlip-exact:quick", "sdp:quick", "sdp-conv")
 QUICK = ":quick"
 SDP_MAX_DIM = 1100       # reduced LipSDP-Neuron matrix size for the barrier method
 CONIC_MAX_DIM = 400      # ... for cvxpy (slopes the barrier's ECLipsE-Fast start refuses)
@@ -117,6 +118,7 @@ CHAIN_METHODS: dict[str, ChainMethod] = {
     "seqlip-greedy": _seqlip_greedy, "seqlip-lowrank": _seqlip_lowrank,
     "sdp": _sdp(False), "sdp" + QUICK: _sdp(True),
     "eclipse-fast": _eclipse(True), "eclipse": _eclipse(False),
+    "sdp-conv": sdp_conv,
 }
 
 

@@ -1,0 +1,136 @@
+"""sdp-conv (issue 11) against AutoLip, the other certified bounds and the lower bounds.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sdp_conv.py [--heuristic] [--json out.json]
+
+Each model runs in its own process (`--one NAME`), one thread, default settings
+(`--method auto`, which includes sdp-conv), plus `--method sdp-conv` alone for its time;
+peak memory is that process's maximum resident set size (torch included). Models:
+- cnn: conv(1->16,k3)-relu-conv(16->32,k3,s2)-relu-linear(4608->10) at 1x28x28, seed 0
+  (bench_seqlip's CNN, the issue's first row);
+- cnn3: conv(1->16,k3,p1)-relu-conv(16->32,k3,s2,p1)-BN-relu-conv(32->32,k3,s2,p1)-relu-
+  linear(1568->10) at 1x28x28, seed 1 (random weights; BN with random statistics);
+- models/digits_cnn.onnx and models/digits_resnet.onnx.
+--heuristic adds low-rank SeqLip (k=200, an estimate, not a bound) on the two CNNs.
+Every row carries os.getloadavg() at its end: this machine is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from lipcheck.api import EstimateOptions, estimate
+from lipcheck.graph import Graph, Node, OpKind, ValueInfo
+from lipcheck.interpreter import infer_shapes
+from lipcheck.settings import Settings
+
+MODELS = ("cnn", "cnn3", "digits_cnn", "digits_resnet")
+
+
+def cnn3_graph(seed: int = 1) -> Graph:
+    torch.manual_seed(seed)
+    c1 = torch.nn.Conv2d(1, 16, 3, padding=1)
+    c2 = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
+    c3 = torch.nn.Conv2d(32, 32, 3, stride=2, padding=1)
+    fc = torch.nn.Linear(32 * 7 * 7, 10)
+    consts = {f"w{i}": c.weight.detach() for i, c in enumerate((c1, c2, c3))}
+    consts.update({f"b{i}": c.bias.detach() for i, c in enumerate((c1, c2, c3))})
+    consts.update({"bns": torch.rand(32) + 0.5, "bnb": torch.randn(32), "bnm": torch.randn(32) * 0.1,
+                   "bnv": torch.rand(32) + 0.5, "wf": fc.weight.detach(), "bf": fc.bias.detach()})
+    nodes = [Node("conv0", OpKind.CONV, ["x", "w0", "b0"], ["c0"], {"pads": [1, 1, 1, 1]}),
+             Node("relu0", OpKind.RELU, ["c0"], ["r0"]),
+             Node("conv1", OpKind.CONV, ["r0", "w1", "b1"], ["c1"], {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+             Node("bn1", OpKind.BATCH_NORM, ["c1", "bns", "bnb", "bnm", "bnv"], ["n1"], {"epsilon": 1e-5}),
+             Node("relu1", OpKind.RELU, ["n1"], ["r1"]),
+             Node("conv2", OpKind.CONV, ["r1", "w2", "b2"], ["c2"], {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+             Node("relu2", OpKind.RELU, ["c2"], ["r2"]),
+             Node("flat", OpKind.FLATTEN, ["r2"], ["f"], {"axis": 1}),
+             Node("fc", OpKind.GEMM, ["f", "wf", "bf"], ["y"], {"transB": 1})]
+    g = Graph([ValueInfo("x", (1, 1, 28, 28))], ["y"], nodes, consts)
+    infer_shapes(g)
+    return g
+
+
+def model_of(name: str):
+    if name == "cnn":
+        from bench_seqlip import cnn_graph
+        return cnn_graph()
+    if name == "cnn3":
+        return cnn3_graph()
+    return str(ROOT / "models" / f"{name}.onnx")
+
+
+def one(name: str, heuristic: bool) -> dict:
+    torch.set_num_threads(1)
+    row: dict = {"model": name}
+    start = time.monotonic()
+    report = estimate(model_of(name), settings=Settings(), options=EstimateOptions(methods=("auto",)))
+    row["auto_seconds"] = time.monotonic() - start
+    upper = [b for b in report.bounds if b.kind == "upper"]
+    for b in report.bounds:
+        if b.method in ("autolip", "sdp-conv", "eclipse-fast"):
+            row[b.method] = b.value
+            row[b.method + "_certified"] = b.kind == "upper"
+    best = min(upper, key=lambda b: b.value)
+    row["best_upper"], row["best_method"] = best.value, best.method
+    lower = report.lower_bound
+    row["lower"] = getattr(lower, "value", None) if lower is not None else None
+    start = time.monotonic()
+    alone = estimate(model_of(name), settings=Settings(), options=EstimateOptions(methods=("sdp-conv",), lower_budget=0))
+    row["sdp_conv_alone_seconds"] = time.monotonic() - start
+    conv = [b for b in alone.bounds if b.method == "sdp-conv"]
+    row["sdp_conv_seconds"] = conv[0].seconds if conv else None
+    row["sdp_conv_detail"] = conv[0].detail if conv else "not applicable"
+    if heuristic and name.startswith("cnn"):
+        settings = Settings()
+        rep = estimate(model_of(name), settings=settings,
+                       options=EstimateOptions(methods=("seqlip-lowrank",), lower_budget=0))
+        row["seqlip_lowrank"] = next((b.value for b in rep.bounds if b.method == "seqlip-lowrank"), None)
+    row["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["loadavg"] = os.getloadavg()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--one")
+    parser.add_argument("--heuristic", action="store_true")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.heuristic)))
+        return
+    rows = []
+    for name in MODELS:
+        cmd = [sys.executable, __file__, "--one", name] + (["--heuristic"] if args.heuristic else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    print("| model | AutoLip | sdp-conv (certified) | best certified (method) | best lower | "
+          "low-rank SeqLip (heuristic) | sdp-conv time | auto time | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isinf(v)) else f"{v:.4g}"
+        print(f"| {r['model']} | {fmt(r.get('autolip'))} | {fmt(r.get('sdp-conv'))} | "
+              f"{fmt(r['best_upper'])} ({r['best_method']}) | {fmt(r['lower'])} | "
+              f"{fmt(r.get('seqlip_lowrank'))} | {fmt(r['sdp_conv_seconds'])} s | "
+              f"{r['auto_seconds']:.1f} s | {r['max_rss_mb']:.0f} MB |")
+
+
+if __name__ == "__main__":
+    main()

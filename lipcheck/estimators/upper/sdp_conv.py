@@ -1,0 +1,193 @@
+"""sdp-conv: LipSDP-Neuron for conv/activation chains closed by a dense layer, per frequency.
+
+The chain is embedded as circular convolutions on one coarse grid (see conv_chain).
+Multipliers shared by all coarse positions of a channel and phase make LipSDP-Neuron's
+hidden blocks translation invariant, so the ECLipsE-style Schur recursion stays block
+diagonal in frequency:
+  X_0(w) = I,  X_i(w) = T_i - (b/2)^2 T_i A_i(w) X_{i-1}(w)^{-1} A_i(w)^H T_i,
+and the dense closing layer gives rho(T) = lambda_max(sum_w B(w) X_{k-1}(w)^{-1} B(w)^H)
+(every X_i positive definite). The multipliers start at ECLipsE-Fast's scalars and are
+improved by a fixed number of L-BFGS iterations on log rho (autograd through batched complex
+Cholesky); then sdp_conv_cert proves the final (rho, T) in float64. Iteration counts
+decide the value; the deadline only cuts it short (reported).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from lipcheck.estimators.upper.chains import Chain
+from lipcheck.estimators.upper.conv_chain import CircularChain, circular_chain
+from lipcheck.estimators.upper.eclipse import eclipse
+from lipcheck.estimators.upper.sdp_conv_cert import certify
+from lipcheck.estimators.upper.sdp_residual import residual_add, sdp_residual
+from lipcheck.estimators.upper.seqlip import ChainBound
+from lipcheck.settings import Settings
+
+STEPS = 40           # L-BFGS iterations on the multipliers, per smoothing stage
+SHARPNESS = (30.0, 300.0)  # smooth maximum of the eigenvalues of S: sharper stage by stage
+HISTORY = 20
+CERTIFY_EVALS = 2    # the float64 certificate costs about this many evaluations
+INFEASIBLE = 1e3     # log rho given to multipliers that make some X_i indefinite
+DENSE_MAX_WIDTH = 4096      # hidden width up to which ECLipsE-Fast is tried as well
+MAX_BLOCK_ENTRIES = 2**24   # F * D^2 of the certificate's blocks (complex128: 256 MB)
+
+
+def half_frequencies(grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """One frequency of each conjugate pair {w, -w} of the G x G grid (flat indices) and
+    its weight (2, or 1 where w = -w): blocks at -w are the conjugates of those at w."""
+    keep, weight = [], []
+    for a in range(grid):
+        for b in range(grid):
+            ma, mb = (-a) % grid, (-b) % grid
+            if (a, b) <= (ma, mb):
+                keep.append(a * grid + b)
+                weight.append(1.0 if (a, b) == (ma, mb) else 2.0)
+    return np.array(keep), np.array(weight)
+
+
+def _symbols(model: CircularChain) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The layers' and the border's blocks at one frequency of each conjugate pair, and
+    the pairs' weights."""
+    keep, weight = half_frequencies(model.grid)
+    a = [torch.from_numpy(model.symbol(i)[keep]) for i in range(len(model.taps))]
+    return a, torch.from_numpy(model.border()[keep]), torch.from_numpy(weight)
+
+
+def spectrum(a: list[torch.Tensor], border: torch.Tensor, weight: torch.Tensor, ts: list[torch.Tensor],
+             slope: float):
+    """The eigenvalues of S(T) = sum_w B X_{k-1}^{-1} B^H by the Schur recursion, or None
+    where some X_i is not positive definite."""
+    half2 = (slope / 2) ** 2
+    k = a[0] @ a[0].mH
+    for i, t in enumerate(ts):
+        tc = t.to(k.dtype)
+        x = torch.diag_embed(tc) - half2 * tc[:, None] * k * tc[None, :]
+        low, info = torch.linalg.cholesky_ex(x)
+        if bool((info != 0).any()):
+            return None
+        nxt = a[i + 1] if i + 1 < len(a) else border
+        y = torch.linalg.solve_triangular(low, nxt.mH, upper=False)
+        k = y.mH @ y
+    s = (weight[:, None, None] * k.real).sum(dim=0)   # k(-w) = conj k(w): the sum is real
+    return torch.linalg.eigvalsh((s + s.mT) / 2)
+
+
+def rho_of(a, border, weight, ts, slope: float):
+    """rho(T) = lambda_max S(T), or None where T is infeasible."""
+    ev = spectrum(a, border, weight, ts, slope)
+    return None if ev is None else ev[-1]
+
+
+def fast_start(a: list[torch.Tensor], slope: float) -> list[torch.Tensor]:
+    """ECLipsE-Fast's scalar multipliers: t_i = 2 / (b^2 max_w lambda_max K_i(w))."""
+    ts, k = [], a[0] @ a[0].mH
+    for i in range(len(a)):
+        top = float(torch.linalg.eigvalsh((k + k.mH) / 2)[..., -1].max())
+        t = torch.full((k.shape[-1],), 2.0 / (slope * slope * max(top, 1e-300)), dtype=torch.float64)
+        ts.append(t)
+        if i + 1 < len(a):
+            x = torch.diag_embed(t.to(k.dtype)) - (slope / 2) ** 2 * t[:, None] * k * t[None, :]
+            y = torch.linalg.solve_triangular(torch.linalg.cholesky(x), a[i + 1].mH, upper=False)
+            k = y.mH @ y
+    return ts
+
+
+class _Stop(Exception):
+    pass
+
+
+def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[list[np.ndarray], int, bool]:
+    """Multipliers from L-BFGS (strong Wolfe line search, at most `steps` iterations per
+    smoothing stage) on a smooth maximum of log eig S(T) over log t, from ECLipsE-Fast's
+    start; the smoothing sharpens stage by stage (the top eigenvalue of S may be multiple
+    at the optimum, where log rho is not differentiable). An infeasible point (some X_i
+    indefinite) gets a large value, which the line search backs off from. Returns the
+    best feasible multipliers seen (by rho), the evaluations used, and whether the
+    deadline cut the search short."""
+    a, border, weight = _symbols(model)
+    logs = [torch.log(t).requires_grad_(True) for t in fast_start(a, model.slope)]
+    best = {"value": math.inf, "ts": [torch.exp(t.detach()) for t in logs], "evals": 0}
+    cut = False
+    for sharpness in SHARPNESS:
+        opt = torch.optim.LBFGS(logs, lr=1, max_iter=steps, history_size=HISTORY,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-13)
+        try:
+            opt.step(_closure(opt, logs, a, border, weight, model.slope, sharpness, best, deadline))
+        except _Stop:
+            cut = True
+            break
+    return [t.numpy() for t in best["ts"]], best["evals"], cut
+
+
+class _Stop(Exception):
+    pass
+
+
+def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best: dict, deadline: float):
+    def closure():
+        now = time.monotonic()
+        if now + CERTIFY_EVALS * best.get("eval_seconds", 0.0) > deadline:
+            raise _Stop   # leave the certificate (about this many evaluations) its time
+        best["evals"] += 1
+        opt.zero_grad()
+        ts = [torch.exp(t) for t in logs]
+        ev = spectrum(a, border, weight, ts, slope)
+        if ev is None or not bool(torch.isfinite(ev.detach()).all()) or float(ev[-1].detach()) <= 0:
+            penalty = sum(t.sum() for t in logs) * 0 + INFEASIBLE
+            penalty.backward()
+            return penalty
+        top = float(ev[-1].detach())
+        if top < best["value"]:
+            best["value"], best["ts"] = top, [t.detach().clone() for t in ts]
+        loss = torch.log(ev[-1]) + torch.logsumexp(sharpness * (ev / ev[-1].detach() - 1), 0) / sharpness
+        loss.backward()
+        best["eval_seconds"] = max(best.get("eval_seconds", 0.0), time.monotonic() - now)
+        return loss
+    return closure
+
+
+def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
+    """The certified sdp-conv bound of one chain, or None where it does not apply."""
+    start = time.monotonic()
+    if chain.graph is None:
+        return None
+    if residual_add(chain, settings) is not None:
+        return _with_dense(sdp_residual(chain, settings, deadline), chain, settings)
+    model, _ = circular_chain(chain, chain.graph)
+    if model is None:
+        return None
+    if model.freqs * sum(model.dims) ** 2 > MAX_BLOCK_ENTRIES:
+        return None
+    steps = int(settings.extra.get("sdp_conv_steps", STEPS))
+    ts, evals, cut = optimise(model, steps, deadline)
+    cert = certify(model, ts)
+    seconds = time.monotonic() - start
+    head = (f"sdp-conv: {model.grid}x{model.grid} frequencies, blocks of {sum(model.dims)}, "
+            f"channel-wise multipliers, {evals} evaluations{' (cut by the deadline)' if cut else ''}")
+    if not cert.verified:
+        return ChainBound(chain.autolip_product, chain.autolip_certified, False,
+                          f"{head}; certificate refused ({cert.detail}): AutoLip product kept", seconds, cut)
+    value = math.sqrt(cert.rho) * (1 + 1e-9)
+    if chain.autolip_certified:
+        value = min(value, chain.autolip_product)
+    return _with_dense(ChainBound(value, True, True, f"{head}; float64 arrow Cholesky: {cert.detail}",
+                                  seconds, cut), chain, settings)
+
+
+def _with_dense(result: ChainBound | None, chain: Chain, settings: Settings) -> ChainBound | None:
+    """On chains small enough for dense matrices, ECLipsE-Fast (per-neuron multipliers,
+    its own float64 check) where it is smaller: both are certified bounds of the same
+    quantity (for a residual block, of its branch)."""
+    if result is None or not settings.extra.get("sdp_conv_dense", True) or not chain.dense(settings) or \
+            max(p.shape[0] for p in chain.parts[:-1]) > DENSE_MAX_WIDTH:
+        return result
+    dense = eclipse([p.matrix() for p in chain.parts], chain.slopes, True)
+    if not dense.certified or (result.certified and dense.value >= result.value):
+        return result
+    return ChainBound(dense.value, True, True, f"{result.detail}; ECLipsE-Fast on the dense chain is "
+                      f"smaller and is kept: {dense.value:.9g} ({dense.detail})", result.seconds + dense.seconds,
+                      result.cut_by_budget)

@@ -1,0 +1,125 @@
+"""The float64 certificate of sdp-conv: the LipSDP-Neuron matrix, checked as an arrow.
+
+With multipliers T_i = diag(t_i) (per channel and phase, the same at every coarse
+position) and slopes in [0, b], LipSDP-Neuron divided by rho is
+  Q/rho = H - M^T M / rho,   H block tridiagonal: I, T_1, ..., T_{k-1} on the diagonal,
+  -(b/2) T_i A_i below it,
+and H is block diagonal in the unitary DFT of the coarse grid: H_w, one (D x D) block per
+frequency. Q >= 0 iff the arrow matrix [[diag_w H_w, B^H], [B, rho I]] >= 0 (B(w) is the
+closing dense layer per frequency). This module proves that by one floating-point
+Cholesky of the arrow shifted by c (blocks H_w - cI, then Z_w = L_w^{-1} B_w^H, then
+S = (rho - c) I - sum_w Z_w^H Z_w): the computed factor R of A = arrow - cI satisfies
+R^H R = A + E with ||E||_2 <= gamma_{n+4} ||R||_F^2 (Demmel; any order of the inner
+products, substitution included), and the blocks themselves are off the exact ones by at
+most `form` in spectral norm. So if c > gamma ||R||_F^2 + form + (rounding of the shifted
+diagonal), the exact arrow is positive definite and sqrt(rho) bounds the chain.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from lipcheck.estimators.upper.conv_chain import CircularChain
+from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, gamma
+
+RHO_SLACK = 1e-7   # relative room left in the last Schur complement
+
+
+@dataclass
+class Certificate:
+    rho: float
+    verified: bool
+    shift: float        # c
+    need: float         # what c had to exceed (rounding + formation)
+    detail: str
+
+
+def blocks(model: CircularChain, ts: list[np.ndarray]) -> np.ndarray:
+    """H_w for every frequency, (F, D, D) complex128."""
+    dims, half = model.dims, model.slope / 2
+    starts = np.cumsum([0] + dims)
+    out = np.zeros((model.freqs, starts[-1], starts[-1]), dtype=np.complex128)
+    idx = np.arange(dims[0])
+    out[:, idx, idx] = 1.0
+    for i, t in enumerate(ts):
+        lo, hi = starts[i + 1], starts[i + 2]
+        out[:, np.arange(lo, hi), np.arange(lo, hi)] = t
+        low = -half * t[None, :, None] * model.symbol(i)
+        out[:, lo:hi, starts[i]:lo] = low
+        out[:, starts[i]:lo, lo:hi] = low.conj().transpose(0, 2, 1)
+    return out
+
+
+def formation_error(model: CircularChain, ts: list[np.ndarray]) -> float:
+    """Bound on the spectral norm of (computed - exact) arrow: every H_w's off-diagonal
+    blocks plus the border."""
+    half, total = model.slope / 2, 0.0
+    for i, t in enumerate(ts):
+        stack = np.stack(list(model.taps[i].values()))
+        size = float(np.linalg.norm(np.abs(stack).sum(axis=0)))
+        total += half * float(np.max(t)) * (model.symbol_error(i) + gamma(4) * size)
+    return (total + model.border_error()) * (1 + 1e-6)
+
+
+def _shifted_factors(h: np.ndarray, border: np.ndarray, shift: float):
+    """L_w and Z_w of the shifted arrow, or None where a block is not definite."""
+    d = h.shape[-1]
+    h = h.copy()
+    h[:, np.arange(d), np.arange(d)] -= shift
+    try:
+        low = np.linalg.cholesky(h)
+    except np.linalg.LinAlgError:
+        return None
+    rhs = np.zeros((h.shape[0], d, border.shape[1]), dtype=np.complex128)
+    rhs[:, d - border.shape[2]:, :] = border.conj().transpose(0, 2, 1)
+    z = np.stack([scipy.linalg.solve_triangular(low[w], rhs[w], lower=True, check_finite=False)
+                  for w in range(h.shape[0])])
+    return low, z
+
+
+def certify(model: CircularChain, ts: list[np.ndarray], rho: float | None = None,
+            margin: bool = True) -> Certificate:
+    """Prove LipSDP-Neuron for multipliers ts; rho None: the smallest the shifted
+    factorisation allows (plus RHO_SLACK). margin=False drops the rounding and formation
+    allowances (for tests: such a check must not be trusted)."""
+    h, border = blocks(model, ts), model.border()
+    form = formation_error(model, ts) if margin else 0.0
+    trace = model.freqs * (model.dims[0] + sum(float(np.sum(t)) for t in ts))
+    g = gamma(h.shape[0] * h.shape[1] + border.shape[1] + 4)
+    shift = 1.25 * (2 * g * trace + form) if margin else 0.0
+    result = _attempt(h, border, ts, rho, shift, form, margin)
+    if margin and not result.verified and result.need > 0:  # the first shift was too small
+        result = _attempt(h, border, ts, rho, 1.25 * result.need, form, margin)
+    return result
+
+
+def _attempt(h: np.ndarray, border: np.ndarray, ts: list[np.ndarray], rho: float | None,
+             shift: float, form: float, margin: bool) -> Certificate:
+    n_out = border.shape[1]
+    n_total = h.shape[0] * h.shape[1] + n_out
+    g = gamma(n_total + 4)
+    diag_max = max([1.0] + [float(np.max(t)) for t in ts])
+    factors = _shifted_factors(h, border, shift)
+    if factors is None:
+        return Certificate(math.inf, False, shift, 0.0, "a frequency block is not positive definite")
+    low, z = factors
+    gram = np.einsum("wdo,wdp->op", z.conj(), z)
+    gram = (gram + gram.conj().T) / 2
+    top = float(np.linalg.eigvalsh(gram)[-1])
+    if rho is None:
+        rho = shift + top * (1 + RHO_SLACK) + 1e-300
+    s = (rho - shift) * np.eye(n_out) - gram
+    try:
+        r_s = np.linalg.cholesky(s)
+    except np.linalg.LinAlgError:
+        return Certificate(rho, False, shift, 0.0, "the closing Schur complement is not positive definite")
+    terms = low.size + z.size + r_s.size   # a sum of this many squares, any order
+    frob = (np.sum(np.abs(low) ** 2) + np.sum(np.abs(z) ** 2) + np.sum(np.abs(r_s) ** 2)) * (1 + gamma(terms + 2))
+    need = g * frob + form + 4 * UNIT_ROUNDOFF * (diag_max + abs(rho) + shift) if margin else 0.0
+    ok = shift > need if margin else True
+    detail = (f"rho {rho:.9g}, shift {shift:.3g} > rounding + formation {need:.3g}" if ok
+              else f"shift {shift:.3g} below the rounding + formation bound {need:.3g}")
+    return Certificate(rho, ok, shift, need, detail)
