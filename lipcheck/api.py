@@ -42,6 +42,7 @@ class EstimateOptions:
     arch: str | None = None
     unsafe_pickle: bool = False
     fuse_batchnorm: bool = True        # fold Conv -> BatchNorm into one Conv (tighter, same function)
+    local: Any = None                  # a lipcheck.local_set.LocalSet: bound on that set too
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,8 +134,28 @@ def _estimate(model: Any, input_shapes: Shapes, settings: Settings, options: Est
     report = Report(model=graph.metadata_for_report(), settings=_settings_dict(settings, options),
                     layers=_layers(graph, result), bounds=bounds, lower_bound=lower,
                     timings=timings)
+    report.local = _local(graph, report, settings, options, timings)
     report.warnings = collect_warnings(graph, result, report)
     return report
+
+
+def _local(graph: Graph, report: Report, settings: Settings, options: EstimateOptions,
+           timings: dict[str, float]) -> dict[str, Any] | None:
+    """The constant on --input-range / --around sets, beside the global one."""
+    from lipcheck.local_estimate import local_section
+    from lipcheck.local_set import LocalSet
+    from lipcheck.propagation import UnsupportedLocal
+    spec = options.local or LocalSet(input_range=options.input_range)
+    if not spec.wanted:
+        return None
+    start = time.perf_counter()
+    upper = report.upper_bound.value if report.upper_bound else None
+    try:
+        return local_section(graph, spec, upper, settings.seed)
+    except UnsupportedLocal as exc:
+        return {"set": str(spec.around or list(spec.input_range)), "skipped": str(exc)}
+    finally:
+        timings["local"] = time.perf_counter() - start
 
 
 def autolip_bound(result: AutoLipResult, seconds: float) -> GlobalBound:
@@ -214,6 +235,8 @@ def collect_warnings(graph: Graph, result: AutoLipResult, report: Report) -> lis
                            "for some layers: it is an estimate, not a certified upper bound"))
     out += _budget_warnings(report)
     out += _sandwich_warnings(report)
+    if report.local and report.local.get("skipped"):
+        out.append(Warning("local_skipped", report.local["skipped"]))
     return out
 
 

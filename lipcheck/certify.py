@@ -30,6 +30,7 @@ from lipcheck.errors import ShapeError, UserError
 from lipcheck.gate import headline
 from lipcheck.graph import Graph, Node, OpKind
 from lipcheck.interpreter import run_graph
+from lipcheck.local_certify import LocalRobustness, certify_local
 from lipcheck.report import Report
 
 IDENTITY_LIKE = (OpKind.IDENTITY, OpKind.DROPOUT)
@@ -49,6 +50,8 @@ class Robustness:
     certified: bool       # False: the radii rest on an estimate, not a certified bound
     lipschitz: float      # the global bound used
     seconds: float = 0.0
+    certified_accuracy_global: float | None = None  # from the global constants alone
+    local: "LocalRobustness | None" = None            # from local constants on each ball
 
     @property
     def median_radius(self) -> float:
@@ -59,7 +62,10 @@ class Robustness:
                 "certified_accuracy": self.certified_accuracy, "method": self.method,
                 "certified": self.certified, "lipschitz": _finite(self.lipschitz),
                 "median_radius": self.median_radius, "seconds": round(self.seconds, 6),
-                "radii": [round(float(r), 8) if math.isfinite(r) else None for r in self.radii]}
+                "radii": [round(float(r), 8) if math.isfinite(r) else None for r in self.radii],
+                **({} if self.local is None else {
+                    "certified_accuracy_global": self.certified_accuracy_global,
+                    "local": self.local.to_dict()})}
 
 
 def _finite(x: float) -> float | None:
@@ -217,8 +223,9 @@ def radii(logits: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def certify(graph: Graph, report: Report, x: np.ndarray, y: np.ndarray,
-            eps: float | None = None) -> Robustness:
-    """Clean accuracy, certified radii and (at eps) certified accuracy on (x, y)."""
+            eps: float | None = None, local: bool = True) -> Robustness:
+    """Clean accuracy, certified radii and (at eps) certified accuracy on (x, y); with
+    `local`, a sample also counts when local constants on B(x, eps) certify it."""
     start = time.perf_counter()
     logits = predict(graph, x).numpy()
     classes = logits.shape[1]
@@ -230,5 +237,9 @@ def certify(graph: Graph, report: Report, x: np.ndarray, y: np.ndarray,
     correct = pred == y
     radius = np.where(correct, radius, 0.0)
     cert_acc = float(np.mean(correct & (radius > eps))) if eps is not None else None
-    return Robustness(len(y), float(correct.mean()), eps, cert_acc, radius, method, certified,
-                      lip, time.perf_counter() - start)
+    on_balls = certify_local(graph, x, y, logits, eps) if local and eps is not None else None
+    best = cert_acc
+    if on_balls is not None and on_balls.certified is not None:
+        best = float(np.mean((correct & (radius > eps)) | on_balls.certified))
+    return Robustness(len(y), float(correct.mean()), eps, best, radius, method, certified,
+                      lip, time.perf_counter() - start, cert_acc, on_balls)

@@ -50,7 +50,12 @@ def estimate(
     lower_budget: float = typer.Option(10.0, help="seconds: cap on the lower-bound search (0: off)"),
     lower_rounds: Optional[int] = typer.Option(
         None, help="lower-bound ascent rounds (default: reproducible count; 0: fill the budget)"),
-    input_range: Optional[str] = typer.Option(None, help="restrict the lower-bound search, LO,HI"),
+    input_range: Optional[str] = typer.Option(None, help="a box LO,HI: restricts the lower-bound "
+                                              "search and adds the local constant on it"),
+    around: Optional[Path] = typer.Option(None, help=".npz of points (array x): adds the local "
+                                          "constant on the ball of radius --eps around each"),
+    eps: Optional[float] = typer.Option(None, help="radius of the --around balls"),
+    norm: str = typer.Option("2", help="norm of the --around balls: 2 or inf"),
     save_witness: Optional[Path] = typer.Option(None, help="store the lower bound's input (npz)"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
@@ -73,12 +78,14 @@ def estimate(
         for path, option in ((json_path, "--json"), (save_witness, "--save-witness")):
             check_output_path(path, option)
         shapes = parse_shapes(input_shape)
+        from lipcheck.local_set import LocalSet
         settings, options = run_config(
             seed=seed, device=device, layer_method=layer_method, time_budget=time_budget,
             method=method, lower_budget=lower_budget, lower_rounds=lower_rounds,
             input_range=input_range, arch=arch, unsafe_pickle=unsafe_pickle, max_iter=max_iter,
             tol=tol, dtype=dtype, timeout=timeout, layer_budget=layer_budget)
         options.witness_path = str(save_witness) if save_witness else None
+        options.local = LocalSet(options.input_range, around, eps, norm).validated()
         if unsafe_pickle:
             err.print("[yellow]warning[/yellow]: --unsafe-pickle: loading a pickled module runs "
                       "code from the file; use it only on files you trust")

@@ -224,11 +224,17 @@ def _cell(x: float | None) -> str:
     return "-" if x is None else fmt(x)
 
 
+def _local_note(robustness: Any) -> str:
+    from lipcheck.local_certify import side_by_side  # torch: only once there are radii
+    return side_by_side(robustness)
+
+
 def _robustness_section(verdict: Verdict) -> list[str]:
     r = verdict.robustness
     kind = "certified" if r.certified else "estimated (no certified bound: not a certificate)"
     at_eps = ("" if r.certified_accuracy is None else
-              f"certified accuracy **{r.certified_accuracy:.2%}** at eps = {fmt(r.eps)} (L2), ")
+              f"certified accuracy **{r.certified_accuracy:.2%}** at eps = {fmt(r.eps)} (L2)"
+              f"{_local_note(r)}, ")
     return ["### Robustness on data", "",
             f"{r.n} samples: clean accuracy **{r.clean_accuracy:.2%}**, {at_eps}"
             f"median radius {fmt(r.median_radius)}; radii {kind}, {r.method} rule.", ""]
@@ -274,7 +280,8 @@ def terminal_summary(verdict: Verdict) -> str:
         r = verdict.robustness
         lines.append(f"  data: {r.n} samples, clean accuracy {r.clean_accuracy:.4f}"
                      + ("" if r.certified_accuracy is None else
-                        f", certified accuracy {r.certified_accuracy:.4f} at eps {fmt(r.eps)}")
+                        f", certified accuracy {r.certified_accuracy:.4f} at eps {fmt(r.eps)}"
+                        f"{_local_note(r)}")
                      + f" ({r.method} radii, {'certified' if r.certified else 'ESTIMATES'}, "
                      f"{r.seconds:.2f} s)")
     return "\n".join(lines)

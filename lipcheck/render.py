@@ -80,6 +80,15 @@ def interval_line(data: dict[str, Any]) -> str:
     return f"{fmt(lb['value'])} ({lb['method']}) <= Lipschitz constant <= {upper}{gap}"
 
 
+def local_line(local: dict[str, Any]) -> str:
+    """'local on box [0, 1]: A <= Lipschitz constant <= B (global <= C)'."""
+    glob = local.get("global_upper_bound")
+    beside = "" if glob is None else f" (global <= {fmt(glob)})"
+    per = " (max over the balls, each on its own)" if local["sets"] > 1 else ""
+    return (f"local on {local['set']}: {fmt(local['lower_bound'])} <= Lipschitz constant <= "
+            f"{fmt(local['upper_bound'])}{per}{beside}")
+
+
 def layer_columns(data: dict[str, Any], width: int) -> list[Column]:
     """The layer table's columns, fitted to `width`. Until it fits: the detail of `how` goes,
     long headers shorten, shapes go, `how` goes, `running` goes; after each drop, node names
@@ -117,6 +126,8 @@ def print_table(report: Report, console: Console) -> None:
         bounds.add_row(*(escape(cell) for cell in row))
     console.print(bounds, highlight=False)
     console.print(f"[bold]{escape(interval_line(data))}[/bold]", highlight=False)
+    if data.get("local") and not data["local"].get("skipped"):
+        console.print(f"[bold]{escape(local_line(data['local']))}[/bold]", highlight=False)
     for w in data["warnings"]:
         where = f" ({w['node']})" if w.get("node") else ""
         console.print(f"[yellow]warning[/yellow] {escape(w['code'] + where)}: "
@@ -126,7 +137,10 @@ def print_table(report: Report, console: Console) -> None:
 def markdown(report: Report) -> str:
     data = report.to_dict()
     lines = [f"# lipcheck: {data['model'].get('path') or 'model'}", "",
-             f"**{interval_line(data)}**", "", "## Layers", "",
+             f"**{interval_line(data)}**", "",
+             *([f"**{local_line(data['local'])}**", ""]
+               if data.get("local") and not data["local"].get("skipped") else []),
+             "## Layers", "",
              _md_table(LAYER_HEADERS, layer_rows(data)), "", "## Global bounds", "",
              _md_table(["method", "value", "what it is", "time"], bound_rows(data)), ""]
     if data["warnings"]:

@@ -77,6 +77,7 @@ class Report:
     lower_bound: GlobalBound | None = None
     warnings: list[Warning] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    local: dict[str, Any] | None = None  # the constant on an input set (lipcheck.local_estimate)
 
     @property
     def upper_bound(self) -> GlobalBound | None:
@@ -108,6 +109,7 @@ class Report:
             "gap": self.gap,
             "warnings": [w.to_dict() for w in self.warnings],
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
+            **({"local": self.local} if self.local is not None else {}),
         }
 
     def to_json(self, indent: int = 2) -> str:

@@ -1,0 +1,111 @@
+"""Local constants on the digits models: certified accuracy from global vs local constants,
+and (when `eclipse_nn` imports) lipcheck's local bound against ECLipsE-Gen-Local on the
+same L2 balls of digits_mlp, per point.
+
+    python bench/make_digits_npz.py /tmp/digits_val.npz
+    python bench/bench_local.py /tmp/digits_val.npz [--eps 0.02,0.05,0.1] [--points 20]
+    # ECLipsE-Gen-Local: a separate install, not a dependency, e.g.
+    #   pip install --no-deps --target /tmp/eclipse-site eclipse-nn   (numpy, torch, cvxpy, scipy)
+    #   PYTHONPATH=/tmp/eclipse-site:. python bench/bench_local.py /tmp/digits_val.npz
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lipcheck.api import EstimateOptions, estimate
+from lipcheck.certify import certify
+from lipcheck.loaders.dispatch import load_model
+from lipcheck.local_estimate import local_section
+from lipcheck.local_set import LocalSet
+from lipcheck.propagation import build_program
+from lipcheck.propagation.program import Affine
+from lipcheck.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    graph = load_model(ROOT / "models" / f"{name}.onnx")
+    options = EstimateOptions(methods=("autolip", "eclipse-fast"), lower_budget=0)
+    return graph, estimate(graph, settings=Settings(), options=options)
+
+
+def accuracy_table(data: Path, eps_list: list[float]) -> None:
+    archive = np.load(data)
+    x, y = archive["x"].astype(np.float64), archive["y"]
+    print(f"load {os.getloadavg()[0]:.1f}")
+    print("| model | eps | clean | certified (global) | certified (local) | both | local s |")
+    print("|---|---|---|---|---|---|---|")
+    for name in ("digits_mlp", "digits_spectral", "digits_cnn", "digits_resnet"):
+        graph, report = load(name)
+        for eps in eps_list:
+            rob = certify(graph, report, x, y, eps)
+            local = rob.local
+            shown = (f"skipped ({local.skipped[:40]}...)" if local.skipped
+                     else f"{local.certified_accuracy:.2%}")
+            seconds = "-" if local.skipped else f"{local.seconds:.1f}"
+            print(f"| {name} | {eps:g} | {rob.clean_accuracy:.2%} | "
+                  f"{rob.certified_accuracy_global:.2%} | {shown} | "
+                  f"{rob.certified_accuracy:.2%} | {seconds} |")
+
+
+def eclipse_table(data: Path, eps_list: list[float], points: int) -> None:
+    try:
+        from eclipse_nn import get_lip_estimates
+    except ImportError:
+        print("\n(eclipse_nn not importable: ECLipsE-Gen-Local comparison skipped)")
+        return
+    graph, report = load("digits_mlp")
+    program = build_program(graph)
+    weights = [s.weight for s in program.steps if isinstance(s, Affine)]
+    biases = [s.bias for s in program.steps if isinstance(s, Affine)]
+    x = np.load(data)["x"][:points].astype(np.float64)
+    global_ub = report.upper_bound.value
+    print(f"\nload {os.getloadavg()[0]:.1f}; digits_mlp, global certified {global_ub:.4f}")
+    print("| eps | algo | median lipcheck / ECLipsE-Gen-Local | min | max | lipcheck s/pt | "
+          "ECLipsE s/pt |")
+    print("|---|---|---|---|---|---|---|")
+    for eps in eps_list:
+        np.savez("/tmp/_bench_local_pts.npz", x=x)
+        start = time.perf_counter()
+        ours = local_section(graph, LocalSet(around=Path("/tmp/_bench_local_pts.npz"), eps=eps),
+                             global_ub)
+        ours_s = (time.perf_counter() - start) / points
+        ours_v = np.array([p["upper_bound"] for p in ours["per_set"]])
+        for algo in ("Fast", "Acc"):
+            theirs, start = [], time.perf_counter()
+            for centre in x:
+                with contextlib.redirect_stdout(io.StringIO()):   # it prints per layer
+                    lip, _, _ = get_lip_estimates([w.clone() for w in weights], centre, eps,
+                                                  biases=[b.clone() for b in biases], algo=algo)
+                theirs.append(float(lip))
+            theirs_s = (time.perf_counter() - start) / points
+            ratio = ours_v / np.array(theirs)
+            print(f"| {eps:g} | {algo} | {np.median(ratio):.3f} | {ratio.min():.3f} | "
+                  f"{ratio.max():.3f} | {ours_s:.2f} | {theirs_s:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("data")
+    parser.add_argument("--eps", default="0.02,0.05,0.1")
+    parser.add_argument("--points", type=int, default=20)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    eps_list = [float(e) for e in args.eps.split(",")]
+    if not args.skip_accuracy:
+        accuracy_table(Path(args.data), eps_list)
+    eclipse_table(Path(args.data), eps_list, args.points)
+
+
+if __name__ == "__main__":
+    main()
