@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import lipcheck.api as lc
 from lipcheck.cli import app
-from lipcheck.gate import Thresholds, parse_fraction, resolve_thresholds
+from lipcheck.gate.verdict import Thresholds, parse_fraction, resolve_thresholds
 from lipcheck.errors import UserError
 from lipcheck.report import load_schema
 

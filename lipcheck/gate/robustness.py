@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lipcheck.errors import ShapeError, UserError
-from lipcheck.gate import headline
+from lipcheck.gate.verdict import headline
 from lipcheck.graph import Graph, Node, OpKind
 from lipcheck.interpreter import run_graph
 from lipcheck.report import Report

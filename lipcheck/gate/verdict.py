@@ -20,8 +20,8 @@ from lipcheck.errors import EXIT_NO_FINITE_BOUND, EXIT_OK, EXIT_THRESHOLD, UserE
 from lipcheck.report import Report
 
 if TYPE_CHECKING:
-    from lipcheck.certify import Robustness
-    from lipcheck.gate_outputs import Comparison
+    from lipcheck.gate.robustness import Robustness
+    from lipcheck.gate.outputs import Comparison
 
 CONFIG_KEYS = ("max-lipschitz", "max-layer", "baseline", "max-increase", "require-certified",
                "min-certified-accuracy", "eps", "data")

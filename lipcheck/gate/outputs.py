@@ -14,7 +14,7 @@ from typing import Any
 
 from lipcheck import __version__
 from lipcheck.errors import UserError
-from lipcheck.gate import Check, Verdict, fmt
+from lipcheck.gate.verdict import Check, Verdict, fmt
 from lipcheck.render import interval_line
 
 TOP_LAYERS = 5
