@@ -102,9 +102,9 @@ def compare(
 ) -> None:
     """Print the global and per-layer differences between two reports."""
     def body() -> int:
-        from lipcheck.gate.verdict import parse_fraction
-        from lipcheck.gate.outputs import compare as compare_reports
-        from lipcheck.gate.outputs import comparison_text, load_report
+        from lipcheck.gate.comparison import compare as compare_reports
+        from lipcheck.gate.comparison import comparison_text, load_report
+        from lipcheck.gate.thresholds import parse_fraction
         limit = parse_fraction(max_increase, "--max-increase")
         comparison = compare_reports(load_report(old), load_report(new), str(old))
         sys.stdout.write(comparison_text(comparison) + "\n")
@@ -125,7 +125,7 @@ def plot(
 ) -> None:
     """Per-layer bounds (log scale) with the running AutoLip product; radii when data was given."""
     def body() -> int:
-        from lipcheck.gate.outputs import load_report
+        from lipcheck.gate.comparison import load_report
         from lipcheck.plot import plot_report
         plot_report(load_report(report), output)
         err.print(f"wrote {output}")
