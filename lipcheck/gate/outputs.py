@@ -9,12 +9,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lipcheck import __version__
 from lipcheck.gate.checks import Check, fmt
 from lipcheck.gate.comparison import (TOP_CHANGES, Comparison, relative_text, side_text,
                                       value_or_inf)
 from lipcheck.gate.verdict import Verdict
 from lipcheck.render import interval_line
+from lipcheck.version import __version__
 
 TOP_LAYERS = 5
 
