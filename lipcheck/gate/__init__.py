@@ -1,2 +1,3 @@
-"""The robustness gate behind `lipcheck check`: thresholds, checks, the verdict and what it
-hands to people and CI systems. Reads a finished Report; computes no Lipschitz bound."""
+"""The robustness gate behind `lipcheck check`. Reads a finished Report; computes no
+Lipschitz bound. Each module imports only those before it: thresholds -> checks ->
+robustness, comparison -> verdict -> outputs (tests/test_import_graph.py keeps it so)."""
