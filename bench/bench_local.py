@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lipcheck.api import EstimateOptions, estimate
-from lipcheck.certify import certify
+from lipcheck.gate.robustness import certify
 from lipcheck.loaders.dispatch import load_model
 from lipcheck.local_estimate import local_section
 from lipcheck.local_set import LocalSet

@@ -1,5 +1,5 @@
 """lipcheck: certified and honest Lipschitz bounds for neural networks."""
-__version__ = "0.1.0"
+from lipcheck.version import __version__  # noqa: F401  (lipcheck.__version__)
 
 _API = ("estimate", "check", "load")
 

@@ -23,8 +23,9 @@ from lipcheck.results import GlobalBound
 from lipcheck.settings import Settings
 
 if TYPE_CHECKING:
-    from lipcheck.certify import Robustness
-    from lipcheck.gate import Thresholds, Verdict
+    from lipcheck.gate.robustness import Robustness
+    from lipcheck.gate.thresholds import Thresholds
+    from lipcheck.gate.verdict import Verdict
 
 Shapes = list[tuple[int, ...]] | None
 
@@ -266,8 +267,9 @@ def check(model: Any, thresholds: "Thresholds | None" = None, *, config: Path | 
 
     Limits are Thresholds fields (max_lipschitz=2.0, max_increase="10%", data="val.npz",
     eps=0.1, ...); they win over `thresholds`, which wins over the config file."""
-    from lipcheck.gate import Thresholds, Verdict, evaluate, resolve_thresholds
-    from lipcheck.gate_outputs import compare, load_report
+    from lipcheck.gate.comparison import compare, load_report
+    from lipcheck.gate.thresholds import Thresholds, resolve_thresholds
+    from lipcheck.gate.verdict import Verdict, evaluate
     settings = settings or Settings()
     options = options or EstimateOptions()
     wanted = _limits(limits).merged_over(thresholds or Thresholds())
@@ -288,7 +290,7 @@ def _limits(limits: dict[str, Any]) -> "Thresholds":
     from dataclasses import fields
 
     from lipcheck.errors import UserError
-    from lipcheck.gate import Thresholds, parse_fraction
+    from lipcheck.gate.thresholds import Thresholds, parse_fraction
     known = {f.name for f in fields(Thresholds)}
     unknown = sorted(set(limits) - known)
     if unknown:
@@ -307,6 +309,6 @@ def _limits(limits: dict[str, Any]) -> "Thresholds":
 def _robustness(graph: Graph, report: Report, thresholds: "Thresholds") -> "Robustness | None":
     if thresholds.data is None:
         return None
-    from lipcheck.certify import certify, load_data
+    from lipcheck.gate.robustness import certify, load_data
     x, y = load_data(thresholds.data)
     return certify(graph, report, x, y, thresholds.eps)

@@ -101,7 +101,7 @@ def write_outputs(verdict, junit: Optional[Path], markdown: Optional[Path],
                   json_path: Optional[Path]) -> None:
     import json
 
-    from lipcheck.gate_outputs import junit_xml, markdown_summary
+    from lipcheck.gate.outputs import junit_xml, markdown_summary
     if junit is not None:
         write_text(junit, junit_xml(verdict))
     if markdown is not None:
@@ -111,7 +111,7 @@ def write_outputs(verdict, junit: Optional[Path], markdown: Optional[Path],
 
 
 def print_verdict(verdict, quiet: bool) -> None:
-    from lipcheck.gate_outputs import terminal_summary
+    from lipcheck.gate.outputs import terminal_summary
     text = terminal_summary(verdict)
     if quiet:
         lines = text.splitlines()
@@ -129,9 +129,9 @@ def compare(
 ) -> None:
     """Print the global and per-layer differences between two reports."""
     def body() -> int:
-        from lipcheck.gate import parse_fraction
-        from lipcheck.gate_outputs import compare as compare_reports
-        from lipcheck.gate_outputs import comparison_text, load_report
+        from lipcheck.gate.comparison import compare as compare_reports
+        from lipcheck.gate.comparison import comparison_text, load_report
+        from lipcheck.gate.thresholds import parse_fraction
         limit = parse_fraction(max_increase, "--max-increase")
         comparison = compare_reports(load_report(old), load_report(new), str(old))
         sys.stdout.write(comparison_text(comparison) + "\n")
@@ -152,7 +152,7 @@ def plot(
 ) -> None:
     """Per-layer bounds (log scale) with the running AutoLip product; radii when data was given."""
     def body() -> int:
-        from lipcheck.gate_outputs import load_report
+        from lipcheck.gate.comparison import load_report
         from lipcheck.plot import plot_report
         plot_report(load_report(report), output)
         err.print(f"wrote {output}")

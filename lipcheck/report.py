@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from lipcheck import __version__
 from lipcheck.estimators.upper.autolip import NodeResult
 from lipcheck.results import GlobalBound, tightest_certified
+from lipcheck.version import __version__
 
 SCHEMA_VERSION = "1.0"
 NP_HARD_MESSAGE = ("the exact Lipschitz constant is NP-hard to compute (Scaman & Virmaux 2018); "

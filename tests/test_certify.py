@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lipcheck.api import EstimateOptions, estimate
-from lipcheck.certify import certify, last_affine, load_data, predict, radii
 from lipcheck.errors import UserError
+from lipcheck.gate.robustness import certify, last_affine, load_data, predict, radii
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes, run_graph
 from lipcheck.settings import Settings

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 import lipcheck.api as lc
 from lipcheck.cli import app
-from lipcheck.gate import Thresholds, parse_fraction, resolve_thresholds
 from lipcheck.errors import UserError
+from lipcheck.gate.thresholds import Thresholds, parse_fraction, resolve_thresholds
 from lipcheck.report import load_schema
 
 ROOT = Path(__file__).resolve().parents[1]

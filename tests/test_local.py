@@ -14,7 +14,7 @@ import torch
 from graphs import conv_net, function_of, mlp
 
 from lipcheck.api import EstimateOptions, estimate
-from lipcheck.certify import certify, predict
+from lipcheck.gate.robustness import certify, predict
 from lipcheck.graph import OpKind
 from lipcheck.local_certify import certify_local
 from lipcheck.local_set import LocalSet

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from lipcheck.errors import UserError
-from lipcheck.estimators.upper import sdp
+from lipcheck.estimators.upper import sdp_solver
 from lipcheck.estimators.upper.eclipse import eclipse
-from lipcheck.estimators.upper.sdp import assemble, lipsdp_neuron, verify
+from lipcheck.estimators.upper.sdp import lipsdp_neuron
+from lipcheck.estimators.upper.sdp_certificate import assemble, verify
 
 pytest.importorskip("cvxpy")
 
@@ -72,7 +73,7 @@ def test_missing_cvxpy_is_a_clear_user_error(monkeypatch):
         return real_import(name, *args, **kwargs)
     monkeypatch.setattr(builtins, "__import__", no_cvxpy)
     with pytest.raises(UserError, match="lipcheck\\[sdp\\]"):
-        sdp.require_cvxpy()
+        sdp_solver.require_cvxpy()
 
 
 @pytest.mark.parametrize("seed,slopes", [(0, [(0.0, 1.0)]), (1, [(0.1, 1.0), (0.0, 1.0)]),

@@ -17,6 +17,7 @@ import scipy.linalg
 import torch
 
 from lipcheck.graph import Node, Shape
+from lipcheck.spectral.krylov import lanczos
 
 if TYPE_CHECKING:
     from lipcheck.bounds import BoundContext
@@ -168,33 +169,24 @@ def power_norm(op: LinearOperator, max_iter: int, tol: float, seed: int) -> Norm
 
 
 def lanczos_estimate(op: LinearOperator, start: torch.Tensor, steps: int) -> float:
-    """A lower estimate of ||A||: `steps` Lanczos steps on A^T A from `start` (full
-    reorthogonalisation), then ||A x|| / ||x|| for the top Ritz vector x, a difference
-    quotient of the operator itself. Per product as good as several power iterations (on
-    ResNet-shaped layers 4 steps beat 10 power iterations)."""
-    basis, alphas, betas = [start / start.norm()], [], []
-    with torch.no_grad():
-        for _ in range(steps):
-            u, adjoint = apply_with_adjoint(op, basis[-1])
-            w = adjoint(u)
-            alpha = float((basis[-1] * w).sum())
-            if not math.isfinite(alpha):
-                break
-            alphas.append(alpha)
-            for _ in range(2):  # twice is enough (Kahan)
-                for q in basis:
-                    w = w - (q * w).sum() * q
-            betas.append(float(w.norm()))
-            if not betas[-1] > 1e-30 * max(abs(alphas[-1]), 1e-300):
-                break
-            basis.append(w / betas[-1])
-        if not alphas:
-            return 0.0
-        from lipcheck.spectral.top_eig import top_ritz
+    """A lower estimate of ||A||: `steps` Lanczos steps (krylov.lanczos) on A^T A from
+    `start`, then ||A x|| / ||x|| for the top Ritz vector x, a difference quotient of the
+    operator itself. Per product as good as several power iterations (on ResNet-shaped
+    layers 4 steps beat 10 power iterations)."""
+    def normal(v: np.ndarray) -> np.ndarray:
+        u, adjoint = apply_with_adjoint(op, _on(op, v))
+        return adjoint(u).cpu().numpy().reshape(-1)
 
-        coords = top_ritz(alphas, betas)[2]
-        x = sum(float(c) * q for c, q in zip(coords, basis[:len(alphas)]))
+    with torch.no_grad():
+        run = lanczos(normal, start.detach().cpu().numpy(), steps)
+        if not run.alphas:
+            return 0.0
+        x = _on(op, run.top()[2])
         return float(op.apply(x).norm() / x.norm())
+
+
+def _on(op: LinearOperator, v: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(v).reshape(op.in_shape).to(op.device)
 
 
 def fits_dense(op: LinearOperator, ctx: BoundContext) -> bool:

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from lipcheck.spectral.block_bounds import (SINGLE_ROUNDOFF, chunks, cholesky_certify, fro_bound,
                                             squared_frobenius)
 from lipcheck.spectral.freq_gram import gamma
+from lipcheck.spectral.krylov import RitzSettled, lanczos
 from lipcheck.spectral.scratch import Scratch
 
 FETCH_BYTES = 2**28    # blocks formed at a time: up to 256 MB, so that a source's inputs (when
@@ -196,46 +196,17 @@ def top_eigenvalues(blocks: torch.Tensor) -> torch.Tensor:
 
 def lanczos_top(matrix: torch.Tensor, steps: int = 48, tol: float = 1e-5) -> tuple[float, float, torch.Tensor]:
     """(Ritz value, residual norm, Ritz vector) for the top eigenvalue of a Hermitian
-    matrix: Lanczos with full reorthogonalisation (Gram-Schmidt twice: once is not enough
-    in single precision after convergence, where it lets Ritz values run above lambda_max)
-    from a fixed start, on the CPU with numpy (torch's complex matrix-vector product is ~4x
-    slower there), in single precision for n >= LANCZOS_FROM (half the memory traffic);
-    stopped when the Ritz value moves by less than tol relative over 4 steps. An estimate
-    only: the Ritz value is at most lambda_max up to rounding."""
+    matrix: krylov.lanczos from a fixed start, on the CPU with numpy (torch's complex
+    matrix-vector product is ~4x slower there), in single precision for n >= LANCZOS_FROM
+    (half the memory traffic); stopped when the Ritz value moves by less than tol relative
+    over 4 steps (krylov.RitzSettled). An estimate only: the Ritz value is at most
+    lambda_max up to rounding."""
     n = matrix.shape[-1]
     work = matrix.detach().cpu().numpy()
     if n >= LANCZOS_FROM and work.dtype in (np.complex128, np.float64):
         work = work.astype(np.complex64 if np.iscomplexobj(work) else np.float32)
-    limit = min(n, steps)
-    basis = np.zeros((limit + 1, n), dtype=work.dtype)
-    basis[0] = np.random.default_rng(0).standard_normal(n)
-    basis[0] /= np.linalg.norm(basis[0])
-    alphas: list[float] = []
-    betas: list[float] = []
-    previous = -math.inf
-    for j in range(limit):
-        w = work @ basis[j]
-        alphas.append(float(np.vdot(basis[j], w).real))
-        for _ in range(2):  # full reorthogonalisation, twice
-            w -= (basis[:j + 1].conj() @ w) @ basis[:j + 1]
-        betas.append(float(np.linalg.norm(w)))
-        if j + 1 == limit or betas[-1] == 0.0 or (j >= 7 and j % 4 == 3):
-            value, residual, coords = top_ritz(alphas, betas)
-            if (value - previous <= tol * abs(value) or betas[-1] <= 1e-13 * abs(value)
-                    or residual <= 1e-3 * tol * abs(value) or j + 1 == limit):
-                break
-            previous = value
-        basis[j + 1] = w / betas[-1]
-    vector = torch.from_numpy(coords.astype(basis.dtype) @ basis[:len(alphas)])
+    start = np.random.default_rng(0).standard_normal(n).astype(work.dtype)
+    run = lanczos(lambda v: work @ v, start, min(n, steps), RitzSettled(tol))
+    value, residual, vector = run.top()
+    vector = torch.from_numpy(vector)
     return value, residual, vector.to(torch.complex128 if vector.is_complex() else torch.float64)
-
-
-def top_ritz(alphas: list[float], betas: list[float]) -> tuple[float, float, np.ndarray]:
-    """The top eigenpair of the Lanczos tridiagonal (alphas, betas[:-1]): (Ritz value,
-    residual norm |beta_k s_k|, coordinates of the Ritz vector in the Lanczos basis)."""
-    k = len(alphas)
-    if k == 1:
-        return alphas[0], abs(betas[0]), np.ones(1)
-    values, vectors = scipy.linalg.eigh_tridiagonal(np.array(alphas), np.array(betas[:k - 1]),
-                                                    select="i", select_range=(k - 1, k - 1))
-    return float(values[-1]), abs(betas[-1] * float(vectors[-1, -1])), vectors[:, -1]

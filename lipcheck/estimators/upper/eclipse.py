@@ -1,6 +1,6 @@
 """ECLipsE and ECLipsE-Fast (Xu & Sivaranjani 2024): LipSDP-Neuron solved layer by layer.
 
-Writing Q(rho, Lam) of lipcheck.estimators.upper.sdp with rho = 1 and taking Schur
+Writing Q(rho, Lam) of lipcheck.estimators.upper.sdp_certificate with rho = 1 and taking Schur
 complements from the input block gives X_0 = I and, per hidden layer i,
   X_i = Lam_i - m_i^2 Lam_i W_{i-1} X_{i-1}^{-1} W_{i-1}^T Lam_i,   m_i = (a_i + b_i)/2,
 then L^2 = lambda_max(W_l^T W_l X_{l-1}^{-1}) (the dropped terms a_i b_i W^T Lam W are
@@ -19,8 +19,8 @@ import time
 import numpy as np
 import scipy.linalg
 
-from lipcheck.estimators.upper.sdp import (SdpResult, pick_solver, reduce_ends, require_cvxpy, solve,
-                                     verify)
+from lipcheck.estimators.upper.sdp_certificate import SdpResult, reduce_ends, verify
+from lipcheck.estimators.upper.sdp_solver import pick_solver, require_cvxpy, solve
 
 
 def _fast_multiplier(w: np.ndarray, x_inv: np.ndarray, m: float) -> np.ndarray:

@@ -1,144 +1,19 @@
-"""LipSDP-Neuron (Fazlyab et al. 2019) for a chain y = W_l phi(... phi(W_0 x)), with a
-float64 check of every certificate before it is called certified.
-
-For hidden layer i (x_i = phi_i(W_{i-1} x_{i-1}), slopes of phi_i in [a_i, b_i]) and
-per-neuron multipliers Lam_i = diag(lam_i) >= 0, rho >= ||f||_Lip^2 whenever the
-block-tridiagonal matrix Q(rho, Lam) is positive semidefinite:
-  Q_00   = rho I + a_1 b_1 W_0^T Lam_1 W_0
-  Q_ii   = Lam_i + a_{i+1} b_{i+1} W_i^T Lam_{i+1} W_i     (i < l; last: Lam_l - W_l^T W_l)
-  Q_{i-1,i} = -(a_i + b_i)/2 W_{i-1}^T Lam_i
-(sum over neurons of lam (dx - a dv)(b dv - dx) >= 0, added to rho|dx_0|^2 - |dy|^2).
-The first and last weights are replaced by U S and S V^T of their thin SVDs, which
-changes no difference norm and shrinks the SDP (784 -> 50 inputs on an MNIST MLP).
-
-cvxpy (with Clarabel or SCS) is an optional dependency: `pip install lipcheck[sdp]`.
+"""LipSDP-Neuron (Fazlyab et al. 2019) for a chain y = W_l phi(... phi(W_0 x)): solve for
+(rho, Lam) with the barrier method (sdp_barrier) or cvxpy (sdp_solver), then certify in
+float64 (sdp_certificate, where Q(rho, Lam) is defined). On an MNIST MLP the SVD reduction
+of the end weights shrinks the SDP from 784 to 50 inputs.
 """
 from __future__ import annotations
 
 import math
 import time
-import warnings
-from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 
-from lipcheck.errors import UserError
-
-VERIFY_MAX_DIM = 4000   # largest Q checked by a dense Cholesky factorisation
-CLARABEL_MAX_DIM = 120  # Clarabel's PSD cone is dense in n^2/2: above this, SCS (less memory)
-
-
-def pick_solver(dim: int) -> str:
-    return "CLARABEL" if dim <= CLARABEL_MAX_DIM else "SCS"
-
-
-def solve(problem, solver: str, seconds: float) -> None:
-    """Solve with fixed tolerances and iteration caps (the wall-clock limit is only a safety
-    cap); a stopped solve is still checked by `verify`."""
-    limit = {"SCS": {"time_limit_secs": max(seconds, 1.0), "max_iters": 200_000,
-                     "eps_abs": 1e-8, "eps_rel": 1e-8},
-             "CLARABEL": {"time_limit": max(seconds, 1.0), "max_iter": 200}}.get(solver, {})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "solution may be inaccurate": verify() decides
-        problem.solve(solver=solver, **limit)
-EPS = np.finfo(np.float64).eps
-
-
-@dataclass
-class SdpResult:
-    value: float
-    certified: bool
-    detail: str
-    seconds: float = 0.0
-    cut_by_budget: bool = False  # the wall-clock safety cap stopped the solver
-
-
-def require_cvxpy():
-    try:
-        import cvxpy
-    except ImportError:
-        raise UserError("the SDP bounds need cvxpy with Clarabel or SCS: "
-                        "pip install 'lipcheck[sdp]'") from None
-    return cvxpy
-
-
-def reduce_ends(weights: list[np.ndarray]) -> list[np.ndarray]:
-    """Exact reduction: W_0 -> U S (rows of W_0 x are all that matter), W_l -> S V^T."""
-    w = list(weights)
-    u, s, vt = scipy.linalg.svd(w[0], full_matrices=False)
-    keep = max(1, int(np.sum(s > s[0] * 1e-13))) if s.size else 0
-    w[0] = u[:, :keep] * s[:keep]
-    u, s, vt = scipy.linalg.svd(w[-1], full_matrices=False)
-    keep = max(1, int(np.sum(s > s[0] * 1e-13))) if s.size else 0
-    w[-1] = s[:keep, None] * vt[:keep]
-    return w
-
-
-def assemble(weights: list[np.ndarray], slopes: list[tuple[float, float]], rho: float,
-             lams: list[np.ndarray]) -> np.ndarray:
-    """Q(rho, Lam) in float64 (see the module docstring)."""
-    dims = [weights[0].shape[1]] + [w.shape[0] for w in weights[:-1]]
-    offsets = np.concatenate([[0], np.cumsum(dims)])
-    q = np.zeros((offsets[-1], offsets[-1]))
-    block = lambda i, j: (slice(offsets[i], offsets[i + 1]), slice(offsets[j], offsets[j + 1]))
-    q[block(0, 0)] += rho * np.eye(dims[0])
-    for i, ((a, b), lam) in enumerate(zip(slopes, lams), start=1):
-        w = weights[i - 1]
-        q[block(i - 1, i - 1)] += a * b * (w.T * lam) @ w
-        q[block(i, i)] += np.diag(lam)
-        off = -(a + b) / 2 * (w.T * lam)
-        q[block(i - 1, i)] += off
-        q[block(i, i - 1)] += off.T
-    q[block(len(dims) - 1, len(dims) - 1)] -= weights[-1].T @ weights[-1]
-    return q
-
-
-def _verified_psd(q: np.ndarray) -> bool:
-    """Q is PSD (up to the rounding in forming it, 32 n eps ||Q||_F): a floating-point
-    Cholesky factorisation of Q - c I succeeds with c above Cholesky's backward error,
-    (n + 1) eps / (1 - (n + 1) eps) tr(Q) (Rump, BIT 46, 2006), taken 4x. A Cholesky is
-    ~10x cheaper than the smallest eigenvalue, and the check is as strict."""
-    n = q.shape[0]
-    forming = 32 * n * EPS * float(np.linalg.norm(q, "fro"))
-    shift = forming + 4 * (n + 2) * EPS * float(np.abs(np.diag(q)).sum())
-    try:
-        scipy.linalg.cholesky(q - shift * np.eye(n), lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        return False
-    return True
-
-
-def _smallest_rho(base: np.ndarray, n0: int, rho: float) -> float | None:
-    """Smallest rho' >= rho (to 1e-9 relative) with base + rho' E verified PSD, or None."""
-    shift = np.r_[np.ones(n0), np.zeros(len(base) - n0)]
-    ok = lambda r: _verified_psd(base + np.diag(r * shift))
-    rho = max(rho, 1e-300)
-    if not ok(rho * 1e6 + 1.0):
-        return None
-    low, high, step = rho, rho * (1 + 1e-12), 1e-9
-    while not ok(high):
-        low, high, step = high, rho * (1 + step), step * 10
-    while high - low > 1e-9 * high:
-        mid = 0.5 * (low + high)
-        low, high = (low, mid) if ok(mid) else (mid, high)
-    return high
-
-
-def verify(weights: list[np.ndarray], slopes: list[tuple[float, float]], rho: float,
-           lams: list[np.ndarray]) -> float | None:
-    """A rho' >= rho for which Q(rho', (1 + t) Lam) is verified PSD in float64 (smallest
-    Cholesky check, see _verified_psd) at the given multipliers clipped to >= 0, trying
-    a few small t (scaling Lam up helps the last block), or None."""
-    lams = [np.maximum(np.asarray(l, dtype=np.float64), 0.0) for l in lams]
-    if sum(w.shape[1] for w in weights) > VERIFY_MAX_DIM or not math.isfinite(rho):
-        return None
-    for t in (0.0, 1e-9, 1e-7, 1e-5, 1e-3):
-        base = assemble(weights, slopes, 0.0, [(1 + t) * l for l in lams])
-        found = _smallest_rho(base, weights[0].shape[1], rho)
-        if found is not None:
-            return found
-    return None
+from lipcheck.estimators.upper.eclipse import fast_start
+from lipcheck.estimators.upper.sdp_barrier import solve_barrier
+from lipcheck.estimators.upper.sdp_certificate import SdpResult, reduce_ends, verify
+from lipcheck.estimators.upper.sdp_solver import pick_solver, require_cvxpy, solve
 
 
 def _problem(cp, weights, slopes):
@@ -163,8 +38,6 @@ def _problem(cp, weights, slopes):
 def _barrier(w: list[np.ndarray], slopes: list[tuple[float, float]], deadline: float):
     """(rho, lams, note, cut) from the barrier method started at ECLipsE-Fast, or None where
     ECLipsE-Fast does not apply (a b < 0 or a + b = 0)."""
-    from lipcheck.estimators.upper.eclipse import fast_start   # eclipse imports this module
-    from lipcheck.estimators.upper.sdp_barrier import solve_barrier
     start = fast_start(w, slopes)
     if start is None:
         return None

@@ -1,7 +1,7 @@
 """LipSDP-Neuron solved by a small log-barrier interior-point method (no cvxpy).
 
-Minimise rho over x = (rho, lam) subject to Q(rho, Lam) >= 0 (see lipcheck.estimators.upper.sdp)
-and x >= 0. Every multiplier lam_j enters Q as a rank-two term
+Minimise rho over x = (rho, lam) subject to Q(rho, Lam) >= 0 and x >= 0 (Q: see
+lipcheck.estimators.upper.sdp_certificate). Every multiplier lam_j enters Q as a rank-two term
   lam_j (p w w^T + q (w e^T + e w^T) + e e^T),  p = a b, q = -(a + b) / 2,
 with w the neuron's weight row (in the previous block) and e its unit vector, so the
 Newton system of the barrier -log det Q - sum log x is m x m with entries read off

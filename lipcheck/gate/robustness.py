@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lipcheck.errors import ShapeError, UserError
-from lipcheck.gate import headline
+from lipcheck.gate.checks import headline
 from lipcheck.graph import Graph, Node, OpKind
 from lipcheck.interpreter import run_graph
 from lipcheck.local_certify import LocalRobustness, certify_local

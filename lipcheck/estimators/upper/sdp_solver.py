@@ -1,0 +1,35 @@
+"""cvxpy glue shared by the SDP methods: the optional import, the choice of solver and
+a solve with fixed tolerances and iteration caps. cvxpy (with Clarabel or SCS) is an
+optional dependency: `pip install lipcheck[sdp]`. Whatever a solver returns is checked
+by `sdp_certificate` before it is called certified."""
+from __future__ import annotations
+
+import warnings
+
+from lipcheck.errors import UserError
+
+CLARABEL_MAX_DIM = 120  # Clarabel's PSD cone is dense in n^2/2: above this, SCS (less memory)
+
+
+def require_cvxpy():
+    try:
+        import cvxpy
+    except ImportError:
+        raise UserError("the SDP bounds need cvxpy with Clarabel or SCS: "
+                        "pip install 'lipcheck[sdp]'") from None
+    return cvxpy
+
+
+def pick_solver(dim: int) -> str:
+    return "CLARABEL" if dim <= CLARABEL_MAX_DIM else "SCS"
+
+
+def solve(problem, solver: str, seconds: float) -> None:
+    """Solve with fixed tolerances and iteration caps (the wall-clock limit is only a safety
+    cap); a stopped solve is still checked by `verify`."""
+    limit = {"SCS": {"time_limit_secs": max(seconds, 1.0), "max_iters": 200_000,
+                     "eps_abs": 1e-8, "eps_rel": 1e-8},
+             "CLARABEL": {"time_limit": max(seconds, 1.0), "max_iter": 200}}.get(solver, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "solution may be inaccurate": verify() decides
+        problem.solve(solver=solver, **limit)

@@ -1,0 +1,135 @@
+"""Gate thresholds and where they come from.
+
+Thresholds come from command-line options (or keyword arguments of `lipcheck.api.check`)
+and from one configuration file: `--config PATH`, else `./lipcheck.toml`, else the
+`[tool.lipcheck]` table of `./pyproject.toml`. Options win over the file, key by key.
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from lipcheck.errors import UserError
+
+CONFIG_KEYS = ("max-lipschitz", "max-layer", "baseline", "max-increase", "require-certified",
+               "min-certified-accuracy", "eps", "data")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What `check` gates on; None means the check is off."""
+
+    max_lipschitz: float | None = None
+    max_layer: float | None = None
+    baseline: Path | None = None
+    max_increase: float | None = None      # a fraction: 0.1 is 10%
+    require_certified: bool | None = None
+    min_certified_accuracy: float | None = None  # a fraction
+    eps: float | None = None
+    data: Path | None = None
+
+    def merged_over(self, lower: "Thresholds") -> "Thresholds":
+        """These values, with `lower`'s where these are None."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(lower, **{k: v for k, v in values.items() if v is not None})
+
+    def validated(self) -> "Thresholds":
+        for name in ("max_lipschitz", "max_layer", "max_increase"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise UserError(f"{_option(name)} {value}: must be a finite number >= 0")
+        if self.eps is not None and not (math.isfinite(self.eps) and self.eps > 0):
+            raise UserError(f"--eps {self.eps}: must be a finite number > 0")
+        acc = self.min_certified_accuracy
+        if acc is not None and not 0 <= acc <= 1:
+            raise UserError(f"--min-certified-accuracy {acc}: must lie in [0, 1] (or 0%-100%)")
+        if acc is not None and (self.eps is None or self.data is None):
+            raise UserError("--min-certified-accuracy needs --eps and --data")
+        if self.max_increase is not None and self.baseline is None:
+            raise UserError("--max-increase needs --baseline (a JSON report of an earlier model)")
+        return self
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def parse_fraction(value: Any, option: str) -> float | None:
+    """'10%' -> 0.1, '0.1' -> 0.1, 0.1 -> 0.1."""
+    if value is None or isinstance(value, float | int) and not isinstance(value, bool):
+        return None if value is None else float(value)
+    text = str(value).strip()
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UserError(f"{option} {value!r}: expected a fraction like 0.1 or a percentage "
+                        "like 10%") from None
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(f"config key {key!r}: expected a number, got {value!r}")
+    return float(value)
+
+
+def thresholds_from_table(table: dict[str, Any], base: Path, source: str) -> Thresholds:
+    """Thresholds from a TOML table; relative paths are read from the file's folder."""
+    unknown = sorted(set(table) - set(CONFIG_KEYS))
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(CONFIG_KEYS)}")
+    required = table.get("require-certified")
+    if required is not None and not isinstance(required, bool):
+        raise UserError(f"{source}: require-certified must be true or false, got {required!r}")
+
+    def path(key: str) -> Path | None:
+        return base / str(table[key]) if key in table else None
+
+    def num(key: str) -> float | None:
+        return _number(table[key], key) if key in table else None
+
+    return Thresholds(
+        max_lipschitz=num("max-lipschitz"), max_layer=num("max-layer"), baseline=path("baseline"),
+        max_increase=parse_fraction(table.get("max-increase"), f"{source}: max-increase"),
+        require_certified=required,
+        min_certified_accuracy=parse_fraction(table.get("min-certified-accuracy"),
+                                              f"{source}: min-certified-accuracy"),
+        eps=num("eps"), data=path("data"))
+
+
+def find_config(cwd: Path, explicit: Path | None = None) -> Path | None:
+    """The one file thresholds are read from: --config, ./lipcheck.toml, ./pyproject.toml."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise UserError(f"--config {explicit}: no such file")
+        return explicit
+    for name in ("lipcheck.toml", "pyproject.toml"):
+        if (cwd / name).is_file():
+            return cwd / name
+    return None
+
+
+def read_config(path: Path | None) -> Thresholds:
+    if path is None:
+        return Thresholds()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config {path} is not valid TOML: {exc}") from None
+    table = data.get("tool", {}).get("lipcheck")
+    if table is None:
+        table = {} if path.name == "pyproject.toml" else data
+    return thresholds_from_table(table, path.parent, str(path))
+
+
+def resolve_thresholds(options: Thresholds, cwd: Path | None = None,
+                       config: Path | None = None, discover: bool = True) -> Thresholds:
+    """Options over the config file, validated."""
+    cwd = cwd or Path.cwd()
+    source = find_config(cwd, config) if (discover or config is not None) else None
+    return options.merged_over(read_config(source)).validated()
