@@ -7,12 +7,17 @@ and from one configuration file: `--config PATH`, else `./lipcheck.toml`, else t
 from __future__ import annotations
 
 import math
-import tomllib
+import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from lipcheck.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser as a package
+    import tomli as tomllib
 
 CONFIG_KEYS = ("max-lipschitz", "max-layer", "baseline", "max-increase", "require-certified",
                "min-certified-accuracy", "eps", "data")
