@@ -51,9 +51,11 @@ def _adaptive_kernel(low: Lowering, a: dict[str, Any]) -> list[int] | None:
     out = ints(a["output_size"], len(spatial))
     if all(o == 1 for o in out):
         return None
-    if any(o is None or s % o for s, o in zip(spatial, out, strict=False)):
+    if len(out) != len(spatial):  # shape[2:] assumes a batch axis
+        raise Unsupported(f"adaptive pool to {out} on an input without a batch axis")
+    if any(o is None or s % o for s, o in zip(spatial, out, strict=True)):
         raise Unsupported(f"adaptive pool from {spatial} to {out} (uneven windows)")
-    return [s // o for s, o in zip(spatial, out, strict=False)]
+    return [s // o for s, o in zip(spatial, out, strict=True)]
 
 
 def _adaptive(low: Lowering, node: fx.Node, global_op: OpKind, window_op: OpKind):
