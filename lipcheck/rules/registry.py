@@ -1,8 +1,9 @@
 """The rule registry: for each IR op, how to run it and how to bound it.
 
 A rule has two small functions. `run(node, inputs)` evaluates the op with torch on
-a list of input tensors (constants included, in ONNX order) and returns the list of
-outputs. `bound(node, ctx)` returns a `NodeBound`: the node's Lipschitz constant
+a list of input tensors (constants included, in ONNX order; an absent optional input is
+None, although `RunFn` says Tensor: the rules with optional inputs check) and returns the list
+of outputs. `bound(node, ctx)` returns a `NodeBound`: the node's Lipschitz constant
 with respect to its dynamic inputs (L2 norms), how it was obtained and whether it
 is certified (a proven upper bound) or an estimate.
 """
