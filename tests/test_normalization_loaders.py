@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from onnx_builders import const, one_node
+from test_onnx_conformance import DATA
+from test_onnx_loader import check
 from torch import nn
 
 from lipcheck.graph import OpKind
@@ -15,9 +18,6 @@ from lipcheck.interpreter import run_graph
 from lipcheck.loaders.onnx_loader import load_onnx
 from lipcheck.rules import BoundContext, get_rule
 from lipcheck.settings import Settings
-from onnx_builders import const, one_node
-from test_onnx_conformance import DATA
-from test_onnx_loader import check
 
 X4 = (2, 4, 3, 3)
 
@@ -71,7 +71,7 @@ def test_group_norm_18_per_group_scale_becomes_per_channel(tmp_path: Path) -> No
 def test_bundled_lrn_models_get_finite_lrn_bounds(name: str) -> None:
     graph = load_onnx(DATA / "light" / f"{name}.onnx")
     nodes = [n for n in graph.nodes if n.op == OpKind.LRN]
-    for node, bound in zip(nodes, _bounds(graph, OpKind.LRN)):
+    for node, bound in zip(nodes, _bounds(graph, OpKind.LRN), strict=True):
         at_zero = float(node.attrs.get("bias", 1.0)) ** -float(node.attrs.get("beta", 0.75))
         assert at_zero <= bound < 1.5 * at_zero  # the Jacobian at x = 0 is k^-beta I
     assert nodes

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_archs
 from torch import nn
 
-from lipcheck.errors import (BadWeightsError, ModelLoadError, ShapeError, UnsafeFileError,
-                             UnsupportedOpsError, UserError)
+from lipcheck.errors import (
+    BadWeightsError,
+    ModelLoadError,
+    ShapeError,
+    UnsafeFileError,
+    UnsupportedOpsError,
+    UserError,
+)
 from lipcheck.graph import Graph, OpKind
 from lipcheck.interpreter import run_graph
 from lipcheck.loaders.dispatch import load_model
 from lipcheck.loaders.torch_loader import load_module, load_pt2
-
-import torch_archs
 
 
 class Fn(nn.Module):
@@ -187,7 +192,7 @@ def test_several_inputs_and_outputs() -> None:
     assert [v.shape for v in graph.inputs] == [(2, 4), (2, 2)] and len(graph.outputs) == 2
     x, z = torch.randn(2, 4), torch.randn(2, 2)
     got = run_graph(graph, {graph.inputs[0].name: x, graph.inputs[1].name: z})
-    for name, want in zip(graph.outputs, model(x, z)):
+    for name, want in zip(graph.outputs, model(x, z), strict=True):
         torch.testing.assert_close(got[name], want.detach(), rtol=1e-5, atol=1e-5)
 
 

@@ -131,7 +131,8 @@ def _select(low: Lowering, node: fx.Node, condition: Any, chosen: Any, other: An
     """where(condition, chosen, other) = chosen * m + other * (1 - m) for a constant mask m;
     constant branches are folded into one constant added at the end (so -inf stays exact)."""
     mask = _constant_mask(low, condition, "where").bool()
-    parts, shapes, fixed = [], [], torch.zeros(())
+    parts: list[str] = []
+    shapes, fixed = [], torch.zeros(())
     for branch, keep in ((chosen, mask), (other, ~mask)):
         tensor = branch if not isinstance(branch, fx.Node) else low.tensor(branch)
         if tensor is None:

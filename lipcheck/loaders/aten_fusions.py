@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch.fx as fx
 
@@ -36,7 +36,7 @@ class Fusion:
     covered: set[str] = field(default_factory=set)  # FX nodes the fused node replaces
 
 
-def _is(node: Any, *targets: str) -> bool:
+def _is(node: Any, *targets: str) -> TypeGuard[fx.Node]:
     return isinstance(node, fx.Node) and node.op == "call_function" and \
         str(node.target) in targets and len(node.users) == 1
 
@@ -69,7 +69,8 @@ def _lrn(div: fx.Node) -> Fusion | None:
     if str(div.target) != "aten.div.Tensor" or len(div.args) != 2:
         return None
     x, power = div.args
-    if not _is(power, "aten.pow.Tensor_Scalar") or _number(power.args[1]) is None:
+    if not isinstance(x, fx.Node) or not _is(power, "aten.pow.Tensor_Scalar") or \
+            _number(power.args[1]) is None:
         return None
     add = power.args[0]
     if not _is(add, "aten.add.Tensor") or _number(add.args[1]) is None or add.kwargs:

@@ -12,7 +12,7 @@ import torch.fx as fx
 
 from lipcheck.graph import OpKind
 from lipcheck.loaders.aten_registry import args, converts
-from lipcheck.loaders.torch_lowering import Lowering, Unsupported, Value
+from lipcheck.loaders.torch_lowering import Lowering, Unsupported, Value, as_node
 
 
 def _param(low: Lowering, node: fx.Node, value: Any, shape: list[int], fill: float,
@@ -111,6 +111,6 @@ def _rms_norm(low: Lowering, node: fx.Node) -> Value:
     shape = list(a["normalized_shape"])
     eps = a.get("eps")
     if eps is None:
-        eps = torch.finfo(node.args[0].meta["val"].dtype).eps
+        eps = torch.finfo(as_node(node.args[0]).meta["val"].dtype).eps
     inputs = [low.value(a["input"]), _param(low, node, a.get("weight"), shape, 1.0, "weight")]
     return low.emit(OpKind.RMS_NORM, inputs, {"axis": -len(shape), "epsilon": float(eps)})

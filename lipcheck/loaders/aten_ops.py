@@ -14,11 +14,12 @@ import torch.fx as fx
 
 from lipcheck.graph import OpKind
 from lipcheck.loaders.aten_registry import TABLE, args, converts, ints  # noqa: F401 (TABLE)
-from lipcheck.loaders.torch_lowering import Converter, Lowering, Unsupported, Value
+from lipcheck.loaders.torch_lowering import Converter, Lowering, Unsupported, Value, as_int
+
 
 def same_pads(kernel: list[int], dilations: list[int]) -> list[int]:
     """torch's padding='same': the extra odd pixel goes at the end."""
-    total = [d * (k - 1) for k, d in zip(kernel, dilations)]
+    total = [d * (k - 1) for k, d in zip(kernel, dilations, strict=True)]
     return [t // 2 for t in total] + [t - t // 2 for t in total]
 
 
@@ -217,7 +218,7 @@ def _prelu(low: Lowering, node: fx.Node) -> Value:
 
 def _softmax(op: OpKind) -> Converter:
     def convert(low: Lowering, node: fx.Node) -> Value:
-        return low.emit(op, [low.value(node.args[0])], {"axis": int(node.args[1])})
+        return low.emit(op, [low.value(node.args[0])], {"axis": as_int(node.args[1])})
     return convert
 
 

@@ -23,7 +23,7 @@ def _dims(low: Lowering, a: dict[str, Any]) -> int:
 
 
 @converts("aten.max_pool1d.default", "aten.max_pool2d.default", "aten.max_pool3d.default")
-def _max_pool(low: Lowering, node: fx.Node) -> Value:
+def _max_pool(low: Lowering, node: fx.Node) -> str:
     a = args(node)
     attrs = _pool_attrs(a, _dims(low, a))
     attrs["dilations"] = ints(a.get("dilation", 1), _dims(low, a))
@@ -51,9 +51,11 @@ def _adaptive_kernel(low: Lowering, a: dict[str, Any]) -> list[int] | None:
     out = ints(a["output_size"], len(spatial))
     if all(o == 1 for o in out):
         return None
-    if any(o is None or s % o for s, o in zip(spatial, out)):
+    if len(out) != len(spatial):  # shape[2:] assumes a batch axis
+        raise Unsupported(f"adaptive pool to {out} on an input without a batch axis")
+    if any(o is None or s % o for s, o in zip(spatial, out, strict=True)):
         raise Unsupported(f"adaptive pool from {spatial} to {out} (uneven windows)")
-    return [s // o for s, o in zip(spatial, out)]
+    return [s // o for s, o in zip(spatial, out, strict=True)]
 
 
 def _adaptive(low: Lowering, node: fx.Node, global_op: OpKind, window_op: OpKind):

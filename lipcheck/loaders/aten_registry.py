@@ -7,17 +7,21 @@ The table maps an overload's name (as `str(torch.ops.aten.x.y)` prints it, "aten
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import torch
 import torch.fx as fx
 
-from lipcheck.loaders.torch_lowering import Converter
+from lipcheck.loaders.torch_lowering import Converter, Unsupported
 
 TABLE: dict[str, Converter] = {}
+C = TypeVar("C", bound=Converter)
 
 
-def converts(*names: str) -> Callable[[Converter], Converter]:
-    def decorate(fn: Converter) -> Converter:
+def converts(*names: str) -> Callable[[C], C]:
+    """Register the decorated converter under each name (the function keeps its type)."""
+    def decorate(fn: C) -> C:
         for name in names:
             if name in TABLE:
                 raise ValueError(f"a converter for {name} is already registered")
@@ -28,7 +32,10 @@ def converts(*names: str) -> Callable[[Converter], Converter]:
 
 def args(node: fx.Node) -> dict[str, Any]:
     """The node's arguments by schema name, defaults filled in."""
-    schema = node.target._schema
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload):
+        raise Unsupported(f"{target!r} is not an ATen overload")
+    schema = target._schema
     out: dict[str, Any] = {}
     for i, arg in enumerate(schema.arguments):
         if i < len(node.args) and not arg.kwarg_only:

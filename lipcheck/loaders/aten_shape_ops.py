@@ -12,7 +12,7 @@ import torch.fx as fx
 
 from lipcheck.graph import OpKind
 from lipcheck.loaders.aten_registry import args, converts
-from lipcheck.loaders.torch_lowering import Lowering, Unsupported, Value
+from lipcheck.loaders.torch_lowering import Lowering, Unsupported, Value, as_int, as_ints, as_node
 
 IDENTITY_OPS = ("aten.clone.default", "aten.contiguous.default", "aten.alias.default",
                 "aten.detach.default", "aten.detach_.default", "aten.lift_fresh_copy.default",
@@ -32,7 +32,7 @@ def _identity(low: Lowering, node: fx.Node) -> Value:
 
 @converts("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.to.device")
 def _to_copy(low: Lowering, node: fx.Node) -> Value:
-    source, target = node.args[0].meta["val"].dtype, node.meta["val"].dtype
+    source, target = as_node(node.args[0]).meta["val"].dtype, node.meta["val"].dtype
     if source != target and not (source.is_floating_point and target.is_floating_point):
         raise Unsupported(f"cast from {source} to {target}")
     return low.emit(OpKind.IDENTITY, [_first(low, node)])
@@ -64,9 +64,9 @@ def _reshape(low: Lowering, node: fx.Node) -> Value:
 @converts("aten.squeeze.default", "aten.squeeze.dim", "aten.squeeze.dims")
 def _squeeze(low: Lowering, node: fx.Node) -> Value:
     shape = low.shape(node.args[0])
-    dims = node.args[1] if len(node.args) > 1 else range(len(shape))
-    dims = dims if isinstance(dims, (list, tuple, range)) else [dims]
-    axes = sorted({int(d) % len(shape) for d in dims if shape[int(d)] == 1})
+    given = node.args[1] if len(node.args) > 1 else list(range(len(shape)))
+    dims = as_ints(given) if isinstance(given, (list, tuple)) else [as_int(given)]
+    axes = sorted({d % len(shape) for d in dims if shape[d] == 1})
     if not axes:
         return low.emit(OpKind.IDENTITY, [_first(low, node)])
     return low.emit(OpKind.SQUEEZE, [_first(low, node)], {"axes": axes})
@@ -75,22 +75,22 @@ def _squeeze(low: Lowering, node: fx.Node) -> Value:
 @converts("aten.unsqueeze.default")
 def _unsqueeze(low: Lowering, node: fx.Node) -> Value:
     rank = len(low.shape(node))
-    return low.emit(OpKind.UNSQUEEZE, [_first(low, node)], {"axes": [int(node.args[1]) % rank]})
+    return low.emit(OpKind.UNSQUEEZE, [_first(low, node)], {"axes": [as_int(node.args[1]) % rank]})
 
 
 @converts("aten.permute.default")
 def _permute(low: Lowering, node: fx.Node) -> Value:
     rank = len(low.shape(node))
-    return _transpose_to(low, node, [int(d) % rank for d in node.args[1]])
+    return _transpose_to(low, node, [d % rank for d in as_ints(node.args[1])])
 
 
 @converts("aten.t.default", "aten.transpose.int")
 def _transpose(low: Lowering, node: fx.Node) -> Value:
     rank = len(low.shape(node))
     perm = list(range(rank))
-    a, b = (node.args[1], node.args[2]) if len(node.args) > 2 else (0, 1)
+    a, b = (as_int(node.args[1]), as_int(node.args[2])) if len(node.args) > 2 else (0, 1)
     if rank >= 2:
-        a, b = int(a) % rank, int(b) % rank
+        a, b = a % rank, b % rank
         perm[a], perm[b] = perm[b], perm[a]
     return _transpose_to(low, node, perm)
 
@@ -113,20 +113,19 @@ def _cat(low: Lowering, node: fx.Node) -> Value:
           "aten.unsafe_split.Tensor", "aten.tensor_split.sections")
 def _split(low: Lowering, node: fx.Node) -> Value:
     rank = len(low.shape(node.args[0]))
-    axis = int(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % rank
+    axis = as_int(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % rank
     sizes = [int(v.shape[axis]) for v in node.meta["val"]]
-    return low.emit(OpKind.SPLIT, [_first(low, node)], {"axis": axis, "split": sizes},
-                    outputs=len(sizes))
+    return low.emit_many(OpKind.SPLIT, [_first(low, node)], {"axis": axis, "split": sizes},
+                         outputs=len(sizes))
 
 
 @converts("aten.unbind.int")
 def _unbind(low: Lowering, node: fx.Node) -> Value:
     rank = len(low.shape(node.args[0]))
-    axis = int(node.args[1] if len(node.args) > 1 else 0) % rank
+    axis = as_int(node.args[1] if len(node.args) > 1 else 0) % rank
     count = low.shape(node.args[0])[axis]
-    parts = low.emit(OpKind.SPLIT, [_first(low, node)], {"axis": axis, "split": [1] * count},
-                     outputs=count, suffix="/split")
-    parts = parts if isinstance(parts, list) else [parts]
+    parts = low.emit_many(OpKind.SPLIT, [_first(low, node)],
+                          {"axis": axis, "split": [1] * count}, outputs=count, suffix="/split")
     return [low.emit(OpKind.SQUEEZE, [p], {"axes": [axis]}, suffix=f"/{i}")
             for i, p in enumerate(parts)]
 
@@ -177,7 +176,7 @@ def _expand(low: Lowering, node: fx.Node) -> Value:
 
 @converts("aten.repeat.default")
 def _repeat(low: Lowering, node: fx.Node) -> Value:
-    x, repeats = _first(low, node), [int(r) for r in node.args[1]]
+    x, repeats = _first(low, node), as_ints(node.args[1])
     shape = low.shape(node.args[0])
     if len(repeats) > len(shape):
         padded = [1] * (len(repeats) - len(shape)) + list(shape)
@@ -189,7 +188,7 @@ def _repeat(low: Lowering, node: fx.Node) -> Value:
 def _pixel_shuffle(low: Lowering, node: fx.Node) -> Value:
     if len(low.shape(node)) != 4:
         raise Unsupported("pixel_shuffle on a tensor that is not 4-d")
-    attrs = {"blocksize": int(node.args[1]), "mode": "CRD"}
+    attrs = {"blocksize": as_int(node.args[1]), "mode": "CRD"}
     return low.emit(OpKind.DEPTH_TO_SPACE, [_first(low, node)], attrs)
 
 
@@ -229,7 +228,7 @@ def _constant_pad(low: Lowering, node: fx.Node) -> Value:
 
 def _fixed_mode_pad(mode: str) -> Any:
     def convert(low: Lowering, node: fx.Node) -> Value:
-        return _emit_pad(low, node, list(node.args[1]), mode, 0.0)
+        return _emit_pad(low, node, as_ints(node.args[1]), mode, 0.0)
     return convert
 
 
@@ -264,7 +263,7 @@ def _upsample_linear(low: Lowering, node: fx.Node) -> Value:
 
 def _uneven_scale(low: Lowering, node: fx.Node) -> bool:
     src, dst = low.shape(node.args[0])[2:], low.shape(node)[2:]
-    return any(d % s for s, d in zip(src, dst))
+    return any(d % s for s, d in zip(src, dst, strict=True))
 
 
 # ----- arithmetic ----------------------------------------------------------------------

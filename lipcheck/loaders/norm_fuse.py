@@ -11,7 +11,7 @@ graph outputs.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -65,10 +65,12 @@ def _root_of_mean_square(v: _View, square: Node, first: int, rank: int) -> tuple
     if mean is None or _trailing_first_axis(mean, rank) != first:
         return None
     add = v.only_user(mean, OpKind.ADD)
-    eps = v.scalar(add.inputs[1] if add.inputs[0] == mean.outputs[0] else add.inputs[0]) \
-        if add is not None and len(add.inputs) == 2 else None
+    if add is None or len(add.inputs) != 2:
+        return None
+    eps = v.scalar(add.inputs[1] if add.inputs[0] == mean.outputs[0] else add.inputs[0])
     root = v.only_user(add, OpKind.SQRT) if eps is not None else None
-    return (root, eps, [square, mean, add, root]) if root is not None else None
+    return (root, eps, [square, mean, add, root]) if root is not None and eps is not None \
+        else None
 
 
 def _divides(v: _View, root: Node, numerator: str) -> tuple[Node, list[Node]] | None:
@@ -77,7 +79,9 @@ def _divides(v: _View, root: Node, numerator: str) -> tuple[Node, list[Node]] | 
     if div is not None:
         return (div, [div]) if div.inputs == [numerator, root.outputs[0]] else None
     inverse = v.only_user(root, OpKind.RECIPROCAL)
-    mul = v.only_user(inverse, OpKind.MUL) if inverse is not None else None
+    if inverse is None:
+        return None
+    mul = v.only_user(inverse, OpKind.MUL)
     if mul is not None and sorted(mul.inputs) == sorted([numerator, inverse.outputs[0]]):
         return mul, [inverse, mul]
     return None
@@ -94,7 +98,7 @@ def _match_layer_norm(v: _View, sub: Node, rank: int):
         return None
     found = _root_of_mean_square(v, squares[0], first, rank)
     tail = _divides(v, found[0], sub.outputs[0]) if found else None
-    if tail is None:
+    if found is None or tail is None:
         return None
     return OpKind.LAYER_NORM, sub.inputs[0], first, found[1], [mean, sub, *found[2], *tail[1]]
 
@@ -105,7 +109,7 @@ def _match_rms_norm(v: _View, square: Node, rank: int):
     first = _trailing_first_axis(mean, rank) if mean is not None else None
     found = _root_of_mean_square(v, square, first, rank) if first is not None else None
     tail = _divides(v, found[0], x) if found else None
-    if tail is None:
+    if found is None or tail is None:
         return None
     return OpKind.RMS_NORM, x, first, found[1], [*found[2], *tail[1]]
 

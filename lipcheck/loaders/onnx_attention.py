@@ -54,8 +54,8 @@ def _repeat_heads(b: Builder, name: str, repeats: int) -> str:
 def _mask(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any], length: int,
           total: int) -> torch.Tensor | None:
     masks = []
-    if len(node.input) > 3 and node.input[3]:
-        mask = b.const(node, 3)
+    mask = b.const(node, 3)  # None when the input is absent
+    if mask is not None:
         masks.append(mask.float() if mask.dtype != torch.bool
                      else torch.zeros(mask.shape).masked_fill(~mask, -math.inf))
     if attrs.get("is_causal", 0):

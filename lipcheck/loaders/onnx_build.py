@@ -51,6 +51,17 @@ class Builder:
         t = self.const(node, position)
         return None if t is None else [int(v) for v in t.reshape(-1).tolist()]
 
+    def needed_const(self, node: onnx.NodeProto, position: int) -> torch.Tensor:
+        """The constant at an input position the op requires (refused when absent)."""
+        t = self.const(node, position)
+        if t is None:
+            raise UnsupportedOpsError({node.op_type: [self.onnx_name]},
+                                      f"required input {position} is missing")
+        return t
+
+    def needed_ints(self, node: onnx.NodeProto, position: int) -> list[int]:
+        return [int(v) for v in self.needed_const(node, position).reshape(-1).tolist()]
+
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.values[name].shape)
 
@@ -73,19 +84,21 @@ class Builder:
         args = [self.values[v] if v else None for v in inputs]
         try:
             with torch.no_grad():
-                results = get_rule(op).run(probe, args)
+                # An absent optional input is None; only rules with optional inputs read it.
+                results = get_rule(op).run(probe, args)  # type: ignore[arg-type]
         except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ShapeError(f"node {self.onnx_name!r} ({source or op.value}) cannot run on "
                              f"shapes {[tuple(a.shape) for a in args if a is not None]}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+                             f"{reason}") from exc
         if all(self.is_constant(v) for v in inputs):
-            for name, value in zip(outputs, results):
+            for name, value in zip(outputs, results, strict=False):
                 self.set_constant(name, value)
             return
         probe.name = self.unique_name(self.onnx_name)
         probe.input_shapes = [tuple(a.shape) if a is not None else () for a in args]
         probe.output_shapes = [tuple(r.shape) for r in results[:len(outputs)]]
-        self.values.update(zip(outputs, results))
+        self.values.update(zip(outputs, results, strict=False))
         self.nodes.append(probe)
 
     def temp(self, base: str) -> str:

@@ -7,7 +7,8 @@ in onnx_ops: folded on constants, lowered when only its condition is constant.)
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import onnx
 import torch
@@ -36,7 +37,8 @@ def _folded(fn: FoldFn):
             raise refuse(b, node, "this op is only supported on constants (shape arithmetic), "
                                   "but its input depends on the model input")
         args = [b.values[v] if v else None for v in node.input]
-        b.set_constant(node.output[0], fn(args, attrs))
+        # An absent optional input is None; only folders with optional inputs read it.
+        b.set_constant(node.output[0], fn(args, attrs))  # type: ignore[arg-type]
     return convert
 
 

@@ -5,7 +5,7 @@ have no other consumer and are not graph outputs."""
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -61,23 +61,26 @@ def _gelu_scale(v: _View, pre: Node | None) -> str | None:
 def _match_gelu(v: _View, erf: Node) -> tuple[list[Node], str] | None:
     pre = v.producer.get(erf.inputs[0])
     x = _gelu_scale(v, pre)
-    add = v.sole_consumer(erf, OpKind.ADD) if x and v.sole_consumer(pre, OpKind.ERF) else None
+    if pre is None or not x or not v.sole_consumer(pre, OpKind.ERF):
+        return None
+    add = v.sole_consumer(erf, OpKind.ADD)
     if add is None or not v.is_scalar(v.other(add, erf.outputs[0]) or "", 1.0):
         return None
     m1 = v.sole_consumer(add, OpKind.MUL)
     other = v.other(m1, add.outputs[0]) if m1 else None
-    if other is None:
+    if m1 is None or other is None:
         return None
     if other == x or v.is_scalar(other, 0.5):
         m2 = v.sole_consumer(m1, OpKind.MUL)
         want = 0.5 if other == x else None
         last = v.other(m2, m1.outputs[0]) if m2 else None
-        if last is not None and (v.is_scalar(last, 0.5) if want else last == x):
+        if m2 is not None and last is not None and \
+                (v.is_scalar(last, 0.5) if want else last == x):
             return [pre, erf, add, m1, m2], x
         return None
     half = v.producer.get(other)
     if half is not None and half.op == OpKind.MUL and v.sole_consumer(half, OpKind.MUL) is m1 \
-            and v.other(half, x) is not None and v.is_scalar(v.other(half, x), 0.5):
+            and (scale := v.other(half, x)) is not None and v.is_scalar(scale, 0.5):
         return [half, pre, erf, add, m1], x
     return None
 
@@ -86,10 +89,11 @@ def _match_gated(v: _View, head: Node, chain: list[OpKind]) -> tuple[list[Node],
     """head(x) -> ... -> Mul(x, .)"""
     x, nodes, current = head.inputs[0], [head], head
     for op in chain:
-        current = v.sole_consumer(current, op)
-        if current is None:
+        consumer = v.sole_consumer(current, op)
+        if consumer is None:
             return None
-        nodes.append(current)
+        nodes.append(consumer)
+        current = consumer
     return (nodes, x) if v.other(current, nodes[-2].outputs[0]) == x else None
 
 

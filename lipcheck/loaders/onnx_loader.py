@@ -4,8 +4,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import google.protobuf.message
 import onnx
@@ -13,18 +14,24 @@ import onnx.external_data_helper
 import onnx.numpy_helper
 import torch
 
-from lipcheck.errors import (BadWeightsError, ModelLoadError, ShapeError, UnsafeFileError,
-                             UnsupportedOpsError)
+from lipcheck.errors import (
+    BadWeightsError,
+    ModelLoadError,
+    ShapeError,
+    UnsafeFileError,
+    UnsupportedOpsError,
+)
 from lipcheck.graph import Graph, OpKind, ValueInfo
 from lipcheck.loaders import onnx_attention, onnx_fold, onnx_resize  # noqa: F401  (converters)
-from lipcheck.loaders.onnx_build import Builder
 from lipcheck.loaders.norm_fuse import fuse_normalisations
+from lipcheck.loaders.onnx_build import Builder
 from lipcheck.loaders.onnx_fuse import fuse_patterns
 from lipcheck.loaders.onnx_ops import CONVERTERS
 from lipcheck.rules.structural import ONNX_DTYPES
 
 MIN_OPSET, MAX_OPSET = 6, 23
 from lipcheck.limits import check_file_size, check_node_count  # noqa: E402
+
 DEFAULT_DOMAINS = ("", "ai.onnx")
 InputShapes = Sequence[tuple[int, ...]] | dict[str, tuple[int, ...]] | None
 
@@ -208,7 +215,7 @@ def _input_shape(info: onnx.ValueInfoProto, wanted: tuple[int, ...] | None,
         if len(wanted) != len(declared):
             raise ShapeError(f"input {info.name!r}: shape {list(wanted)} has rank {len(wanted)}, "
                              f"the model declares rank {len(declared)} ({_show(declared)})")
-        for axis, (w, d) in enumerate(zip(wanted, declared)):
+        for axis, (w, d) in enumerate(zip(wanted, declared, strict=True)):
             if d is not None and w != d:
                 raise ShapeError(f"input {info.name!r}: dimension {axis} is fixed to {d} "
                                  f"by the model, got {w}")
@@ -217,10 +224,11 @@ def _input_shape(info: onnx.ValueInfoProto, wanted: tuple[int, ...] | None,
         declared[0] = 1
         b.warnings.append(("dynamic_batch", f"input {info.name!r}: dynamic batch dimension "
                                             "set to 1"))
-    if any(d is None for d in declared):
+    fixed = [d for d in declared if d is not None]
+    if len(fixed) != len(declared):
         raise ShapeError(f"input {info.name!r} has dynamic dimensions ({_show(declared)}); "
                          "pass --input-shape to fix them")
-    return tuple(declared)
+    return tuple(fixed)
 
 
 def _show(dims: list[int | None]) -> str:

@@ -7,7 +7,8 @@ emits IR nodes through the Builder, moving constant inputs that are settings
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import onnx
 import torch
@@ -118,7 +119,7 @@ def _group_norm(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None
 def _where(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     """Where with a constant condition: a * m + b * (1 - m), constant branches folded into
     one constant added at the end (so a -inf fill stays exact)."""
-    mask = b.const(node, 0).bool()
+    mask = b.needed_const(node, 0).bool()
     if b.all_constant(node):
         b.set_constant(node.output[0], torch.where(mask, b.values[node.input[1]],
                                                    b.values[node.input[2]]))
@@ -234,7 +235,7 @@ def _pad(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if b.opset < 11:
         pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
     else:
-        pads, fill = b.ints(node, 1), b.const(node, 2)
+        pads, fill = b.needed_ints(node, 1), b.const(node, 2)
         value = 0.0 if fill is None or fill.numel() == 0 else float(fill.reshape(-1)[0])
         axes = b.ints(node, 3)
         if axes is not None:
@@ -257,7 +258,7 @@ def _reshape(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     if b.opset < 5:
         shape = list(attrs["shape"])
     else:
-        shape = b.ints(node, 1)
+        shape = b.needed_ints(node, 1)
     if not attrs.get("allowzero", 0):
         shape = [in_shape[i] if s == 0 else s for i, s in enumerate(shape)]
     if -1 in shape:

@@ -22,7 +22,7 @@ def resolve_auto_pad(attrs: dict[str, Any], in_shape: tuple[int, ...]) -> dict[s
         out["pads"] = [0] * (2 * d)
     elif mode in ("SAME_UPPER", "SAME_LOWER"):
         begins, ends = [], []
-        for n, k, s, dil in zip(spatial, kernel, strides, dilations):
+        for n, k, s, dil in zip(spatial, kernel, strides, dilations, strict=False):
             total = max(0, (-(-n // s) - 1) * s + (k - 1) * dil + 1 - n)
             begin, end = _same_pads(total, mode == "SAME_UPPER")
             begins.append(begin)
@@ -45,7 +45,7 @@ def conv_transpose_pads(attrs: dict[str, Any], in_shape: tuple[int, ...]) -> dic
     out_pad = list(attrs.get("output_padding") or [0] * d)
     target = list(attrs.get("output_shape") or [])[-d:] if attrs.get("output_shape") else None
     if target is None and mode in ("SAME_UPPER", "SAME_LOWER"):
-        target = [n * s for n, s in zip(spatial, strides)]
+        target = [n * s for n, s in zip(spatial, strides, strict=False)]
     if target is None:
         out["pads"] = [0] * (2 * d) if mode == "VALID" else list(attrs.get("pads") or [0] * (2 * d))
         out["output_padding"] = out_pad

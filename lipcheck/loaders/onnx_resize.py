@@ -18,7 +18,9 @@ def _emit(b: Builder, node: onnx.NodeProto, mode: str, scales: list[float] | Non
           sizes: list[int] | None, attrs: dict[str, Any]) -> None:
     in_shape = b.shape(node.input[0])
     if sizes is None:
-        sizes = [int(math.floor(n * s)) for n, s in zip(in_shape, scales)]
+        if scales is None or len(scales) != len(in_shape):
+            raise refuse(b, node, f"scales must give one factor per axis ({len(in_shape)})")
+        sizes = [int(math.floor(n * s)) for n, s in zip(in_shape, scales, strict=True)]
     settings = {"mode": mode, "sizes": sizes, "scales": scales,
                 "coordinate_transformation_mode": attrs.get("coordinate_transformation_mode",
                                                             "half_pixel"),
@@ -68,6 +70,8 @@ def _upsample(b: Builder, node: onnx.NodeProto, attrs: dict[str, Any]) -> None:
     scales = attrs.get("scales") if b.opset < 9 else _float_list(b.const(node, 1))
     settings = {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     _check(b, node, mode, settings)
+    if scales is None:
+        raise refuse(b, node, "Upsample without scales")
     _emit(b, node, mode, [float(s) for s in scales], None, settings)
 
 

@@ -20,8 +20,15 @@ from typing import Any
 
 import torch
 
-from lipcheck.errors import (GraphError, LipcheckError, ModelLoadError, ShapeError,
-                             UnsafeFileError, UnsupportedOpsError, UserError)
+from lipcheck.errors import (
+    GraphError,
+    LipcheckError,
+    ModelLoadError,
+    ShapeError,
+    UnsafeFileError,
+    UnsupportedOpsError,
+    UserError,
+)
 from lipcheck.graph import Graph
 from lipcheck.interpreter import infer_shapes, run_graph
 from lipcheck.loaders.arch import build_arch
@@ -52,7 +59,8 @@ def lower_exported(ep: torch.export.ExportedProgram, metadata: dict[str, Any],
 def _fuse_normalisations(graph: Graph, seed: int) -> Graph:
     """Written-out Layer/RMS norms (user code, core-ATen rms_norm) as one node each."""
     shapes = {v.name: tuple(v.shape) for v in graph.inputs}
-    shapes.update({o: tuple(s) for n in graph.nodes for o, s in zip(n.outputs, n.output_shapes)})
+    shapes.update({o: tuple(s) for n in graph.nodes
+                   for o, s in zip(n.outputs, n.output_shapes, strict=False)})
     constants = dict(graph.constants)
 
     def add(hint: str, value: torch.Tensor) -> str:
@@ -101,7 +109,10 @@ def _check_outputs(graph: Graph, ep: torch.export.ExportedProgram, seed: int) ->
         expected = ep.module()(*feeds)
         got = run_graph(graph, graph_feeds)
     expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
-    for name, want in zip(graph.outputs, expected):
+    if len(expected) != len(graph.outputs):
+        raise GraphError(f"the lowered graph has {len(graph.outputs)} output(s), the model "
+                         f"returns {len(expected)}: a converter bug, please report it")
+    for name, want in zip(graph.outputs, expected, strict=True):
         have = got[name]
         scale = float(want.abs().max()) if want.numel() else 0.0
         if have.shape != want.shape or not torch.allclose(

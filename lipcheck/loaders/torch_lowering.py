@@ -9,7 +9,8 @@ converter table (`aten_table`); the ops it lacks are collected and reported at o
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -17,7 +18,8 @@ import torch.fx as fx
 from lipcheck.errors import BadWeightsError, UnsupportedOpsError
 from lipcheck.graph import Graph, Node, OpKind, Shape, ValueInfo
 
-Value = str | list[str | None]
+# One output, or several (None where an output has no IR form, e.g. a dropout mask).
+Value = str | list[str] | list[str | None]
 
 # Ops with no effect on values (runtime assertions and the like).
 NO_OPS = {"aten._assert_tensor_metadata.default", "aten._assert_async.msg",
@@ -77,20 +79,32 @@ class Lowering:
 
     # ----- nodes ----------------------------------------------------------------
     def emit(self, op: OpKind, inputs: list[str], attrs: dict[str, Any] | None = None,
-             outputs: int = 1, suffix: str = "") -> str | list[str]:
-        """Append an IR node for the current FX node; returns its output value(s)."""
+             suffix: str = "") -> str:
+        """Append a one-output IR node for the current FX node; returns its output value."""
+        return self._append(op, inputs, attrs, None, suffix)[0]
+
+    def emit_many(self, op: OpKind, inputs: list[str], attrs: dict[str, Any] | None,
+                  outputs: int, suffix: str = "") -> list[str]:
+        """Append an IR node with `outputs` outputs (a list even when there is one)."""
+        return self._append(op, inputs, attrs, outputs, suffix)
+
+    def _append(self, op: OpKind, inputs: list[str], attrs: dict[str, Any] | None,
+                outputs: int | None, suffix: str) -> list[str]:
         fx_node = self.current
+        if fx_node is None:
+            raise RuntimeError("emit() outside a converter: no current FX node")
         base = self._names.get(fx_node.name, fx_node.name) + suffix
         name = self._unique_node(base)
         stem = fx_node.name + suffix
-        if outputs == 1 and not suffix:
+        if outputs is None and not suffix:
             outs = [fx_node.name]  # reserved for this node
+        elif outputs is None:
+            outs = [self._fresh_value(stem)]
         else:
-            outs = [self._fresh_value(stem if outputs == 1 else f"{stem}:{i}")
-                    for i in range(outputs)]
+            outs = [self._fresh_value(f"{stem}:{i}") for i in range(outputs)]
         self.nodes.append(Node(name, op, list(inputs), outs, dict(attrs or {}),
                                source_op=_op_name(fx_node.target)))
-        return outs[0] if outputs == 1 else outs
+        return outs
 
     def _unique_node(self, base: str) -> str:
         name = _fresh(base, self._node_names)
@@ -104,10 +118,13 @@ class Lowering:
 
     # ----- shapes -----------------------------------------------------------------
     @staticmethod
-    def shape(arg: fx.Node, index: int | None = None) -> Shape:
-        val = arg.meta.get("val")
-        if index is not None:
+    def shape(arg: Any, index: int | None = None) -> Shape:
+        """The shape torch recorded for an FX node's value (output `index` of a tuple)."""
+        val = as_node(arg).meta.get("val")
+        if index is not None and val is not None:
             val = val[index]
+        if not isinstance(val, torch.Tensor):
+            raise Unsupported(f"{arg.name!r} has no recorded tensor shape")
         return tuple(int(d) for d in val.shape)
 
     def _dynamic_calls(self, graph: fx.Graph) -> set[str]:
@@ -120,6 +137,27 @@ class Lowering:
                     n.name in dynamic for n in node.all_input_nodes):
                 dynamic.add(node.name)
         return dynamic
+
+
+def as_node(arg: Any) -> fx.Node:
+    """An FX argument that must be a node (a tensor value), else Unsupported."""
+    if not isinstance(arg, fx.Node):
+        raise Unsupported(f"argument {arg!r} is not a tensor")
+    return arg
+
+
+def as_int(arg: Any) -> int:
+    """An FX argument that must be an integer (an int or a SymInt), else Unsupported."""
+    if not isinstance(arg, (int, torch.SymInt)):
+        raise Unsupported(f"argument {arg!r} is not an integer")
+    return int(arg)
+
+
+def as_ints(arg: Any) -> list[int]:
+    """An FX argument that must be a list or tuple of integers, else Unsupported."""
+    if not isinstance(arg, (list, tuple)):
+        raise Unsupported(f"argument {arg!r} is not a list of integers")
+    return [as_int(a) for a in arg]
 
 
 def _fresh(base: str, taken: set[str]) -> str:
@@ -211,6 +249,8 @@ def _fold(low: Lowering, node: fx.Node) -> None:
     """Evaluate a call whose inputs are all constants; its outputs become constants."""
     args = _materialise(low, node.args)
     kwargs = {k: _materialise(low, v) for k, v in node.kwargs.items()}
+    if not callable(node.target):
+        raise Unsupported(f"call target {node.target!r} is not callable")
     with torch.no_grad():
         result = node.target(*args, **kwargs)
     if isinstance(result, torch.Tensor):
@@ -225,15 +265,16 @@ def _fold(low: Lowering, node: fx.Node) -> None:
 
 
 def _lower_getitem(low: Lowering, node: fx.Node) -> None:
-    parent, index = node.args
+    parent, index = as_node(node.args[0]), as_int(node.args[1])
     if parent.name in low.failed:
         low.env[node.name] = node.name
         low.failed.add(node.name)
         return
     bound = low.env[parent.name]
-    if not isinstance(bound, list) or bound[index] is None:
+    item = bound[index] if isinstance(bound, list) else None
+    if item is None:
         raise Unsupported(f"output {index} of {parent.name!r} has no IR form")
-    low.env[node.name] = bound[index]
+    low.env[node.name] = item
 
 
 # ----- the walk -------------------------------------------------------------------

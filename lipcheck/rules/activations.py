@@ -2,14 +2,22 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from lipcheck.graph import Node, OpKind
-from lipcheck.rules.registry import (BoundContext, NodeBound, Rule, analytic, constant_bound,
-                                     register, unary, unbounded)
+from lipcheck.rules.registry import (
+    BoundContext,
+    NodeBound,
+    Rule,
+    analytic,
+    constant_bound,
+    register,
+    unary,
+    unbounded,
+)
 
 FAMILY = "activations"
 ROUNDING = 1e-12  # relative margin on constants found by a numerical maximisation

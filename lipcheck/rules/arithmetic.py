@@ -12,8 +12,18 @@ import math
 import torch
 
 from lipcheck.graph import Node, OpKind
-from lipcheck.rules.registry import (BoundContext, Merge, NodeBound, Rule, analytic,
-                                     constant_bound, register, unbounded)
+from lipcheck.rules.registry import (
+    BoundContext,
+    Merge,
+    NodeBound,
+    Rule,
+    analytic,
+    constant_bound,
+    constant_input,
+    register,
+    unary,
+    unbounded,
+)
 
 FAMILY = "arithmetic"
 MARGIN = 1 + 1e-12
@@ -81,13 +91,13 @@ def _mul_bound(node: Node, ctx: BoundContext) -> NodeBound:
     dynamic = ctx.dynamic(node)
     if len(dynamic) != 1:
         return unbounded("product of two input-dependent signals")
-    return _scaling_bound(node, ctx, ctx.const(node, 1 - dynamic[0]))
+    return _scaling_bound(node, ctx, constant_input(node, ctx, 1 - dynamic[0]))
 
 
 def _div_bound(node: Node, ctx: BoundContext) -> NodeBound:
     if ctx.dynamic(node) != [0]:
         return unbounded("division by an input-dependent signal")
-    return _scaling_bound(node, ctx, 1.0 / ctx.const(node, 1).double())
+    return _scaling_bound(node, ctx, 1.0 / constant_input(node, ctx, 1).double())
 
 
 def _softmax_run(node: Node, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -220,6 +230,6 @@ for _op, _fn, _why in [
         (OpKind.LOG, torch.log, "Log's slope is unbounded near 0"),
         (OpKind.SQRT, torch.sqrt, "Sqrt's slope is unbounded near 0"),
         (OpKind.RECIPROCAL, torch.reciprocal, "1/x's slope is unbounded near 0")]:
-    register(Rule(_op, FAMILY, lambda node, inputs, fn=_fn: [fn(inputs[0])], _never(_why), _why))
+    register(Rule(_op, FAMILY, unary(_fn), _never(_why), _why))
 register(Rule(OpKind.POW, FAMILY, _variadic(torch.pow), _pow_bound,
               "unbounded unless the exponent is the constant 1"))

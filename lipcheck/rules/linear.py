@@ -4,8 +4,15 @@ from __future__ import annotations
 import torch
 
 from lipcheck.graph import Node, OpKind
-from lipcheck.rules.registry import (BoundContext, NodeBound, Rule, analytic, register,
-                                     unbounded)
+from lipcheck.rules.registry import (
+    BoundContext,
+    NodeBound,
+    Rule,
+    analytic,
+    constant_input,
+    register,
+    unbounded,
+)
 from lipcheck.spectral.affine import affine_bound
 from lipcheck.spectral.operator import matrix_norm
 
@@ -33,7 +40,7 @@ def _gemm_bound(node: Node, ctx: BoundContext) -> NodeBound:
         return analytic(abs(beta), detail="|beta| (only C depends on the input)")
     if len(dynamic) != 1 or 2 in dynamic:
         return unbounded("Gemm of two input-dependent operands is bilinear")
-    other = ctx.const(node, 1 - dynamic[0])
+    other = constant_input(node, ctx, 1 - dynamic[0])
     return _exact(abs(alpha) * matrix_norm(other))
 
 
@@ -53,7 +60,7 @@ def _matmul_bound(node: Node, ctx: BoundContext) -> NodeBound:
     dynamic = ctx.dynamic(node)
     if len(dynamic) != 1:
         return unbounded("MatMul of two input-dependent operands is bilinear (as in attention)")
-    other = ctx.const(node, 1 - dynamic[0])
+    other = constant_input(node, ctx, 1 - dynamic[0])
     if other.dim() == 2:
         return _exact(matrix_norm(other))
     return affine_bound(node, ctx)
@@ -64,25 +71,24 @@ register(Rule(OpKind.MATMUL, FAMILY, _matmul_run, _matmul_bound,
               affine=True))
 
 
-def _bn_scale(node: Node, inputs: list[torch.Tensor]) -> torch.Tensor:
-    _, scale, _, _, var = inputs[:5]
+def _bn_scale(node: Node, scale: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     return scale / torch.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))
 
 
 def _bn_run(node: Node, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     x, _, bias, mean, _ = inputs[:5]
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    a = _bn_scale(node, inputs)
+    a = _bn_scale(node, inputs[1], inputs[4])
     return [(x - mean.reshape(shape)) * a.reshape(shape) + bias.reshape(shape)]
 
 
 def _bn_bound(node: Node, ctx: BoundContext) -> NodeBound:
     if ctx.dynamic(node) != [0]:
         return unbounded("BatchNormalization with input-dependent statistics")
-    params = [ctx.const(node, i).double() for i in range(1, 5)]
+    params = [constant_input(node, ctx, i).double() for i in range(1, 5)]
     var = params[3]
     eps = float(node.attrs.get("epsilon", 1e-5))
-    scale = _bn_scale(node, [None, params[0], None, None, var])
+    scale = _bn_scale(node, params[0], var)
     result = _exact(float(scale.abs().max()) * (1 + 1e-12) if scale.numel() else 0.0)
     result.method = "analytic"
     if var.numel() and float((var + eps).min()) < NEAR_ZERO_VARIANCE:

@@ -30,8 +30,15 @@ import math
 import torch
 
 from lipcheck.graph import Node, OpKind
-from lipcheck.rules.registry import (BoundContext, Merge, NodeBound, Rule, analytic, register,
-                                     unbounded)
+from lipcheck.rules.registry import (
+    BoundContext,
+    Merge,
+    NodeBound,
+    Rule,
+    analytic,
+    register,
+    unbounded,
+)
 
 FAMILY = "normalisation"
 MARGIN = 1 + 1e-9

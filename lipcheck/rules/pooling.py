@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from lipcheck.graph import Node, OpKind
-from lipcheck.rules.registry import (BoundContext, NodeBound, Rule, analytic, constant_bound,
-                                     register, unbounded)
+from lipcheck.rules.registry import (
+    BoundContext,
+    NodeBound,
+    Rule,
+    analytic,
+    constant_bound,
+    register,
+    unbounded,
+)
 from lipcheck.spectral.affine import affine_bound, register_certifier
 from lipcheck.spectral.operator import LinearOperator, NormResult
 

@@ -1,22 +1,22 @@
 """The rule registry: for each IR op, how to run it and how to bound it.
 
 A rule has two small functions. `run(node, inputs)` evaluates the op with torch on
-a list of input tensors (constants included, in ONNX order) and returns the list of
-outputs. `bound(node, ctx)` returns a `NodeBound`: the node's Lipschitz constant
+a list of input tensors (constants included, in ONNX order; an absent optional input is
+None, although `RunFn` says Tensor: the rules with optional inputs check) and returns the list
+of outputs. `bound(node, ctx)` returns a `NodeBound`: the node's Lipschitz constant
 with respect to its dynamic inputs (L2 norms), how it was obtained and whether it
 is certified (a proven upper bound) or an estimate.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from lipcheck.bounds import (BoundContext, Merge, Method, NodeBound,  # noqa: F401 (re-exported)
-                             analytic, unbounded)
+from lipcheck.bounds import BoundContext, Merge, Method, NodeBound, analytic, unbounded  # noqa: F401 (re-exported)
+from lipcheck.errors import GraphError
 from lipcheck.graph import Node, OpKind
-
 
 RunFn = Callable[[Node, list[torch.Tensor]], list[torch.Tensor]]
 BoundFn = Callable[[Node, BoundContext], NodeBound]
@@ -55,6 +55,15 @@ def constant_bound(value: float, summary: str) -> BoundFn:
     def bound(node: Node, ctx: BoundContext) -> NodeBound:
         return analytic(value, detail=summary)
     return bound
+
+
+def constant_input(node: Node, ctx: BoundContext, position: int) -> torch.Tensor:
+    """The input at `position`, which the rule needs to be a constant (GraphError if not)."""
+    tensor = ctx.const(node, position)
+    if tensor is None:
+        raise GraphError(f"node {node.name!r} ({node.op.value}): input {position} must be a "
+                         "constant")
+    return tensor
 
 
 def unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> RunFn:

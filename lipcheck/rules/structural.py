@@ -14,8 +14,15 @@ import math
 import torch
 
 from lipcheck.graph import Node, OpKind
-from lipcheck.rules.registry import (BoundContext, Merge, NodeBound, Rule, analytic, register,
-                                     unbounded)
+from lipcheck.rules.registry import (
+    BoundContext,
+    Merge,
+    NodeBound,
+    Rule,
+    analytic,
+    register,
+    unbounded,
+)
 from lipcheck.rules.resize import resize
 from lipcheck.spectral.affine import affine_bound
 
@@ -43,7 +50,8 @@ def copy_multiplicity(node: Node, ctx: BoundContext) -> int:
     inputs[position] = torch.arange(1, count + 1, dtype=torch.float64).reshape(shape)
     probe = dataclasses.replace(node, attrs={**node.attrs, "value": 0.0})  # constants -> 0
     with torch.no_grad():
-        outputs = get_rule(node.op).run(probe, inputs)
+        # An absent optional input is None; only rules with optional inputs read it.
+        outputs = get_rule(node.op).run(probe, inputs)  # type: ignore[arg-type]
     flat = torch.cat([o.reshape(-1) for o in outputs]).round().long()
     if flat.numel() == 0:
         return 0
@@ -113,7 +121,7 @@ def _slice_run(node: Node, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     starts, ends = node.attrs["starts"], node.attrs["ends"]
     axes = node.attrs.get("axes") or list(range(len(starts)))
     steps = node.attrs.get("steps") or [1] * len(starts)
-    for start, end, axis, step in zip(starts, ends, axes, steps):
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=False):
         axis = axis_index(int(axis), x.dim())
         idx = _slice_indices(x.shape[axis], int(start), int(end), int(step))
         x = x.index_select(axis, torch.tensor(list(idx), dtype=torch.long, device=x.device))
@@ -164,7 +172,8 @@ def _pad_run(node: Node, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
             continue
         idx = _pad_index(x.shape[axis], before, after, mode).to(x.device)
         filler = torch.full_like(x.narrow(axis, 0, 1), value)
-        x = torch.cat([x, filler], dim=axis).index_select(axis, torch.where(idx < 0, x.shape[axis], idx))
+        idx = torch.where(idx < 0, x.shape[axis], idx)
+        x = torch.cat([x, filler], dim=axis).index_select(axis, idx)
     return [x]
 
 
