@@ -404,3 +404,17 @@ def test_sdp_conv_is_sharp_where_the_relaxation_is_tight() -> None:
     truth = residual_relaxed_truth(mats, 1.0, seed=1)
     value = certified_bounds(g, ["sdp-conv"])["sdp-conv"][0]
     assert truth * (1 - 1e-12) <= value <= truth * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_batch_of_two_is_left_to_the_other_methods(residual: bool) -> None:
+    """sdp-conv models one sample: with batch 2 it must step aside, not crash `auto`."""
+    if residual:
+        g, _ = residual_net([(2, 3, 1, False, [1, 1, 1, 1])], 2, 4, OpKind.RELU, seed=0)
+    else:
+        g, _ = conv_chain([(2, 3, 2, [1, 1, 1, 1], 1, 1, False)], 6, 1, 2, OpKind.RELU, seed=0)
+    first = g.inputs[0]
+    g = Graph([ValueInfo(first.name, (2,) + tuple(first.shape[1:]))], g.outputs, g.nodes, g.constants)
+    infer_shapes(g)
+    bounds = certified_bounds(g, ["autolip", "sdp-conv"])
+    assert "autolip" in bounds and "sdp-conv" not in bounds
