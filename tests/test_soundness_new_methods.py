@@ -418,3 +418,24 @@ def test_a_batch_of_two_is_left_to_the_other_methods(residual: bool) -> None:
     infer_shapes(g)
     bounds = certified_bounds(g, ["autolip", "sdp-conv"])
     assert "autolip" in bounds and "sdp-conv" not in bounds
+
+
+def _masked_graph(mask_value: float, reader: OpKind) -> Graph:
+    consts = {"m": torch.tensor([[0.0, mask_value], [0.0, 0.0]])}
+    g = Graph([ValueInfo("x", (1, 2, 2))], ["y"],
+              [Node("n", reader, ["x", "m"], ["s"]), Node("soft", OpKind.SOFTMAX, ["s"], ["y"], {"axis": -1})],
+              consts)
+    infer_shapes(g)
+    return g
+
+
+def test_an_additive_minus_inf_mask_is_estimated_and_other_infinities_are_refused() -> None:
+    """The loaders keep -inf attention masks; estimate must accept them too (it refused
+    every causal attention model), and still refuse NaN and an infinite factor."""
+    from lipcheck.api import estimate
+    from lipcheck.errors import BadWeightsError
+    report = estimate(_masked_graph(-math.inf, OpKind.ADD))
+    assert report.upper_bound is not None and report.upper_bound.certified
+    for value, reader in ((math.nan, OpKind.ADD), (math.inf, OpKind.MUL)):
+        with pytest.raises(BadWeightsError):
+            estimate(_masked_graph(value, reader))
