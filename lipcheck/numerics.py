@@ -15,7 +15,7 @@ import sys
 import torch
 
 from lipcheck.errors import BadWeightsError, UserError
-from lipcheck.graph import Graph
+from lipcheck.graph import Graph, OpKind
 
 OVERFLOW = "overflow"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -29,16 +29,28 @@ def torch_dtype(name: str) -> torch.dtype:
         raise UserError(f"--dtype {name!r}: choose from {', '.join(DTYPES)}") from None
 
 
+# +-inf is a value only in constants that are added (attention masks add -inf); the
+# loaders apply the same rule (onnx_loader._check_infinite_weights, torch buffers)
+ADDITIVE = frozenset({OpKind.ADD, OpKind.SUB, OpKind.SUM, OpKind.MAX, OpKind.MIN})
+
+
 def check_finite_constants(graph: Graph) -> None:
-    """BadWeightsError naming the first floating constant with a NaN or Inf entry."""
+    """BadWeightsError naming the first floating constant with a NaN entry, or with an
+    infinite one that some node other than an additive one reads."""
+    readers: dict[str, set[OpKind]] = {}
+    for node in graph.nodes:
+        for value in node.inputs:
+            readers.setdefault(value, set()).add(node.op)
     for name, tensor in graph.constants.items():
         if not tensor.is_floating_point() or tensor.numel() == 0:
             continue
         finite = torch.isfinite(tensor)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            raise BadWeightsError(f"weight {name!r} has {bad} NaN/Inf value(s) "
-                                  f"of {tensor.numel()}")
+        if bool(finite.all()) or (not bool(torch.isnan(tensor).any())
+                                  and readers.get(name, set()) <= ADDITIVE):
+            continue
+        bad = int((~finite).sum())
+        raise BadWeightsError(f"weight {name!r} has {bad} NaN/Inf value(s) "
+                              f"of {tensor.numel()}")
 
 
 def overflow_message(what: str) -> str:

@@ -111,6 +111,8 @@ def _conv_of(part: LinearPart, graph: Graph) -> ConvLayer | None:
     if not nodes or nodes[0].op != OpKind.CONV or any(n.op != OpKind.BATCH_NORM for n in nodes[1:]):
         return None
     conv = nodes[0]
+    if int(conv.input_shapes[0][0]) != 1:   # the model is one sample's circular convolutions
+        return None
     weight = graph.constant(conv, 1)
     if weight is None or weight.dim() != 4 or conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
         return None
@@ -185,7 +187,8 @@ def circular_chain(chain: Chain, graph: Graph, refine: int = 1) -> tuple[Circula
         return None, "needs the same slope interval on every hidden layer"
     layers = [_conv_of(p, graph) for p in chain.parts[:-1]]
     if any(layer is None for layer in layers):
-        return None, "every hidden linear part must be one 2-D Conv (BatchNormalization folded)"
+        return None, ("every hidden linear part must be one 2-D Conv (BatchNormalization folded), "
+                      "on a batch of 1")
     n_out, n_in = chain.parts[-1].shape
     if n_out > MAX_CLOSE_OUTPUTS or n_out * n_in > MAX_CLOSE_ENTRIES:
         return None, f"the closing linear part has {n_out} outputs (at most {MAX_CLOSE_OUTPUTS})"
