@@ -279,6 +279,9 @@ def test_residual_block_bound_is_sound_and_below_one_plus_the_branch(seed: int) 
     assert conv.certified and "as a unit" in conv.detail and "ECLipsE" not in conv.detail
     found = searched_norm(g)
     assert found <= conv.value <= 1 + chain.autolip_product
+    record = conv.extra["chains"][0]   # the record bounds the unit, not the branch alone
+    assert record["unit"] == "residual x + F(x)" and record["value"] >= found
+    assert record["carried"] == pytest.approx(record["value"] - 1.0)
 
 
 def test_residual_certificate_on_the_boundary_is_refused_with_the_margin_only() -> None:

@@ -141,9 +141,13 @@ def _chain_record(chain: Chain, result: ChainBound | None) -> dict:
     if result is None:
         return {"chain": chain.name, "value": chain.autolip_product, "certified": chain.autolip_certified,
                 "detail": "method not applicable: AutoLip product kept"}
-    return {"chain": chain.name, "value": result.value, "certified": result.certified,
-            "complete": result.complete, "detail": result.detail, "autolip": chain.autolip_product,
-            "cut_by_budget": result.cut_by_budget}
+    record = {"chain": chain.name, "value": result.value, "certified": result.certified,
+              "complete": result.complete, "detail": result.detail, "autolip": chain.autolip_product,
+              "cut_by_budget": result.cut_by_budget}
+    if result.block is not None:  # the value bounds the residual unit x + F(x), not the branch
+        record.update(value=result.block, unit="residual x + F(x)", carried=result.value,
+                      autolip=1.0 + chain.autolip_product)
+    return record
 
 
 def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chains: list[Chain],

@@ -213,4 +213,5 @@ def sdp_residual(chain: Chain, settings: Settings, deadline: float) -> ChainBoun
         return ChainBound(chain.autolip_product, True, True, f"{head}; block bound {block:.6g} not below "
                           "1 + the branch's AutoLip product: product kept", seconds, cut)
     return ChainBound(value, True, True, f"{head}; block bound {block:.9g} (float64 Cholesky per "
-                      f"frequency: {detail}), carried by the branch as block - 1", seconds, cut)
+                      f"frequency: {detail}), carried by the branch as block - 1", seconds, cut,
+                      block=block)

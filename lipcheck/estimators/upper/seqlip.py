@@ -48,6 +48,10 @@ class ChainBound:
     detail: str
     seconds: float = 0.0
     cut_by_budget: bool = False  # the wall-clock safety cap stopped it (not reproducible)
+    # Set when the chain is the branch F of a residual unit x + F(x) bounded as a whole: `block`
+    # bounds the unit, and `value` = block - 1 is only what the branch carries so that AutoLip's
+    # sum at the Add gives `block`; it is not a bound of the branch alone.
+    block: float | None = None
 
 
 def dense_factor(part: LinearPart) -> Factor:
