@@ -35,8 +35,8 @@ from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.rules import BoundContext, get_rule
 from lipcheck.settings import Settings
-from lipcheck.spectral.scratch import Scratch
 from lipcheck.spectral.operator import apply_with_adjoint, dense_jacobian, node_operator, power_norm
+from lipcheck.spectral.scratch import Scratch
 
 Layer = tuple[str, int, int, int, int, int, int]  # name, c_in, c_out, k, stride, pad, input size
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipcheck.estimators.upper.autolip import autolip, bound_nodes
-from lipcheck.estimators.lower.rounds import DEFAULT_ROUNDS, lower_bound
 from lipcheck.estimators.exact.pwl_chain import mlp_graph
+from lipcheck.estimators.lower.rounds import DEFAULT_ROUNDS, lower_bound
+from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.settings import Settings
 
 MODELS = Path(__file__).resolve().parent.parent / "models"

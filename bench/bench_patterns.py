@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 def lipsdp_graph(path: Path):
     import scipy.io
+
     from lipcheck.estimators.exact.pwl_chain import mlp_graph
     weights = [np.asarray(w, dtype=np.float64) for w in scipy.io.loadmat(path)["weights"].ravel()]
     return mlp_graph(weights, [np.zeros(w.shape[0]) for w in weights])

@@ -32,11 +32,16 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max
 from lipcheck.estimators.upper.autolip import bound_nodes
 from lipcheck.estimators.upper.chains import find_chains
-from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
-from lipcheck.estimators.upper.seqlip import dense_factor, greedy_chain, lowrank_factors, pair_matrices
+from lipcheck.estimators.upper.seqlip import (
+    dense_factor,
+    greedy_chain,
+    lowrank_factors,
+    pair_matrices,
+)
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.settings import Settings

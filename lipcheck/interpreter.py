@@ -1,7 +1,7 @@
 """Runs a Graph with the rules' torch implementations."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -11,9 +11,9 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from lipcheck.errors import LipcheckError, ModelLoadError, UserError
 

@@ -47,7 +47,7 @@ class LayerRecord:
     detail: str = ""
 
     @classmethod
-    def from_result(cls, r: NodeResult, dynamic_positions: list[int]) -> "LayerRecord":
+    def from_result(cls, r: NodeResult, dynamic_positions: list[int]) -> LayerRecord:
         node, b = r.node, r.bound
         first = dynamic_positions[0] if dynamic_positions else 0
         in_shape = list(node.input_shapes[first]) if node.input_shapes else []

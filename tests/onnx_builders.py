@@ -1,8 +1,9 @@
 """Small ONNX models built with onnx.helper, for the loader tests."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx

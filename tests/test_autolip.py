@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from graphs import conv_net, max_jacobian_norm, mlp
+
 from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lipcheck.errors import UserError
-from lipcheck.estimators.upper.autolip import autolip, bound_nodes
-from lipcheck.estimators.exact.regions import exact_lipschitz
 from lipcheck.estimators.exact.pwl_chain import mlp_graph, pwl_chain
+from lipcheck.estimators.exact.regions import exact_lipschitz
+from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.settings import Settings
 
 

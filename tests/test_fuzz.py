@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper
+from onnx_builders import const, model
 from typer.testing import CliRunner
 
 from lipcheck import api
 from lipcheck.cli import app
 from lipcheck.errors import LipcheckError
-from onnx_builders import const, model
 
 PER_INPUT_S = 10.0
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,

@@ -6,7 +6,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
+import tomllib
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 

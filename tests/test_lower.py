@@ -5,19 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_exact import brute_force_two_layer, random_net
 
-from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.estimators.exact.regions import exact_lipschitz
-from lipcheck.estimators.lower.rounds import (DEFAULT_ROUNDS, LowerConfig, load_witness, lower_bound,
-                                       save_witness, witness_value)
-from lipcheck.estimators.lower.search import jacobians, top_direction, top_directions
 from lipcheck.estimators.lower.netfn import NetFunction
+from lipcheck.estimators.lower.rounds import (
+    DEFAULT_ROUNDS,
+    LowerConfig,
+    load_witness,
+    lower_bound,
+    save_witness,
+    witness_value,
+)
+from lipcheck.estimators.lower.search import jacobians, top_direction, top_directions
 from lipcheck.estimators.sandwich import Sandwich
+from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.results import GlobalBound
 from lipcheck.settings import Settings
-from test_exact import brute_force_two_layer, random_net
 
 FAST = LowerConfig(screen=8, starts_per_round=4, ascent_steps=10, pair_steps=10)
 SEARCH_ONLY = LowerConfig(screen=8, starts_per_round=4, ascent_steps=10, pair_steps=10,
@@ -222,6 +228,7 @@ def test_time_budget_caps_a_count_based_search():
     """--lower-budget is a hard cap even with a round count: the search stops soon after it
     and says it was cut (large models once ran for minutes past a 10 s budget)."""
     import time as _time
+
     from graphs import conv_net
     graph = conv_net(seed=0, size=12)
     start = _time.perf_counter()

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_exact import random_net
 
 from lipcheck.estimators.exact.pwl_chain import mlp_graph, pwl_chain
 from lipcheck.estimators.exact.regions import exact_lipschitz
@@ -15,7 +16,6 @@ from lipcheck.estimators.lower import patterns
 from lipcheck.estimators.lower.netfn import NetFunction
 from lipcheck.estimators.lower.rounds import LowerConfig, lower_bound, witness_value
 from lipcheck.estimators.lower.search import certify
-from test_exact import random_net
 
 # the pattern phase only: no exact witness, one tiny ascent round
 PATTERNS_ONLY = LowerConfig(screen=1, starts_per_round=1, ascent_steps=1, pair_steps=1,

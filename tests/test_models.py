@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ needs_onnx = pytest.mark.skipif(not _has_onnx_loader(),
                                 reason="lipcheck.loaders.onnx_loader.load_onnx not there yet")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _graph(name: str, suffix: str) -> Graph:
     return load_model(MODELS_DIR / f"{name}{suffix}")
 
@@ -84,7 +84,7 @@ def test_onnx_and_pt2_agree(name: str) -> None:
                                rtol=1e-5, atol=1e-5)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bounds(name: str, suffix: str) -> dict[str, NodeBound]:
     return bound_nodes(_graph(name, suffix), Settings())
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from onnx import helper
+from onnx_builders import const, model
+from test_onnx_loader import check
 from torch import nn
 
 from lipcheck.graph import OpKind
@@ -15,8 +17,6 @@ from lipcheck.interpreter import run_graph
 from lipcheck.loaders.torch_loader import load_module
 from lipcheck.rules import BoundContext, get_rule
 from lipcheck.settings import Settings
-from onnx_builders import const, model
-from test_onnx_loader import check
 
 EPS = 1e-5
 N = helper.make_node

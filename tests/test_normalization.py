@@ -9,10 +9,10 @@ import math
 
 import pytest
 import torch
+from test_rules_structural import bound_of, jacobian_norm, make
 
 from lipcheck.graph import OpKind
 from lipcheck.rules.normalization import centred_scale_norm
-from test_rules_structural import bound_of, jacobian_norm, make
 
 EPS = 1e-2  # large enough that float64 Jacobians at the maximiser are accurate
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from onnx_builders import const, one_node
+from test_onnx_conformance import DATA
+from test_onnx_loader import check
 from torch import nn
 
 from lipcheck.graph import OpKind
@@ -15,9 +18,6 @@ from lipcheck.interpreter import run_graph
 from lipcheck.loaders.onnx_loader import load_onnx
 from lipcheck.rules import BoundContext, get_rule
 from lipcheck.settings import Settings
-from onnx_builders import const, one_node
-from test_onnx_conformance import DATA
-from test_onnx_loader import check
 
 X4 = (2, 4, 3, 3)
 

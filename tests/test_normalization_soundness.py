@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from graphs import function_of
 from torch import nn
 
 from lipcheck import api
 from lipcheck.settings import Settings
-from graphs import function_of
 
 
 def _search(graph, points: int = 30) -> float:

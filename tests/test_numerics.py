@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from onnx import TensorProto, helper
+from onnx_builders import const, model, save
 from typer.testing import CliRunner
 
 from lipcheck import api
@@ -17,7 +18,6 @@ from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.numerics import checked_bound, round_up_tiny, safe_rss
 from lipcheck.settings import Settings
-from onnx_builders import const, model, save
 
 FAST = api.EstimateOptions(methods=("autolip",), lower_budget=0.0)
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx import helper
+from onnx_builders import const, model, save
+from test_onnx_loader import check
 
 from lipcheck.errors import UnsupportedOpsError
 from lipcheck.graph import OpKind
 from lipcheck.loaders.onnx_loader import load_onnx
 from lipcheck.rules import BoundContext, get_rule
 from lipcheck.settings import Settings
-from onnx_builders import const, model, save
-from test_onnx_loader import check
 
 RNG = np.random.default_rng(0)
 

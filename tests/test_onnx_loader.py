@@ -11,13 +11,18 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import helper
+from onnx_builders import const, ints, model, one_node, save
 
-from lipcheck.errors import (BadWeightsError, ModelLoadError, ShapeError, UnsafeFileError,
-                             UnsupportedOpsError)
+from lipcheck.errors import (
+    BadWeightsError,
+    ModelLoadError,
+    ShapeError,
+    UnsafeFileError,
+    UnsupportedOpsError,
+)
 from lipcheck.graph import OpKind
 from lipcheck.interpreter import run_graph
 from lipcheck.loaders.onnx_loader import load_onnx
-from onnx_builders import const, ints, model, one_node, save
 
 X4 = (1, 3, 8, 8)
 

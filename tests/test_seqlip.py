@@ -8,17 +8,27 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-
 from graphs import conv_net, max_jacobian_norm, mlp
+
+from lipcheck.estimators.exact.pairmax import branch_and_bound, enumerate_max
+from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max, sign_ascent
+from lipcheck.estimators.upper import seqlip
 from lipcheck.estimators.upper.autolip import bound_nodes
 from lipcheck.estimators.upper.chains import find_chains
-from lipcheck.estimators.upper.global_bounds import (DEFAULT_METHODS, expand_methods, global_bounds,
-                                               tightest_certified)
-from lipcheck.estimators.upper import seqlip
-from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max, sign_ascent
-from lipcheck.estimators.exact.pairmax import branch_and_bound, enumerate_max
-from lipcheck.estimators.upper.seqlip import (Factor, dense_factor, exact_chain, greedy_chain,
-                                        pair_matrices, randomized_factor)
+from lipcheck.estimators.upper.global_bounds import (
+    DEFAULT_METHODS,
+    expand_methods,
+    global_bounds,
+    tightest_certified,
+)
+from lipcheck.estimators.upper.seqlip import (
+    Factor,
+    dense_factor,
+    exact_chain,
+    greedy_chain,
+    pair_matrices,
+    randomized_factor,
+)
 from lipcheck.graph import OpKind
 from lipcheck.settings import Settings
 

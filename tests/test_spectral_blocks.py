@@ -11,14 +11,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_spectral_conv import conv_graph, random_cases, true_norm
 
 from lipcheck.rules import BoundContext
 from lipcheck.settings import Settings
 from lipcheck.spectral.freq_gram import frequency_grams
 from lipcheck.spectral.operator import lanczos_estimate, node_operator
-from lipcheck.spectral.polyphase import ConvSpec, PhaseKernel, circular_grid, conv_spec, phase_kernel
+from lipcheck.spectral.polyphase import (
+    ConvSpec,
+    PhaseKernel,
+    circular_grid,
+    conv_spec,
+    phase_kernel,
+)
 from lipcheck.spectral.top_eig import lanczos_top, max_eig_bound
-from test_spectral_conv import conv_graph, random_cases, true_norm
 
 
 def _pads(spec: ConvSpec) -> list[int]:

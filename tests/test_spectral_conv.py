@@ -19,10 +19,10 @@ from lipcheck.interpreter import infer_shapes
 from lipcheck.rules import BoundContext, get_rule
 from lipcheck.settings import Settings
 from lipcheck.spectral.block_bounds import certify_dense, cholesky_certify, gram_iteration_bound
-from lipcheck.spectral.top_eig import max_eig_bound
 from lipcheck.spectral.freq_gram import frequency_grams
 from lipcheck.spectral.operator import dense_jacobian, matrix_norm, node_operator
 from lipcheck.spectral.polyphase import conv_spec, phase_kernel
+from lipcheck.spectral.top_eig import max_eig_bound
 
 
 def conv_graph(c_in: int, c_out: int, size: tuple[int, ...], kernel: tuple[int, ...], attrs: dict,

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_archs
 from torch import nn
 
-from lipcheck.errors import (BadWeightsError, ModelLoadError, ShapeError, UnsafeFileError,
-                             UnsupportedOpsError, UserError)
+from lipcheck.errors import (
+    BadWeightsError,
+    ModelLoadError,
+    ShapeError,
+    UnsafeFileError,
+    UnsupportedOpsError,
+    UserError,
+)
 from lipcheck.graph import Graph, OpKind
 from lipcheck.interpreter import run_graph
 from lipcheck.loaders.dispatch import load_model
 from lipcheck.loaders.torch_loader import load_module, load_pt2
-
-import torch_archs
 
 
 class Fn(nn.Module):

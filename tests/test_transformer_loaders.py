@@ -14,6 +14,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from test_onnx_loader import check
 from torch import nn
 
 from lipcheck.errors import UnsupportedOpsError
@@ -23,7 +24,6 @@ from lipcheck.loaders.dispatch import load_model
 from lipcheck.loaders.torch_loader import load_module, load_pt2
 from lipcheck.rules import BoundContext, get_rule
 from lipcheck.settings import Settings
-from test_onnx_loader import check
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -136,7 +136,6 @@ def test_embedding_lookup_becomes_the_input_with_a_warning(tmp_path: Path) -> No
 def _where_model(dynamic_other: bool):
     import numpy as np
     from onnx import helper
-
     from onnx_builders import const, model
     keep = np.array([[True, False, True], [False, False, True]])
     inits = [const("keep", keep, np.bool_), const("fill", -np.inf)]
@@ -188,10 +187,10 @@ def test_masked_and_weighted_attention_modules_lower(build) -> None:
 
 def test_onnx_infinite_weights_are_still_refused(tmp_path: Path) -> None:
     import numpy as np
+    from onnx_builders import const, one_node, save
 
     from lipcheck.errors import BadWeightsError
     from lipcheck.loaders.onnx_loader import load_onnx
-    from onnx_builders import const, one_node, save
     path = save(one_node("MatMul", (2, 2), [const("w", [[1.0, np.inf], [0, 1]])],
                          extra_inputs=["w"]), tmp_path)
     with pytest.raises(BadWeightsError, match="'w'"):

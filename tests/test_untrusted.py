@@ -12,13 +12,13 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
+from onnx_builders import const, model, save
 from typer.testing import CliRunner
 
 from lipcheck import api, limits
 from lipcheck.cli import app
 from lipcheck.errors import ModelLoadError, UnsafeFileError
 from lipcheck.settings import Settings
-from onnx_builders import const, model, save
 
 runner = CliRunner()
 

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lipcheck.gate.checks import Check, fmt
-from lipcheck.gate.comparison import (TOP_CHANGES, Comparison, relative_text, side_text,
-                                      value_or_inf)
+from lipcheck.gate.comparison import TOP_CHANGES, Comparison, relative_text, side_text, value_or_inf
 from lipcheck.gate.verdict import Verdict
 from lipcheck.render import interval_line
 from lipcheck.version import __version__

@@ -36,12 +36,12 @@ class Thresholds:
     eps: float | None = None
     data: Path | None = None
 
-    def merged_over(self, lower: "Thresholds") -> "Thresholds":
+    def merged_over(self, lower: Thresholds) -> Thresholds:
         """These values, with `lower`'s where these are None."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(lower, **{k: v for k, v in values.items() if v is not None})
 
-    def validated(self) -> "Thresholds":
+    def validated(self) -> Thresholds:
         for name in ("max_lipschitz", "max_layer", "max_increase"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):

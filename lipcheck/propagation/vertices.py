@@ -18,8 +18,15 @@ import itertools
 
 import torch
 
-from lipcheck.propagation.jacobian import (SAFETY, _back_pool, _times, hull_matrix_norm,
-                                           local_lipschitz, row_norm_bounds, slope_interval)
+from lipcheck.propagation.jacobian import (
+    SAFETY,
+    _back_pool,
+    _times,
+    hull_matrix_norm,
+    local_lipschitz,
+    row_norm_bounds,
+    slope_interval,
+)
 from lipcheck.propagation.program import Act, Affine, MaxPool, Program
 from lipcheck.propagation.ranges import Ranges, _pool_gather
 

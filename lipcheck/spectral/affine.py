@@ -11,16 +11,25 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
+from lipcheck.bounds import BoundContext, NodeBound
 from lipcheck.errors import UserError
 from lipcheck.graph import Node, OpKind
-from lipcheck.bounds import BoundContext, NodeBound
 from lipcheck.spectral.conv_norm import conv_certifier, is_pointwise
-from lipcheck.spectral.operator import (DENSE_SECONDS_PER_FLOP, LinearOperator, NormResult, apply_with_adjoint,
-                                        dense_norm, fits_dense, lanczos_estimate, node_operator, power_norm)
+from lipcheck.spectral.operator import (
+    DENSE_SECONDS_PER_FLOP,
+    LinearOperator,
+    NormResult,
+    apply_with_adjoint,
+    dense_norm,
+    fits_dense,
+    lanczos_estimate,
+    node_operator,
+    power_norm,
+)
 
 # Certified norm methods for particular ops (FFT, Gram iteration, ...), tried by
 # `affine_bound` when the dense Jacobian is too large. Each returns None when it

@@ -13,14 +13,26 @@ from dataclasses import dataclass
 
 import torch
 
-from lipcheck.graph import Node, OpKind
 from lipcheck.bounds import BoundContext
+from lipcheck.graph import Node, OpKind
 from lipcheck.spectral.block_bounds import gram_iteration_bound
 from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, FrequencyGrams, frequency_grams
+from lipcheck.spectral.operator import (
+    DENSE_SECONDS_PER_FLOP,
+    FLOAT64_MARGIN,
+    LinearOperator,
+    NormResult,
+    matrix_norm,
+)
 from lipcheck.spectral.padded_gram import MAX_DIM, exact_gram_norm, gram_dim, predicted_seconds
-from lipcheck.spectral.operator import (DENSE_SECONDS_PER_FLOP, FLOAT64_MARGIN, LinearOperator, NormResult,
-                                        matrix_norm)
-from lipcheck.spectral.polyphase import ConvSpec, PhaseKernel, circular_grid, conv_spec, phase_kernel, tap_count
+from lipcheck.spectral.polyphase import (
+    ConvSpec,
+    PhaseKernel,
+    circular_grid,
+    conv_spec,
+    phase_kernel,
+    tap_count,
+)
 from lipcheck.spectral.top_eig import lanczos_top, max_eig_bound
 
 

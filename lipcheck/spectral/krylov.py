@@ -17,8 +17,8 @@ callers that certify prove their bound some other way. Front ends: `top_eig.lanc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import scipy.linalg

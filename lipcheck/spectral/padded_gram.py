@@ -15,7 +15,7 @@ gamma || |K|_1 ||_F^2 (|K|_1 = sum_a |k_a|), added to tau before the square root
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

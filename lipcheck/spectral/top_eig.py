@@ -23,8 +23,13 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
-from lipcheck.spectral.block_bounds import (SINGLE_ROUNDOFF, chunks, cholesky_certify, fro_bound,
-                                            squared_frobenius)
+from lipcheck.spectral.block_bounds import (
+    SINGLE_ROUNDOFF,
+    cholesky_certify,
+    chunks,
+    fro_bound,
+    squared_frobenius,
+)
 from lipcheck.spectral.freq_gram import gamma
 from lipcheck.spectral.krylov import RitzSettled, lanczos
 from lipcheck.spectral.scratch import Scratch

@@ -23,9 +23,9 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from lipcheck.estimators.upper.chains import Chain, LinearPart
-from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max
 from lipcheck.estimators.exact.pairmax import MAX_NODES, exact_max
+from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max
+from lipcheck.estimators.upper.chains import Chain, LinearPart
 from lipcheck.settings import Settings
 from lipcheck.spectral.operator import LinearOperator
 
