@@ -47,6 +47,7 @@ class LocalRobustness:
     def to_dict(self) -> dict[str, Any]:
         if self.skipped is not None:
             return {"eps": self.eps, "skipped": self.skipped, "certified_accuracy": None}
+        assert self.lipschitz is not None and self.radii is not None, "set unless skipped"
         return {"eps": self.eps, "norm": "2", "method": METHOD,
                 "certified_accuracy": self.certified_accuracy,
                 "median_lipschitz": float(np.median(self.lipschitz)),

@@ -17,7 +17,8 @@ from lipcheck.errors import UserError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser as a package
-    import tomli as tomllib
+    # tomli is installed only there (pyproject: tomli; python_version < '3.11')
+    import tomli as tomllib  # type: ignore[import-not-found]
 
 CONFIG_KEYS = ("max-lipschitz", "max-layer", "baseline", "max-increase", "require-certified",
                "min-certified-accuracy", "eps", "data")

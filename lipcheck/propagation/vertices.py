@@ -134,6 +134,6 @@ def vertex_lipschitz(program: Program, ranges: Ranges, cap: int = 1024) -> torch
     if not program.is_chain:      # residual graphs: the interval hull only
         return local_lipschitz(program, ranges)
     eye = torch.eye(program.n_out, dtype=torch.float64)
-    batch = ranges.output[0].shape[0]
+    batch = ranges.batch
     return torch.stack([_matrix_norm(*_walk(program, ranges, eye, b, cap))
                         for b in range(batch)]) * SAFETY

@@ -152,7 +152,9 @@ def plane_wave(pk: PhaseKernel, grams: FrequencyGrams, index: int, vec: torch.Te
     if c_out < c_eff:  # the block is on the output side: its input is K(w)^H v
         k = pk.taps[index // count]  # (T, C_out, C_eff), real: no complex copy of the taps
         parts = torch.stack([vec.real, vec.imag], dim=1)  # (C_out, 2)
-        vec = sum(phase[t] * torch.view_as_complex((k[t].mT @ parts).contiguous()) for t in range(k.shape[0]))
+        zero = torch.zeros((), dtype=torch.complex128)
+        vec = sum((phase[t] * torch.view_as_complex((k[t].mT @ parts).contiguous())
+                   for t in range(k.shape[0])), zero)
         theta = -theta
     return _spread(pk, vec, theta, index // count)
 
@@ -168,5 +170,6 @@ def _spread(pk: PhaseKernel, vec: torch.Tensor, theta: torch.Tensor, group: int)
     phase_index = tuple(p % s for p, s in zip(grids, spec.strides))
     wave = torch.exp(1j * sum(t * (p // s) for t, p, s in zip(theta, grids, spec.strides)))
     x = torch.zeros((spec.weight.shape[1] * spec.group, *spec.size), dtype=torch.float64)
-    x[group * c_in_g:(group + 1) * c_in_g] = (full[(slice(None), *phase_index)] * wave).real
+    index: tuple[slice | torch.Tensor, ...] = (slice(None), *phase_index)  # x[:, *i]: 3.11+
+    x[group * c_in_g:(group + 1) * c_in_g] = (full[index] * wave).real
     return x

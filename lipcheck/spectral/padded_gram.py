@@ -84,8 +84,8 @@ def input_gram(taps: np.ndarray, pk: PhaseKernel, real: np.ndarray) -> np.ndarra
                     if b != a:
                         gram[col, :, row, :] += product.T
     mask = real[used].reshape(-1)
-    gram = gram.reshape(mask.size, mask.size)
-    return gram if mask.all() else gram[np.ix_(mask, mask)]
+    square = gram.reshape(mask.size, mask.size)
+    return square if mask.all() else square[np.ix_(mask, mask)]
 
 
 def _flat_positions(pk: PhaseKernel, tap: int) -> np.ndarray:
@@ -140,7 +140,7 @@ def top_eigenvalue(gram: np.ndarray) -> float | None:
     if gram.shape[0] <= 256:
         return float(np.linalg.eigvalsh(gram)[-1])
     work = gram.astype(np.float32)
-    start = np.random.default_rng(0).standard_normal(gram.shape[0]).astype(np.float32)
+    start = np.random.default_rng(0).standard_normal(int(gram.shape[0])).astype(np.float32)
     run = lanczos(lambda v: work @ v, start, min(gram.shape[0], LANCZOS_STEPS), ResidualBelow(RESIDUAL))
     vector = run.top()[2].astype(np.float64)
     value = float(vector @ (gram @ vector)) / float(vector @ vector)

@@ -42,9 +42,14 @@ LANCZOS_FROM = 128     # larger blocks: a top eigenvalue by Lanczos (eigvalsh co
 
 
 class BlockSource(Protocol):
-    count: int
-    n: int
-    input_bytes: int  # what a fetch reads besides its output (sets the fetch size)
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def input_bytes(self) -> int: ...  # what a fetch reads besides its output (fetch size)
 
     def traces(self) -> torch.Tensor: ...
 
@@ -213,5 +218,5 @@ def lanczos_top(matrix: torch.Tensor, steps: int = 48, tol: float = 1e-5) -> tup
     start = np.random.default_rng(0).standard_normal(n).astype(work.dtype)
     run = lanczos(lambda v: work @ v, start, min(n, steps), RitzSettled(tol))
     value, residual, vector = run.top()
-    vector = torch.from_numpy(vector)
-    return value, residual, vector.to(torch.complex128 if vector.is_complex() else torch.float64)
+    found = torch.from_numpy(vector)
+    return value, residual, found.to(torch.complex128 if found.is_complex() else torch.float64)

@@ -100,6 +100,14 @@ class Chain:
         return all(p.fits_dense(settings) for p in self.parts)
 
 
+def _slopes(node: Node, graph: Graph) -> tuple[float, float]:
+    """The slope interval of a node _kind() calls "act" (so it has one)."""
+    found = SLOPES[node.op](node, graph)
+    if found is None:
+        raise ValueError(f"{node.name}: no slope interval")
+    return found
+
+
 def _kind(node: Node, graph: Graph, bounds: dict[str, NodeBound]) -> str | None:
     dynamic = graph.dynamic_inputs(node)
     if len(dynamic) != 1 or len(node.outputs) != 1 or node.name not in bounds:
@@ -163,10 +171,10 @@ def _split(path: list[Node], graph: Graph, bounds: dict[str, NodeBound],
             groups[-1].append(node)
         elif groups[-1]:
             groups.append([])
-            slopes.append(SLOPES[node.op](node, graph))
+            slopes.append(_slopes(node, graph))
         else:  # two activations in a row: compose their intervals
             lo, hi = slopes[-1]
-            a, b = SLOPES[node.op](node, graph)
+            a, b = _slopes(node, graph)
             slopes[-1] = _hull(lo * a, lo * b, hi * a, hi * b)
     parts = [LinearPart(g, _compose(g, ctx)) for g in groups]
     product = math.prod(bounds[n.name].value for n in path)

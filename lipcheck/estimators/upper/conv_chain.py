@@ -106,6 +106,19 @@ class CircularChain:
         return gamma(self.freqs + 12) * float(np.linalg.norm(poly)) * math.sqrt(self.freqs)
 
 
+def conv_layers(parts: list[LinearPart], graph: Graph) -> list[ConvLayer] | None:
+    """Each part as one 2-D conv layer; None unless every part is one."""
+    layers = [_conv_of(p, graph) for p in parts]
+    found = [layer for layer in layers if layer is not None]
+    return found if len(found) == len(layers) else None
+
+
+def _two(values) -> tuple[int, int]:
+    """A 2-D conv's pair (strides, dilations, spatial size) as ints."""
+    first, second = (int(v) for v in values)
+    return first, second
+
+
 def _conv_of(part: LinearPart, graph: Graph) -> ConvLayer | None:
     nodes = [n for n in part.nodes if n.op not in SHAPE_ONLY]
     if not nodes or nodes[0].op != OpKind.CONV or any(n.op != OpKind.BATCH_NORM for n in nodes[1:]):
@@ -118,19 +131,18 @@ def _conv_of(part: LinearPart, graph: Graph) -> ConvLayer | None:
     group = int(conv.attrs.get("group", 1))
     w = _expand_groups(w, group)
     for bn in nodes[1:]:
-        params = [graph.constant(bn, i) for i in range(1, 5)]
-        if any(p is None for p in params):
+        params = [p for p in (graph.constant(bn, i) for i in range(1, 5)) if p is not None]
+        if len(params) < 4:
             return None
         scale, _, _, var = (p.detach().double().cpu().numpy() for p in params)
         w = w * (scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5))))[:, None, None, None]
     pads = [int(v) for v in conv.attrs.get("pads", [0] * 4)]
-    strides = tuple(int(v) for v in conv.attrs.get("strides", [1, 1]))
-    dilations = tuple(int(v) for v in conv.attrs.get("dilations", [1, 1]))
-    in_size = tuple(int(v) for v in conv.input_shapes[0][2:])
-    out_size = tuple(int(v) for v in nodes[-1].output_shapes[0][2:])
+    strides = _two(conv.attrs.get("strides", [1, 1]))
+    dilations = _two(conv.attrs.get("dilations", [1, 1]))
+    in_size, out_size = conv.input_shapes[0][2:], nodes[-1].output_shapes[0][2:]
     if len(in_size) != 2 or len(out_size) != 2:
         return None
-    return ConvLayer(w, strides, dilations, (pads[0], pads[1]), in_size, out_size)
+    return ConvLayer(w, strides, dilations, (pads[0], pads[1]), _two(in_size), _two(out_size))
 
 
 def _expand_groups(w: np.ndarray, group: int) -> np.ndarray:
@@ -183,8 +195,8 @@ def circular_chain(chain: Chain, graph: Graph, refine: int = 1) -> tuple[Circula
         return None, "needs activation slopes in [0, b] (ReLU, sigmoid, tanh, ...)"
     if len({b for _, b in chain.slopes}) != 1:
         return None, "needs the same slope interval on every hidden layer"
-    layers = [_conv_of(p, graph) for p in chain.parts[:-1]]
-    if any(layer is None for layer in layers):
+    layers = conv_layers(chain.parts[:-1], graph)
+    if layers is None:
         return None, "every hidden linear part must be one 2-D Conv (BatchNormalization folded)"
     n_out, n_in = chain.parts[-1].shape
     if n_out > MAX_CLOSE_OUTPUTS or n_out * n_in > MAX_CLOSE_ENTRIES:
@@ -229,6 +241,7 @@ def _agrees(model: CircularChain, chain: Chain) -> bool:
         if ours.size != theirs.size:
             return False
         err = np.linalg.norm(ours.ravel() - theirs.ravel())
-        if not err <= CHECK_TOLERANCE * max(np.linalg.norm(theirs), 1e-300) * math.sqrt(x.size):
+        scale = max(float(np.linalg.norm(theirs)), 1e-300) * math.sqrt(x.size)
+        if not err <= CHECK_TOLERANCE * scale:
             return False
     return True

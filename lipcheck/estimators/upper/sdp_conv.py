@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,7 +111,7 @@ def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[list[np
     deadline cut the search short."""
     a, border, weight = _symbols(model)
     logs = [torch.log(t).requires_grad_(True) for t in fast_start(a, model.slope)]
-    best = {"value": math.inf, "ts": [torch.exp(t.detach()) for t in logs], "evals": 0}
+    best: dict[str, Any] = {"value": math.inf, "ts": [torch.exp(t.detach()) for t in logs], "evals": 0}
     cut = False
     for sharpness in SHARPNESS:
         opt = torch.optim.LBFGS(logs, lr=1, max_iter=steps, history_size=HISTORY,
@@ -121,10 +122,6 @@ def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[list[np
             cut = True
             break
     return [t.numpy() for t in best["ts"]], best["evals"], cut
-
-
-class _Stop(Exception):
-    pass
 
 
 def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best: dict, deadline: float):

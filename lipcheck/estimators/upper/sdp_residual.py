@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,10 +23,10 @@ import torch
 from lipcheck.estimators.upper.chains import Chain
 from lipcheck.estimators.upper.conv_chain import (
     CircularChain,
-    _conv_of,
     _grid,
     _taps,
     apply_layer,
+    conv_layers,
 )
 from lipcheck.estimators.upper.seqlip import ChainBound
 from lipcheck.graph import OpKind
@@ -60,8 +61,10 @@ def residual_add(chain: Chain, settings: Settings):
 
 
 def residual_model(chain: Chain) -> CircularChain | None:
-    layers = [_conv_of(p, chain.graph) for p in chain.parts]
-    if any(x is None for x in layers) or any(a != 0 for a, _ in chain.slopes):
+    if chain.graph is None or any(a != 0 for a, _ in chain.slopes):
+        return None
+    layers = conv_layers(chain.parts, chain.graph)
+    if layers is None:
         return None
     first, second = layers
     if any(s != 1 for layer in layers for s in layer.strides):
@@ -82,7 +85,8 @@ def residual_model(chain: Chain) -> CircularChain | None:
             want = part.operator.apply(torch.from_numpy(x).reshape(part.operator.in_shape)
                                        .to(part.operator.dtype)).double().numpy().ravel()
         got = apply_layer(model, i, x).ravel()
-        if got.size != want.size or not np.linalg.norm(got - want) <= 1e-9 * max(np.linalg.norm(want), 1e-300) * math.sqrt(x.size):
+        scale = max(float(np.linalg.norm(want)), 1e-300) * math.sqrt(x.size)
+        if got.size != want.size or not np.linalg.norm(got - want) <= 1e-9 * scale:
             return None
     return model
 
@@ -105,7 +109,7 @@ def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[np.ndar
     a1, a2 = (torch.from_numpy(model.symbol(i)) for i in range(2))
     gram2 = a2.mH @ a2
     top = float(torch.linalg.eigvalsh(gram2)[..., -1].max())
-    best = {"value": math.inf, "t": None, "evals": 0}
+    best: dict[str, Any] = {"value": math.inf, "t": None, "evals": 0}
     try:
         for scale in (2.0, 1.25):   # start: T = scale * max lambda(A2^H A2) I
             log = torch.full((a1.shape[1],), math.log(scale * max(top, 1e-300)), dtype=torch.float64,
@@ -122,7 +126,7 @@ def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[np.ndar
     return t.numpy(), best["evals"], cut
 
 
-def _closure(opt, log: torch.Tensor, mats, slope: float, sharp: float, best: dict, deadline: float):
+def _closure(opt, log: torch.Tensor, mats: tuple[torch.Tensor, torch.Tensor, torch.Tensor], slope: float, sharp: float, best: dict, deadline: float):
     def closure():
         if time.monotonic() > deadline:
             raise TimeoutError
