@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # one BLAS thread, before numpy / scipy load
+    os.environ.setdefault(_var, "1")  # one BLAS thread, before numpy / scipy load (E402 below)
 
 import argparse  # noqa: E402
 import math  # noqa: E402
@@ -31,12 +31,12 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from lipcheck.graph import Graph, Node, OpKind, ValueInfo
-from lipcheck.interpreter import infer_shapes
-from lipcheck.rules import BoundContext, get_rule
-from lipcheck.settings import Settings
-from lipcheck.spectral.operator import apply_with_adjoint, dense_jacobian, node_operator, power_norm
-from lipcheck.spectral.scratch import Scratch
+from lipcheck.graph import Graph, Node, OpKind, ValueInfo  # noqa: E402
+from lipcheck.interpreter import infer_shapes  # noqa: E402
+from lipcheck.rules import BoundContext, get_rule  # noqa: E402
+from lipcheck.settings import Settings  # noqa: E402
+from lipcheck.spectral.operator import apply_with_adjoint, dense_jacobian, node_operator, power_norm  # noqa: E402
+from lipcheck.spectral.scratch import Scratch  # noqa: E402
 
 Layer = tuple[str, int, int, int, int, int, int]  # name, c_in, c_out, k, stride, pad, input size
 
@@ -45,7 +45,7 @@ def resnet_layers(size: int, blocks: list[int], bottleneck: bool) -> list[Layer]
     layers: list[Layer] = [("stem", 3, 64, 7, 2, 3, size)]
     n, c_in = (size + 1) // 2, 64
     n = (n - 1) // 2 + 1  # max pool 3x3 s2 p1
-    for stage, (count, width) in enumerate(zip(blocks, [64, 128, 256, 512])):
+    for stage, (count, width) in enumerate(zip(blocks, [64, 128, 256, 512], strict=True)):
         for b in range(count):
             stride = 2 if stage > 0 and b == 0 else 1
             c_out = width * 4 if bottleneck else width

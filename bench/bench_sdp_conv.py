@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-
 from lipcheck.api import EstimateOptions, estimate
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 
 MODELS = ("cnn", "cnn3", "digits_cnn", "digits_resnet")
 
@@ -102,6 +102,10 @@ def one(name: str, heuristic: bool) -> dict:
     return row
 
 
+def _fmt(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isinf(v)) else f"{v:.4g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--one")
@@ -125,10 +129,9 @@ def main() -> None:
           "low-rank SeqLip (heuristic) | sdp-conv time | auto time | peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isinf(v)) else f"{v:.4g}"
-        print(f"| {r['model']} | {fmt(r.get('autolip'))} | {fmt(r.get('sdp-conv'))} | "
-              f"{fmt(r['best_upper'])} ({r['best_method']}) | {fmt(r['lower'])} | "
-              f"{fmt(r.get('seqlip_lowrank'))} | {fmt(r['sdp_conv_seconds'])} s | "
+        print(f"| {r['model']} | {_fmt(r.get('autolip'))} | {_fmt(r.get('sdp-conv'))} | "
+              f"{_fmt(r['best_upper'])} ({r['best_method']}) | {_fmt(r['lower'])} | "
+              f"{_fmt(r.get('seqlip_lowrank'))} | {_fmt(r['sdp_conv_seconds'])} s | "
               f"{r['auto_seconds']:.1f} s | {r['max_rss_mb']:.0f} MB |")
 
 

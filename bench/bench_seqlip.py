@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from lipcheck.settings import Settings
 
 def mlp_graph(widths: list[int], seed: int = 0) -> Graph:
     torch.manual_seed(seed)
-    layers = [torch.nn.Linear(a, b) for a, b in zip(widths, widths[1:])]
+    layers = [torch.nn.Linear(a, b) for a, b in pairwise(widths)]
     nodes, consts, x = [], {}, "x"
     for i, layer in enumerate(layers):
         consts[f"w{i}"], consts[f"b{i}"] = layer.weight.detach(), layer.bias.detach()

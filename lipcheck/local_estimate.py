@@ -94,7 +94,7 @@ def local_section(graph: Graph, spec: LocalSet, global_upper: float | None,
     methods = [names[int(i)] for i in which]
     values = best.tolist()
     if global_upper is not None and math.isfinite(global_upper):
-        methods = ["global" if global_upper < v else m for v, m in zip(values, methods)]
+        methods = ["global" if global_upper < v else m for v, m in zip(values, methods, strict=True)]
         values = [min(v, global_upper) for v in values]
     lower = sampled_lower(program, s, points, seed).tolist()
     return {"set": _describe(spec, s), "kind": s.kind, "sets": s.batch,
@@ -102,7 +102,7 @@ def local_section(graph: Graph, spec: LocalSet, global_upper: float | None,
             "global_upper_bound": global_upper, "propagation": "crown",
             "unstable_units": ranges.unstable(program), "points_searched": points,
             "per_set": [{"upper_bound": v, "method": m, "lower_bound": lo}
-                        for v, m, lo in zip(values, methods, lower)],
+                        for v, m, lo in zip(values, methods, lower, strict=True)],
             "methods": {k: [float(v) if math.isfinite(v) else None for v in candidates[k]]
                         for k in names},
             "seconds": round(time.perf_counter() - start, 6)}

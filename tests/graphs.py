@@ -1,6 +1,8 @@
 """Small hand-built IR graphs for tests (no loader involved)."""
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
@@ -10,7 +12,7 @@ from lipcheck.interpreter import infer_shapes, run_graph
 def mlp(widths: list[int], act: OpKind = OpKind.RELU, seed: int = 0, attrs: dict | None = None) -> Graph:
     gen = torch.Generator().manual_seed(seed)
     nodes, consts, x = [], {}, "x"
-    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+    for i, (n_in, n_out) in enumerate(pairwise(widths)):
         consts[f"w{i}"] = torch.randn(n_out, n_in, generator=gen) / n_in**0.5
         consts[f"b{i}"] = torch.randn(n_out, generator=gen)
         nodes.append(Node(f"fc{i}", OpKind.GEMM, [x, f"w{i}", f"b{i}"], [f"h{i}"], {"transB": 1}))

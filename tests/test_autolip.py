@@ -45,7 +45,7 @@ def test_power_iteration_is_never_certified():
     conv = [r for r in result.nodes if r.node.op == OpKind.CONV]
     assert all(r.bound.method == "power-iteration" and not r.bound.certified for r in conv)
     exact = autolip(graph, bound_nodes(graph, Settings()))
-    for p, e in zip(result.nodes, exact.nodes):
+    for p, e in zip(result.nodes, exact.nodes, strict=True):
         assert p.bound.value <= e.bound.value * (1 + 1e-6)
 
 

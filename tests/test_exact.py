@@ -34,7 +34,7 @@ def grid_max(weights: list[np.ndarray], biases: list[np.ndarray], alpha: float,
     axis = np.linspace(lo, hi, n)
     points = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
     best, h, jac = 0.0, points.T, np.broadcast_to(np.eye(2), (len(points), 2, 2))
-    for w, b in zip(weights[:-1], biases[:-1]):
+    for w, b in zip(weights[:-1], biases[:-1], strict=True):
         z = w @ h + b[:, None]
         slope = np.where(z > 0, 1.0, alpha).T                 # (points, units)
         jac = slope[:, :, None] * (w[None] @ jac)

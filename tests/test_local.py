@@ -127,7 +127,7 @@ def test_local_bounds_sit_between_found_jacobians_and_the_global_bound(seed, tmp
     assert local["upper_bound"] <= report.upper_bound.value
     f = function_of(graph)
     tgen = torch.Generator().manual_seed(seed)
-    for centre, per in zip(centres, local["per_set"]):
+    for centre, per in zip(centres, local["per_set"], strict=True):
         assert per["lower_bound"] <= per["upper_bound"]
         for _ in range(30):
             d = torch.randn(5, generator=tgen, dtype=torch.float64)

@@ -176,10 +176,10 @@ def test_batched_net_and_jacobians_match_row_by_row(reshape_to, batched: bool) -
     rows = torch.stack([fn.exact(x) for x in xs])
     assert torch.allclose(fn.exact_batch(xs), rows, rtol=1e-12, atol=1e-12)
     jac = jacobians(fn, xs)
-    for x, j in zip(xs, jac):
+    for x, j in zip(xs, jac, strict=True):
         assert torch.allclose(j, dense_jacobian(fn, x), rtol=1e-12, atol=1e-12)
     sigmas, vs = top_directions(fn, xs)
-    for x, s, v in zip(xs, sigmas, vs):
+    for x, s, v in zip(xs, sigmas, vs, strict=True):
         dense = dense_jacobian(fn, x)
         assert float(s) == pytest.approx(float(torch.linalg.matrix_norm(dense, 2)), rel=1e-10)
         assert float((dense @ v).norm()) == pytest.approx(float(s), rel=1e-10)

@@ -104,7 +104,7 @@ def _layer_bounds(name: str, suffix: str) -> list[tuple[str, float]]:
 def test_onnx_and_pt2_same_layer_bounds(name: str) -> None:
     from_onnx, from_pt2 = _layer_bounds(name, ".onnx"), _layer_bounds(name, ".pt2")
     assert [op for op, _ in from_onnx] == [op for op, _ in from_pt2]
-    for (op, a), (_, b) in zip(from_onnx, from_pt2):
+    for (op, a), (_, b) in zip(from_onnx, from_pt2, strict=True):
         assert math.isclose(a, b, rel_tol=1e-5), (op, a, b)
     total_onnx = autolip(_graph(name, ".onnx"), _bounds(name, ".onnx"))
     total_pt2 = autolip(_graph(name, ".pt2"), _bounds(name, ".pt2"))

@@ -71,7 +71,7 @@ def test_group_norm_18_per_group_scale_becomes_per_channel(tmp_path: Path) -> No
 def test_bundled_lrn_models_get_finite_lrn_bounds(name: str) -> None:
     graph = load_onnx(DATA / "light" / f"{name}.onnx")
     nodes = [n for n in graph.nodes if n.op == OpKind.LRN]
-    for node, bound in zip(nodes, _bounds(graph, OpKind.LRN)):
+    for node, bound in zip(nodes, _bounds(graph, OpKind.LRN), strict=True):
         at_zero = float(node.attrs.get("bias", 1.0)) ** -float(node.attrs.get("beta", 0.75))
         assert at_zero <= bound < 1.5 * at_zero  # the Jacobian at x = 0 is k^-beta I
     assert nodes

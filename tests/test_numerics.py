@@ -141,7 +141,7 @@ def test_dtype_float64_gives_the_same_certificates(tmp_path):
     assert f64["settings"]["dtype"] == "float64"
     p32 = _report(path, dtype="float32", layer_method="power")
     p64 = _report(path, dtype="float64", layer_method="power")
-    for a, b in zip(p32["layers"], p64["layers"]):
+    for a, b in zip(p32["layers"], p64["layers"], strict=True):
         assert a["estimate"] == pytest.approx(b["estimate"], rel=1e-5) if b["estimate"] else True
     with pytest.raises(UserError, match="--dtype"):
         api.estimate(str(path), settings=Settings(dtype="float16"), options=FAST)

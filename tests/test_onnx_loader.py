@@ -46,7 +46,7 @@ def check(m: onnx.ModelProto, tmp_path: Path, atol: float = 1e-5):
     ours = run_graph(graph, {k: torch.from_numpy(v) for k, v in feeds.items()})
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     theirs = session.run(None, feeds)
-    for name, expected in zip(graph.outputs, theirs):
+    for name, expected in zip(graph.outputs, theirs, strict=True):
         got = ours[name].detach().double().numpy()
         assert got.shape == expected.shape, name
         np.testing.assert_allclose(got, expected.astype(np.float64), atol=atol, rtol=1e-5,
@@ -238,7 +238,7 @@ def test_lrn_even_size_matches_spec_formula(tmp_path: Path) -> None:
 def _two_inputs(op: str, n: int = 2, shapes=((2, 3), (2, 3)), **attrs) -> onnx.ModelProto:
     names = [f"x{i}" for i in range(n)]
     node = helper.make_node(op, names, ["y"], **attrs)
-    return model([node], dict(zip(names, shapes)), ["y"])
+    return model([node], dict(zip(names, shapes, strict=True)), ["y"])
 
 
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div", "Sum", "Mean", "Max", "Min",

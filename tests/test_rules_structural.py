@@ -24,7 +24,7 @@ def make(op: OpKind, shapes: list[tuple[int, ...]], attrs: dict | None = None,
     names = [f"x{i}" for i in range(len(shapes))]
     consts = consts or {}
     node = Node("n", op, names + list(consts), ["y"], attrs or {})
-    graph = Graph([ValueInfo(n, s) for n, s in zip(names, shapes)], ["y"], [node], dict(consts))
+    graph = Graph([ValueInfo(n, s) for n, s in zip(names, shapes, strict=True)], ["y"], [node], dict(consts))
     infer_shapes(graph)
     return graph
 
@@ -36,7 +36,7 @@ def bound_of(graph: Graph):
 
 def jacobian_norm(graph: Graph, point: list[torch.Tensor]) -> float:
     def f(*xs: torch.Tensor) -> torch.Tensor:
-        feeds = {v.name: x for v, x in zip(graph.inputs, xs)}
+        feeds = {v.name: x for v, x in zip(graph.inputs, xs, strict=True)}
         return run_graph(graph, feeds, dtype=torch.float64, grad=True)["y"].reshape(-1)
     jac = jacobian(f, tuple(point))
     dense = torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1)

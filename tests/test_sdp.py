@@ -81,7 +81,7 @@ def test_missing_cvxpy_is_a_clear_user_error(monkeypatch):
 def test_barrier_method_matches_an_independent_conic_solver(seed, slopes):
     rng = np.random.default_rng(seed)
     widths = [9, 7, 6, 3][: len(slopes) + 2]
-    w = [rng.standard_normal((b, a)) for a, b in zip(widths, widths[1:])]
+    w = [rng.standard_normal((b, a)) for a, b in itertools.pairwise(widths)]
     ours = lipsdp_neuron(w, slopes)                        # barrier (default)
     clarabel = lipsdp_neuron(w, slopes, solver="CLARABEL")  # cvxpy + Clarabel
     assert "barrier method converged" in ours.detail and ours.certified and clarabel.certified

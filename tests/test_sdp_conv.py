@@ -86,7 +86,7 @@ def searched_norm(g: Graph, points: int = 60, seed: int = 0) -> float:
     n = int(np.prod(g.inputs[0].shape))
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(n, generator=gen, dtype=torch.float64)
-    for step in range(40):
+    for _ in range(40):
         cand = x + torch.randn(n, generator=gen, dtype=torch.float64) * 0.5
         value = float(torch.linalg.matrix_norm(torch.autograd.functional.jacobian(f, cand), ord=2))
         if value > best:

@@ -29,7 +29,7 @@ from lipcheck.spectral.top_eig import lanczos_top, max_eig_bound
 
 def _pads(spec: ConvSpec) -> list[int]:
     out: list[int] = []
-    for b, e in reversed(list(zip(spec.pads_begin, spec.pads_end))):
+    for b, e in reversed(list(zip(spec.pads_begin, spec.pads_end, strict=True))):
         out += [b, e]
     return out
 
@@ -66,11 +66,11 @@ def circular_layer(pk: PhaseKernel, grid: tuple[int, ...], x: torch.Tensor) -> t
         channels = channels[(slice(None),) + tuple(slice(0, v) for v in pk.grid)]  # unread: zero columns
         z = torch.zeros(channels.shape[0], *grid, dtype=torch.float64)
         for q in itertools.product(*(range(v) for v in channels.shape[1:])):
-            z[(slice(None),) + tuple(a % b for a, b in zip(q, grid))] += channels[(slice(None),) + q]
+            z[(slice(None),) + tuple(a % b for a, b in zip(q, grid, strict=True))] += channels[(slice(None),) + q]
         y = torch.zeros(pk.taps.shape[2], *pk.out_size, dtype=torch.float64)
         for i in itertools.product(*(range(m) for m in pk.out_size)):
             y[(slice(None),) + i] = sum(pk.taps[g, t] @ z[(slice(None),) + tuple(
-                (a + int(o)) % b for a, o, b in zip(i, pk.offsets[t], grid))] for t in range(pk.taps.shape[1]))
+                (a + int(o)) % b for a, o, b in zip(i, pk.offsets[t], grid, strict=True))] for t in range(pk.taps.shape[1]))
         out.append(y)
     assert phases >= 1
     return torch.cat(out)
@@ -83,7 +83,7 @@ def test_layer_is_a_restriction_of_the_circular_correlation_on_the_smallest_grid
     spec = conv_spec(graph.nodes[0], graph.constants["w"])
     pk = phase_kernel(spec)
     grid = circular_grid(pk)
-    assert all(1 <= n <= full for n, full in zip(grid, pk.grid))
+    assert all(1 <= n <= full for n, full in zip(grid, pk.grid, strict=True))
     x = torch.randn(spec.weight.shape[1] * spec.group, *spec.size, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(0))
     assert torch.allclose(real_layer(spec, x), circular_layer(pk, grid, x), atol=1e-10)

@@ -62,7 +62,7 @@ def random_case(rng: random.Random, transpose: bool) -> Graph | None:
     attrs = {"strides": strides, "dilations": dilations, "group": g,
              "pads": [rng.randint(0, 3) for _ in range(2 * d)]}
     if transpose:
-        attrs["output_padding"] = [rng.randint(0, max(s, r) - 1) for s, r in zip(strides, dilations)]
+        attrs["output_padding"] = [rng.randint(0, max(s, r) - 1) for s, r in zip(strides, dilations, strict=True)]
     return conv_graph(c_in, c_out, size, kernel, attrs, transpose, seed=rng.randint(0, 10**6))
 
 

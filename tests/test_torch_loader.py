@@ -192,7 +192,7 @@ def test_several_inputs_and_outputs() -> None:
     assert [v.shape for v in graph.inputs] == [(2, 4), (2, 2)] and len(graph.outputs) == 2
     x, z = torch.randn(2, 4), torch.randn(2, 2)
     got = run_graph(graph, {graph.inputs[0].name: x, graph.inputs[1].name: z})
-    for name, want in zip(graph.outputs, model(x, z)):
+    for name, want in zip(graph.outputs, model(x, z), strict=True):
         torch.testing.assert_close(got[name], want.detach(), rtol=1e-5, atol=1e-5)
 
 

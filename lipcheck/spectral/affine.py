@@ -142,6 +142,6 @@ def _start(op: LinearOperator, result: NormResult, seed: int) -> torch.Tensor:
 def _fit(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Zero-pad or crop x (channels, spatial...) to `shape`."""
     out = torch.zeros(shape, dtype=x.dtype)
-    index = tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape))
+    index = tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape, strict=True))
     out[index] = x[index]
     return out

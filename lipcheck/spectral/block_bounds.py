@@ -140,7 +140,7 @@ def gram_iteration_bound(blocks: torch.Tensor, steps: int = 6) -> torch.Tensor:
         scales.append(scale)
         h = (h.mH @ h) / (scale * scale)[:, None, None]
     rho = squared_frobenius(h).sqrt() * up
-    for f, scale in zip(reversed(frobs), reversed(scales)):
+    for f, scale in zip(reversed(frobs), reversed(scales), strict=True):
         rho = torch.sqrt(scale * scale * rho + g * f * f) * (1 + 8 * UNIT_ROUNDOFF)
     return rho
 

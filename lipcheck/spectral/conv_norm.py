@@ -97,7 +97,7 @@ def grouped_dense(pk: PhaseKernel, ctx: BoundContext) -> CertifiedNorm | None:
 def _apply(spec: ConvSpec, x: torch.Tensor) -> torch.Tensor:
     """The zero-padded Conv of `spec` (float64) on a batch x (N, C_in, size...)."""
     pads: list[int] = []
-    for begin, end in reversed(list(zip(spec.pads_begin, spec.pads_end))):
+    for begin, end in reversed(list(zip(spec.pads_begin, spec.pads_end, strict=True))):
         pads += [begin, end]
     conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}[spec.dims]
     return conv(torch.nn.functional.pad(x, pads), spec.weight.detach().to(torch.float64),
@@ -166,9 +166,9 @@ def _spread(pk: PhaseKernel, vec: torch.Tensor, theta: torch.Tensor, group: int)
     full = torch.zeros(c_in_g * phases, dtype=torch.complex128)
     full[pk.channels] = vec
     full = full.reshape(c_in_g, *spec.strides)
-    grids = torch.meshgrid(*[torch.arange(n) + b for n, b in zip(spec.size, spec.pads_begin)], indexing="ij")
-    phase_index = tuple(p % s for p, s in zip(grids, spec.strides))
-    wave = torch.exp(1j * sum(t * (p // s) for t, p, s in zip(theta, grids, spec.strides)))
+    grids = torch.meshgrid(*[torch.arange(n) + b for n, b in zip(spec.size, spec.pads_begin, strict=True)], indexing="ij")
+    phase_index = tuple(p % s for p, s in zip(grids, spec.strides, strict=True))
+    wave = torch.exp(1j * sum(t * (p // s) for t, p, s in zip(theta, grids, spec.strides, strict=True)))
     x = torch.zeros((spec.weight.shape[1] * spec.group, *spec.size), dtype=torch.float64)
     index: tuple[slice | torch.Tensor, ...] = (slice(None), *phase_index)  # x[:, *i]: 3.11+
     x[group * c_in_g:(group + 1) * c_in_g] = (full[index] * wave).real

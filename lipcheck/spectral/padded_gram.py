@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def real_entries(pk: PhaseKernel) -> np.ndarray:
     spec = pk.spec
     phase = pk.channels.numpy() % math.prod(spec.strides)
     mask = np.ones((1, phase.size), dtype=bool)
-    for axis, (s, b, n) in enumerate(zip(spec.strides, spec.pads_begin, spec.size)):
+    for axis, (s, b, n) in enumerate(zip(spec.strides, spec.pads_begin, spec.size, strict=True)):
         t = phase // math.prod(spec.strides[axis + 1:]) % s
         padded = np.arange(pk.grid[axis])[:, None] * s + t[None, :]
         inside = (padded >= b) & (padded < b + n)
@@ -78,7 +79,7 @@ def input_gram(taps: np.ndarray, pk: PhaseKernel, real: np.ndarray) -> np.ndarra
     for a in range(t):
         for b in range(a, t):
             product = taps[a].T @ taps[b]
-            for row, col in zip(index[flat[a]].tolist(), index[flat[b]].tolist()):
+            for row, col in zip(index[flat[a]].tolist(), index[flat[b]].tolist(), strict=True):
                 if row >= 0 and col >= 0:
                     gram[row, :, col, :] += product  # a view: added in place, no temporary
                     if b != a:
@@ -107,7 +108,7 @@ def exact_gram_norm(pk: PhaseKernel) -> float | None:
     best = 0.0
     for group in range(pk.taps.shape[0]):
         taps = pk.taps[group].numpy()
-        tau = _certified_top(lambda: input_gram(taps, pk, real))
+        tau = _certified_top(partial(input_gram, taps, pk, real))
         if tau is None:
             return None
         best = max(best, math.sqrt(tau + formation_error(taps)) * (1 + 8 * UNIT_ROUNDOFF))

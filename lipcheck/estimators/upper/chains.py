@@ -166,7 +166,7 @@ def _split(path: list[Node], graph: Graph, bounds: dict[str, NodeBound],
         return None
     groups: list[list[Node]] = [[]]
     slopes: list[tuple[float, float]] = []
-    for node, kind in zip(path, kinds):
+    for node, kind in zip(path, kinds, strict=True):
         if kind == "linear":
             groups[-1].append(node)
         elif groups[-1]:

@@ -159,7 +159,7 @@ def _expand_groups(w: np.ndarray, group: int) -> np.ndarray:
 def _grid(layers: list[ConvLayer], phases: list[tuple[int, int]]) -> int:
     """The smallest G such that every layer is a restriction of its circular version."""
     need = 1
-    for layer, p_in in zip(layers, phases):
+    for layer, p_in in zip(layers, phases, strict=False):
         for ax in range(2):
             n, m, s = layer.in_size[ax], layer.out_size[ax], layer.strides[ax]
             k, r, pad = layer.weight.shape[2 + ax], layer.dilations[ax], layer.pads[ax]
@@ -207,7 +207,7 @@ def circular_chain(chain: Chain, graph: Graph, refine: int = 1) -> tuple[Circula
     grid = _grid(layers, phases)
     taps = [_taps(layer, phases[i], phases[i + 1]) for i, layer in enumerate(layers)]
     dims = [layers[0].weight.shape[1] * math.prod(phases[0])]
-    dims += [layer.weight.shape[0] * math.prod(p) for layer, p in zip(layers, phases[1:])]
+    dims += [layer.weight.shape[0] * math.prod(p) for layer, p in zip(layers, phases[1:], strict=True)]
     last = layers[-1]
     close = chain.parts[-1].matrix().reshape(n_out, last.weight.shape[0], *last.out_size)
     model = CircularChain(grid, phases, dims, taps, close, chain.slopes[0][1], layers)
@@ -232,7 +232,7 @@ def apply_layer(model: CircularChain, i: int, x: np.ndarray) -> np.ndarray:
 def _agrees(model: CircularChain, chain: Chain) -> bool:
     """One random input per layer through the circular model and the real part."""
     rng = np.random.default_rng(0)
-    for i, (layer, part) in enumerate(zip(model.layers, chain.parts[:-1])):
+    for i, (layer, part) in enumerate(zip(model.layers, chain.parts[:-1], strict=True)):
         x = rng.standard_normal((layer.weight.shape[1],) + layer.in_size)
         ours = apply_layer(model, i, x)
         with torch.no_grad():
