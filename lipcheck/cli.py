@@ -41,12 +41,14 @@ def estimate(
     json_path: Path | None = typer.Option(None, "--json", help="write the JSON report here"),
     format: Format = typer.Option(Format.table, "--format", help="what to print on stdout"),
     method: str = typer.Option("auto", help="global methods: auto, autolip, seqlip-exact, "
-                               "seqlip-greedy, seqlip-lowrank, sdp, eclipse, eclipse-fast, sdp-conv, all"),
+                               "seqlip-greedy, seqlip-lowrank, sdp, eclipse, eclipse-fast, "
+                               "sdp-conv, all"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
     time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
     layer_budget: float = typer.Option(5.0, help="seconds a layer's certified norm may take "
                                        "before auto picks a cheaper, looser certificate"),
-    lower_budget: float = typer.Option(10.0, help="seconds: cap on the lower-bound search (0: off)"),
+    lower_budget: float = typer.Option(
+        10.0, help="seconds: cap on the lower-bound search (0: off)"),
     lower_rounds: int | None = typer.Option(
         None, help="lower-bound ascent rounds (default: reproducible count; 0: fill the budget)"),
     input_range: str | None = typer.Option(None, help="a box LO,HI: restricts the lower-bound "

@@ -51,7 +51,8 @@ def check(
     method: str = typer.Option("auto", help="global methods, as in estimate"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
     time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
-    lower_budget: float = typer.Option(10.0, help="seconds: cap on the lower-bound search (0: off)"),
+    lower_budget: float = typer.Option(
+        10.0, help="seconds: cap on the lower-bound search (0: off)"),
     lower_rounds: int | None = typer.Option(
         None, help="lower-bound ascent rounds (default: reproducible count; 0: fill the budget)"),
     input_range: str | None = typer.Option(None, help="restrict the lower-bound search, LO,HI"),

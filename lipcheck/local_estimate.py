@@ -94,7 +94,8 @@ def local_section(graph: Graph, spec: LocalSet, global_upper: float | None,
     methods = [names[int(i)] for i in which]
     values = best.tolist()
     if global_upper is not None and math.isfinite(global_upper):
-        methods = ["global" if global_upper < v else m for v, m in zip(values, methods, strict=True)]
+        methods = ["global" if global_upper < v else m
+                   for v, m in zip(values, methods, strict=True)]
         values = [min(v, global_upper) for v in values]
     lower = sampled_lower(program, s, points, seed).tolist()
     return {"set": _describe(spec, s), "kind": s.kind, "sets": s.batch,

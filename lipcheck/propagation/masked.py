@@ -104,5 +104,6 @@ def graph_masked(program: Program, ranges: Ranges, rows: torch.Tensor | None = N
         else:
             bound[i + 1] = bound[src[0]] + bound[src[1]]
     if rows is not None:   # the last step is not affine: rows through it as a matrix
-        return bound[last + 1][:, None] * torch.linalg.vector_norm(rows, dim=2) * SAFETY ** (last + 1)
+        norms = torch.linalg.vector_norm(rows, dim=2)
+        return bound[last + 1][:, None] * norms * SAFETY ** (last + 1)
     return bound[last + 1] * SAFETY ** (last + 1)

@@ -142,7 +142,8 @@ def top_eigenvalue(gram: np.ndarray) -> float | None:
         return float(np.linalg.eigvalsh(gram)[-1])
     work = gram.astype(np.float32)
     start = np.random.default_rng(0).standard_normal(int(gram.shape[0])).astype(np.float32)
-    run = lanczos(lambda v: work @ v, start, min(gram.shape[0], LANCZOS_STEPS), ResidualBelow(RESIDUAL))
+    run = lanczos(lambda v: work @ v, start, min(gram.shape[0], LANCZOS_STEPS),
+                  ResidualBelow(RESIDUAL))
     vector = run.top()[2].astype(np.float64)
     value = float(vector @ (gram @ vector)) / float(vector @ vector)
     return value if math.isfinite(value) else None  # no tight tau: the caller uses the FFT bound

@@ -37,8 +37,9 @@ class ConvSpec:
 
     def out_size(self) -> tuple[int, ...]:
         k = self.weight.shape[2:]
-        return tuple((n + b + e - r * (kk - 1) - 1) // s + 1 for n, b, e, r, kk, s in
-                     zip(self.size, self.pads_begin, self.pads_end, self.dilations, k, self.strides, strict=True))
+        axes = zip(self.size, self.pads_begin, self.pads_end, self.dilations, k, self.strides,
+                   strict=True)
+        return tuple((n + b + e - r * (kk - 1) - 1) // s + 1 for n, b, e, r, kk, s in axes)
 
 
 @dataclass
@@ -111,7 +112,8 @@ def phase_kernel(spec: ConvSpec) -> PhaseKernel:
     g, c_in_g = spec.group, spec.weight.shape[1]
     c_out_g, k = spec.weight.shape[0] // g, tuple(spec.weight.shape[2:])
     phases = math.prod(spec.strides)
-    spans = tuple((r * (kk - 1)) // s + 1 for r, kk, s in zip(spec.dilations, k, spec.strides, strict=True))
+    spans = tuple((r * (kk - 1)) // s + 1
+                  for r, kk, s in zip(spec.dilations, k, spec.strides, strict=True))
     per_tap = spec.weight.detach().reshape(g, c_out_g, c_in_g, -1).permute(0, 3, 1, 2)
     dense = torch.zeros((g, math.prod(spans), c_out_g, c_in_g * phases), dtype=torch.float64)
     for index, j in enumerate(itertools.product(*(range(kk) for kk in k))):
@@ -131,8 +133,10 @@ def tap_count(spec: ConvSpec) -> int:
         return 0
     k = tuple(spec.weight.shape[2:])
     nonzero = (spec.weight.detach() != 0).reshape(-1, math.prod(k)).any(dim=0).tolist()
-    offsets = {tuple((r * jj) // s for r, jj, s in zip(spec.dilations, j, spec.strides, strict=True))
-               for index, j in enumerate(itertools.product(*(range(kk) for kk in k))) if nonzero[index]}
+    taps = enumerate(itertools.product(*(range(kk) for kk in k)))
+    offsets = {tuple((r * jj) // s
+                     for r, jj, s in zip(spec.dilations, j, spec.strides, strict=True))
+               for index, j in taps if nonzero[index]}
     return len(offsets)
 
 

@@ -75,7 +75,8 @@ class LinearPart:
 
     def fits_dense(self, settings: Settings) -> bool:
         n_out, n_in = self.shape
-        return min(n_in, n_out) <= settings.exact_max_dim and n_in * n_out <= settings.exact_max_entries
+        return (min(n_in, n_out) <= settings.exact_max_dim
+                and n_in * n_out <= settings.exact_max_entries)
 
     def matrix(self) -> np.ndarray:
         """The dense (n_out, n_in) float64 matrix of the linear part."""

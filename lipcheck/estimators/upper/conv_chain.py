@@ -125,7 +125,8 @@ def _conv_of(part: LinearPart, graph: Graph) -> ConvLayer | None:
         return None
     conv = nodes[0]
     weight = graph.constant(conv, 1)
-    if weight is None or weight.dim() != 4 or conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+    auto_pad = conv.attrs.get("auto_pad", "NOTSET")
+    if weight is None or weight.dim() != 4 or auto_pad not in ("NOTSET", b"NOTSET"):
         return None
     w = weight.detach().double().cpu().numpy()
     group = int(conv.attrs.get("group", 1))
@@ -180,7 +181,8 @@ def _taps(layer: ConvLayer, p_in: tuple[int, int], p_out: tuple[int, int]) -> di
                     rh = layer.strides[0] * uh + layer.dilations[0] * jh - layer.pads[0]
                     rw = layer.strides[1] * uw + layer.dilations[1] * jw - layer.pads[1]
                     offset = (rh // p_in[0], rw // p_in[1])
-                    col = np.arange(c_in) * p_in[0] * p_in[1] + (rh % p_in[0]) * p_in[1] + rw % p_in[1]
+                    col = (np.arange(c_in) * p_in[0] * p_in[1] + (rh % p_in[0]) * p_in[1]
+                           + rw % p_in[1])
                     mat = taps.setdefault(offset, np.zeros((c_out * p_out[0] * p_out[1],
                                                              c_in * p_in[0] * p_in[1])))
                     mat[np.ix_(row, col)] += layer.weight[:, :, jh, jw]
@@ -207,7 +209,8 @@ def circular_chain(chain: Chain, graph: Graph, refine: int = 1) -> tuple[Circula
     grid = _grid(layers, phases)
     taps = [_taps(layer, phases[i], phases[i + 1]) for i, layer in enumerate(layers)]
     dims = [layers[0].weight.shape[1] * math.prod(phases[0])]
-    dims += [layer.weight.shape[0] * math.prod(p) for layer, p in zip(layers, phases[1:], strict=True)]
+    dims += [layer.weight.shape[0] * math.prod(p)
+             for layer, p in zip(layers, phases[1:], strict=True)]
     last = layers[-1]
     close = chain.parts[-1].matrix().reshape(n_out, last.weight.shape[0], *last.out_size)
     model = CircularChain(grid, phases, dims, taps, close, chain.slopes[0][1], layers)

@@ -91,8 +91,8 @@ def pair_matrices(factors: list[Factor]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(X_i, Y_i) with pair i's matrix X_i diag(sigma) Y_i, for i = 1..k-1."""
     k = len(factors)
     scale = [f.s if i in (0, k - 1) else np.sqrt(f.s) for i, f in enumerate(factors)]
-    left = [f.u * sc for f, sc in zip(factors, scale, strict=True)]          # U_i S~_i        (n, r)
-    right = [(f.v * sc).T for f, sc in zip(factors, scale, strict=True)]     # S~_i V_i^T      (r, n)
+    left = [f.u * sc for f, sc in zip(factors, scale, strict=True)]       # U_i S~_i    (n, r)
+    right = [(f.v * sc).T for f, sc in zip(factors, scale, strict=True)]  # S~_i V_i^T  (r, n)
     return [(right[i + 1], left[i]) for i in range(k - 1)]
 
 
@@ -127,9 +127,11 @@ def greedy_chain(factors: list[Factor], slopes: list[tuple[float, float]],
         cut |= result.cut_by_budget
         state = ("local maximum" if result.finished else
                  "stopped by the time budget (safety cap)" if result.cut_by_budget else "sweep cap")
-        how = "linearized ascent + single-flip sweeps (not the paper's path), steps + " if fast else ""
+        how = ("linearized ascent + single-flip sweeps (not the paper's path), steps + "
+               if fast else "")
         notes.append(f"pair {i + 1} (n={x.shape[1]}): {how}{result.sweeps} sweeps, {state}")
-    return ChainBound(_product(values), False, False, "; ".join(notes), time.monotonic() - start, cut)
+    return ChainBound(_product(values), False, False, "; ".join(notes),
+                      time.monotonic() - start, cut)
 
 
 def lowrank_factors(chain: Chain, settings: Settings, rank: int) -> list[Factor]:
