@@ -11,7 +11,8 @@ from lipcheck.rules.registry import BoundContext
 CASES = [
     (OpKind.RELU, {}), (OpKind.SIGMOID, {}), (OpKind.TANH, {}), (OpKind.SOFTSIGN, {}),
     (OpKind.ABS, {}), (OpKind.NEG, {}), (OpKind.SILU, {}), (OpKind.MISH, {}), (OpKind.ERF, {}),
-    (OpKind.HARD_SWISH, {}), (OpKind.LEAKY_RELU, {"alpha": 0.2}), (OpKind.LEAKY_RELU, {"alpha": -3.0}),
+    (OpKind.HARD_SWISH, {}), (OpKind.LEAKY_RELU, {"alpha": 0.2}),
+    (OpKind.LEAKY_RELU, {"alpha": -3.0}),
     (OpKind.ELU, {"alpha": 1.0}), (OpKind.ELU, {"alpha": 2.5}), (OpKind.SELU, {}),
     (OpKind.CELU, {"alpha": 0.5}), (OpKind.HARD_SIGMOID, {"alpha": 0.2, "beta": 0.5}),
     (OpKind.SOFTPLUS, {}), (OpKind.GELU, {}), (OpKind.GELU, {"approximate": "tanh"}),

@@ -144,7 +144,8 @@ def test_exit_3_no_finite_bound_wins_over_failures(work):
     assert result.exit_code == 3, result.output
     assert "FAIL  finite-bound" in result.stdout and "act" in result.stdout
     suite = ET.parse(junit).getroot().find("testsuite")
-    names = {case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None}
+    names = {case.get("name") for case in suite.iter("testcase")
+             if case.find("failure") is not None}
     assert names == {"finite-bound", "max-lipschitz"}
 
 

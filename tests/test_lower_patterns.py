@@ -41,6 +41,10 @@ def pattern_at(chain, x: np.ndarray) -> list[np.ndarray]:
     return signs
 
 
+def same_signs(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 @pytest.mark.parametrize("dims,act", [([2, 6, 5, 2], "relu"), ([3, 5, 4, 3], "leaky_relu"),
                                       ([2, 8, 1], "relu"), ([4, 3, 4, 3, 2], "relu")])
 def test_pattern_values_below_the_exact_constant(dims, act) -> None:
@@ -122,7 +126,7 @@ def test_regions_are_what_they_claim() -> None:
         for _ in range(20):
             d = rng.standard_normal(chain.n_in)
             point = region.point + 0.999 * region.radius * d / np.linalg.norm(d)
-            assert all(np.array_equal(a, b) for a, b in zip(pattern_at(chain, point), region.signs, strict=True))
+            assert same_signs(pattern_at(chain, point), region.signs)
         jac = patterns.pre_activations(chain, region.signs)[1]
         assert region.norm == pytest.approx(np.linalg.norm(jac, 2), rel=1e-12)
 
@@ -136,10 +140,10 @@ def test_unreachable_target_moves_to_a_reachable_region() -> None:
     target = [np.where(np.arange(12) % 2 == 0, 1.0, -1.0)]
     region = patterns.realise(chain, target, None, budget)
     assert region is not None
-    assert all(np.array_equal(a, b) for a, b in zip(pattern_at(chain, region.point), region.signs, strict=True))
+    assert same_signs(pattern_at(chain, region.point), region.signs)
     walked = patterns.walk(chain, region, None, budget)
     assert walked.norm >= region.norm
-    assert all(np.array_equal(a, b) for a, b in zip(pattern_at(chain, walked.point), walked.signs, strict=True))
+    assert same_signs(pattern_at(chain, walked.point), walked.signs)
 
 
 def test_flip_gains_match_direct_norms() -> None:
@@ -151,7 +155,8 @@ def test_flip_gains_match_direct_norms() -> None:
         for unit in range(width):
             flipped = [s.copy() for s in signs]
             flipped[layer][unit] *= -1
-            assert gains[layer][unit] == pytest.approx(patterns.jacobian_norm(chain, flipped), rel=1e-9)
+            want = patterns.jacobian_norm(chain, flipped)
+            assert gains[layer][unit] == pytest.approx(want, rel=1e-9)
 
 
 def test_not_applicable_to_smooth_or_large_nets() -> None:
@@ -185,7 +190,7 @@ def test_free_first_layer_realises_its_target_without_lps(monkeypatch) -> None:
     for _ in range(20):
         d = rng.standard_normal(chain.n_in)
         point = region.point + 0.999 * region.radius * d / np.linalg.norm(d)
-        assert all(np.array_equal(a, b) for a, b in zip(pattern_at(chain, point), region.signs, strict=True))
+        assert same_signs(pattern_at(chain, point), region.signs)
     monkeypatch.setattr(patterns, "MAX_LP_ENTRIES", 0)   # force the LP-free path
     exact = exact_lipschitz(graph, max_lps=50_000, max_seconds=120)
     assert exact.complete and 0 < max(certified_values(graph)) <= exact.value * (1 + 1e-9)

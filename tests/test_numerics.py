@@ -47,7 +47,8 @@ def _max_jacobian_norm(w1: np.ndarray, w2: np.ndarray, points: int = 200) -> flo
 
 
 def _report(path, **settings) -> dict:
-    return json.loads(api.estimate(str(path), settings=Settings(**settings), options=FAST).to_json())
+    report = api.estimate(str(path), settings=Settings(**settings), options=FAST)
+    return json.loads(report.to_json())
 
 
 @pytest.mark.parametrize("scale", [1e30, 1e-40, 1e-20])

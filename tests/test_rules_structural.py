@@ -24,7 +24,8 @@ def make(op: OpKind, shapes: list[tuple[int, ...]], attrs: dict | None = None,
     names = [f"x{i}" for i in range(len(shapes))]
     consts = consts or {}
     node = Node("n", op, names + list(consts), ["y"], attrs or {})
-    graph = Graph([ValueInfo(n, s) for n, s in zip(names, shapes, strict=True)], ["y"], [node], dict(consts))
+    inputs = [ValueInfo(n, s) for n, s in zip(names, shapes, strict=True)]
+    graph = Graph(inputs, ["y"], [node], dict(consts))
     infer_shapes(graph)
     return graph
 
