@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # one BLAS thread, before numpy / scipy load
+    os.environ.setdefault(_var, "1")  # one BLAS thread, before numpy / scipy load (E402 below)
 
 import argparse  # noqa: E402
 import math  # noqa: E402
@@ -31,12 +31,12 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from lipcheck.graph import Graph, Node, OpKind, ValueInfo
-from lipcheck.interpreter import infer_shapes
-from lipcheck.rules import BoundContext, get_rule
-from lipcheck.settings import Settings
-from lipcheck.spectral.scratch import Scratch
-from lipcheck.spectral.operator import apply_with_adjoint, dense_jacobian, node_operator, power_norm
+from lipcheck.graph import Graph, Node, OpKind, ValueInfo  # noqa: E402
+from lipcheck.interpreter import infer_shapes  # noqa: E402
+from lipcheck.rules import BoundContext, get_rule  # noqa: E402
+from lipcheck.settings import Settings  # noqa: E402
+from lipcheck.spectral.operator import apply_with_adjoint, dense_jacobian, node_operator, power_norm  # noqa: E402
+from lipcheck.spectral.scratch import Scratch  # noqa: E402
 
 Layer = tuple[str, int, int, int, int, int, int]  # name, c_in, c_out, k, stride, pad, input size
 
@@ -45,7 +45,7 @@ def resnet_layers(size: int, blocks: list[int], bottleneck: bool) -> list[Layer]
     layers: list[Layer] = [("stem", 3, 64, 7, 2, 3, size)]
     n, c_in = (size + 1) // 2, 64
     n = (n - 1) // 2 + 1  # max pool 3x3 s2 p1
-    for stage, (count, width) in enumerate(zip(blocks, [64, 128, 256, 512])):
+    for stage, (count, width) in enumerate(zip(blocks, [64, 128, 256, 512], strict=True)):
         for b in range(count):
             stride = 2 if stage > 0 and b == 0 else 1
             c_out = width * 4 if bottleneck else width
@@ -55,13 +55,16 @@ def resnet_layers(size: int, blocks: list[int], bottleneck: bool) -> list[Layer]
     return layers
 
 
-def _block(name: str, c_in: int, width: int, c_out: int, stride: int, n: int, bottleneck: bool) -> list[Layer]:
+def _block(name: str, c_in: int, width: int, c_out: int, stride: int, n: int,
+           bottleneck: bool) -> list[Layer]:
     m = (n - 1) // stride + 1
     if bottleneck:
-        out = [(f"{name}.conv1", c_in, width, 1, 1, 0, n), (f"{name}.conv2", width, width, 3, stride, 1, n),
+        out = [(f"{name}.conv1", c_in, width, 1, 1, 0, n),
+               (f"{name}.conv2", width, width, 3, stride, 1, n),
                (f"{name}.conv3", width, c_out, 1, 1, 0, m)]
     else:
-        out = [(f"{name}.conv1", c_in, width, 3, stride, 1, n), (f"{name}.conv2", width, width, 3, 1, 1, m)]
+        out = [(f"{name}.conv1", c_in, width, 3, stride, 1, n),
+               (f"{name}.conv2", width, width, 3, 1, 1, m)]
     if stride != 1 or c_in != c_out:
         out.append((f"{name}.down", c_in, c_out, 1, stride, 0, n))
     return out
@@ -146,7 +149,8 @@ def run_network(name: str, layers: list[Layer], with_truth: bool, with_power: bo
     gen = torch.Generator().manual_seed(0)
     settings = Settings(layer_budget=LAYER_BUDGET)
     ratios, cert_time, power_time = [], 0.0, 0.0
-    warm = layer_graph(("warm-up", 4, 4, 3, 2, 1, 16), gen)  # one-time library set-up, charged to neither side
+    # one-time library set-up, charged to neither side
+    warm = layer_graph(("warm-up", 4, 4, 3, 2, 1, 16), gen)
     certified(warm, settings), power100(warm)
     scratch = Scratch()
     print(f"\n== {name}: {len(layers)} conv layers")
@@ -154,8 +158,9 @@ def run_network(name: str, layers: list[Layer], with_truth: bool, with_power: bo
         graph = layer_graph(layer, gen)
         value, estimate, method, seconds = certified(graph, settings, scratch)
         cert_time += seconds
-        line = f"{layer[0]:>12} {layer[1]:>4}->{layer[2]:<4} k{layer[3]} s{layer[4]} @{layer[6]:<4} " \
-               f"{method:>10} {value:9.4f} est {estimate or float('nan'):9.4f} {seconds:6.2f}s"
+        line = f"{layer[0]:>12} {layer[1]:>4}->{layer[2]:<4} k{layer[3]} s{layer[4]} " \
+               f"@{layer[6]:<4} {method:>10} {value:9.4f} " \
+               f"est {estimate or float('nan'):9.4f} {seconds:6.2f}s"
         if with_power:
             seconds_power = power100(graph)
             power_time += seconds_power
@@ -166,11 +171,13 @@ def run_network(name: str, layers: list[Layer], with_truth: bool, with_power: bo
             line += f"  true {true:9.4f}  ratio {value / true:.4f}"
         print(line, flush=True)
     if ratios:
-        print(f"{name}: certified/true max {max(ratios):.4f} median {statistics.median(ratios):.4f}")
+        print(f"{name}: certified/true max {max(ratios):.4f} "
+              f"median {statistics.median(ratios):.4f}")
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"{name}: certified (with estimate) {cert_time:.2f}s"
-          + (f", 100-iteration power iteration {power_time:.2f}s, speed-up {power_time / cert_time:.2f}x"
-             if with_power else "") + f" [load average {load}]")
+          + (f", 100-iteration power iteration {power_time:.2f}s, "
+             f"speed-up {power_time / cert_time:.2f}x" if with_power else "")
+          + f" [load average {load}]")
 
 
 def peak_rss_mb() -> float:

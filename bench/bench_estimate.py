@@ -17,8 +17,8 @@ def cnn() -> nn.Module:
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
     layers = block(3, 32) + block(32, 64) + [nn.MaxPool2d(2)] + block(64, 128) + \
-        [nn.MaxPool2d(2)] + block(128, 128) + [nn.MaxPool2d(2)] + block(128, 256) + block(256, 256) + \
-        [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10)]
+        [nn.MaxPool2d(2)] + block(128, 128) + [nn.MaxPool2d(2)] + block(128, 256) + \
+        block(256, 256) + [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10)]
     torch.manual_seed(0)
     model = nn.Sequential(*layers).eval()
     for m in model.modules():

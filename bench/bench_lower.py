@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipcheck.estimators.upper.autolip import autolip, bound_nodes
-from lipcheck.estimators.lower.rounds import DEFAULT_ROUNDS, lower_bound
 from lipcheck.estimators.exact.pwl_chain import mlp_graph
+from lipcheck.estimators.lower.rounds import DEFAULT_ROUNDS, lower_bound
+from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.settings import Settings
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -51,7 +51,8 @@ def certified_uppers(graph, methods: list[str]) -> dict[str, float]:
 
 
 def random_nets(count: int) -> None:
-    print("| n_in | hidden | exact | lower | lower/exact-1 | seqlip-exact/exact-1 | autolip/exact |")
+    print("| n_in | hidden | exact | lower | lower/exact-1 | seqlip-exact/exact-1 "
+          "| autolip/exact |")
     print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for i in range(count):
@@ -65,7 +66,8 @@ def random_nets(count: int) -> None:
         ups = certified_uppers(graph, ["seqlip-exact"])
         ref = exact if exact is not None else ups.get("seqlip-exact", float("nan"))
         seq = ups.get("seqlip-exact", float("nan"))
-        print(f"| {n_in} | {h} | {ref:.9g}{'' if exact else ' (seqlip-exact, an upper bound here)'} | {low:.9g} | "
+        note = "" if exact else " (seqlip-exact, an upper bound here)"
+        print(f"| {n_in} | {h} | {ref:.9g}{note} | {low:.9g} | "
               f"{low / ref - 1:.1e} | {seq / ref - 1:.1e} | {ups['autolip'] / ref:.3f} |")
         assert low <= ref * (1 + 1e-9), "certified lower bound above the exact constant"
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 def lipsdp_graph(path: Path):
     import scipy.io
+
     from lipcheck.estimators.exact.pwl_chain import mlp_graph
     weights = [np.asarray(w, dtype=np.float64) for w in scipy.io.loadmat(path)["weights"].ravel()]
     return mlp_graph(weights, [np.zeros(w.shape[0]) for w in weights])
@@ -61,7 +62,8 @@ def run(model, lower_budget: float, patterns: bool) -> dict:
     return {"lower": low.value, "upper": up.value, "upper_method": up.method,
             "gap": up.value / low.value if low.value > 0 else float("inf"),
             "method": low.method, "lower_s": report.timings.get("lower_bound", float("nan")),
-            "total_s": total, "violation": any(w.code == "bound_violation" for w in report.warnings)}
+            "total_s": total,
+            "violation": any(w.code == "bound_violation" for w in report.warnings)}
 
 
 def main() -> None:
@@ -73,15 +75,17 @@ def main() -> None:
     parser.add_argument("--both", action="store_true", help="without, then with the pattern phase")
     args = parser.parse_args()
     modes = [False, True] if args.both else [not args.no_patterns]
-    print("| net | patterns | lower | upper (method) | gap | lower method | lower s | total s | load |")
+    print("| net | patterns | lower | upper (method) | gap | lower method | lower s | total s "
+          "| load |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, model in nets(args.lipsdp, args.nets.split(",") if args.nets else None):
         for patterns in modes:
             r = run(model, args.lower_budget, patterns)
             load = " ".join(f"{v:.2f}" for v in os.getloadavg())
             print(f"| {name} | {'on' if patterns else 'off'} | {r['lower']:.9g} | {r['upper']:.9g} "
-                  f"({r['upper_method']}) | {r['gap']:.5f}{' VIOLATION' if r['violation'] else ''} | {r['method']} | {r['lower_s']:.1f} | "
-                  f"{r['total_s']:.1f} | {load} |", flush=True)
+                  f"({r['upper_method']}) | {r['gap']:.5f}"
+                  f"{' VIOLATION' if r['violation'] else ''} | {r['method']} | "
+                  f"{r['lower_s']:.1f} | {r['total_s']:.1f} | {load} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-
 from lipcheck.api import EstimateOptions, estimate
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 
 MODELS = ("cnn", "cnn3", "digits_cnn", "digits_resnet")
 
@@ -46,14 +46,18 @@ def cnn3_graph(seed: int = 1) -> Graph:
     fc = torch.nn.Linear(32 * 7 * 7, 10)
     consts = {f"w{i}": c.weight.detach() for i, c in enumerate((c1, c2, c3))}
     consts.update({f"b{i}": c.bias.detach() for i, c in enumerate((c1, c2, c3))})
-    consts.update({"bns": torch.rand(32) + 0.5, "bnb": torch.randn(32), "bnm": torch.randn(32) * 0.1,
-                   "bnv": torch.rand(32) + 0.5, "wf": fc.weight.detach(), "bf": fc.bias.detach()})
+    consts.update({"bns": torch.rand(32) + 0.5, "bnb": torch.randn(32),
+                   "bnm": torch.randn(32) * 0.1, "bnv": torch.rand(32) + 0.5,
+                   "wf": fc.weight.detach(), "bf": fc.bias.detach()})
     nodes = [Node("conv0", OpKind.CONV, ["x", "w0", "b0"], ["c0"], {"pads": [1, 1, 1, 1]}),
              Node("relu0", OpKind.RELU, ["c0"], ["r0"]),
-             Node("conv1", OpKind.CONV, ["r0", "w1", "b1"], ["c1"], {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
-             Node("bn1", OpKind.BATCH_NORM, ["c1", "bns", "bnb", "bnm", "bnv"], ["n1"], {"epsilon": 1e-5}),
+             Node("conv1", OpKind.CONV, ["r0", "w1", "b1"], ["c1"],
+                  {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+             Node("bn1", OpKind.BATCH_NORM, ["c1", "bns", "bnb", "bnm", "bnv"], ["n1"],
+                  {"epsilon": 1e-5}),
              Node("relu1", OpKind.RELU, ["n1"], ["r1"]),
-             Node("conv2", OpKind.CONV, ["r1", "w2", "b2"], ["c2"], {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+             Node("conv2", OpKind.CONV, ["r1", "w2", "b2"], ["c2"],
+                  {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
              Node("relu2", OpKind.RELU, ["c2"], ["r2"]),
              Node("flat", OpKind.FLATTEN, ["r2"], ["f"], {"axis": 1}),
              Node("fc", OpKind.GEMM, ["f", "wf", "bf"], ["y"], {"transB": 1})]
@@ -75,7 +79,8 @@ def one(name: str, heuristic: bool) -> dict:
     torch.set_num_threads(1)
     row: dict = {"model": name}
     start = time.monotonic()
-    report = estimate(model_of(name), settings=Settings(), options=EstimateOptions(methods=("auto",)))
+    report = estimate(model_of(name), settings=Settings(),
+                      options=EstimateOptions(methods=("auto",)))
     row["auto_seconds"] = time.monotonic() - start
     upper = [b for b in report.bounds if b.kind == "upper"]
     for b in report.bounds:
@@ -87,7 +92,8 @@ def one(name: str, heuristic: bool) -> dict:
     lower = report.lower_bound
     row["lower"] = getattr(lower, "value", None) if lower is not None else None
     start = time.monotonic()
-    alone = estimate(model_of(name), settings=Settings(), options=EstimateOptions(methods=("sdp-conv",), lower_budget=0))
+    alone = estimate(model_of(name), settings=Settings(),
+                     options=EstimateOptions(methods=("sdp-conv",), lower_budget=0))
     row["sdp_conv_alone_seconds"] = time.monotonic() - start
     conv = [b for b in alone.bounds if b.method == "sdp-conv"]
     row["sdp_conv_seconds"] = conv[0].seconds if conv else None
@@ -96,10 +102,15 @@ def one(name: str, heuristic: bool) -> dict:
         settings = Settings()
         rep = estimate(model_of(name), settings=settings,
                        options=EstimateOptions(methods=("seqlip-lowrank",), lower_budget=0))
-        row["seqlip_lowrank"] = next((b.value for b in rep.bounds if b.method == "seqlip-lowrank"), None)
+        row["seqlip_lowrank"] = next(
+            (b.value for b in rep.bounds if b.method == "seqlip-lowrank"), None)
     row["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row["loadavg"] = os.getloadavg()
     return row
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isinf(v)) else f"{v:.4g}"
 
 
 def main() -> None:
@@ -113,7 +124,8 @@ def main() -> None:
         return
     rows = []
     for name in MODELS:
-        cmd = [sys.executable, __file__, "--one", name] + (["--heuristic"] if args.heuristic else [])
+        cmd = [sys.executable, __file__, "--one", name]
+        cmd += ["--heuristic"] if args.heuristic else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
         row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -125,10 +137,9 @@ def main() -> None:
           "low-rank SeqLip (heuristic) | sdp-conv time | auto time | peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isinf(v)) else f"{v:.4g}"
-        print(f"| {r['model']} | {fmt(r.get('autolip'))} | {fmt(r.get('sdp-conv'))} | "
-              f"{fmt(r['best_upper'])} ({r['best_method']}) | {fmt(r['lower'])} | "
-              f"{fmt(r.get('seqlip_lowrank'))} | {fmt(r['sdp_conv_seconds'])} s | "
+        print(f"| {r['model']} | {_fmt(r.get('autolip'))} | {_fmt(r.get('sdp-conv'))} | "
+              f"{_fmt(r['best_upper'])} ({r['best_method']}) | {_fmt(r['lower'])} | "
+              f"{_fmt(r.get('seqlip_lowrank'))} | {_fmt(r['sdp_conv_seconds'])} s | "
               f"{r['auto_seconds']:.1f} s | {r['max_rss_mb']:.0f} MB |")
 
 

@@ -26,17 +26,23 @@ import json
 import math
 import os
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import scipy.linalg
 import torch
 
+from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max
 from lipcheck.estimators.upper.autolip import bound_nodes
 from lipcheck.estimators.upper.chains import find_chains
-from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
-from lipcheck.estimators.upper.seqlip import dense_factor, greedy_chain, lowrank_factors, pair_matrices
+from lipcheck.estimators.upper.seqlip import (
+    dense_factor,
+    greedy_chain,
+    lowrank_factors,
+    pair_matrices,
+)
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.settings import Settings
@@ -44,7 +50,7 @@ from lipcheck.settings import Settings
 
 def mlp_graph(widths: list[int], seed: int = 0) -> Graph:
     torch.manual_seed(seed)
-    layers = [torch.nn.Linear(a, b) for a, b in zip(widths, widths[1:])]
+    layers = [torch.nn.Linear(a, b) for a, b in pairwise(widths)]
     nodes, consts, x = [], {}, "x"
     for i, layer in enumerate(layers):
         consts[f"w{i}"], consts[f"b{i}"] = layer.weight.detach(), layer.bias.detach()
@@ -63,11 +69,14 @@ def cnn_graph(seed: int = 0) -> Graph:
     c1, c2 = torch.nn.Conv2d(1, 16, 3), torch.nn.Conv2d(16, 32, 3, stride=2)
     fc = torch.nn.Linear(32 * 12 * 12, 10)
     consts = {"w1": c1.weight.detach(), "b1": c1.bias.detach(), "w2": c2.weight.detach(),
-              "b2": c2.bias.detach(), "w3": fc.weight.detach().reshape(10, 32, 12, 12), "b3": fc.bias.detach()}
+              "b2": c2.bias.detach(), "w3": fc.weight.detach().reshape(10, 32, 12, 12),
+              "b3": fc.bias.detach()}
     # the linear layer on the flattened map, as a 12x12 "conv" (no Flatten rule needed)
-    nodes = [Node("conv1", OpKind.CONV, ["x", "w1", "b1"], ["c1"]), Node("relu1", OpKind.RELU, ["c1"], ["r1"]),
+    nodes = [Node("conv1", OpKind.CONV, ["x", "w1", "b1"], ["c1"]),
+             Node("relu1", OpKind.RELU, ["c1"], ["r1"]),
              Node("conv2", OpKind.CONV, ["r1", "w2", "b2"], ["c2"], {"strides": [2, 2]}),
-             Node("relu2", OpKind.RELU, ["c2"], ["r2"]), Node("fc", OpKind.CONV, ["r2", "w3", "b3"], ["y"])]
+             Node("relu2", OpKind.RELU, ["c2"], ["r2"]),
+             Node("fc", OpKind.CONV, ["r2", "w3", "b3"], ["y"])]
     g = Graph([ValueInfo("x", (1, 1, 28, 28))], ["y"], nodes, consts)
     infer_shapes(g)
     return g
@@ -103,7 +112,8 @@ def _greedy(widths: list[int]) -> tuple[list, float, float, str]:
 
 def bench_greedy(reference: bool) -> dict:
     _, value, seconds, detail = _greedy([784, 500, 500, 10])
-    out = {"net": "784-500-500-10", "greedy_value": value, "greedy_seconds": seconds, "detail": detail}
+    out = {"net": "784-500-500-10", "greedy_value": value, "greedy_seconds": seconds,
+           "detail": detail}
     if reference:
         out["reference_note"] = ("the plain rule on 784-500-500-10 would take > 1 hour: "
                                  "agreement measured on smaller nets of the same family")
@@ -179,12 +189,14 @@ def bench_default() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", action="store_true", help="also run the plain greedy (minutes; lowrank: pair 2 only)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the plain greedy (minutes; lowrank: pair 2 only)")
     parser.add_argument("--direct-sdp", action="store_true", help="also solve the unreduced SDP")
     parser.add_argument("--only", choices=["greedy", "lowrank", "sdp", "default"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    runs = {"greedy": lambda: bench_greedy(args.reference), "lowrank": lambda: bench_lowrank(args.reference),
+    runs = {"greedy": lambda: bench_greedy(args.reference),
+            "lowrank": lambda: bench_lowrank(args.reference),
             "sdp": lambda: bench_sdp(args.direct_sdp), "default": bench_default}
     for name, run in runs.items():
         if args.only in (None, name):

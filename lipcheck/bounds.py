@@ -11,9 +11,9 @@ from enum import Enum
 
 import torch
 
-from lipcheck.spectral.scratch import Scratch
 from lipcheck.graph import Graph, Node
 from lipcheck.settings import Settings
+from lipcheck.spectral.scratch import Scratch
 
 
 class Merge(str, Enum):

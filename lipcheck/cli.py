@@ -9,7 +9,6 @@ import math
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -38,34 +37,36 @@ class Format(str, Enum):
 @app.command()
 def estimate(
     model: Path = typer.Argument(..., help="ONNX, .pt2, TorchScript, or a state_dict with --arch"),
-    input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224 (';' between inputs)"),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),
+    input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224 (';' between inputs)"),
+    json_path: Path | None = typer.Option(None, "--json", help="write the JSON report here"),
     format: Format = typer.Option(Format.table, "--format", help="what to print on stdout"),
     method: str = typer.Option("auto", help="global methods: auto, autolip, seqlip-exact, "
-                               "seqlip-greedy, seqlip-lowrank, sdp, eclipse, eclipse-fast, sdp-conv, all"),
+                               "seqlip-greedy, seqlip-lowrank, sdp, eclipse, eclipse-fast, "
+                               "sdp-conv, all"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
     time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
     layer_budget: float = typer.Option(5.0, help="seconds a layer's certified norm may take "
                                        "before auto picks a cheaper, looser certificate"),
-    lower_budget: float = typer.Option(10.0, help="seconds: cap on the lower-bound search (0: off)"),
-    lower_rounds: Optional[int] = typer.Option(
+    lower_budget: float = typer.Option(
+        10.0, help="seconds: cap on the lower-bound search (0: off)"),
+    lower_rounds: int | None = typer.Option(
         None, help="lower-bound ascent rounds (default: reproducible count; 0: fill the budget)"),
-    input_range: Optional[str] = typer.Option(None, help="a box LO,HI: restricts the lower-bound "
+    input_range: str | None = typer.Option(None, help="a box LO,HI: restricts the lower-bound "
                                               "search and adds the local constant on it"),
-    around: Optional[Path] = typer.Option(None, help=".npz of points (array x): adds the local "
+    around: Path | None = typer.Option(None, help=".npz of points (array x): adds the local "
                                           "constant on the ball of radius --eps around each"),
-    eps: Optional[float] = typer.Option(None, help="radius of the --around balls"),
+    eps: float | None = typer.Option(None, help="radius of the --around balls"),
     norm: str = typer.Option("2", help="norm of the --around balls: 2 or inf"),
-    save_witness: Optional[Path] = typer.Option(None, help="store the lower bound's input (npz)"),
+    save_witness: Path | None = typer.Option(None, help="store the lower bound's input (npz)"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     max_iter: int = typer.Option(500, help="power-iteration cap"),
     tol: float = typer.Option(1e-6, help="power-iteration relative tolerance"),
     dtype: str = typer.Option("float32", help="precision of estimates: float32|float64 "
                               "(certified bounds always use float64)"),
-    timeout: Optional[float] = typer.Option(None, help="stop the run after this many seconds "
+    timeout: float | None = typer.Option(None, help="stop the run after this many seconds "
                                             "(exit code 2)"),
-    arch: Optional[str] = typer.Option(None, help="package.module:factory or "
+    arch: str | None = typer.Option(None, help="package.module:factory or "
                                        "path/to/file.py:factory for a state_dict"),
     unsafe_pickle: bool = typer.Option(False, help="allow loading a pickled module (runs code)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar, no table"),
@@ -113,7 +114,7 @@ def run_estimate(model, shapes, settings, options, show_progress: bool):
                             on_phase=clock.enter)
 
 
-def emit(report, format: Format, json_path: Optional[Path], quiet: bool) -> None:
+def emit(report, format: Format, json_path: Path | None, quiet: bool) -> None:
     from lipcheck import render
     if json_path is not None:
         write_text(json_path, report.to_json() + "\n")

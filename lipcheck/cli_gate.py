@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -29,36 +28,37 @@ from lipcheck.errors import EXIT_OK, EXIT_THRESHOLD
 @app.command()
 def check(
     model: Path = typer.Argument(..., help="ONNX, .pt2, TorchScript, or a state_dict with --arch"),
-    max_lipschitz: Optional[float] = typer.Option(None, help="limit on the global bound"),
-    max_layer: Optional[float] = typer.Option(None, help="limit on every node's bound"),
-    baseline: Optional[Path] = typer.Option(None, help="JSON report of an earlier model"),
-    max_increase: Optional[str] = typer.Option(None, help="allowed growth over the baseline: "
+    max_lipschitz: float | None = typer.Option(None, help="limit on the global bound"),
+    max_layer: float | None = typer.Option(None, help="limit on every node's bound"),
+    baseline: Path | None = typer.Option(None, help="JSON report of an earlier model"),
+    max_increase: str | None = typer.Option(None, help="allowed growth over the baseline: "
                                                "10% or 0.1 (global and per layer)"),
-    require_certified: Optional[bool] = typer.Option(
+    require_certified: bool | None = typer.Option(
         None, "--require-certified/--no-require-certified",
         help="fail when no finite certified upper bound could be computed"),
-    data: Optional[Path] = typer.Option(None, help=".npz with arrays x (samples) and y (labels)"),
-    eps: Optional[float] = typer.Option(None, help="L2 radius for the certified accuracy"),
-    min_certified_accuracy: Optional[str] = typer.Option(
+    data: Path | None = typer.Option(None, help=".npz with arrays x (samples) and y (labels)"),
+    eps: float | None = typer.Option(None, help="L2 radius for the certified accuracy"),
+    min_certified_accuracy: str | None = typer.Option(
         None, help="fraction or percentage of samples certified at --eps"),
-    config: Optional[Path] = typer.Option(None, help="TOML file with the thresholds (default: "
+    config: Path | None = typer.Option(None, help="TOML file with the thresholds (default: "
                                           "./lipcheck.toml, else [tool.lipcheck] in "
                                           "./pyproject.toml)"),
     no_config: bool = typer.Option(False, "--no-config", help="read no config file"),
-    junit: Optional[Path] = typer.Option(None, help="write JUnit XML here (one case per check)"),
-    markdown: Optional[Path] = typer.Option(None, help="write a pull-request summary here"),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),
-    input_shape: Optional[str] = typer.Option(None, help="e.g. 1,3,224,224 (';' between inputs)"),
+    junit: Path | None = typer.Option(None, help="write JUnit XML here (one case per check)"),
+    markdown: Path | None = typer.Option(None, help="write a pull-request summary here"),
+    json_path: Path | None = typer.Option(None, "--json", help="write the JSON report here"),
+    input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224 (';' between inputs)"),
     method: str = typer.Option("auto", help="global methods, as in estimate"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
     time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
-    lower_budget: float = typer.Option(10.0, help="seconds: cap on the lower-bound search (0: off)"),
-    lower_rounds: Optional[int] = typer.Option(
+    lower_budget: float = typer.Option(
+        10.0, help="seconds: cap on the lower-bound search (0: off)"),
+    lower_rounds: int | None = typer.Option(
         None, help="lower-bound ascent rounds (default: reproducible count; 0: fill the budget)"),
-    input_range: Optional[str] = typer.Option(None, help="restrict the lower-bound search, LO,HI"),
+    input_range: str | None = typer.Option(None, help="restrict the lower-bound search, LO,HI"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
-    arch: Optional[str] = typer.Option(None, help="package.module:factory or "
+    arch: str | None = typer.Option(None, help="package.module:factory or "
                                        "path/to/file.py:factory for a state_dict"),
     unsafe_pickle: bool = typer.Option(False, help="allow loading a pickled module (runs code)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print only failed checks"),
@@ -87,7 +87,7 @@ def check(
     guarded(debug, body)
 
 
-def check_paths(model: Path, arch: Optional[str], inputs, outputs) -> None:
+def check_paths(model: Path, arch: str | None, inputs, outputs) -> None:
     """Every path option, before the heavy imports: a typo costs no waiting."""
     check_model_file(model)
     check_arch(arch, model)
@@ -97,8 +97,8 @@ def check_paths(model: Path, arch: Optional[str], inputs, outputs) -> None:
         check_output_path(path, option)
 
 
-def write_outputs(verdict, junit: Optional[Path], markdown: Optional[Path],
-                  json_path: Optional[Path]) -> None:
+def write_outputs(verdict, junit: Path | None, markdown: Path | None,
+                  json_path: Path | None) -> None:
     import json
 
     from lipcheck.gate.outputs import junit_xml, markdown_summary
@@ -123,7 +123,7 @@ def print_verdict(verdict, quiet: bool) -> None:
 def compare(
     old: Path = typer.Argument(..., help="JSON report of the earlier model"),
     new: Path = typer.Argument(..., help="JSON report of the new model"),
-    max_increase: Optional[str] = typer.Option(None, help="exit 1 when the global bound or a "
+    max_increase: str | None = typer.Option(None, help="exit 1 when the global bound or a "
                                                "layer grew by more (10% or 0.1)"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:

@@ -13,8 +13,8 @@ Attribute conventions (the contract between loaders and rules):
   and Reduce* `axes`; Slice `starts`, `ends`, `axes`, `steps`; Pad `pads`, `mode`,
   `value` (the constant); Clip `min`, `max` (absent = unbounded); Split `axis`,
   `split` (sizes); Reshape `shape` (the concrete output shape, no 0 or -1);
-  Expand `shape`; Tile `repeats`; Resize `mode`, `sizes` (concrete output sizes), `scales` (optional: ONNX
-  uses the scale, not out/in, in its coordinate formula),
+  Expand `shape`; Tile `repeats`; Resize `mode`, `sizes` (concrete output sizes),
+  `scales` (optional: ONNX uses the scale, not out/in, in its coordinate formula),
   `coordinate_transformation_mode`, `nearest_mode`. Weights (Conv W/B, Gemm B/C,
   BatchNormalization's four tensors, PRelu slope, Gather indices, constant operands
   of Add/Mul/...) stay inputs that name constants.

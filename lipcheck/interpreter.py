@@ -1,7 +1,7 @@
 """Runs a Graph with the rules' torch implementations."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -33,7 +33,7 @@ def run_graph(graph: Graph, feeds: Mapping[str, torch.Tensor], dtype: torch.dtyp
     with torch.set_grad_enabled(grad):
         for node in graph.nodes:
             outputs = run_node(node, [env[v] if v else None for v in node.inputs])
-            env.update(zip(node.outputs, outputs))
+            env.update(zip(node.outputs, outputs, strict=False))
     if keep:
         return env
     return {name: env[name] for name in graph.outputs}

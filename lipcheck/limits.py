@@ -11,9 +11,9 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from lipcheck.errors import LipcheckError, ModelLoadError, UserError
 
@@ -78,7 +78,8 @@ def _alarm_usable() -> bool:
 
 
 @contextmanager
-def time_limit(seconds: float | None, what: Callable[[], str] = lambda: "running") -> Iterator[Deadline]:
+def time_limit(seconds: float | None, what: Callable[[], str] = lambda: "running"
+               ) -> Iterator[Deadline]:
     """Raise RunTimeout in the body once `seconds` have passed.
 
     On the main thread of a POSIX process a SIGALRM timer interrupts the body at the

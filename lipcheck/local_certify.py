@@ -6,9 +6,10 @@ of f_c - f_j *on that ball*. K_cj comes from bound propagation (lipcheck.propaga
 CROWN ranges of every unit on the ball, then the sup over the ball of ||(e_c - e_j) J||:
 the smaller of exact enumeration of the slope vertices (when the unstable units are few)
 and the interval hull of the Jacobians. (Masked AutoLip per row, `graph_masked`, certified
-no more samples on the digits models and costs an SVD per sample and layer: not used.) Every number is certified (float64, widened against
-rounding); models the propagation does not handle are reported as skipped, with the
-reason, and the gate keeps the global rule.
+no more samples on the digits models and costs an SVD per sample and layer: not used.)
+Every number is certified (float64, widened against rounding); models the propagation
+does not handle are reported as skipped, with the reason, and the gate keeps the global
+rule.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class LocalRobustness:
     def to_dict(self) -> dict[str, Any]:
         if self.skipped is not None:
             return {"eps": self.eps, "skipped": self.skipped, "certified_accuracy": None}
+        assert self.lipschitz is not None and self.radii is not None, "set unless skipped"
         return {"eps": self.eps, "norm": "2", "method": METHOD,
                 "certified_accuracy": self.certified_accuracy,
                 "median_lipschitz": float(np.median(self.lipschitz)),

@@ -55,7 +55,9 @@ def load_centres(path: Path, n_in: int) -> torch.Tensor:
 
 def input_set(spec: LocalSet, n_in: int) -> InputSet:
     if spec.around is not None:
+        assert spec.eps is not None, "LocalSet.validated(): --around needs --eps"
         return InputSet.ball(load_centres(spec.around, n_in), spec.eps, spec.norm)
+    assert spec.input_range is not None, "a LocalSet is a box or balls"
     lo, hi = spec.input_range
     return InputSet.box(torch.full((1, n_in), float(lo)), torch.full((1, n_in), float(hi)))
 
@@ -68,7 +70,8 @@ def sampled_lower(program: Program, s: InputSet, points: int, seed: int) -> torc
     if s.kind == "l2":
         d = d / torch.linalg.vector_norm(d, dim=2, keepdim=True).clamp(min=1e-300)
         d = d * torch.rand(b, points, 1, generator=gen, dtype=torch.float64) ** (1 / n)
-    scale = s.radius[:, None, :] if s.kind == "box" else s.radius
+    # a box's radius is its half-widths (B, n), a ball's one float
+    scale = s.radius[:, None, :] if isinstance(s.radius, torch.Tensor) else s.radius
     x = (s.center[:, None, :] + 0.999 * d * scale).reshape(-1, n)
     jac = torch.func.vmap(torch.func.jacrev(lambda v: program.run(v[None])[0]))(x)
     return torch.linalg.matrix_norm(jac, ord=2).reshape(b, points).amax(dim=1)
@@ -91,7 +94,8 @@ def local_section(graph: Graph, spec: LocalSet, global_upper: float | None,
     methods = [names[int(i)] for i in which]
     values = best.tolist()
     if global_upper is not None and math.isfinite(global_upper):
-        methods = ["global" if global_upper < v else m for v, m in zip(values, methods)]
+        methods = ["global" if global_upper < v else m
+                   for v, m in zip(values, methods, strict=True)]
         values = [min(v, global_upper) for v in values]
     lower = sampled_lower(program, s, points, seed).tolist()
     return {"set": _describe(spec, s), "kind": s.kind, "sets": s.batch,
@@ -99,7 +103,7 @@ def local_section(graph: Graph, spec: LocalSet, global_upper: float | None,
             "global_upper_bound": global_upper, "propagation": "crown",
             "unstable_units": ranges.unstable(program), "points_searched": points,
             "per_set": [{"upper_bound": v, "method": m, "lower_bound": lo}
-                        for v, m, lo in zip(values, methods, lower)],
+                        for v, m, lo in zip(values, methods, lower, strict=True)],
             "methods": {k: [float(v) if math.isfinite(v) else None for v in candidates[k]]
                         for k in names},
             "seconds": round(time.perf_counter() - start, 6)}

@@ -18,7 +18,7 @@ class LocalSet:
     eps: float | None = None
     norm: str = "2"
 
-    def validated(self) -> "LocalSet":
+    def validated(self) -> LocalSet:
         if self.around is None and self.eps is not None:
             raise UserError("--eps needs --around (the centres of the balls)")
         if self.around is not None and not (self.eps is not None and math.isfinite(self.eps)

@@ -38,7 +38,8 @@ def _fusable_conv(graph: Graph, bn: Node, producers: dict, consumers: dict) -> N
     if conv is None or conv.op != OpKind.CONV or graph.dynamic_inputs(conv) != [0]:
         return None
     var = graph.constant(bn, 4)
-    if var is None or float((var.double() + float(bn.attrs.get("epsilon", 1e-5))).min()) < NEAR_ZERO_VARIANCE:
+    eps = float(bn.attrs.get("epsilon", 1e-5))
+    if var is None or float((var.double() + eps).min()) < NEAR_ZERO_VARIANCE:
         return None  # left alone so that the BatchNorm rule warns about it
     if len(consumers.get(conv.outputs[0], [])) != 1 or conv.outputs[0] in graph.outputs:
         return None
@@ -59,5 +60,6 @@ def _fuse(graph: Graph, conv: Node, bn: Node, constants: dict[str, torch.Tensor]
         conv, name=conv.name, inputs=[conv.inputs[0], w_name, b_name],
         outputs=list(bn.outputs),
         source_op=f"{conv.source_op or 'Conv'}+{bn.source_op or 'BatchNormalization'}",
-        input_shapes=[conv.input_shapes[0], tuple(constants[w_name].shape), tuple(constants[b_name].shape)]
+        input_shapes=[conv.input_shapes[0], tuple(constants[w_name].shape),
+                      tuple(constants[b_name].shape)]
         if conv.input_shapes else [], output_shapes=list(bn.output_shapes))

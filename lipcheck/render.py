@@ -52,7 +52,8 @@ def layer_rows(data: dict[str, Any]) -> list[list[str]]:
     for layer in data["layers"]:
         bound = fmt(layer["bound"]) if layer["bound"] is not None else "inf"
         rows.append([layer["name"], layer["op"],
-                     shapes(layer), bound, "certified" if layer["certified"] else "estimate", how(layer),
+                     shapes(layer), bound, "certified" if layer["certified"] else "estimate",
+                     how(layer),
                      fmt(layer["running_bound"]) if layer["running_bound"] is not None else "inf"])
     return rows
 

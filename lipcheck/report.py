@@ -47,13 +47,14 @@ class LayerRecord:
     detail: str = ""
 
     @classmethod
-    def from_result(cls, r: NodeResult, dynamic_positions: list[int]) -> "LayerRecord":
+    def from_result(cls, r: NodeResult, dynamic_positions: list[int]) -> LayerRecord:
         node, b = r.node, r.bound
         first = dynamic_positions[0] if dynamic_positions else 0
         in_shape = list(node.input_shapes[first]) if node.input_shapes else []
         out_shape = list(node.output_shapes[0]) if node.output_shapes else []
-        return cls(node.name, node.op.value, node.source_op, in_shape, out_shape, b.value, b.method,
-                   b.certified, b.iterations, b.converged, b.estimate, r.running, b.seconds, b.detail)
+        return cls(node.name, node.op.value, node.source_op, in_shape, out_shape, b.value,
+                   b.method, b.certified, b.iterations, b.converged, b.estimate, r.running,
+                   b.seconds, b.detail)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,16 +1,19 @@
 """Small hand-built IR graphs for tests (no loader involved)."""
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes, run_graph
 
 
-def mlp(widths: list[int], act: OpKind = OpKind.RELU, seed: int = 0, attrs: dict | None = None) -> Graph:
+def mlp(widths: list[int], act: OpKind = OpKind.RELU, seed: int = 0,
+        attrs: dict | None = None) -> Graph:
     gen = torch.Generator().manual_seed(seed)
     nodes, consts, x = [], {}, "x"
-    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+    for i, (n_in, n_out) in enumerate(pairwise(widths)):
         consts[f"w{i}"] = torch.randn(n_out, n_in, generator=gen) / n_in**0.5
         consts[f"b{i}"] = torch.randn(n_out, generator=gen)
         nodes.append(Node(f"fc{i}", OpKind.GEMM, [x, f"w{i}", f"b{i}"], [f"h{i}"], {"transB": 1}))
@@ -26,7 +29,8 @@ def mlp(widths: list[int], act: OpKind = OpKind.RELU, seed: int = 0, attrs: dict
 def conv_net(seed: int = 0, residual: bool = False, size: int = 6) -> Graph:
     """conv(2->4,k3,p1) relu conv(4->4,k3,s1,p1) [+ shortcut] relu conv(4->3,k2,s2) ..."""
     gen = torch.Generator().manual_seed(seed)
-    c = {"w0": torch.randn(4, 2, 3, 3, generator=gen) / 3, "w1": torch.randn(4, 4, 3, 3, generator=gen) / 4,
+    c = {"w0": torch.randn(4, 2, 3, 3, generator=gen) / 3,
+         "w1": torch.randn(4, 4, 3, 3, generator=gen) / 4,
          "w2": torch.randn(3, 4, 2, 2, generator=gen) / 3, "b0": torch.randn(4, generator=gen)}
     nodes = [Node("conv0", OpKind.CONV, ["x", "w0", "b0"], ["c0"], {"pads": [1, 1, 1, 1]}),
              Node("relu0", OpKind.RELU, ["c0"], ["r0"]),

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from graphs import conv_net, max_jacobian_norm, mlp
+
 from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
@@ -35,7 +35,8 @@ def test_residual_add_sums_branches():
     graph = conv_net(seed=2, residual=True)
     result = autolip(graph, bound_nodes(graph, Settings()))
     by_name = {r.node.name: r for r in result.nodes}
-    assert by_name["add"].running == pytest.approx(by_name["conv1"].running + by_name["relu0"].running)
+    both = by_name["conv1"].running + by_name["relu0"].running
+    assert by_name["add"].running == pytest.approx(both)
 
 
 def test_power_iteration_is_never_certified():
@@ -45,7 +46,7 @@ def test_power_iteration_is_never_certified():
     conv = [r for r in result.nodes if r.node.op == OpKind.CONV]
     assert all(r.bound.method == "power-iteration" and not r.bound.certified for r in conv)
     exact = autolip(graph, bound_nodes(graph, Settings()))
-    for p, e in zip(result.nodes, exact.nodes):
+    for p, e in zip(result.nodes, exact.nodes, strict=True):
         assert p.bound.value <= e.bound.value * (1 + 1e-6)
 
 
@@ -129,5 +130,6 @@ def test_dense_jacobian_matches_autograd():
     op = node_operator(g.nodes[0], BoundContext(g, Settings()))
     w = g.constants["w"].double()
     x = torch.zeros(g.nodes[0].input_shapes[0], dtype=torch.float64)
-    jac = torch.autograd.functional.jacobian(lambda v: get_rule(OpKind.CONV).run(g.nodes[0], [v, w])[0], x)
+    jac = torch.autograd.functional.jacobian(
+        lambda v: get_rule(OpKind.CONV).run(g.nodes[0], [v, w])[0], x)
     assert torch.allclose(dense_jacobian(op), jac.reshape(op.n_out, op.n_in))

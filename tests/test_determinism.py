@@ -6,11 +6,11 @@ from typing import Any
 import numpy as np
 import pytest
 from onnx import helper
+from onnx_builders import const, model, save
 
 from lipcheck import api
 from lipcheck.estimators.lower.rounds import lower_bound
 from lipcheck.settings import Settings
-from onnx_builders import const, model, save
 
 VOLATILE = {"seconds", "timings"}
 

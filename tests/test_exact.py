@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lipcheck.errors import UserError
-from lipcheck.estimators.upper.autolip import autolip, bound_nodes
-from lipcheck.estimators.exact.regions import exact_lipschitz
 from lipcheck.estimators.exact.pwl_chain import mlp_graph, pwl_chain
+from lipcheck.estimators.exact.regions import exact_lipschitz
+from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.settings import Settings
 
 
@@ -34,7 +34,7 @@ def grid_max(weights: list[np.ndarray], biases: list[np.ndarray], alpha: float,
     axis = np.linspace(lo, hi, n)
     points = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
     best, h, jac = 0.0, points.T, np.broadcast_to(np.eye(2), (len(points), 2, 2))
-    for w, b in zip(weights[:-1], biases[:-1]):
+    for w, b in zip(weights[:-1], biases[:-1], strict=True):
         z = w @ h + b[:, None]
         slope = np.where(z > 0, 1.0, alpha).T                 # (points, units)
         jac = slope[:, :, None] * (w[None] @ jac)

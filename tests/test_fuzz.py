@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper
+from onnx_builders import const, model
 from typer.testing import CliRunner
 
 from lipcheck import api
 from lipcheck.cli import app
 from lipcheck.errors import LipcheckError
-from onnx_builders import const, model
 
 PER_INPUT_S = 10.0
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -39,8 +39,8 @@ def seed_onnx() -> bytes:
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
              helper.make_node("Flatten", ["r"], ["f"], name="flat"),
              helper.make_node("Gemm", ["f", "g", "b"], ["y"], name="fc", alpha=0.5)]
-    inits = [const("w", rng.standard_normal((3, 2, 3, 3))), const("g", rng.standard_normal((12, 3))),
-             const("b", rng.standard_normal(3))]
+    inits = [const("w", rng.standard_normal((3, 2, 3, 3))),
+             const("g", rng.standard_normal((12, 3))), const("b", rng.standard_normal(3))]
     return model(nodes, {"x": [1, 2, 4, 4]}, ["y"], inits).SerializeToString()
 
 
@@ -130,7 +130,8 @@ def _paths(data: Any, prefix: tuple = ()) -> list[tuple]:
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.text(max_size=8)
     | st.floats(allow_nan=True, allow_infinity=True),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: (st.lists(inner, max_size=3)
+                   | st.dictionaries(st.text(max_size=6), inner, max_size=3)),
     max_leaves=6)
 
 

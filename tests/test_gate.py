@@ -6,7 +6,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import jsonschema
 import numpy as np
 import onnx
 import pytest
+import tomllib
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -144,7 +144,8 @@ def test_exit_3_no_finite_bound_wins_over_failures(work):
     assert result.exit_code == 3, result.output
     assert "FAIL  finite-bound" in result.stdout and "act" in result.stdout
     suite = ET.parse(junit).getroot().find("testsuite")
-    names = {case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None}
+    names = {case.get("name") for case in suite.iter("testcase")
+             if case.find("failure") is not None}
     assert names == {"finite-bound", "max-lipschitz"}
 
 

@@ -2,11 +2,11 @@
 threshold built on it, against dense eigvalsh."""
 import numpy as np
 import pytest
+from test_spectral_conv import conv_graph
 
 from lipcheck.spectral.krylov import ResidualBelow, RitzSettled, lanczos
 from lipcheck.spectral.padded_gram import input_gram, real_entries, top_eigenvalue
 from lipcheck.spectral.polyphase import conv_spec, phase_kernel
-from test_spectral_conv import conv_graph
 
 
 def wishart(n: int, rank: int, seed: int) -> np.ndarray:

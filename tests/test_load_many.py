@@ -29,7 +29,8 @@ SCRIPT = textwrap.dedent(f"""
     nodes = [helper.make_node("MatMul", ["x", "w0"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
              helper.make_node("MatMul", ["b", "w1"], ["c"]), helper.make_node("Tanh", ["c"], ["d"]),
              helper.make_node("MatMul", ["d", "w2"], ["y"])]
-    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+    g = helper.make_graph(nodes, "m",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], w)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]); m.ir_version = 8
     path = tempfile.mktemp(suffix=".onnx"); onnx.save(m, path)
@@ -55,7 +56,8 @@ def test_fifty_estimates_do_not_grow_memory():
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     rss = data["rss"]
-    print(f"\nRSS after run {WARMUP}: {rss[WARMUP - 1]:.1f} MB, after run {RUNS}: {rss[-1]:.1f} MB; "
+    print(f"\nRSS after run {WARMUP}: {rss[WARMUP - 1]:.1f} MB, "
+          f"after run {RUNS}: {rss[-1]:.1f} MB; "
           f"peak RSS after {WARMUP} runs {data['peak_warm_mb']:.1f} MB, after {RUNS} "
           f"{data['peak_mb']:.1f} MB")
     assert data["graphs_alive"] == 0, "a Graph outlived its estimate"

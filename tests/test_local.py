@@ -70,7 +70,8 @@ def test_every_locally_certified_sample_survives_an_attack():
     assert not local.certified[:3].any() and np.all(local.radii <= eps)
     for i in np.flatnonzero(local.certified):
         assert not attack(graph, x[i], y[i], eps), i
-    attacked = [i for i in np.flatnonzero(~local.certified[3:]) + 3 if attack(graph, x[i], y[i], eps)]
+    attacked = [i for i in np.flatnonzero(~local.certified[3:]) + 3
+                if attack(graph, x[i], y[i], eps)]
     assert attacked  # the attack is strong enough to matter
 
 
@@ -127,11 +128,12 @@ def test_local_bounds_sit_between_found_jacobians_and_the_global_bound(seed, tmp
     assert local["upper_bound"] <= report.upper_bound.value
     f = function_of(graph)
     tgen = torch.Generator().manual_seed(seed)
-    for centre, per in zip(centres, local["per_set"]):
+    for centre, per in zip(centres, local["per_set"], strict=True):
         assert per["lower_bound"] <= per["upper_bound"]
         for _ in range(30):
             d = torch.randn(5, generator=tgen, dtype=torch.float64)
-            point = torch.tensor(centre) + d / d.norm() * radius * torch.rand(1, generator=tgen).item()
+            scale = radius * torch.rand(1, generator=tgen).item()
+            point = torch.tensor(centre) + d / d.norm() * scale
             jac = torch.autograd.functional.jacobian(f, point)
             assert float(torch.linalg.matrix_norm(jac, ord=2)) <= per["upper_bound"]
     data = report.to_dict()

@@ -5,19 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_exact import brute_force_two_layer, random_net
 
-from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.estimators.exact.regions import exact_lipschitz
-from lipcheck.estimators.lower.rounds import (DEFAULT_ROUNDS, LowerConfig, load_witness, lower_bound,
-                                       save_witness, witness_value)
-from lipcheck.estimators.lower.search import jacobians, top_direction, top_directions
 from lipcheck.estimators.lower.netfn import NetFunction
+from lipcheck.estimators.lower.rounds import (
+    DEFAULT_ROUNDS,
+    LowerConfig,
+    load_witness,
+    lower_bound,
+    save_witness,
+    witness_value,
+)
+from lipcheck.estimators.lower.search import jacobians, top_direction, top_directions
 from lipcheck.estimators.sandwich import Sandwich
+from lipcheck.estimators.upper.autolip import autolip, bound_nodes
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.results import GlobalBound
 from lipcheck.settings import Settings
-from test_exact import brute_force_two_layer, random_net
 
 FAST = LowerConfig(screen=8, starts_per_round=4, ascent_steps=10, pair_steps=10)
 SEARCH_ONLY = LowerConfig(screen=8, starts_per_round=4, ascent_steps=10, pair_steps=10,
@@ -170,10 +176,10 @@ def test_batched_net_and_jacobians_match_row_by_row(reshape_to, batched: bool) -
     rows = torch.stack([fn.exact(x) for x in xs])
     assert torch.allclose(fn.exact_batch(xs), rows, rtol=1e-12, atol=1e-12)
     jac = jacobians(fn, xs)
-    for x, j in zip(xs, jac):
+    for x, j in zip(xs, jac, strict=True):
         assert torch.allclose(j, dense_jacobian(fn, x), rtol=1e-12, atol=1e-12)
     sigmas, vs = top_directions(fn, xs)
-    for x, s, v in zip(xs, sigmas, vs):
+    for x, s, v in zip(xs, sigmas, vs, strict=True):
         dense = dense_jacobian(fn, x)
         assert float(s) == pytest.approx(float(torch.linalg.matrix_norm(dense, 2)), rel=1e-10)
         assert float((dense @ v).norm()) == pytest.approx(float(s), rel=1e-10)
@@ -222,6 +228,7 @@ def test_time_budget_caps_a_count_based_search():
     """--lower-budget is a hard cap even with a round count: the search stops soon after it
     and says it was cut (large models once ran for minutes past a 10 s budget)."""
     import time as _time
+
     from graphs import conv_net
     graph = conv_net(seed=0, size=12)
     start = _time.perf_counter()

@@ -4,10 +4,12 @@ regions that are what they claim, and the time cap."""
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import numpy as np
 import pytest
 import torch
+from test_exact import random_net
 
 from lipcheck.estimators.exact.pwl_chain import mlp_graph, pwl_chain
 from lipcheck.estimators.exact.regions import exact_lipschitz
@@ -15,7 +17,6 @@ from lipcheck.estimators.lower import patterns
 from lipcheck.estimators.lower.netfn import NetFunction
 from lipcheck.estimators.lower.rounds import LowerConfig, lower_bound, witness_value
 from lipcheck.estimators.lower.search import certify
-from test_exact import random_net
 
 # the pattern phase only: no exact witness, one tiny ascent round
 PATTERNS_ONLY = LowerConfig(screen=1, starts_per_round=1, ascent_steps=1, pair_steps=1,
@@ -33,11 +34,15 @@ def certified_values(graph, box=None) -> list[float]:
 def pattern_at(chain, x: np.ndarray) -> list[np.ndarray]:
     """The signs of every hidden unit's pre-activation at x (independent forward pass)."""
     h, signs = x, []
-    for affine, slopes in zip(chain.affines, chain.slopes):
+    for affine, slopes in zip(chain.affines[:-1], chain.slopes, strict=True):  # hidden layers
         z = affine.weight @ h + affine.bias
         signs.append(np.where(z > 0, 1.0, -1.0))
         h = np.where(z > 0, z, slopes * z)
     return signs
+
+
+def same_signs(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("dims,act", [([2, 6, 5, 2], "relu"), ([3, 5, 4, 3], "leaky_relu"),
@@ -68,7 +73,7 @@ def test_reaches_the_constant_where_all_active_is_best() -> None:
     maximising pattern; positive biases make it reachable (x large and positive)."""
     rng = np.random.default_rng(3)
     dims = [5, 7, 6, 3]
-    weights = [np.abs(rng.standard_normal((b, a))) for a, b in zip(dims, dims[1:])]
+    weights = [np.abs(rng.standard_normal((b, a))) for a, b in pairwise(dims)]
     biases = [np.abs(rng.standard_normal(d)) for d in dims[1:]]
     # a few negative entries so that the random screen does not land there trivially
     weights[1][0, :3] *= -1
@@ -121,7 +126,7 @@ def test_regions_are_what_they_claim() -> None:
         for _ in range(20):
             d = rng.standard_normal(chain.n_in)
             point = region.point + 0.999 * region.radius * d / np.linalg.norm(d)
-            assert all(np.array_equal(a, b) for a, b in zip(pattern_at(chain, point), region.signs))
+            assert same_signs(pattern_at(chain, point), region.signs)
         jac = patterns.pre_activations(chain, region.signs)[1]
         assert region.norm == pytest.approx(np.linalg.norm(jac, 2), rel=1e-12)
 
@@ -135,10 +140,10 @@ def test_unreachable_target_moves_to_a_reachable_region() -> None:
     target = [np.where(np.arange(12) % 2 == 0, 1.0, -1.0)]
     region = patterns.realise(chain, target, None, budget)
     assert region is not None
-    assert all(np.array_equal(a, b) for a, b in zip(pattern_at(chain, region.point), region.signs))
+    assert same_signs(pattern_at(chain, region.point), region.signs)
     walked = patterns.walk(chain, region, None, budget)
     assert walked.norm >= region.norm
-    assert all(np.array_equal(a, b) for a, b in zip(pattern_at(chain, walked.point), walked.signs))
+    assert same_signs(pattern_at(chain, walked.point), walked.signs)
 
 
 def test_flip_gains_match_direct_norms() -> None:
@@ -150,7 +155,8 @@ def test_flip_gains_match_direct_norms() -> None:
         for unit in range(width):
             flipped = [s.copy() for s in signs]
             flipped[layer][unit] *= -1
-            assert gains[layer][unit] == pytest.approx(patterns.jacobian_norm(chain, flipped), rel=1e-9)
+            want = patterns.jacobian_norm(chain, flipped)
+            assert gains[layer][unit] == pytest.approx(want, rel=1e-9)
 
 
 def test_not_applicable_to_smooth_or_large_nets() -> None:
@@ -184,7 +190,7 @@ def test_free_first_layer_realises_its_target_without_lps(monkeypatch) -> None:
     for _ in range(20):
         d = rng.standard_normal(chain.n_in)
         point = region.point + 0.999 * region.radius * d / np.linalg.norm(d)
-        assert all(np.array_equal(a, b) for a, b in zip(pattern_at(chain, point), region.signs))
+        assert same_signs(pattern_at(chain, point), region.signs)
     monkeypatch.setattr(patterns, "MAX_LP_ENTRIES", 0)   # force the LP-free path
     exact = exact_lipschitz(graph, max_lps=50_000, max_seconds=120)
     assert exact.complete and 0 < max(certified_values(graph)) <= exact.value * (1 + 1e-9)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ needs_onnx = pytest.mark.skipif(not _has_onnx_loader(),
                                 reason="lipcheck.loaders.onnx_loader.load_onnx not there yet")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _graph(name: str, suffix: str) -> Graph:
     return load_model(MODELS_DIR / f"{name}{suffix}")
 
@@ -84,7 +84,7 @@ def test_onnx_and_pt2_agree(name: str) -> None:
                                rtol=1e-5, atol=1e-5)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bounds(name: str, suffix: str) -> dict[str, NodeBound]:
     return bound_nodes(_graph(name, suffix), Settings())
 
@@ -104,7 +104,7 @@ def _layer_bounds(name: str, suffix: str) -> list[tuple[str, float]]:
 def test_onnx_and_pt2_same_layer_bounds(name: str) -> None:
     from_onnx, from_pt2 = _layer_bounds(name, ".onnx"), _layer_bounds(name, ".pt2")
     assert [op for op, _ in from_onnx] == [op for op, _ in from_pt2]
-    for (op, a), (_, b) in zip(from_onnx, from_pt2):
+    for (op, a), (_, b) in zip(from_onnx, from_pt2, strict=True):
         assert math.isclose(a, b, rel_tol=1e-5), (op, a, b)
     total_onnx = autolip(_graph(name, ".onnx"), _bounds(name, ".onnx"))
     total_pt2 = autolip(_graph(name, ".pt2"), _bounds(name, ".pt2"))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from onnx import TensorProto, helper
+from onnx_builders import const, model, save
 from typer.testing import CliRunner
 
 from lipcheck import api
@@ -17,7 +18,6 @@ from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.numerics import checked_bound, round_up_tiny, safe_rss
 from lipcheck.settings import Settings
-from onnx_builders import const, model, save
 
 FAST = api.EstimateOptions(methods=("autolip",), lower_budget=0.0)
 
@@ -47,7 +47,8 @@ def _max_jacobian_norm(w1: np.ndarray, w2: np.ndarray, points: int = 200) -> flo
 
 
 def _report(path, **settings) -> dict:
-    return json.loads(api.estimate(str(path), settings=Settings(**settings), options=FAST).to_json())
+    report = api.estimate(str(path), settings=Settings(**settings), options=FAST)
+    return json.loads(report.to_json())
 
 
 @pytest.mark.parametrize("scale", [1e30, 1e-40, 1e-20])
@@ -141,7 +142,7 @@ def test_dtype_float64_gives_the_same_certificates(tmp_path):
     assert f64["settings"]["dtype"] == "float64"
     p32 = _report(path, dtype="float32", layer_method="power")
     p64 = _report(path, dtype="float64", layer_method="power")
-    for a, b in zip(p32["layers"], p64["layers"]):
+    for a, b in zip(p32["layers"], p64["layers"], strict=True):
         assert a["estimate"] == pytest.approx(b["estimate"], rel=1e-5) if b["estimate"] else True
     with pytest.raises(UserError, match="--dtype"):
         api.estimate(str(path), settings=Settings(dtype="float16"), options=FAST)

@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from lipcheck.estimators.upper.autolip import autolip, bound_nodes

@@ -17,10 +17,12 @@ pytest.importorskip("cvxpy")
 
 
 def exact_two_layer(w1: np.ndarray, w2: np.ndarray, lo: float, hi: float) -> float:
-    return max(np.linalg.norm(w2 @ np.diag(s) @ w1, 2) for s in itertools.product([lo, hi], repeat=w1.shape[0]))
+    return max(np.linalg.norm(w2 @ np.diag(s) @ w1, 2)
+               for s in itertools.product([lo, hi], repeat=w1.shape[0]))
 
 
-@pytest.mark.parametrize("seed,slopes", [(0, (0.0, 1.0)), (1, (0.1, 1.0)), (2, (0.0, 0.25)), (3, (0.0, 1.0))])
+@pytest.mark.parametrize("seed,slopes", [(0, (0.0, 1.0)), (1, (0.1, 1.0)), (2, (0.0, 0.25)),
+                                         (3, (0.0, 1.0))])
 def test_sdp_bounds_are_above_the_exact_two_layer_constant(seed, slopes):
     rng = np.random.default_rng(seed)
     hidden = 6 + 2 * seed
@@ -81,7 +83,7 @@ def test_missing_cvxpy_is_a_clear_user_error(monkeypatch):
 def test_barrier_method_matches_an_independent_conic_solver(seed, slopes):
     rng = np.random.default_rng(seed)
     widths = [9, 7, 6, 3][: len(slopes) + 2]
-    w = [rng.standard_normal((b, a)) for a, b in zip(widths, widths[1:])]
+    w = [rng.standard_normal((b, a)) for a, b in itertools.pairwise(widths)]
     ours = lipsdp_neuron(w, slopes)                        # barrier (default)
     clarabel = lipsdp_neuron(w, slopes, solver="CLARABEL")  # cvxpy + Clarabel
     assert "barrier method converged" in ours.detail and ours.certified and clarabel.certified

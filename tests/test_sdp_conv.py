@@ -36,14 +36,17 @@ def convnet(layers: list[Layer], size: int, c_in: int = 1, n_out: int = 3, seed:
     gen = torch.Generator().manual_seed(seed)
     nodes, consts, x, c = [], {}, "x", c_in
     for i, (c_out, k, s, p, d, grp, bn) in enumerate(layers):
-        consts[f"w{i}"] = torch.randn(c_out, c // grp, k, k, generator=gen) / (k * math.sqrt(c / grp))
+        consts[f"w{i}"] = (torch.randn(c_out, c // grp, k, k, generator=gen)
+                           / (k * math.sqrt(c / grp)))
         consts[f"b{i}"] = torch.randn(c_out, generator=gen)
         nodes.append(Node(f"conv{i}", OpKind.CONV, [x, f"w{i}", f"b{i}"], [f"c{i}"],
-                          {"strides": [s, s], "pads": [p, p, p, p], "dilations": [d, d], "group": grp}))
+                          {"strides": [s, s], "pads": [p, p, p, p], "dilations": [d, d],
+                           "group": grp}))
         x = f"c{i}"
         if bn:
             for j, name in enumerate(("scale", "bias", "mean", "var")):
-                v = torch.rand(c_out, generator=gen) + 0.5 if j != 1 else torch.randn(c_out, generator=gen)
+                v = (torch.rand(c_out, generator=gen) + 0.5 if j != 1
+                     else torch.randn(c_out, generator=gen))
                 consts[f"bn{i}{name}"] = v
             nodes.append(Node(f"bn{i}", OpKind.BATCH_NORM, [x] + [f"bn{i}{n}" for n in
                                                                  ("scale", "bias", "mean", "var")],
@@ -86,7 +89,7 @@ def searched_norm(g: Graph, points: int = 60, seed: int = 0) -> float:
     n = int(np.prod(g.inputs[0].shape))
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(n, generator=gen, dtype=torch.float64)
-    for step in range(40):
+    for _ in range(40):
         cand = x + torch.randn(n, generator=gen, dtype=torch.float64) * 0.5
         value = float(torch.linalg.matrix_norm(torch.autograd.functional.jacobian(f, cand), ord=2))
         if value > best:
@@ -123,9 +126,10 @@ def test_bound_is_above_every_jacobian_norm_found(layers: list[Layer]) -> None:
     assert found <= bound <= chain.autolip_product * (1 + 1e-9)
 
 
-@pytest.mark.parametrize("layers,size", [([(2, 2, 1, 0, 1, 1, False)], 3),
-                                         ([(2, 3, 2, 1, 1, 1, True)], 4),
-                                         ([(2, 2, 1, 0, 1, 1, False), (2, 2, 1, 0, 1, 1, False)], 3)])
+@pytest.mark.parametrize("layers,size", [
+    ([(2, 2, 1, 0, 1, 1, False)], 3),
+    ([(2, 3, 2, 1, 1, 1, True)], 4),
+    ([(2, 2, 1, 0, 1, 1, False), (2, 2, 1, 0, 1, 1, False)], 3)])
 def test_bound_is_above_the_exact_constant(layers: list[Layer], size: int) -> None:
     g = convnet(layers, size, n_out=2, seed=5)
     exact = exact_lipschitz(g)
@@ -150,7 +154,8 @@ def channel_sdp_reference(model) -> float:
         re[0][0] = np.eye(dims[0])
         for i, t in enumerate(ts):
             sym = model.symbol(i)[w]
-            scale = cp.reshape(-model.slope / 2 * t, (dims[i + 1], 1), order="F") @ np.ones((1, dims[i]))
+            column = cp.reshape(-model.slope / 2 * t, (dims[i + 1], 1), order="F")
+            scale = column @ np.ones((1, dims[i]))
             re[i + 1][i + 1] = cp.diag(t)
             re[i + 1][i], im[i + 1][i] = cp.multiply(scale, sym.real), cp.multiply(scale, sym.imag)
             re[i][i + 1], im[i][i + 1] = re[i + 1][i].T, -im[i + 1][i].T
@@ -253,7 +258,8 @@ def test_dense_fallback_is_taken_only_where_smaller() -> None:
     assert ("ECLipsE-Fast" in both.detail) == (both.value < mine.value)
 
 
-def resnet_block(size: int = 6, channels: int = 2, hidden: int = 3, seed: int = 0, stride: int = 1) -> Graph:
+def resnet_block(size: int = 6, channels: int = 2, hidden: int = 3, seed: int = 0,
+                 stride: int = 1) -> Graph:
     """y = x + conv(relu(conv(x))), both convs 3x3 pad 1 (the second one strided if asked)."""
     gen = torch.Generator().manual_seed(seed)
     consts = {"w0": torch.randn(hidden, channels, 3, 3, generator=gen) / 3,
@@ -261,7 +267,8 @@ def resnet_block(size: int = 6, channels: int = 2, hidden: int = 3, seed: int = 
               "b0": torch.randn(hidden, generator=gen)}
     nodes = [Node("conv0", OpKind.CONV, ["x", "w0", "b0"], ["c0"], {"pads": [1, 1, 1, 1]}),
              Node("relu0", OpKind.RELU, ["c0"], ["r0"]),
-             Node("conv1", OpKind.CONV, ["r0", "w1"], ["c1"], {"pads": [1, 1, 1, 1], "strides": [stride] * 2}),
+             Node("conv1", OpKind.CONV, ["r0", "w1"], ["c1"],
+                  {"pads": [1, 1, 1, 1], "strides": [stride] * 2}),
              Node("add", OpKind.ADD, ["x", "c1"] if stride == 1 else ["c1", "c1"], ["y"])]
     g = Graph([ValueInfo("x", (1, channels, size, size))], ["y"], nodes, consts)
     infer_shapes(g)

@@ -8,17 +8,27 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-
 from graphs import conv_net, max_jacobian_norm, mlp
+
+from lipcheck.estimators.exact.pairmax import branch_and_bound, enumerate_max
+from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max, sign_ascent
+from lipcheck.estimators.upper import seqlip
 from lipcheck.estimators.upper.autolip import bound_nodes
 from lipcheck.estimators.upper.chains import find_chains
-from lipcheck.estimators.upper.global_bounds import (DEFAULT_METHODS, expand_methods, global_bounds,
-                                               tightest_certified)
-from lipcheck.estimators.upper import seqlip
-from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max, sign_ascent
-from lipcheck.estimators.exact.pairmax import branch_and_bound, enumerate_max
-from lipcheck.estimators.upper.seqlip import (Factor, dense_factor, exact_chain, greedy_chain,
-                                        pair_matrices, randomized_factor)
+from lipcheck.estimators.upper.global_bounds import (
+    DEFAULT_METHODS,
+    expand_methods,
+    global_bounds,
+    tightest_certified,
+)
+from lipcheck.estimators.upper.seqlip import (
+    Factor,
+    dense_factor,
+    exact_chain,
+    greedy_chain,
+    pair_matrices,
+    randomized_factor,
+)
 from lipcheck.graph import OpKind
 from lipcheck.settings import Settings
 
@@ -26,7 +36,8 @@ SLOPES = [(0.0, 1.0), (0.1, 1.0), (0.0, 0.25), (-1.0, 1.0)]
 
 
 def brute_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
-    return max(np.linalg.norm(x @ np.diag(s) @ y, 2) for s in itertools.product([lo, hi], repeat=x.shape[1]))
+    return max(np.linalg.norm(x @ np.diag(s) @ y, 2)
+               for s in itertools.product([lo, hi], repeat=x.shape[1]))
 
 
 def reference_greedy(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
@@ -79,7 +90,8 @@ def test_greedy_follows_the_papers_rule(rng, lo, hi, refresh):
     ours = greedy_max(x, y, lo, hi, refresh=refresh)   # SVD refreshed every `refresh` flips
     assert ours.finished
     assert ours.value == pytest.approx(reference_greedy(x, y, lo, hi), rel=1e-12)
-    np.testing.assert_allclose(ours.value, np.linalg.norm(x @ np.diag(ours.sigma) @ y, 2), rtol=1e-12)
+    want = np.linalg.norm(x @ np.diag(ours.sigma) @ y, 2)
+    np.testing.assert_allclose(ours.value, want, rtol=1e-12)
 
 
 
@@ -95,7 +107,8 @@ def test_ascent_ends_at_a_single_flip_local_max_below_the_brute_max(rng, lo, hi)
     assert r.value == runs[1].value and np.array_equal(r.sigma, runs[1].sigma)   # reproducible
     assert set(r.sigma) <= {lo, hi} and r.finished
     assert r.value == pytest.approx(_norm(x, y, r.sigma), rel=1e-12)
-    assert _norm(x, y, np.full(13, hi)) * (1 - 1e-12) <= r.value <= brute_max(x, y, lo, hi) * (1 + 1e-12)
+    at_hi, best = _norm(x, y, np.full(13, hi)), brute_max(x, y, lo, hi)
+    assert at_hi * (1 - 1e-12) <= r.value <= best * (1 + 1e-12)
     for j in range(13):   # finished: no single flip raises the norm (the paper's stopping rule)
         flipped = r.sigma.copy()
         flipped[j] = lo if r.sigma[j] == hi else hi
@@ -111,12 +124,14 @@ def test_sign_ascent_is_monotone_and_stops_at_a_fixed_point(rng):
     u, _, vt = np.linalg.svd(x @ np.diag(sigma) @ y)
     c = (u[:, 0] @ x) * (y @ vt[0])
     proposal = np.where(c > 0, 1.0, np.where(c < 0, 0.0, sigma))
-    assert np.array_equal(proposal, sigma) or _norm(x, y, proposal) <= _norm(x, y, sigma) * (1 + 1e-12)
+    assert np.array_equal(proposal, sigma) \
+        or _norm(x, y, proposal) <= _norm(x, y, sigma) * (1 + 1e-12)
 
 
 def test_large_pairs_take_the_ascent_and_stay_uncertified(rng, monkeypatch):
     monkeypatch.setattr(seqlip, "ASCENT_MIN_UNITS", 8)
-    factors = [dense_factor_of(rng.standard_normal((12, 7))), dense_factor_of(rng.standard_normal((4, 12)))]
+    factors = [dense_factor_of(rng.standard_normal((12, 7))),
+               dense_factor_of(rng.standard_normal((4, 12)))]
     result = greedy_chain(factors, [(0.0, 1.0)], float("inf"))
     ((x, y),) = pair_matrices(factors)
     assert not result.certified and "linearized ascent" in result.detail
@@ -152,7 +167,8 @@ def test_chains_of_an_mlp_and_a_conv_net():
     assert [p.shape for p in chain.parts] == [(144, 72), (144, 144), (27, 144)]
     w = chain.parts[0].matrix()
     jac = torch.autograd.functional.jacobian(
-        lambda x: torch.nn.functional.conv2d(x.reshape(1, 2, 6, 6), g.constants["w0"].double(), padding=1).reshape(-1),
+        lambda x: torch.nn.functional.conv2d(x.reshape(1, 2, 6, 6), g.constants["w0"].double(),
+                                             padding=1).reshape(-1),
         torch.zeros(72, dtype=torch.float64))
     np.testing.assert_allclose(w, jac.numpy(), atol=1e-12)
     g = conv_net(residual=True)   # relu0 feeds the skip: no chain crosses it

@@ -11,19 +11,25 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_spectral_conv import conv_graph, random_cases, true_norm
 
 from lipcheck.rules import BoundContext
 from lipcheck.settings import Settings
 from lipcheck.spectral.freq_gram import frequency_grams
 from lipcheck.spectral.operator import lanczos_estimate, node_operator
-from lipcheck.spectral.polyphase import ConvSpec, PhaseKernel, circular_grid, conv_spec, phase_kernel
+from lipcheck.spectral.polyphase import (
+    ConvSpec,
+    PhaseKernel,
+    circular_grid,
+    conv_spec,
+    phase_kernel,
+)
 from lipcheck.spectral.top_eig import lanczos_top, max_eig_bound
-from test_spectral_conv import conv_graph, random_cases, true_norm
 
 
 def _pads(spec: ConvSpec) -> list[int]:
     out: list[int] = []
-    for b, e in reversed(list(zip(spec.pads_begin, spec.pads_end))):
+    for b, e in reversed(list(zip(spec.pads_begin, spec.pads_end, strict=True))):
         out += [b, e]
     return out
 
@@ -39,7 +45,8 @@ def phase_input(pk: PhaseKernel, x: torch.Tensor) -> torch.Tensor:
     spec, d = pk.spec, pk.spec.dims
     padded = F.pad(x, _pads(spec))
     for axis in range(d):  # pad to whole phases covering the read grid
-        want = spec.strides[axis] * max(pk.grid[axis], -(-padded.shape[1 + axis] // spec.strides[axis]))
+        stride = spec.strides[axis]
+        want = stride * max(pk.grid[axis], -(-padded.shape[1 + axis] // stride))
         padded = F.pad(padded, [0, 0] * (d - 1 - axis) + [0, want - padded.shape[1 + axis]])
     shape = [padded.shape[0]]
     for axis in range(d):
@@ -57,14 +64,18 @@ def circular_layer(pk: PhaseKernel, grid: tuple[int, ...], x: torch.Tensor) -> t
     out = []
     for g in range(spec.group):
         channels = inputs[g * per_group:(g + 1) * per_group][pk.channels]
-        channels = channels[(slice(None),) + tuple(slice(0, v) for v in pk.grid)]  # unread: zero columns
+        # unread: zero columns
+        channels = channels[(slice(None),) + tuple(slice(0, v) for v in pk.grid)]
         z = torch.zeros(channels.shape[0], *grid, dtype=torch.float64)
         for q in itertools.product(*(range(v) for v in channels.shape[1:])):
-            z[(slice(None),) + tuple(a % b for a, b in zip(q, grid))] += channels[(slice(None),) + q]
+            wrapped = tuple(a % b for a, b in zip(q, grid, strict=True))
+            z[(slice(None),) + wrapped] += channels[(slice(None),) + q]
         y = torch.zeros(pk.taps.shape[2], *pk.out_size, dtype=torch.float64)
         for i in itertools.product(*(range(m) for m in pk.out_size)):
-            y[(slice(None),) + i] = sum(pk.taps[g, t] @ z[(slice(None),) + tuple(
-                (a + int(o)) % b for a, o, b in zip(i, pk.offsets[t], grid))] for t in range(pk.taps.shape[1]))
+            y[(slice(None),) + i] = sum(
+                pk.taps[g, t] @ z[(slice(None),) + tuple(
+                    (a + int(o)) % b for a, o, b in zip(i, pk.offsets[t], grid, strict=True))]
+                for t in range(pk.taps.shape[1]))
         out.append(y)
     assert phases >= 1
     return torch.cat(out)
@@ -77,7 +88,7 @@ def test_layer_is_a_restriction_of_the_circular_correlation_on_the_smallest_grid
     spec = conv_spec(graph.nodes[0], graph.constants["w"])
     pk = phase_kernel(spec)
     grid = circular_grid(pk)
-    assert all(1 <= n <= full for n, full in zip(grid, pk.grid))
+    assert all(1 <= n <= full for n, full in zip(grid, pk.grid, strict=True))
     x = torch.randn(spec.weight.shape[1] * spec.group, *spec.size, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(0))
     assert torch.allclose(real_layer(spec, x), circular_layer(pk, grid, x), atol=1e-10)
@@ -101,12 +112,14 @@ def _dot_rounding(grams, picked: torch.Tensor) -> torch.Tensor:
     (<= 1.01 m eps sum|c_i s_i| here): bitwise equality is not promised across paths."""
     count = grams.freqs.shape[0]
     group, freq = picked // count, picked % count
-    magnitude = torch.bmm(grams.coefficients[freq].abs()[:, None, :], grams.stacked[group].abs())[:, 0]
+    rows = grams.coefficients[freq].abs()[:, None, :]
+    magnitude = torch.bmm(rows, grams.stacked[group].abs())[:, 0]
     m = grams.coefficients.shape[1]
     return 1.01 * m * torch.finfo(torch.float64).eps * magnitude
 
 
-@pytest.mark.parametrize("width", [4, 9])  # 16 entries: groups mixed in one batched product; 81: per group
+# 16 entries: groups mixed in one batched product; 81: per group
+@pytest.mark.parametrize("width", [4, 9])
 def test_blocks_formed_on_demand_match_the_whole_spectrum(width: int) -> None:
     gen = torch.Generator().manual_seed(3)
     taps = torch.randn(2, 5, 11, width, generator=gen, dtype=torch.float64)
@@ -225,7 +238,8 @@ def test_when_no_certificate_succeeds_the_search_falls_back_to_the_frobenius_bou
         monkeypatch: pytest.MonkeyPatch) -> None:
     import lipcheck.spectral.top_eig as top_eig
 
-    monkeypatch.setattr(top_eig, "cholesky_certify", lambda blocks, *a, **k: torch.zeros(blocks.shape[0], dtype=torch.bool))
+    monkeypatch.setattr(top_eig, "cholesky_certify",
+                        lambda blocks, *a, **k: torch.zeros(blocks.shape[0], dtype=torch.bool))
     gen = torch.Generator().manual_seed(10)
     a = torch.randn(5, 30, 30, generator=gen, dtype=torch.complex128)
     g = a.mH @ a

@@ -19,10 +19,10 @@ from lipcheck.interpreter import infer_shapes
 from lipcheck.rules import BoundContext, get_rule
 from lipcheck.settings import Settings
 from lipcheck.spectral.block_bounds import certify_dense, cholesky_certify, gram_iteration_bound
-from lipcheck.spectral.top_eig import max_eig_bound
 from lipcheck.spectral.freq_gram import frequency_grams
 from lipcheck.spectral.operator import dense_jacobian, matrix_norm, node_operator
 from lipcheck.spectral.polyphase import conv_spec, phase_kernel
+from lipcheck.spectral.top_eig import max_eig_bound
 
 
 def conv_graph(c_in: int, c_out: int, size: tuple[int, ...], kernel: tuple[int, ...], attrs: dict,
@@ -32,7 +32,8 @@ def conv_graph(c_in: int, c_out: int, size: tuple[int, ...], kernel: tuple[int, 
     shape = (c_in, c_out // g, *kernel) if transpose else (c_out, c_in // g, *kernel)
     node = Node("c", OpKind.CONV_TRANSPOSE if transpose else OpKind.CONV, ["x", "w"], ["y"], attrs)
     try:
-        graph = Graph([ValueInfo("x", (1, c_in, *size))], ["y"], [node], {"w": torch.randn(shape, generator=gen)})
+        graph = Graph([ValueInfo("x", (1, c_in, *size))], ["y"], [node],
+                      {"w": torch.randn(shape, generator=gen)})
         infer_shapes(graph)
     except Exception:  # an impossible geometry (output size <= 0): not a test case
         return None
@@ -62,7 +63,8 @@ def random_case(rng: random.Random, transpose: bool) -> Graph | None:
     attrs = {"strides": strides, "dilations": dilations, "group": g,
              "pads": [rng.randint(0, 3) for _ in range(2 * d)]}
     if transpose:
-        attrs["output_padding"] = [rng.randint(0, max(s, r) - 1) for s, r in zip(strides, dilations)]
+        attrs["output_padding"] = [rng.randint(0, max(s, r) - 1)
+                                   for s, r in zip(strides, dilations, strict=True)]
     return conv_graph(c_in, c_out, size, kernel, attrs, transpose, seed=rng.randint(0, 10**6))
 
 
@@ -140,11 +142,14 @@ def test_frequency_grams_match_a_direct_dft() -> None:
     offsets = torch.tensor([[0, 0], [0, 1], [1, 0], [2, 1]])
     grams = frequency_grams(taps, offsets, (5, 4))
     index = grams.freqs.tolist().index([2, 1])
-    theta = 2 * math.pi * torch.tensor([2.0, 1.0], dtype=torch.float64) / 5.0 * torch.tensor([1.0, 1.25], dtype=torch.float64)  # frequency (2, 1)
-    k = sum(taps[0, a].to(torch.complex128) * torch.exp(1j * (offsets[a].double() @ theta)) for a in range(4))
+    theta = (2 * math.pi * torch.tensor([2.0, 1.0], dtype=torch.float64) / 5.0
+             * torch.tensor([1.0, 1.25], dtype=torch.float64))  # frequency (2, 1)
+    k = sum(taps[0, a].to(torch.complex128) * torch.exp(1j * (offsets[a].double() @ theta))
+            for a in range(4))
     expected = k @ k.mH  # output side (3 < 5), up to conjugation
     got = grams.blocks[index]
-    assert torch.allclose(got, expected, atol=1e-12) or torch.allclose(got, expected.conj(), atol=1e-12)
+    assert torch.allclose(got, expected, atol=1e-12) \
+        or torch.allclose(got, expected.conj(), atol=1e-12)
     assert 0 < grams.error < 1e-10
 
 
@@ -242,16 +247,19 @@ def near_singular_cases(count: int, relative_gap: float, seed: int, hermitian: b
     while len(out) < count:
         a, c, br, bi = rng.standard_normal(4)
         bi = bi if hermitian else 0.0
-        g = np.array([[a, br + 1j * bi], [br - 1j * bi, c]]) if hermitian else np.array([[a, br], [br, c]])
-        tau = ((a + c) / 2 + math.hypot((a - c) / 2, math.hypot(br, bi))) * (1 - relative_gap * rng.random())
+        g = (np.array([[a, br + 1j * bi], [br - 1j * bi, c]]) if hermitian
+             else np.array([[a, br], [br, c]]))
+        top = (a + c) / 2 + math.hypot((a - c) / 2, math.hypot(br, bi))
+        tau = top * (1 - relative_gap * rng.random())
         ta, tc = Fraction(tau) - Fraction(a), Fraction(tau) - Fraction(c)
         if ta > 0 and ta * tc - Fraction(br) ** 2 - Fraction(bi) ** 2 > 0:
             continue  # positive definite after all: not a trap
         bare = tau * np.eye(2) - g
-        factor = {(True, True): scipy.linalg.lapack.cpotrf, (True, False): scipy.linalg.lapack.spotrf,
-                  (False, True): scipy.linalg.lapack.zpotrf, (False, False): scipy.linalg.lapack.dpotrf}
-        if factor[single, hermitian](bare.astype(np.complex64 if hermitian else np.float32) if single else bare,
-                                     lower=1)[1] == 0:
+        lapack = scipy.linalg.lapack
+        factor = {(True, True): lapack.cpotrf, (True, False): lapack.spotrf,
+                  (False, True): lapack.zpotrf, (False, False): lapack.dpotrf}
+        rounded = bare.astype(np.complex64 if hermitian else np.float32) if single else bare
+        if factor[single, hermitian](rounded, lower=1)[1] == 0:
             out.append((g, tau))
     return out
 
@@ -261,7 +269,8 @@ def test_certificate_never_accepts_a_matrix_that_is_not_positive_definite(kind: 
     """Traps: tau I - G is not positive definite (exact arithmetic) yet a bare Cholesky in
     the working precision succeeds; the certificate (batched float64 or single precision,
     dense LAPACK) must refuse every one. Without the margin it would accept them all."""
-    cases = near_singular_cases(40, 1e-7 if kind == "single" else 0.0, seed=3, hermitian=kind != "dense")
+    cases = near_singular_cases(40, 1e-7 if kind == "single" else 0.0, seed=3,
+                                hermitian=kind != "dense")
     for g, tau in cases:
         if kind == "dense":
             assert not certify_dense(g.copy(), tau)
@@ -275,7 +284,8 @@ def test_single_precision_certificate_proves_blocks_well_below_tau() -> None:
     g = a.mH @ a
     top = torch.linalg.eigvalsh(g)[:, -1]
     assert bool(cholesky_certify(g, float(top.max()) * 1.01, low_precision=True).all())
-    assert not bool(cholesky_certify(g, float(top.max()) * (1 + 1e-6), low_precision=True)[int(top.argmax())])
+    proven = cholesky_certify(g, float(top.max()) * (1 + 1e-6), low_precision=True)
+    assert not bool(proven[int(top.argmax())])
     assert bool(cholesky_certify(g, float(top.max()) * (1 + 1e-6))[int(top.argmax())])
 
 
@@ -312,8 +322,10 @@ def test_every_frequency_block_matches_a_direct_dft(dims: int, c_out: int, c_in:
         theta = 2 * math.pi * grams.freqs[freq].double() / size.double()
         k = sum(taps[group, a].to(torch.complex128) * torch.exp(1j * (offsets[a].double() @ theta))
                 for a in range(3))
-        got, expected = grams.blocks[index], (k @ k.mH if c_out < c_in else k.mH @ k)  # the smaller side
-        assert torch.allclose(got, expected, atol=1e-11) or torch.allclose(got, expected.conj(), atol=1e-11)
+        # the smaller side
+        got, expected = grams.blocks[index], (k @ k.mH if c_out < c_in else k.mH @ k)
+        assert torch.allclose(got, expected, atol=1e-11) \
+            or torch.allclose(got, expected.conj(), atol=1e-11)
     assert grams.blocks.shape[0] == 2 * count
 
 

@@ -12,13 +12,13 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
+from onnx_builders import const, model, save
 from typer.testing import CliRunner
 
 from lipcheck import api, limits
 from lipcheck.cli import app
 from lipcheck.errors import ModelLoadError, UnsafeFileError
 from lipcheck.settings import Settings
-from onnx_builders import const, model, save
 
 runner = CliRunner()
 
@@ -147,7 +147,8 @@ def test_timeout_stops_the_cli_with_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     assert "--timeout 0.001 s" in result.output and "Traceback" not in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
-    assert signal.getsignal(signal.SIGALRM) == before and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    assert signal.getsignal(signal.SIGALRM) == before
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
     _error(["estimate", path, "--timeout", "-1"], "--timeout")
     ok = runner.invoke(app, ["estimate", str(path), "--timeout", "120", "--method", "autolip",
                              "--lower-budget", "0", "-q"])

@@ -24,30 +24,44 @@ class Sandwich:
     warnings: list[tuple[str, str]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
+        pair = self._pair()
+        if pair is None:
+            return
         if self.violated:
-            self.warnings.append(("bound_violation", _violation_message(self.lower, self.upper)))
+            self.warnings.append(("bound_violation", _violation_message(*pair)))
         elif self.gap is not None and self.gap > GAP_WARN:
-            self.warnings.append(("np_hard_gap", _gap_message(self.lower, self.upper, self.gap)))
+            self.warnings.append(("np_hard_gap", _gap_message(*pair, self.gap)))
+
+    def _pair(self) -> tuple[GlobalBound, GlobalBound] | None:
+        """(lower, upper) when both are certified and the upper one is an upper bound."""
+        lower, upper = self.lower, self.upper
+        if lower is None or upper is None:
+            return None
+        if not (lower.certified and upper.certified and upper.kind == "upper"):
+            return None
+        return lower, upper
 
     @property
     def usable(self) -> bool:
-        return (self.lower is not None and self.upper is not None and self.lower.certified
-                and self.upper.certified and self.upper.kind == "upper")
+        return self._pair() is not None
 
     @property
     def gap(self) -> float | None:
-        if not self.usable or self.lower.value <= 0 or not math.isfinite(self.upper.value):
+        pair = self._pair()
+        if pair is None or pair[0].value <= 0 or not math.isfinite(pair[1].value):
             return None
-        return self.upper.value / self.lower.value
+        return pair[1].value / pair[0].value
 
     @property
     def violated(self) -> bool:
-        return self.usable and self.lower.value > self.upper.value * (1 + VIOLATION_TOL)
+        pair = self._pair()
+        return pair is not None and pair[0].value > pair[1].value * (1 + VIOLATION_TOL)
 
     def interval(self) -> tuple[float, float] | None:
-        if not self.usable:
+        pair = self._pair()
+        if pair is None:
             return None
-        return self.lower.value, self.upper.value
+        return pair[0].value, pair[1].value
 
 
 def _violation_message(lower: GlobalBound, upper: GlobalBound) -> str:

@@ -7,14 +7,16 @@ import platform
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lipcheck.gate.checks import Check, fmt
-from lipcheck.gate.comparison import (TOP_CHANGES, Comparison, relative_text, side_text,
-                                      value_or_inf)
+from lipcheck.gate.comparison import TOP_CHANGES, Comparison, relative_text, side_text, value_or_inf
 from lipcheck.gate.verdict import Verdict
 from lipcheck.render import interval_line
 from lipcheck.version import __version__
+
+if TYPE_CHECKING:  # imported at run time by its callers (robustness needs torch)
+    from lipcheck.gate.robustness import Robustness
 
 TOP_LAYERS = 5
 
@@ -24,10 +26,11 @@ def junit_xml(verdict: Verdict) -> str:
     checks = verdict.checks
     counts = {"tests": str(len(checks)), "failures": str(len(verdict.failed)), "errors": "0"}
     seconds = f"{verdict.seconds:.3f}"
-    root = ET.Element("testsuites", name="lipcheck", time=seconds, **counts)
-    suite = ET.SubElement(root, "testsuite", name="lipcheck", skipped="0", time=seconds,
-                          timestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-                          hostname=platform.node() or "localhost", **counts)
+    root = ET.Element("testsuites", {"name": "lipcheck", "time": seconds, **counts})
+    suite = ET.SubElement(root, "testsuite", {
+        "name": "lipcheck", "skipped": "0", "time": seconds,
+        "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+        "hostname": platform.node() or "localhost", **counts})
     properties = ET.SubElement(suite, "properties")
     for key, value in _properties(verdict).items():
         ET.SubElement(properties, "property", name=key, value=value)
@@ -58,7 +61,7 @@ def markdown_summary(verdict: Verdict) -> str:
              f"**{interval_line(data)}**", ""]
     lines += _checks_section(verdict.checks)
     if verdict.robustness is not None:
-        lines += _robustness_section(verdict)
+        lines += _robustness_section(verdict.robustness)
     lines += _layers_section(data)
     if verdict.comparison is not None:
         lines += _baseline_section(verdict.comparison)
@@ -89,8 +92,7 @@ def _local_note(robustness: Any) -> str:
     return side_by_side(robustness)
 
 
-def _robustness_section(verdict: Verdict) -> list[str]:
-    r = verdict.robustness
+def _robustness_section(r: Robustness) -> list[str]:
     kind = "certified" if r.certified else "estimated (no certified bound: not a certificate)"
     at_eps = ("" if r.certified_accuracy is None else
               f"certified accuracy **{r.certified_accuracy:.2%}** at eps = {fmt(r.eps)} (L2)"

@@ -51,7 +51,7 @@ class Robustness:
     lipschitz: float      # the global bound used
     seconds: float = 0.0
     certified_accuracy_global: float | None = None  # from the global constants alone
-    local: "LocalRobustness | None" = None            # from local constants on each ball
+    local: LocalRobustness | None = None            # from local constants on each ball
 
     @property
     def median_radius(self) -> float:

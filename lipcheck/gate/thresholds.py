@@ -17,7 +17,8 @@ from lipcheck.errors import UserError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser as a package
-    import tomli as tomllib
+    # tomli is installed only there (pyproject: tomli; python_version < '3.11')
+    import tomli as tomllib  # type: ignore[import-not-found]
 
 CONFIG_KEYS = ("max-lipschitz", "max-layer", "baseline", "max-increase", "require-certified",
                "min-certified-accuracy", "eps", "data")
@@ -36,12 +37,12 @@ class Thresholds:
     eps: float | None = None
     data: Path | None = None
 
-    def merged_over(self, lower: "Thresholds") -> "Thresholds":
+    def merged_over(self, lower: Thresholds) -> Thresholds:
         """These values, with `lower`'s where these are None."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(lower, **{k: v for k, v in values.items() if v is not None})
 
-    def validated(self) -> "Thresholds":
+    def validated(self) -> Thresholds:
         for name in ("max_lipschitz", "max_layer", "max_increase"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):

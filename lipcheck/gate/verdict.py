@@ -6,8 +6,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lipcheck.errors import EXIT_NO_FINITE_BOUND, EXIT_OK, EXIT_THRESHOLD
-from lipcheck.gate.checks import (Check, certified_check, finite_check, fmt, global_check,
-                                  headline, layer_checks)
+from lipcheck.gate.checks import (
+    Check,
+    certified_check,
+    finite_check,
+    fmt,
+    global_check,
+    headline,
+    layer_checks,
+)
 from lipcheck.gate.thresholds import Thresholds
 from lipcheck.report import Report
 

@@ -24,12 +24,12 @@ class InputSet:
             self.radius = self.radius.to(torch.float64)
 
     @classmethod
-    def box(cls, lo: torch.Tensor, hi: torch.Tensor) -> "InputSet":
+    def box(cls, lo: torch.Tensor, hi: torch.Tensor) -> InputSet:
         lo, hi = lo.to(torch.float64), hi.to(torch.float64)
         return cls((lo + hi) / 2, "box", (hi - lo) / 2)
 
     @classmethod
-    def ball(cls, center: torch.Tensor, radius: float, norm: str = "2") -> "InputSet":
+    def ball(cls, center: torch.Tensor, radius: float, norm: str = "2") -> InputSet:
         kind = {"2": "l2", "inf": "linf"}[str(norm)]
         return cls(center.reshape(center.shape[0], -1), kind, float(radius))
 
@@ -37,7 +37,7 @@ class InputSet:
     def batch(self) -> int:
         return self.center.shape[0]
 
-    def slice(self, start: int, stop: int) -> "InputSet":
+    def slice(self, start: int, stop: int) -> InputSet:
         radius = self.radius[start:stop] if isinstance(self.radius, torch.Tensor) else self.radius
         return InputSet(self.center[start:stop], self.kind, radius)
 

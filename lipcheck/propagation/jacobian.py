@@ -94,7 +94,7 @@ def row_norm_bounds(program: Program, ranges: Ranges, rows: torch.Tensor) -> tor
 
 def local_lipschitz(program: Program, ranges: Ranges) -> torch.Tensor:
     """(B,): an upper bound of the local Lipschitz constant (L2) of f on each set."""
-    batch = ranges.output[0].shape[0]
+    batch = ranges.batch
     eye = torch.eye(program.n_out, dtype=torch.float64).expand(batch, -1, -1)
     return hull_matrix_norm(*jacobian_hull(program, ranges, eye)) * SAFETY
 

@@ -23,8 +23,9 @@ from lipcheck.propagation.ranges import Ranges, _pool_gather
 
 def _half(program: Program, ranges: Ranges, i: int, batch: int, n: int) -> torch.Tensor:
     """sqrt(max |slope|) of step i when it is an activation, else ones: (B, n)."""
-    if 0 <= i < len(program.steps) and isinstance(program.steps[i], Act):
-        s_lo, s_hi = slope_interval(program.steps[i].alpha, *ranges.pre[i])
+    step = program.steps[i] if 0 <= i < len(program.steps) else None
+    if isinstance(step, Act):
+        s_lo, s_hi = slope_interval(step.alpha, *ranges.pre[i])
         return torch.maximum(s_lo.abs(), s_hi.abs()).sqrt()
     return torch.ones(batch, n, dtype=torch.float64)
 
@@ -40,7 +41,7 @@ def _pool_factor(step: MaxPool, lo: torch.Tensor, hi: torch.Tensor) -> torch.Ten
 
 def masked_product(program: Program, ranges: Ranges) -> torch.Tensor:
     """(B,): product over the steps of the masked per-layer norms, on each set."""
-    batch = ranges.output[0].shape[0]
+    batch = ranges.batch
     if not program.is_chain:      # a residual sum is not a product: the graph version
         return graph_masked(program, ranges)
     total = torch.ones(batch, dtype=torch.float64)
@@ -57,7 +58,9 @@ def masked_product(program: Program, ranges: Ranges) -> torch.Tensor:
 
 
 def _act_scale(program: Program, ranges: Ranges, i: int) -> torch.Tensor:
-    s_lo, s_hi = slope_interval(program.steps[i].alpha, *ranges.pre[i])
+    step = program.steps[i]
+    assert isinstance(step, Act), "callers pass the index of an activation step"
+    s_lo, s_hi = slope_interval(step.alpha, *ranges.pre[i])
     return torch.maximum(s_lo.abs(), s_hi.abs())
 
 
@@ -81,7 +84,7 @@ def graph_masked(program: Program, ranges: Ranges, rows: torch.Tensor | None = N
     activation's Jacobian is S_a D' with ||D'|| <= 1), otherwise ||W|| L(input); an
     activation max S L(input); a max pool its window factor; a residual sum L(a) + L(b).
     With rows, the last (affine) step is rows @ W, one bound per row."""
-    batch = ranges.output[0].shape[0]
+    batch = ranges.batch
     bound = {0: torch.ones(batch, dtype=torch.float64)}
     last = len(program.steps) - 1
     for i, step in enumerate(program.steps):
@@ -101,5 +104,6 @@ def graph_masked(program: Program, ranges: Ranges, rows: torch.Tensor | None = N
         else:
             bound[i + 1] = bound[src[0]] + bound[src[1]]
     if rows is not None:   # the last step is not affine: rows through it as a matrix
-        return bound[last + 1][:, None] * torch.linalg.vector_norm(rows, dim=2) * SAFETY ** (last + 1)
+        norms = torch.linalg.vector_norm(rows, dim=2)
+        return bound[last + 1][:, None] * norms * SAFETY ** (last + 1)
     return bound[last + 1] * SAFETY ** (last + 1)

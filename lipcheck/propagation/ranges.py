@@ -31,6 +31,17 @@ class Ranges:
     pre: dict[int, Bounds] = field(default_factory=dict)   # step index -> its input range
     output: Bounds | None = None
 
+    def out(self) -> Bounds:
+        """The output range; an error before propagation has set it."""
+        if self.output is None:
+            raise ValueError("ranges not propagated: no output range")
+        return self.output
+
+    @property
+    def batch(self) -> int:
+        """Sets in the batch: the rows of the output range."""
+        return self.out()[0].shape[0]
+
     def unstable(self, program: Program) -> int:
         """Activation inputs whose sign is not fixed on the set, summed over the batch."""
         return sum(int(((lo < 0) & (hi > 0)).sum()) for i, (lo, hi) in self.pre.items()
@@ -162,6 +173,7 @@ def back_substitute(program: Program, pending: dict, const: torch.Tensor, upto: 
 def _crown(program: Program, value: int, ranges: Ranges, input_set: InputSet) -> Bounds:
     """CROWN bounds of `value`, written by an affine step."""
     step = program.steps[value - 1]
+    assert isinstance(step, Affine), "CROWN bounds values written by affine steps"
     batch = input_set.batch
     w = step.weight.expand(batch, -1, -1)
     pending = {sources(program.steps, value - 1)[0]: torch.cat([w, -w], dim=1)}
@@ -202,6 +214,11 @@ def propagate(program: Program, input_set: InputSet, method: str = "crown",
              for s in range(0, input_set.batch, chunk)]
     merged = Ranges()
     for key in parts[0].pre:
-        merged.pre[key] = tuple(torch.cat([p.pre[key][j] for p in parts]) for j in range(2))
-    merged.output = tuple(torch.cat([p.output[j] for p in parts]) for j in range(2))
+        merged.pre[key] = _cat([p.pre[key] for p in parts])
+    merged.output = _cat([p.out() for p in parts])
     return merged
+
+
+def _cat(parts: list[Bounds]) -> Bounds:
+    """The chunks' bounds stacked along the batch."""
+    return torch.cat([lo for lo, _ in parts]), torch.cat([hi for _, hi in parts])

@@ -18,8 +18,15 @@ import itertools
 
 import torch
 
-from lipcheck.propagation.jacobian import (SAFETY, _back_pool, _times, hull_matrix_norm,
-                                           local_lipschitz, row_norm_bounds, slope_interval)
+from lipcheck.propagation.jacobian import (
+    SAFETY,
+    _back_pool,
+    _times,
+    hull_matrix_norm,
+    local_lipschitz,
+    row_norm_bounds,
+    slope_interval,
+)
 from lipcheck.propagation.program import Act, Affine, MaxPool, Program
 from lipcheck.propagation.ranges import Ranges, _pool_gather
 
@@ -127,6 +134,6 @@ def vertex_lipschitz(program: Program, ranges: Ranges, cap: int = 1024) -> torch
     if not program.is_chain:      # residual graphs: the interval hull only
         return local_lipschitz(program, ranges)
     eye = torch.eye(program.n_out, dtype=torch.float64)
-    batch = ranges.output[0].shape[0]
+    batch = ranges.batch
     return torch.stack([_matrix_norm(*_walk(program, ranges, eye, b, cap))
                         for b in range(batch)]) * SAFETY

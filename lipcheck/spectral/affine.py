@@ -4,23 +4,33 @@ Methods (Settings.layer_method): "exact" (dense Jacobian SVD; UserError when the
 is too large for it), "fft" / "gram" (the op's certifier: for Conv and ConvTranspose the
 FFT block bound with a Cholesky certificate, or with Gram iteration), "power" (power
 iteration: an estimate, not certified), "auto" (exact when the dense SVD fits and its
-predicted time is within Settings.layer_budget; else the op's certifier; else power iteration). Beside every certified value that is not
-exact, a few warm-started Lanczos steps give the lower estimate (NodeBound.estimate).
+predicted time is within Settings.layer_budget; else the op's certifier; else power
+iteration). Beside every certified value that is not exact, a few warm-started Lanczos
+steps give the lower estimate (NodeBound.estimate).
 """
 from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
+from lipcheck.bounds import BoundContext, NodeBound
 from lipcheck.errors import UserError
 from lipcheck.graph import Node, OpKind
-from lipcheck.bounds import BoundContext, NodeBound
 from lipcheck.spectral.conv_norm import conv_certifier, is_pointwise
-from lipcheck.spectral.operator import (DENSE_SECONDS_PER_FLOP, LinearOperator, NormResult, apply_with_adjoint,
-                                        dense_norm, fits_dense, lanczos_estimate, node_operator, power_norm)
+from lipcheck.spectral.operator import (
+    DENSE_SECONDS_PER_FLOP,
+    LinearOperator,
+    NormResult,
+    apply_with_adjoint,
+    dense_norm,
+    fits_dense,
+    lanczos_estimate,
+    node_operator,
+    power_norm,
+)
 
 # Certified norm methods for particular ops (FFT, Gram iteration, ...), tried by
 # `affine_bound` when the dense Jacobian is too large. Each returns None when it
@@ -28,7 +38,8 @@ from lipcheck.spectral.operator import (DENSE_SECONDS_PER_FLOP, LinearOperator, 
 # estimate) and `start_on_output` (the start lives on the output space).
 Certifier = Callable[[Node, BoundContext, LinearOperator], NormResult | None]
 CERTIFIERS: dict[OpKind, list[Certifier]] = {}
-ESTIMATE_ITERS = 4  # Lanczos steps, warm-started; Settings.extra["estimate_iters"] overrides (0: none)
+# Lanczos steps, warm-started; Settings.extra["estimate_iters"] overrides (0: none)
+ESTIMATE_ITERS = 4
 
 
 def register_certifier(op: OpKind, fn: Certifier) -> Certifier:
@@ -65,7 +76,8 @@ def _norm(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
     method = ctx.settings.layer_method
     if method == "power":
         return _power(node, ctx, op)
-    if (method == "exact" and fits_dense(op, ctx)) or (method == "auto" and _prefer_dense(node, op, ctx)):
+    if (method == "exact" and fits_dense(op, ctx)) \
+            or (method == "auto" and _prefer_dense(node, op, ctx)):
         return dense_norm(op)
     if method == "exact":
         raise UserError(f"node {node.name!r} ({node.op.value}): --layer-method exact needs a dense "
@@ -109,7 +121,8 @@ def _power(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
     return result
 
 
-def _estimate(node: Node, ctx: BoundContext, op: LinearOperator, result: NormResult) -> float | None:
+def _estimate(node: Node, ctx: BoundContext, op: LinearOperator, result: NormResult
+              ) -> float | None:
     iters = int(ctx.settings.extra.get("estimate_iters", ESTIMATE_ITERS))
     if iters <= 0 or op.n_in == 0 or op.n_out == 0:
         return None
@@ -126,13 +139,14 @@ def _start(op: LinearOperator, result: NormResult, seed: int) -> torch.Tensor:
         return torch.randn(op.in_shape, generator=gen, dtype=torch.float64).to(op.device, op.dtype)
     if getattr(result, "start_on_output", False):
         u = _fit(start, op.out_shape[1:]).reshape(op.out_shape).to(op.device, op.dtype)
-        return apply_with_adjoint(op, torch.zeros(op.in_shape, dtype=op.dtype, device=op.device))[1](u)
+        zero = torch.zeros(op.in_shape, dtype=op.dtype, device=op.device)
+        return apply_with_adjoint(op, zero)[1](u)
     return _fit(start, op.in_shape[1:]).reshape(op.in_shape).to(op.device, op.dtype)
 
 
 def _fit(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Zero-pad or crop x (channels, spatial...) to `shape`."""
     out = torch.zeros(shape, dtype=x.dtype)
-    index = tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape))
+    index = tuple(slice(0, min(a, b)) for a, b in zip(x.shape, shape, strict=True))
     out[index] = x[index]
     return out

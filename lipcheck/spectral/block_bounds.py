@@ -43,7 +43,8 @@ def cholesky_certify(blocks: torch.Tensor, tau: float, low_precision: bool = Fal
 SINGLE_ROUNDOFF = 2.0 ** -24
 
 
-def _certify_chunk(blocks: torch.Tensor, tau: float, low_precision: bool, scratch: Scratch) -> torch.Tensor:
+def _certify_chunk(blocks: torch.Tensor, tau: float, low_precision: bool,
+                   scratch: Scratch) -> torch.Tensor:
     """Cholesky of A = (tau - c) I - G with a per-block shift c of 1.25 times the rounding
     bound that `_margin_holds` checks afterwards."""
     n = blocks.shape[-1]
@@ -51,8 +52,10 @@ def _certify_chunk(blocks: torch.Tensor, tau: float, low_precision: bool, scratc
     diagonal = blocks.diagonal(dim1=-2, dim2=-1).real
     need = _rounding_need(n, tau, diagonal.sum(dim=-1), u)
     conversion = torch.zeros_like(need)
-    if low_precision:  # rounding A to single precision moves it by <= u ||A||_F <= u (||G||_F + sqrt(n) |tau - c|)
-        conversion = u * (squared_frobenius(blocks).sqrt() + math.sqrt(n) * 2 * abs(tau)) * (1 + 1e-6)
+    if low_precision:
+        # rounding A to single precision moves it by <= u ||A||_F <= u (||G||_F + sqrt(n) |tau - c|)
+        fro = squared_frobenius(blocks).sqrt()
+        conversion = u * (fro + math.sqrt(n) * 2 * abs(tau)) * (1 + 1e-6)
     shift = 1.25 * (need + conversion)
     dtype = blocks.dtype
     if low_precision:
@@ -140,7 +143,7 @@ def gram_iteration_bound(blocks: torch.Tensor, steps: int = 6) -> torch.Tensor:
         scales.append(scale)
         h = (h.mH @ h) / (scale * scale)[:, None, None]
     rho = squared_frobenius(h).sqrt() * up
-    for f, scale in zip(reversed(frobs), reversed(scales)):
+    for f, scale in zip(reversed(frobs), reversed(scales), strict=True):
         rho = torch.sqrt(scale * scale * rho + g * f * f) * (1 + 8 * UNIT_ROUNDOFF)
     return rho
 

@@ -13,14 +13,26 @@ from dataclasses import dataclass
 
 import torch
 
-from lipcheck.graph import Node, OpKind
 from lipcheck.bounds import BoundContext
+from lipcheck.graph import Node, OpKind
 from lipcheck.spectral.block_bounds import gram_iteration_bound
 from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, FrequencyGrams, frequency_grams
+from lipcheck.spectral.operator import (
+    DENSE_SECONDS_PER_FLOP,
+    FLOAT64_MARGIN,
+    LinearOperator,
+    NormResult,
+    matrix_norm,
+)
 from lipcheck.spectral.padded_gram import MAX_DIM, exact_gram_norm, gram_dim, predicted_seconds
-from lipcheck.spectral.operator import (DENSE_SECONDS_PER_FLOP, FLOAT64_MARGIN, LinearOperator, NormResult,
-                                        matrix_norm)
-from lipcheck.spectral.polyphase import ConvSpec, PhaseKernel, circular_grid, conv_spec, phase_kernel, tap_count
+from lipcheck.spectral.polyphase import (
+    ConvSpec,
+    PhaseKernel,
+    circular_grid,
+    conv_spec,
+    phase_kernel,
+    tap_count,
+)
 from lipcheck.spectral.top_eig import lanczos_top, max_eig_bound
 
 
@@ -85,9 +97,10 @@ def grouped_dense(pk: PhaseKernel, ctx: BoundContext) -> CertifiedNorm | None:
 def _apply(spec: ConvSpec, x: torch.Tensor) -> torch.Tensor:
     """The zero-padded Conv of `spec` (float64) on a batch x (N, C_in, size...)."""
     pads: list[int] = []
-    for begin, end in reversed(list(zip(spec.pads_begin, spec.pads_end))):
+    for begin, end in reversed(list(zip(spec.pads_begin, spec.pads_end, strict=True))):
         pads += [begin, end]
-    conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}[spec.dims]
+    functional = torch.nn.functional
+    conv = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}[spec.dims]
     return conv(torch.nn.functional.pad(x, pads), spec.weight.detach().to(torch.float64),
                 stride=spec.strides, dilation=spec.dilations, groups=spec.group)
 
@@ -101,7 +114,8 @@ def _exact_gram(pk: PhaseKernel, ctx: BoundContext) -> CertifiedNorm | None:
     value = exact_gram_norm(pk)
     if value is None:
         return None
-    return CertifiedNorm(value, True, "exact-gram", detail=f"input-side Gram of {dim} rows (before dropping padding), "
+    return CertifiedNorm(value, True, "exact-gram",
+                         detail=f"input-side Gram of {dim} rows (before dropping padding), "
                          f"{pk.taps.shape[0]} group(s), Cholesky certificate")
 
 
@@ -113,11 +127,13 @@ def is_pointwise(node: Node, ctx: BoundContext) -> bool:
     return tap_count(conv_spec(node, weight)) <= 1
 
 
-def _gram_result(grams: FrequencyGrams, pk: PhaseKernel, transpose: bool, steps: int = 6) -> CertifiedNorm:
+def _gram_result(grams: FrequencyGrams, pk: PhaseKernel, transpose: bool,
+                 steps: int = 6) -> CertifiedNorm:
     rho = gram_iteration_bound(grams.blocks, steps)
     value = math.sqrt(float(rho.max()) + grams.error) * (1 + 8 * UNIT_ROUNDOFF)
     start = plane_wave(pk, grams, int(rho.argmax()), None)
-    return CertifiedNorm(value, True, "fft-gram", detail=_detail(pk, grams) + f", {steps} Gram steps",
+    return CertifiedNorm(value, True, "fft-gram",
+                         detail=_detail(pk, grams) + f", {steps} Gram steps",
                          start=start, start_on_output=transpose)
 
 
@@ -127,12 +143,14 @@ def _detail(pk: PhaseKernel, grams: FrequencyGrams) -> str:
             f"{pk.taps.shape[1]} taps, {pk.taps.shape[3]} phase channels")
 
 
-def plane_wave(pk: PhaseKernel, grams: FrequencyGrams, index: int, vec: torch.Tensor | None) -> torch.Tensor:
+def plane_wave(pk: PhaseKernel, grams: FrequencyGrams, index: int,
+               vec: torch.Tensor | None) -> torch.Tensor:
     """The input (on the Conv's input grid) of the top singular vector at one frequency
     (`vec`, the block's top eigenvector, computed here when None)."""
     groups, taps, c_out, c_eff = pk.taps.shape
     count = grams.freqs.shape[0]
-    theta = 2 * math.pi * grams.freqs[index % count].to(torch.float64) / torch.tensor(grams.grid, dtype=torch.float64)
+    grid = torch.tensor(grams.grid, dtype=torch.float64)
+    theta = 2 * math.pi * grams.freqs[index % count].to(torch.float64) / grid
     if vec is None:
         vec = lanczos_top(grams.fetch(torch.tensor([index]))[0])[2]
     vec = vec.cpu().to(torch.complex128)
@@ -140,7 +158,9 @@ def plane_wave(pk: PhaseKernel, grams: FrequencyGrams, index: int, vec: torch.Te
     if c_out < c_eff:  # the block is on the output side: its input is K(w)^H v
         k = pk.taps[index // count]  # (T, C_out, C_eff), real: no complex copy of the taps
         parts = torch.stack([vec.real, vec.imag], dim=1)  # (C_out, 2)
-        vec = sum(phase[t] * torch.view_as_complex((k[t].mT @ parts).contiguous()) for t in range(k.shape[0]))
+        zero = torch.zeros((), dtype=torch.complex128)
+        vec = sum((phase[t] * torch.view_as_complex((k[t].mT @ parts).contiguous())
+                   for t in range(k.shape[0])), zero)
         theta = -theta
     return _spread(pk, vec, theta, index // count)
 
@@ -152,9 +172,12 @@ def _spread(pk: PhaseKernel, vec: torch.Tensor, theta: torch.Tensor, group: int)
     full = torch.zeros(c_in_g * phases, dtype=torch.complex128)
     full[pk.channels] = vec
     full = full.reshape(c_in_g, *spec.strides)
-    grids = torch.meshgrid(*[torch.arange(n) + b for n, b in zip(spec.size, spec.pads_begin)], indexing="ij")
-    phase_index = tuple(p % s for p, s in zip(grids, spec.strides))
-    wave = torch.exp(1j * sum(t * (p // s) for t, p, s in zip(theta, grids, spec.strides)))
+    axes = [torch.arange(n) + b for n, b in zip(spec.size, spec.pads_begin, strict=True)]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    phase_index = tuple(p % s for p, s in zip(grids, spec.strides, strict=True))
+    wave = torch.exp(1j * sum(t * (p // s)
+                              for t, p, s in zip(theta, grids, spec.strides, strict=True)))
     x = torch.zeros((spec.weight.shape[1] * spec.group, *spec.size), dtype=torch.float64)
-    x[group * c_in_g:(group + 1) * c_in_g] = (full[(slice(None), *phase_index)] * wave).real
+    index: tuple[slice | torch.Tensor, ...] = (slice(None), *phase_index)  # x[:, *i]: 3.11+
+    x[group * c_in_g:(group + 1) * c_in_g] = (full[index] * wave).real
     return x

@@ -86,15 +86,16 @@ class FrequencyGrams:
             group, freq = index[start:stop] // count, index[start:stop] % count
             groups = torch.unique(group)
             if groups.numel() > 1 and n2 <= SMALL_BLOCK:  # many small groups: one batched product
-                flat[start:stop] = torch.bmm(self.coefficients[freq][:, None, :], self.stacked[group])[:, 0]
+                rows = self.coefficients[freq][:, None, :]
+                flat[start:stop] = torch.bmm(rows, self.stacked[group])[:, 0]
                 continue
             for g in groups.tolist():
                 mine = group == g
                 self._tile_group(g, self.coefficients[freq[mine]], flat, start, stop, mine, width)
         return out
 
-    def _tile_group(self, g: int, coefficients: torch.Tensor, flat: torch.Tensor, start: int, stop: int,
-                    mine: torch.Tensor, width: int) -> None:
+    def _tile_group(self, g: int, coefficients: torch.Tensor, flat: torch.Tensor, start: int,
+                    stop: int, mine: torch.Tensor, width: int) -> None:
         """The rows `mine` of flat[start:stop] (all of group g), in column tiles."""
         every = bool(mine.all())
         rows = torch.nonzero(mine).flatten() + start
@@ -111,7 +112,8 @@ class FrequencyGrams:
 
 
 def frequency_grams(taps: torch.Tensor, offsets: torch.Tensor, grid: tuple[int, ...],
-                    device: torch.device | str = "cpu", scratch: Scratch | None = None) -> FrequencyGrams:
+                    device: torch.device | str = "cpu",
+                    scratch: Scratch | None = None) -> FrequencyGrams:
     """taps (groups, T, C_out, C_in) float64, offsets (T, d) on a circle of size `grid`;
     blocks on the smaller side n = min(C_out, C_in)."""
     taps = taps.to(device=device, dtype=torch.float64)
@@ -120,7 +122,8 @@ def frequency_grams(taps: torch.Tensor, offsets: torch.Tensor, grid: tuple[int, 
     g, n = taps.shape[0], taps.shape[3]
     deltas, pairs = _differences(offsets)
     half = len(deltas)
-    stacked = (scratch or Scratch()).take("stacked", (g, 2 * half, n, n, 2), torch.float64, taps.device)
+    stacked = (scratch or Scratch()).take("stacked", (g, 2 * half, n, n, 2), torch.float64,
+                                          taps.device)
     stacked[:, :half, ..., 1] = 0.0
     stacked[:, half:, ..., 0] = 0.0
     _half_gammas(taps, pairs, stacked)
@@ -142,7 +145,8 @@ def conjugate_representatives(grid: tuple[int, ...]) -> torch.Tensor:
     return freqs[freqs @ strides <= mirror]
 
 
-def _differences(offsets: torch.Tensor) -> tuple[list[tuple[int, ...]], dict[tuple[int, ...], list[tuple[int, int]]]]:
+def _differences(offsets: torch.Tensor
+                 ) -> tuple[list[tuple[int, ...]], dict[tuple[int, ...], list[tuple[int, int]]]]:
     """The tap differences delta = a - b >= 0 (lexicographically; the first is 0), and the
     tap pairs (a, b) of each."""
     pairs: dict[tuple[int, ...], list[tuple[int, int]]] = {}

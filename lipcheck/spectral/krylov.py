@@ -6,8 +6,9 @@ the Hermitian operator `matvec` (1-d numpy arrays of `start`'s dtype in and out)
 twice ("twice is enough", Kahan; once is not enough in single precision after
 convergence, where it lets Ritz values run above lambda_max). `stop` is the stopping
 rule: called after every step with the run so far, True ends it (`RitzSettled`: the
-Ritz value stopped moving; `ResidualBelow`: its residual is small; None: run every step). A run also ends at a breakdown: a non-finite alpha
-(dropped), or beta <= 1e-30 |alpha| (an invariant subspace was found).
+Ritz value stopped moving; `ResidualBelow`: its residual is small; None: run every step).
+A run also ends at a breakdown: a non-finite alpha (dropped), or beta <= 1e-30 |alpha|
+(an invariant subspace was found).
 
 Results are estimates from below (a Ritz value is at most lambda_max up to rounding);
 callers that certify prove their bound some other way. Front ends: `top_eig.lanczos_top`
@@ -17,8 +18,8 @@ callers that certify prove their bound some other way. Front ends: `top_eig.lanc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import scipy.linalg

@@ -9,8 +9,9 @@ autograd power iteration (an estimate from below).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.linalg
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 # float64 SVD is backward stable, sigma has relative error far below 1e-12 for the
 # sizes we run it on.
 FLOAT64_MARGIN = 1e-9
-DENSE_SECONDS_PER_FLOP = 3e-10  # a dense float64 SVD takes about this * small^2 * large seconds (one thread)
+# a dense float64 SVD takes about this * small^2 * large seconds (one thread)
+DENSE_SECONDS_PER_FLOP = 3e-10
 
 
 @dataclass
@@ -55,7 +57,8 @@ class NormResult:
     converged: bool | None = None
 
 
-def node_operator(node: Node, ctx: BoundContext, dtype: torch.dtype = torch.float64) -> LinearOperator:
+def node_operator(node: Node, ctx: BoundContext, dtype: torch.dtype = torch.float64
+                  ) -> LinearOperator:
     """The linear part of an affine node with one dynamic input."""
     from lipcheck.rules.registry import get_rule
 
@@ -72,7 +75,8 @@ def node_operator(node: Node, ctx: BoundContext, dtype: torch.dtype = torch.floa
 
     with torch.no_grad():
         offset = affine(torch.zeros(in_shape, dtype=dtype, device=device))
-    return LinearOperator(lambda x: affine(x) - offset, in_shape, tuple(offset.shape), dtype, device)
+    return LinearOperator(lambda x: affine(x) - offset, in_shape, tuple(offset.shape), dtype,
+                          device)
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
@@ -122,7 +126,8 @@ def _gram_certified_norm(m: np.ndarray) -> float:
     inner = max(m.shape)
     gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
     error = gamma(inner) * float(np.square(m).sum())
-    top = float(scipy.linalg.eigvalsh(gram, subset_by_index=[gram.shape[0] - 1] * 2, check_finite=False)[0])
+    last = gram.shape[0] - 1
+    top = float(scipy.linalg.eigvalsh(gram, subset_by_index=[last, last], check_finite=False)[0])
     tau, blocks = max(top, 0.0) * (1 + 1e-9) + 1e-300, torch.from_numpy(gram)[None]
     for _ in range(20):
         if bool(cholesky_certify(blocks, tau)[0]):

@@ -15,7 +15,8 @@ gamma || |K|_1 ||_F^2 (|K|_1 = sum_a |k_a|), added to tau before the square root
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def real_entries(pk: PhaseKernel) -> np.ndarray:
     spec = pk.spec
     phase = pk.channels.numpy() % math.prod(spec.strides)
     mask = np.ones((1, phase.size), dtype=bool)
-    for axis, (s, b, n) in enumerate(zip(spec.strides, spec.pads_begin, spec.size)):
+    for axis, (s, b, n) in enumerate(zip(spec.strides, spec.pads_begin, spec.size, strict=True)):
         t = phase // math.prod(spec.strides[axis + 1:]) % s
         padded = np.arange(pk.grid[axis])[:, None] * s + t[None, :]
         inside = (padded >= b) & (padded < b + n)
@@ -78,14 +79,14 @@ def input_gram(taps: np.ndarray, pk: PhaseKernel, real: np.ndarray) -> np.ndarra
     for a in range(t):
         for b in range(a, t):
             product = taps[a].T @ taps[b]
-            for row, col in zip(index[flat[a]].tolist(), index[flat[b]].tolist()):
+            for row, col in zip(index[flat[a]].tolist(), index[flat[b]].tolist(), strict=True):
                 if row >= 0 and col >= 0:
                     gram[row, :, col, :] += product  # a view: added in place, no temporary
                     if b != a:
                         gram[col, :, row, :] += product.T
     mask = real[used].reshape(-1)
-    gram = gram.reshape(mask.size, mask.size)
-    return gram if mask.all() else gram[np.ix_(mask, mask)]
+    square = gram.reshape(mask.size, mask.size)
+    return square if mask.all() else square[np.ix_(mask, mask)]
 
 
 def _flat_positions(pk: PhaseKernel, tap: int) -> np.ndarray:
@@ -107,7 +108,7 @@ def exact_gram_norm(pk: PhaseKernel) -> float | None:
     best = 0.0
     for group in range(pk.taps.shape[0]):
         taps = pk.taps[group].numpy()
-        tau = _certified_top(lambda: input_gram(taps, pk, real))
+        tau = _certified_top(partial(input_gram, taps, pk, real))
         if tau is None:
             return None
         best = max(best, math.sqrt(tau + formation_error(taps)) * (1 + 8 * UNIT_ROUNDOFF))
@@ -140,8 +141,9 @@ def top_eigenvalue(gram: np.ndarray) -> float | None:
     if gram.shape[0] <= 256:
         return float(np.linalg.eigvalsh(gram)[-1])
     work = gram.astype(np.float32)
-    start = np.random.default_rng(0).standard_normal(gram.shape[0]).astype(np.float32)
-    run = lanczos(lambda v: work @ v, start, min(gram.shape[0], LANCZOS_STEPS), ResidualBelow(RESIDUAL))
+    start = np.random.default_rng(0).standard_normal(int(gram.shape[0])).astype(np.float32)
+    run = lanczos(lambda v: work @ v, start, min(gram.shape[0], LANCZOS_STEPS),
+                  ResidualBelow(RESIDUAL))
     vector = run.top()[2].astype(np.float64)
     value = float(vector @ (gram @ vector)) / float(vector @ vector)
     return value if math.isfinite(value) else None  # no tight tau: the caller uses the FFT bound

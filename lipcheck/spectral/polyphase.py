@@ -37,8 +37,9 @@ class ConvSpec:
 
     def out_size(self) -> tuple[int, ...]:
         k = self.weight.shape[2:]
-        return tuple((n + b + e - r * (kk - 1) - 1) // s + 1 for n, b, e, r, kk, s in
-                     zip(self.size, self.pads_begin, self.pads_end, self.dilations, k, self.strides))
+        axes = zip(self.size, self.pads_begin, self.pads_end, self.dilations, k, self.strides,
+                   strict=True)
+        return tuple((n + b + e - r * (kk - 1) - 1) // s + 1 for n, b, e, r, kk, s in axes)
 
 
 @dataclass
@@ -73,7 +74,7 @@ def circular_grid(pk: PhaseKernel) -> tuple[int, ...]:
     an output reads, i + a <= m + A - 1, lands on a zero slot after wrapping (N >= m + A - lo).
     At most pk.grid (= m + A, where nothing wraps at all)."""
     out = []
-    for axis, (m, full) in enumerate(zip(pk.out_size, pk.grid)):
+    for axis, (_, full) in enumerate(zip(pk.out_size, pk.grid, strict=True)):
         need = [max(hi, full - lo) for lo, hi in pk.real_range(axis)]
         out.append(max(1, min(full, max(need, default=1))))
     return tuple(out)
@@ -102,7 +103,7 @@ def transpose_spec(node: Node, weight: torch.Tensor, strides: tuple[int, ...],
     out_pad = [int(v) for v in node.attrs.get("output_padding", [0] * dims)]
     size = tuple(int(v) for v in node.output_shapes[0][2:])
     ends = [pads[dims + a] - out_pad[a] for a in range(dims)]
-    size = tuple(n + min(0, e) for n, e in zip(size, ends))
+    size = tuple(n + min(0, e) for n, e in zip(size, ends, strict=True))
     return ConvSpec(weight, strides, dilations, tuple(pads[:dims]), tuple(max(0, e) for e in ends),
                     group, size)
 
@@ -111,13 +112,14 @@ def phase_kernel(spec: ConvSpec) -> PhaseKernel:
     g, c_in_g = spec.group, spec.weight.shape[1]
     c_out_g, k = spec.weight.shape[0] // g, tuple(spec.weight.shape[2:])
     phases = math.prod(spec.strides)
-    spans = tuple((r * (kk - 1)) // s + 1 for r, kk, s in zip(spec.dilations, k, spec.strides))
+    spans = tuple((r * (kk - 1)) // s + 1
+                  for r, kk, s in zip(spec.dilations, k, spec.strides, strict=True))
     per_tap = spec.weight.detach().reshape(g, c_out_g, c_in_g, -1).permute(0, 3, 1, 2)
     dense = torch.zeros((g, math.prod(spans), c_out_g, c_in_g * phases), dtype=torch.float64)
     for index, j in enumerate(itertools.product(*(range(kk) for kk in k))):
-        pos = [r * jj for r, jj in zip(spec.dilations, j)]
-        phase = _ravel([p % s for p, s in zip(pos, spec.strides)], spec.strides)
-        offset = _ravel([p // s for p, s in zip(pos, spec.strides)], spans)
+        pos = [r * jj for r, jj in zip(spec.dilations, j, strict=True)]
+        phase = _ravel([p % s for p, s in zip(pos, spec.strides, strict=True)], spec.strides)
+        offset = _ravel([p // s for p, s in zip(pos, spec.strides, strict=True)], spans)
         target = dense[:, offset] if phases == 1 else dense[:, offset, :, phase::phases]
         target += per_tap[:, index]  # (taps land on distinct offsets when phases == 1)
     return _sparse_taps(dense, spans, spec)
@@ -131,14 +133,16 @@ def tap_count(spec: ConvSpec) -> int:
         return 0
     k = tuple(spec.weight.shape[2:])
     nonzero = (spec.weight.detach() != 0).reshape(-1, math.prod(k)).any(dim=0).tolist()
-    offsets = {tuple((r * jj) // s for r, jj, s in zip(spec.dilations, j, spec.strides))
-               for index, j in enumerate(itertools.product(*(range(kk) for kk in k))) if nonzero[index]}
+    taps = enumerate(itertools.product(*(range(kk) for kk in k)))
+    offsets = {tuple((r * jj) // s
+                     for r, jj, s in zip(spec.dilations, j, spec.strides, strict=True))
+               for index, j in taps if nonzero[index]}
     return len(offsets)
 
 
 def _ravel(index: list[int], shape: tuple[int, ...]) -> int:
     flat = 0
-    for i, n in zip(index, shape):
+    for i, n in zip(index, shape, strict=True):
         flat = flat * n + i
     return flat
 
@@ -158,7 +162,7 @@ def _sparse_taps(dense: torch.Tensor, spans: tuple[int, ...], spec: ConvSpec) ->
     offsets = all_offsets[used_taps]
     out = spec.out_size()
     reach = offsets.max(dim=0).values.tolist() if offsets.numel() else [0] * d
-    grid = tuple(m + a for m, a in zip(out, reach))
+    grid = tuple(m + a for m, a in zip(out, reach, strict=True))
     channels = torch.nonzero(used_channels).flatten()
     if min(out, default=1) <= 0:
         taps = taps[:, :0]

@@ -14,10 +14,12 @@ class Scratch:
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+             device: torch.device) -> torch.Tensor:
         numel = math.prod(shape)
         buffer = self._buffers.get(name)
-        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype \
+                or buffer.device != device:
             buffer = torch.empty(numel, dtype=dtype, device=device)
             self._buffers[name] = buffer
         return buffer[:numel].view(shape)

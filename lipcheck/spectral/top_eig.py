@@ -23,8 +23,13 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
-from lipcheck.spectral.block_bounds import (SINGLE_ROUNDOFF, chunks, cholesky_certify, fro_bound,
-                                            squared_frobenius)
+from lipcheck.spectral.block_bounds import (
+    SINGLE_ROUNDOFF,
+    cholesky_certify,
+    chunks,
+    fro_bound,
+    squared_frobenius,
+)
 from lipcheck.spectral.freq_gram import gamma
 from lipcheck.spectral.krylov import RitzSettled, lanczos
 from lipcheck.spectral.scratch import Scratch
@@ -32,14 +37,19 @@ from lipcheck.spectral.scratch import Scratch
 FETCH_BYTES = 2**28    # blocks formed at a time: up to 256 MB, so that a source's inputs (when
                        # larger than the cache) are read at most about twice per block formed
 CERTIFY_BYTES = 2**23  # blocks certified at a time: ~8 MB (two 512 x 512 complex)
-SINGLE_FIRST = 0.02    # try single precision first on every block when its margin is below 2 % of tau
+SINGLE_FIRST = 0.02    # single precision first on every block whose margin is below 2 % of tau
 LANCZOS_FROM = 128     # larger blocks: a top eigenvalue by Lanczos (eigvalsh costs ~4 Choleskys)
 
 
 class BlockSource(Protocol):
-    count: int
-    n: int
-    input_bytes: int  # what a fetch reads besides its output (sets the fetch size)
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def input_bytes(self) -> int: ...  # what a fetch reads besides its output (fetch size)
 
     def traces(self) -> torch.Tensor: ...
 
@@ -99,7 +109,8 @@ def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4,
     for part in chunks(source.count, source.n, fetch_bytes):
         fetched = source.fetch(order[part], scratch)
         if state is None:  # the largest-trace block sets the first threshold
-            if float(squared_frobenius(fetched[:1]).max()) == 0.0 and float(traces.abs().max()) == 0.0:
+            first_zero = float(squared_frobenius(fetched[:1]).max()) == 0.0
+            if first_zero and float(traces.abs().max()) == 0.0:
                 return _all_zero(source)
             value, _, vector = _estimate_top(fetched, torch.arange(1))
             state = _Search(_threshold(value, eta), value, int(order[0]),
@@ -121,7 +132,8 @@ def _certify_part(blocks: torch.Tensor, index: torch.Tensor, traces: torch.Tenso
     if bool(low.all()):
         proven = cholesky_certify(blocks, state.tau, True, scratch).cpu()
     elif bool(low.any()):
-        proven[low] = cholesky_certify(blocks[low.to(blocks.device)], state.tau, True, scratch).cpu()
+        chosen = blocks[low.to(blocks.device)]
+        proven[low] = cholesky_certify(chosen, state.tau, True, scratch).cpu()
     pending = torch.nonzero(~proven).flatten()
     for attempt in range(10):
         if pending.numel() == 0:
@@ -143,7 +155,8 @@ def _single_is_enough(traces: torch.Tensor, state: _Search, n: int) -> torch.Ten
     SINGLE_FIRST * tau, or the predicted top eigenvalue plus 1.5x the margin is below tau."""
     g = gamma(n + 2, SINGLE_ROUNDOFF)
     tau = state.tau
-    margin = 1.25 * (g * (n * tau - traces).abs() + SINGLE_ROUNDOFF * (traces.abs() + 2 * math.sqrt(n) * tau))
+    rounding = SINGLE_ROUNDOFF * (traces.abs() + 2 * math.sqrt(n) * tau)
+    margin = 1.25 * (g * (n * tau - traces).abs() + rounding)
     return (margin < SINGLE_FIRST * tau) | (state.ratio * traces / n + 1.5 * margin < tau)
 
 
@@ -158,14 +171,16 @@ def _all_zero(source: BlockSource) -> EigBound:
 def _fro_over(source: BlockSource) -> float:
     """max over blocks of the trivial certificate ||G||_F, a chunk at a time."""
     order = torch.arange(source.count)
-    return max(fro_bound(source.fetch(order[part])) for part in chunks(source.count, source.n, CERTIFY_BYTES))
+    parts = chunks(source.count, source.n, CERTIFY_BYTES)
+    return max(fro_bound(source.fetch(order[part])) for part in parts)
 
 
 def _threshold(value: float, eta: float) -> float:
     return max(value, 0.0) * (1 + eta) + 1e-300
 
 
-def _estimate_top(blocks: torch.Tensor, among: torch.Tensor) -> tuple[float, int, torch.Tensor | None]:
+def _estimate_top(blocks: torch.Tensor, among: torch.Tensor
+                  ) -> tuple[float, int, torch.Tensor | None]:
     """(largest top-eigenvalue estimate, position, its vector or None) among the blocks
     at positions `among`."""
     if blocks.shape[-1] < LANCZOS_FROM:
@@ -190,11 +205,13 @@ def _checked_lanczos(block: torch.Tensor) -> tuple[float, torch.Tensor | None]:
 
 
 def top_eigenvalues(blocks: torch.Tensor) -> torch.Tensor:
-    values = [torch.linalg.eigvalsh(blocks[p])[:, -1] for p in chunks(blocks.shape[0], blocks.shape[-1])]
+    values = [torch.linalg.eigvalsh(blocks[p])[:, -1]
+              for p in chunks(blocks.shape[0], blocks.shape[-1])]
     return torch.cat(values) if values else blocks.new_zeros(0).real
 
 
-def lanczos_top(matrix: torch.Tensor, steps: int = 48, tol: float = 1e-5) -> tuple[float, float, torch.Tensor]:
+def lanczos_top(matrix: torch.Tensor, steps: int = 48, tol: float = 1e-5
+                ) -> tuple[float, float, torch.Tensor]:
     """(Ritz value, residual norm, Ritz vector) for the top eigenvalue of a Hermitian
     matrix: krylov.lanczos from a fixed start, on the CPU with numpy (torch's complex
     matrix-vector product is ~4x slower there), in single precision for n >= LANCZOS_FROM
@@ -208,5 +225,5 @@ def lanczos_top(matrix: torch.Tensor, steps: int = 48, tol: float = 1e-5) -> tup
     start = np.random.default_rng(0).standard_normal(n).astype(work.dtype)
     run = lanczos(lambda v: work @ v, start, min(n, steps), RitzSettled(tol))
     value, residual, vector = run.top()
-    vector = torch.from_numpy(vector)
-    return value, residual, vector.to(torch.complex128 if vector.is_complex() else torch.float64)
+    found = torch.from_numpy(vector)
+    return value, residual, found.to(torch.complex128 if found.is_complex() else torch.float64)

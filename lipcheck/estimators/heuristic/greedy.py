@@ -90,7 +90,8 @@ def _exceeds(lam: float, b: _Basis, cand: np.ndarray, delta: np.ndarray) -> np.n
     s_mat[1, 0] += 1.0 / delta
     if b.accepted:
         k = np.array([j for j, _ in b.accepted])
-        inv_c = np.kron(np.diag([1.0 / d for _, d in b.accepted]), np.array([[0.0, 1.0], [1.0, 0.0]]))
+        swap = np.array([[0.0, 1.0], [1.0, 0.0]])
+        inv_c = np.kron(np.diag([1.0 / d for _, d in b.accepted]), swap)
         fk = _resolvent(b, lam, k, k).transpose(2, 0, 3, 1).reshape(2 * len(k), 2 * len(k))
         f = inv_c - fk
         cross = -_resolvent(b, lam, k, cand).transpose(2, 0, 1, 3).reshape(2 * len(k), 2, len(cand))
@@ -239,7 +240,8 @@ def ascent_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
             break
         sigma, ascent_steps = sign_ascent(x, y, lo, hi, sigma)
         result = greedy_max(x, y, lo, hi, deadline, max_sweeps=polish, start=sigma)
-        sigma, steps, cut = result.sigma, steps + ascent_steps + result.sweeps, cut | result.cut_by_budget
+        sigma, steps = result.sigma, steps + ascent_steps + result.sweeps
+        cut = cut | result.cut_by_budget
         if result.finished or cut:
             finished = result.finished
             break

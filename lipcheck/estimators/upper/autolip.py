@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from lipcheck.graph import Graph, Node
-from lipcheck.numerics import (OVERFLOW, checked_bound, overflow_message, round_up_tiny,
-                               safe_rss)
+from lipcheck.numerics import OVERFLOW, checked_bound, overflow_message, round_up_tiny, safe_rss
 from lipcheck.rules import BoundContext, Merge, NodeBound, get_rule
 from lipcheck.settings import Settings
 

@@ -15,8 +15,8 @@ the SDP bounds bound.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -75,7 +75,8 @@ class LinearPart:
 
     def fits_dense(self, settings: Settings) -> bool:
         n_out, n_in = self.shape
-        return min(n_in, n_out) <= settings.exact_max_dim and n_in * n_out <= settings.exact_max_entries
+        return (min(n_in, n_out) <= settings.exact_max_dim
+                and n_in * n_out <= settings.exact_max_entries)
 
     def matrix(self) -> np.ndarray:
         """The dense (n_out, n_in) float64 matrix of the linear part."""
@@ -98,6 +99,14 @@ class Chain:
 
     def dense(self, settings: Settings) -> bool:
         return all(p.fits_dense(settings) for p in self.parts)
+
+
+def _slopes(node: Node, graph: Graph) -> tuple[float, float]:
+    """The slope interval of a node _kind() calls "act" (so it has one)."""
+    found = SLOPES[node.op](node, graph)
+    if found is None:
+        raise ValueError(f"{node.name}: no slope interval")
+    return found
 
 
 def _kind(node: Node, graph: Graph, bounds: dict[str, NodeBound]) -> str | None:
@@ -158,15 +167,15 @@ def _split(path: list[Node], graph: Graph, bounds: dict[str, NodeBound],
         return None
     groups: list[list[Node]] = [[]]
     slopes: list[tuple[float, float]] = []
-    for node, kind in zip(path, kinds):
+    for node, kind in zip(path, kinds, strict=True):
         if kind == "linear":
             groups[-1].append(node)
         elif groups[-1]:
             groups.append([])
-            slopes.append(SLOPES[node.op](node, graph))
+            slopes.append(_slopes(node, graph))
         else:  # two activations in a row: compose their intervals
             lo, hi = slopes[-1]
-            a, b = SLOPES[node.op](node, graph)
+            a, b = _slopes(node, graph)
             slopes[-1] = _hull(lo * a, lo * b, hi * a, hi * b)
     parts = [LinearPart(g, _compose(g, ctx)) for g in groups]
     product = math.prod(bounds[n.name].value for n in path)

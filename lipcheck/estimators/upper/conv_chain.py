@@ -106,6 +106,19 @@ class CircularChain:
         return gamma(self.freqs + 12) * float(np.linalg.norm(poly)) * math.sqrt(self.freqs)
 
 
+def conv_layers(parts: list[LinearPart], graph: Graph) -> list[ConvLayer] | None:
+    """Each part as one 2-D conv layer; None unless every part is one."""
+    layers = [_conv_of(p, graph) for p in parts]
+    found = [layer for layer in layers if layer is not None]
+    return found if len(found) == len(layers) else None
+
+
+def _two(values) -> tuple[int, int]:
+    """A 2-D conv's pair (strides, dilations, spatial size) as ints."""
+    first, second = (int(v) for v in values)
+    return first, second
+
+
 def _conv_of(part: LinearPart, graph: Graph) -> ConvLayer | None:
     nodes = [n for n in part.nodes if n.op not in SHAPE_ONLY]
     if not nodes or nodes[0].op != OpKind.CONV or any(n.op != OpKind.BATCH_NORM for n in nodes[1:]):
@@ -114,25 +127,25 @@ def _conv_of(part: LinearPart, graph: Graph) -> ConvLayer | None:
     if int(conv.input_shapes[0][0]) != 1:   # the model is one sample's circular convolutions
         return None
     weight = graph.constant(conv, 1)
-    if weight is None or weight.dim() != 4 or conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+    auto_pad = conv.attrs.get("auto_pad", "NOTSET")
+    if weight is None or weight.dim() != 4 or auto_pad not in ("NOTSET", b"NOTSET"):
         return None
     w = weight.detach().double().cpu().numpy()
     group = int(conv.attrs.get("group", 1))
     w = _expand_groups(w, group)
     for bn in nodes[1:]:
-        params = [graph.constant(bn, i) for i in range(1, 5)]
-        if any(p is None for p in params):
+        params = [p for p in (graph.constant(bn, i) for i in range(1, 5)) if p is not None]
+        if len(params) < 4:
             return None
         scale, _, _, var = (p.detach().double().cpu().numpy() for p in params)
         w = w * (scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5))))[:, None, None, None]
     pads = [int(v) for v in conv.attrs.get("pads", [0] * 4)]
-    strides = tuple(int(v) for v in conv.attrs.get("strides", [1, 1]))
-    dilations = tuple(int(v) for v in conv.attrs.get("dilations", [1, 1]))
-    in_size = tuple(int(v) for v in conv.input_shapes[0][2:])
-    out_size = tuple(int(v) for v in nodes[-1].output_shapes[0][2:])
+    strides = _two(conv.attrs.get("strides", [1, 1]))
+    dilations = _two(conv.attrs.get("dilations", [1, 1]))
+    in_size, out_size = conv.input_shapes[0][2:], nodes[-1].output_shapes[0][2:]
     if len(in_size) != 2 or len(out_size) != 2:
         return None
-    return ConvLayer(w, strides, dilations, (pads[0], pads[1]), in_size, out_size)
+    return ConvLayer(w, strides, dilations, (pads[0], pads[1]), _two(in_size), _two(out_size))
 
 
 def _expand_groups(w: np.ndarray, group: int) -> np.ndarray:
@@ -149,7 +162,7 @@ def _expand_groups(w: np.ndarray, group: int) -> np.ndarray:
 def _grid(layers: list[ConvLayer], phases: list[tuple[int, int]]) -> int:
     """The smallest G such that every layer is a restriction of its circular version."""
     need = 1
-    for layer, p_in in zip(layers, phases):
+    for layer, p_in in zip(layers, phases, strict=False):
         for ax in range(2):
             n, m, s = layer.in_size[ax], layer.out_size[ax], layer.strides[ax]
             k, r, pad = layer.weight.shape[2 + ax], layer.dilations[ax], layer.pads[ax]
@@ -170,7 +183,8 @@ def _taps(layer: ConvLayer, p_in: tuple[int, int], p_out: tuple[int, int]) -> di
                     rh = layer.strides[0] * uh + layer.dilations[0] * jh - layer.pads[0]
                     rw = layer.strides[1] * uw + layer.dilations[1] * jw - layer.pads[1]
                     offset = (rh // p_in[0], rw // p_in[1])
-                    col = np.arange(c_in) * p_in[0] * p_in[1] + (rh % p_in[0]) * p_in[1] + rw % p_in[1]
+                    col = (np.arange(c_in) * p_in[0] * p_in[1] + (rh % p_in[0]) * p_in[1]
+                           + rw % p_in[1])
                     mat = taps.setdefault(offset, np.zeros((c_out * p_out[0] * p_out[1],
                                                              c_in * p_in[0] * p_in[1])))
                     mat[np.ix_(row, col)] += layer.weight[:, :, jh, jw]
@@ -185,8 +199,8 @@ def circular_chain(chain: Chain, graph: Graph, refine: int = 1) -> tuple[Circula
         return None, "needs activation slopes in [0, b] (ReLU, sigmoid, tanh, ...)"
     if len({b for _, b in chain.slopes}) != 1:
         return None, "needs the same slope interval on every hidden layer"
-    layers = [_conv_of(p, graph) for p in chain.parts[:-1]]
-    if any(layer is None for layer in layers):
+    layers = conv_layers(chain.parts[:-1], graph)
+    if layers is None:
         return None, ("every hidden linear part must be one 2-D Conv (BatchNormalization folded), "
                       "on a batch of 1")
     n_out, n_in = chain.parts[-1].shape
@@ -198,7 +212,8 @@ def circular_chain(chain: Chain, graph: Graph, refine: int = 1) -> tuple[Circula
     grid = _grid(layers, phases)
     taps = [_taps(layer, phases[i], phases[i + 1]) for i, layer in enumerate(layers)]
     dims = [layers[0].weight.shape[1] * math.prod(phases[0])]
-    dims += [layer.weight.shape[0] * math.prod(p) for layer, p in zip(layers, phases[1:])]
+    dims += [layer.weight.shape[0] * math.prod(p)
+             for layer, p in zip(layers, phases[1:], strict=True)]
     last = layers[-1]
     close = chain.parts[-1].matrix().reshape(n_out, last.weight.shape[0], *last.out_size)
     model = CircularChain(grid, phases, dims, taps, close, chain.slopes[0][1], layers)
@@ -223,7 +238,7 @@ def apply_layer(model: CircularChain, i: int, x: np.ndarray) -> np.ndarray:
 def _agrees(model: CircularChain, chain: Chain) -> bool:
     """One random input per layer through the circular model and the real part."""
     rng = np.random.default_rng(0)
-    for i, (layer, part) in enumerate(zip(model.layers, chain.parts[:-1])):
+    for i, (layer, part) in enumerate(zip(model.layers, chain.parts[:-1], strict=True)):
         x = rng.standard_normal((layer.weight.shape[1],) + layer.in_size)
         ours = apply_layer(model, i, x)
         with torch.no_grad():
@@ -232,6 +247,7 @@ def _agrees(model: CircularChain, chain: Chain) -> bool:
         if ours.size != theirs.size:
             return False
         err = np.linalg.norm(ours.ravel() - theirs.ravel())
-        if not err <= CHECK_TOLERANCE * max(np.linalg.norm(theirs), 1e-300) * math.sqrt(x.size):
+        scale = max(float(np.linalg.norm(theirs)), 1e-300) * math.sqrt(x.size)
+        if not err <= CHECK_TOLERANCE * scale:
             return False
     return True

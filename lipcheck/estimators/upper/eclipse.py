@@ -54,8 +54,8 @@ def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: boo
     for i, (a, b) in enumerate(slopes):
         w, m = weights[i], (a + b) / 2
         x_inv = np.linalg.inv(x)
-        lam = _fast_multiplier(w, x_inv, m) if fast else _sdp_multiplier(w, weights[i + 1], x_inv, m,
-                                                                        seconds / len(slopes))
+        lam = (_fast_multiplier(w, x_inv, m) if fast
+               else _sdp_multiplier(w, weights[i + 1], x_inv, m, seconds / len(slopes)))
         x = np.diag(lam) - m * m * (lam[:, None] * (w @ x_inv @ w.T) * lam[None, :])
         x = (x + x.T) / 2
         lams.append(lam)
@@ -65,7 +65,8 @@ def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: boo
     return rho, [rho * lam for lam in lams]
 
 
-def fast_start(weights: list[np.ndarray], slopes: list[tuple[float, float]]):
+def fast_start(weights: list[np.ndarray], slopes: list[tuple[float, float]]
+               ) -> tuple[float, list[np.ndarray]] | None:
     """A strictly feasible LipSDP-Neuron point (2 rho, 2 Lam) from ECLipsE-Fast (its last
     Schur complement is then at least half of a positive definite one), or None."""
     if any(a * b < 0 or a + b == 0 for a, b in slopes):

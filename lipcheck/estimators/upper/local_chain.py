@@ -29,13 +29,18 @@ def is_chain(program: Program) -> bool:
             and all(k is (Affine if i % 2 == 0 else Act) for i, k in enumerate(kinds)))
 
 
-def pruned(program: Program, ranges: Ranges, b: int):
+def pruned(program: Program, ranges: Ranges, b: int
+           ) -> tuple[list[np.ndarray], list[tuple[float, float]]] | None:
     """(weights, per-layer slope hulls) on set b with dead units removed; None: constant."""
-    weights = [s.weight.numpy() for s in program.steps[0::2]]
+    affine = [s for s in program.steps[0::2] if isinstance(s, Affine)]
+    act = [s for s in program.steps[1::2] if isinstance(s, Act)]
+    assert len(affine) + len(act) == len(program.steps), "a chain (is_chain) only"
+    weights = [s.weight.numpy() for s in affine]
     slopes = []
-    for layer, i in enumerate(range(1, len(program.steps), 2)):
+    for layer, step in enumerate(act):
+        i = 2 * layer + 1
         lo, hi = ranges.pre[i][0][b], ranges.pre[i][1][b]
-        s_lo, s_hi = slope_interval(program.steps[i].alpha, lo, hi)
+        s_lo, s_hi = slope_interval(step.alpha, lo, hi)
         alive = (s_hi > 0).numpy()
         if not alive.any():
             return None
@@ -49,7 +54,7 @@ def chain_bounds(program: Program, ranges: Ranges) -> dict[str, torch.Tensor]:
     """{"eclipse-fast": (B,), "sdp": (B,)}: certified bounds on each set (inf: none)."""
     if not is_chain(program):
         return {}
-    batch = ranges.output[0].shape[0]
+    batch = ranges.batch
     names = ["eclipse-fast"] + (["sdp"] if batch <= SDP_MAX_SETS else [])
     out = {name: torch.full((batch,), math.inf, dtype=torch.float64) for name in names}
     for b in range(batch):

@@ -22,7 +22,7 @@ def _problem(cp, weights, slopes):
     dims = [weights[0].shape[1]] + [w.shape[0] for w in weights[:-1]]
     blocks = [[np.zeros((r, c)) for c in dims] for r in dims]
     blocks[0][0] = rho * np.eye(dims[0])
-    for i, ((a, b), lam) in enumerate(zip(slopes, lams), start=1):
+    for i, ((a, b), lam) in enumerate(zip(slopes, lams, strict=True), start=1):
         w = weights[i - 1]
         if a * b != 0:
             blocks[i - 1][i - 1] = blocks[i - 1][i - 1] + a * b * (w.T @ cp.diag(lam) @ w)
@@ -62,7 +62,7 @@ def _conic(w: list[np.ndarray], slopes: list[tuple[float, float]], solver: str |
         return f"solver {solver} failed: {exc}"
     if rho.value is None:
         return f"solver status {problem.status}"
-    return float(rho.value), [l.value for l in lams], f"{solver} {problem.status}", False
+    return float(rho.value), [lam.value for lam in lams], f"{solver} {problem.status}", False
 
 
 def lipsdp_neuron(weights: list[np.ndarray], slopes: list[tuple[float, float]],

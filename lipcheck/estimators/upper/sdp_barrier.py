@@ -52,7 +52,7 @@ def structure(weights: list[np.ndarray], slopes: list[tuple[float, float]]) -> S
     n, m = int(offsets[-1]), int(sum(dims[1:]))
     v, p, q = np.zeros((n, 2 * m)), np.empty(m), np.empty(m)
     col = 0
-    for i, ((a, b), w) in enumerate(zip(slopes, weights[:-1]), start=1):
+    for i, ((a, b), w) in enumerate(zip(slopes, weights[:-1], strict=True), start=1):
         rows = w.shape[0]
         v[offsets[i - 1]:offsets[i], col:col + rows] = w.T
         v[offsets[i] + np.arange(rows), m + col + np.arange(rows)] = 1.0

@@ -62,9 +62,12 @@ def assemble(weights: list[np.ndarray], slopes: list[tuple[float, float]], rho: 
     dims = [weights[0].shape[1]] + [w.shape[0] for w in weights[:-1]]
     offsets = np.concatenate([[0], np.cumsum(dims)])
     q = np.zeros((offsets[-1], offsets[-1]))
-    block = lambda i, j: (slice(offsets[i], offsets[i + 1]), slice(offsets[j], offsets[j + 1]))
+
+    def block(i: int, j: int) -> tuple[slice, slice]:
+        return slice(offsets[i], offsets[i + 1]), slice(offsets[j], offsets[j + 1])
+
     q[block(0, 0)] += rho * np.eye(dims[0])
-    for i, ((a, b), lam) in enumerate(zip(slopes, lams), start=1):
+    for i, ((a, b), lam) in enumerate(zip(slopes, lams, strict=True), start=1):
         w = weights[i - 1]
         q[block(i - 1, i - 1)] += a * b * (w.T * lam) @ w
         q[block(i, i)] += np.diag(lam)
@@ -93,7 +96,10 @@ def verified_psd(q: np.ndarray) -> bool:
 def smallest_rho(base: np.ndarray, n0: int, rho: float) -> float | None:
     """Smallest rho' >= rho (to 1e-9 relative) with base + rho' E verified PSD, or None."""
     shift = np.r_[np.ones(n0), np.zeros(len(base) - n0)]
-    ok = lambda r: verified_psd(base + np.diag(r * shift))
+
+    def ok(r: float) -> bool:
+        return verified_psd(base + np.diag(r * shift))
+
     rho = max(rho, 1e-300)
     if not ok(rho * 1e6 + 1.0):
         return None
@@ -111,11 +117,11 @@ def verify(weights: list[np.ndarray], slopes: list[tuple[float, float]], rho: fl
     """A rho' >= rho for which Q(rho', (1 + t) Lam) is verified PSD in float64 (smallest
     Cholesky check, see verified_psd) at the given multipliers clipped to >= 0, trying
     a few small t (scaling Lam up helps the last block), or None."""
-    lams = [np.maximum(np.asarray(l, dtype=np.float64), 0.0) for l in lams]
+    lams = [np.maximum(np.asarray(lam, dtype=np.float64), 0.0) for lam in lams]
     if sum(w.shape[1] for w in weights) > VERIFY_MAX_DIM or not math.isfinite(rho):
         return None
     for t in (0.0, 1e-9, 1e-7, 1e-5, 1e-3):
-        base = assemble(weights, slopes, 0.0, [(1 + t) * l for l in lams])
+        base = assemble(weights, slopes, 0.0, [(1 + t) * lam for lam in lams])
         found = smallest_rho(base, weights[0].shape[1], rho)
         if found is not None:
             return found

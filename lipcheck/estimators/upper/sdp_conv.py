@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,8 +58,8 @@ def _symbols(model: CircularChain) -> tuple[list[torch.Tensor], torch.Tensor, to
     return a, torch.from_numpy(model.border()[keep]), torch.from_numpy(weight)
 
 
-def spectrum(a: list[torch.Tensor], border: torch.Tensor, weight: torch.Tensor, ts: list[torch.Tensor],
-             slope: float):
+def spectrum(a: list[torch.Tensor], border: torch.Tensor, weight: torch.Tensor,
+             ts: list[torch.Tensor], slope: float):
     """The eigenvalues of S(T) = sum_w B X_{k-1}^{-1} B^H by the Schur recursion, or None
     where some X_i is not positive definite."""
     half2 = (slope / 2) ** 2
@@ -87,7 +88,8 @@ def fast_start(a: list[torch.Tensor], slope: float) -> list[torch.Tensor]:
     ts, k = [], a[0] @ a[0].mH
     for i in range(len(a)):
         top = float(torch.linalg.eigvalsh((k + k.mH) / 2)[..., -1].max())
-        t = torch.full((k.shape[-1],), 2.0 / (slope * slope * max(top, 1e-300)), dtype=torch.float64)
+        t = torch.full((k.shape[-1],), 2.0 / (slope * slope * max(top, 1e-300)),
+                       dtype=torch.float64)
         ts.append(t)
         if i + 1 < len(a):
             x = torch.diag_embed(t.to(k.dtype)) - (slope / 2) ** 2 * t[:, None] * k * t[None, :]
@@ -100,7 +102,8 @@ class _Stop(Exception):
     pass
 
 
-def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[list[np.ndarray], int, bool]:
+def optimise(model: CircularChain, steps: int, deadline: float
+             ) -> tuple[list[np.ndarray], int, bool]:
     """Multipliers from L-BFGS (strong Wolfe line search, at most `steps` iterations per
     smoothing stage) on a smooth maximum of log eig S(T) over log t, from ECLipsE-Fast's
     start; the smoothing sharpens stage by stage (the top eigenvalue of S may be multiple
@@ -110,11 +113,13 @@ def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[list[np
     deadline cut the search short."""
     a, border, weight = _symbols(model)
     logs = [torch.log(t).requires_grad_(True) for t in fast_start(a, model.slope)]
-    best = {"value": math.inf, "ts": [torch.exp(t.detach()) for t in logs], "evals": 0}
+    best: dict[str, Any] = {"value": math.inf, "ts": [torch.exp(t.detach()) for t in logs],
+                            "evals": 0}
     cut = False
     for sharpness in SHARPNESS:
         opt = torch.optim.LBFGS(logs, lr=1, max_iter=steps, history_size=HISTORY,
-                                line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-13)
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-10,
+                                tolerance_change=1e-13)
         try:
             opt.step(_closure(opt, logs, a, border, weight, model.slope, sharpness, best, deadline))
         except _Stop:
@@ -123,11 +128,8 @@ def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[list[np
     return [t.numpy() for t in best["ts"]], best["evals"], cut
 
 
-class _Stop(Exception):
-    pass
-
-
-def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best: dict, deadline: float):
+def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best: dict,
+             deadline: float):
     def closure():
         now = time.monotonic()
         if now + CERTIFY_EVALS * best.get("eval_seconds", 0.0) > deadline:
@@ -143,7 +145,8 @@ def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best:
         top = float(ev[-1].detach())
         if top < best["value"]:
             best["value"], best["ts"] = top, [t.detach().clone() for t in ts]
-        loss = torch.log(ev[-1]) + torch.logsumexp(sharpness * (ev / ev[-1].detach() - 1), 0) / sharpness
+        smooth = torch.logsumexp(sharpness * (ev / ev[-1].detach() - 1), 0) / sharpness
+        loss = torch.log(ev[-1]) + smooth
         loss.backward()
         best["eval_seconds"] = max(best.get("eval_seconds", 0.0), time.monotonic() - now)
         return loss
@@ -167,27 +170,32 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
     cert = certify(model, ts)
     seconds = time.monotonic() - start
     head = (f"sdp-conv: {model.grid}x{model.grid} frequencies, blocks of {sum(model.dims)}, "
-            f"channel-wise multipliers, {evals} evaluations{' (cut by the deadline)' if cut else ''}")
+            f"channel-wise multipliers, {evals} evaluations"
+            f"{' (cut by the deadline)' if cut else ''}")
     if not cert.verified:
         return ChainBound(chain.autolip_product, chain.autolip_certified, False,
-                          f"{head}; certificate refused ({cert.detail}): AutoLip product kept", seconds, cut)
+                          f"{head}; certificate refused ({cert.detail}): AutoLip product kept",
+                          seconds, cut)
     value = math.sqrt(cert.rho) * (1 + 1e-9)
     if chain.autolip_certified:
         value = min(value, chain.autolip_product)
-    return _with_dense(ChainBound(value, True, True, f"{head}; float64 arrow Cholesky: {cert.detail}",
-                                  seconds, cut), chain, settings)
+    found = ChainBound(value, True, True, f"{head}; float64 arrow Cholesky: {cert.detail}",
+                       seconds, cut)
+    return _with_dense(found, chain, settings)
 
 
 def _with_dense(result: ChainBound | None, chain: Chain, settings: Settings) -> ChainBound | None:
     """On chains small enough for dense matrices, ECLipsE-Fast (per-neuron multipliers,
     its own float64 check) where it is smaller: both are certified bounds of the same
     quantity (for a residual block, of its branch)."""
-    if result is None or not settings.extra.get("sdp_conv_dense", True) or not chain.dense(settings) or \
-            max(p.shape[0] for p in chain.parts[:-1]) > DENSE_MAX_WIDTH:
+    if result is None or not settings.extra.get("sdp_conv_dense", True) \
+            or not chain.dense(settings) \
+            or max(p.shape[0] for p in chain.parts[:-1]) > DENSE_MAX_WIDTH:
         return result
     dense = eclipse([p.matrix() for p in chain.parts], chain.slopes, True)
     if not dense.certified or (result.certified and dense.value >= result.value):
         return result
-    return ChainBound(dense.value, True, True, f"{result.detail}; ECLipsE-Fast on the dense chain is "
-                      f"smaller and is kept: {dense.value:.9g} ({dense.detail})", result.seconds + dense.seconds,
+    return ChainBound(dense.value, True, True,
+                      f"{result.detail}; ECLipsE-Fast on the dense chain is smaller and is kept: "
+                      f"{dense.value:.9g} ({dense.detail})", result.seconds + dense.seconds,
                       result.cut_by_budget)

@@ -104,7 +104,8 @@ def _attempt(h: np.ndarray, border: np.ndarray, ts: list[np.ndarray], rho: float
     diag_max = max([1.0] + [float(np.max(t)) for t in ts])
     factors = _shifted_factors(h, border, shift)
     if factors is None:
-        return Certificate(math.inf, False, shift, 0.0, "a frequency block is not positive definite")
+        return Certificate(math.inf, False, shift, 0.0,
+                           "a frequency block is not positive definite")
     low, z = factors
     gram = np.einsum("wdo,wdp->op", z.conj(), z)
     gram = (gram + gram.conj().T) / 2
@@ -115,9 +116,11 @@ def _attempt(h: np.ndarray, border: np.ndarray, ts: list[np.ndarray], rho: float
     try:
         r_s = np.linalg.cholesky(s)
     except np.linalg.LinAlgError:
-        return Certificate(rho, False, shift, 0.0, "the closing Schur complement is not positive definite")
+        return Certificate(rho, False, shift, 0.0,
+                           "the closing Schur complement is not positive definite")
     terms = low.size + z.size + r_s.size   # a sum of this many squares, any order
-    frob = (np.sum(np.abs(low) ** 2) + np.sum(np.abs(z) ** 2) + np.sum(np.abs(r_s) ** 2)) * (1 + gamma(terms + 2))
+    squares = np.sum(np.abs(low) ** 2) + np.sum(np.abs(z) ** 2) + np.sum(np.abs(r_s) ** 2)
+    frob = squares * (1 + gamma(terms + 2))
     need = g * frob + form + 4 * UNIT_ROUNDOFF * (diag_max + abs(rho) + shift) if margin else 0.0
     ok = shift > need if margin else True
     detail = (f"rho {rho:.9g}, shift {shift:.3g} > rounding + formation {need:.3g}" if ok

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,10 +23,10 @@ import torch
 from lipcheck.estimators.upper.chains import Chain
 from lipcheck.estimators.upper.conv_chain import (
     CircularChain,
-    _conv_of,
     _grid,
     _taps,
     apply_layer,
+    conv_layers,
 )
 from lipcheck.estimators.upper.seqlip import ChainBound
 from lipcheck.graph import OpKind
@@ -60,8 +61,10 @@ def residual_add(chain: Chain, settings: Settings):
 
 
 def residual_model(chain: Chain) -> CircularChain | None:
-    layers = [_conv_of(p, chain.graph) for p in chain.parts]
-    if any(x is None for x in layers) or any(a != 0 for a, _ in chain.slopes):
+    if chain.graph is None or any(a != 0 for a, _ in chain.slopes):
+        return None
+    layers = conv_layers(chain.parts, chain.graph)
+    if layers is None:
         return None
     first, second = layers
     if any(s != 1 for layer in layers for s in layer.strides):
@@ -82,7 +85,8 @@ def residual_model(chain: Chain) -> CircularChain | None:
             want = part.operator.apply(torch.from_numpy(x).reshape(part.operator.in_shape)
                                        .to(part.operator.dtype)).double().numpy().ravel()
         got = apply_layer(model, i, x).ravel()
-        if got.size != want.size or not np.linalg.norm(got - want) <= 1e-9 * max(np.linalg.norm(want), 1e-300) * math.sqrt(x.size):
+        scale = max(float(np.linalg.norm(want)), 1e-300) * math.sqrt(x.size)
+        if got.size != want.size or not np.linalg.norm(got - want) <= 1e-9 * scale:
             return None
     return model
 
@@ -105,11 +109,11 @@ def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[np.ndar
     a1, a2 = (torch.from_numpy(model.symbol(i)) for i in range(2))
     gram2 = a2.mH @ a2
     top = float(torch.linalg.eigvalsh(gram2)[..., -1].max())
-    best = {"value": math.inf, "t": None, "evals": 0}
+    best: dict[str, Any] = {"value": math.inf, "t": None, "evals": 0}
     try:
         for scale in (2.0, 1.25):   # start: T = scale * max lambda(A2^H A2) I
-            log = torch.full((a1.shape[1],), math.log(scale * max(top, 1e-300)), dtype=torch.float64,
-                             requires_grad=True)
+            log = torch.full((a1.shape[1],), math.log(scale * max(top, 1e-300)),
+                             dtype=torch.float64, requires_grad=True)
             for sharp in SHARPNESS:
                 opt = torch.optim.LBFGS([log], lr=1, max_iter=steps, history_size=20,
                                         line_search_fn="strong_wolfe", tolerance_grad=1e-10,
@@ -118,11 +122,14 @@ def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[np.ndar
         cut = False
     except TimeoutError:
         cut = True
-    t = best["t"] if best["t"] is not None else torch.full((a1.shape[1],), 2 * top, dtype=torch.float64)
+    t = best["t"]
+    if t is None:
+        t = torch.full((a1.shape[1],), 2 * top, dtype=torch.float64)
     return t.numpy(), best["evals"], cut
 
 
-def _closure(opt, log: torch.Tensor, mats, slope: float, sharp: float, best: dict, deadline: float):
+def _closure(opt, log: torch.Tensor, mats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+             slope: float, sharp: float, best: dict, deadline: float):
     def closure():
         if time.monotonic() > deadline:
             raise TimeoutError
@@ -155,7 +162,8 @@ def certify_residual(model: CircularChain, t: np.ndarray, rho: float | None = No
     g = a2 + half * a1.conj().transpose(0, 2, 1) * t[None, None, :]
     low_block = np.diag(t)[None] - a2.conj().transpose(0, 2, 1) @ a2
     n = c + h
-    size = [float(np.linalg.norm(np.abs(np.stack(list(model.taps[i].values()))).sum(axis=0))) for i in range(2)]
+    size = [float(np.linalg.norm(np.abs(np.stack(list(model.taps[i].values()))).sum(axis=0)))
+            for i in range(2)]
     e1, e2 = model.symbol_error(0), model.symbol_error(1)
     err_g = e2 + half * float(t.max()) * (e1 + gamma(4) * size[0]) + gamma(2) * size[1]
     err_gram = 2 * size[1] * e2 + e2 * e2 + gamma(n + 2) * size[1] ** 2
@@ -183,10 +191,12 @@ def certify_residual(model: CircularChain, t: np.ndarray, rho: float | None = No
     except np.linalg.LinAlgError:
         return rho, False, "a frequency block is not positive definite"
     frob = np.sum(np.abs(r) ** 2, axis=(1, 2)).max() * (1 + gamma(n * n + 2))
-    need = gm * frob + form + 4 * UNIT_ROUNDOFF * (abs(rho) + shift + float(t.max()) + size[1] ** 2) if margin else 0.0
+    rounding = 4 * UNIT_ROUNDOFF * (abs(rho) + shift + float(t.max()) + size[1] ** 2)
+    need = gm * frob + form + rounding if margin else 0.0
     ok = (shift > need) if margin else True
-    return rho, bool(ok), (f"rho {rho:.9g}, shift {shift:.3g} > rounding + formation {need:.3g}" if ok
-                           else f"shift {shift:.3g} below the rounding + formation bound {need:.3g}")
+    return rho, bool(ok), (
+        f"rho {rho:.9g}, shift {shift:.3g} > rounding + formation {need:.3g}" if ok
+        else f"shift {shift:.3g} below the rounding + formation bound {need:.3g}")
 
 
 def sdp_residual(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
@@ -206,12 +216,14 @@ def sdp_residual(chain: Chain, settings: Settings, deadline: float) -> ChainBoun
             f"{evals} evaluations{' (cut by the deadline)' if cut else ''}")
     if not ok:
         return ChainBound(chain.autolip_product, chain.autolip_certified, False,
-                          f"{head}; certificate refused ({detail}): AutoLip product kept", seconds, cut)
+                          f"{head}; certificate refused ({detail}): AutoLip product kept",
+                          seconds, cut)
     block = math.sqrt(rho) * (1 + 1e-9)
     value = max(block - 1.0, 0.0)
     if chain.autolip_certified and chain.autolip_product <= value:
-        return ChainBound(chain.autolip_product, True, True, f"{head}; block bound {block:.6g} not below "
-                          "1 + the branch's AutoLip product: product kept", seconds, cut)
+        return ChainBound(chain.autolip_product, True, True,
+                          f"{head}; block bound {block:.6g} not below 1 + the branch's AutoLip "
+                          "product: product kept", seconds, cut)
     return ChainBound(value, True, True, f"{head}; block bound {block:.9g} (float64 Cholesky per "
                       f"frequency: {detail}), carried by the branch as block - 1", seconds, cut,
                       block=block)

@@ -23,9 +23,9 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from lipcheck.estimators.upper.chains import Chain, LinearPart
-from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max
 from lipcheck.estimators.exact.pairmax import MAX_NODES, exact_max
+from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max
+from lipcheck.estimators.upper.chains import Chain, LinearPart
 from lipcheck.settings import Settings
 from lipcheck.spectral.operator import LinearOperator
 
@@ -95,8 +95,8 @@ def pair_matrices(factors: list[Factor]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(X_i, Y_i) with pair i's matrix X_i diag(sigma) Y_i, for i = 1..k-1."""
     k = len(factors)
     scale = [f.s if i in (0, k - 1) else np.sqrt(f.s) for i, f in enumerate(factors)]
-    left = [f.u * sc for f, sc in zip(factors, scale)]          # U_i S~_i        (n, r)
-    right = [(f.v * sc).T for f, sc in zip(factors, scale)]     # S~_i V_i^T      (r, n)
+    left = [f.u * sc for f, sc in zip(factors, scale, strict=True)]       # U_i S~_i    (n, r)
+    right = [(f.v * sc).T for f, sc in zip(factors, scale, strict=True)]  # S~_i V_i^T  (r, n)
     return [(right[i + 1], left[i]) for i in range(k - 1)]
 
 
@@ -110,7 +110,7 @@ def exact_chain(chain: Chain, settings: Settings, deadline: float,
     start = time.monotonic()
     pairs = pair_matrices([dense_factor(p) for p in chain.parts])
     values, notes, complete, cut = [], [], True, False
-    for i, ((x, y), (lo, hi)) in enumerate(zip(pairs, chain.slopes)):
+    for i, ((x, y), (lo, hi)) in enumerate(zip(pairs, chain.slopes, strict=True)):
         result = exact_max(x, y, lo, hi, deadline, max_nodes)
         values.append(result.value)
         complete &= result.complete
@@ -124,16 +124,18 @@ def greedy_chain(factors: list[Factor], slopes: list[tuple[float, float]],
                  deadline: float) -> ChainBound:
     start = time.monotonic()
     values, notes, cut = [], [], False
-    for i, ((x, y), (lo, hi)) in enumerate(zip(pair_matrices(factors), slopes)):
+    for i, ((x, y), (lo, hi)) in enumerate(zip(pair_matrices(factors), slopes, strict=True)):
         fast = x.shape[1] > ASCENT_MIN_UNITS
         result = (ascent_max if fast else greedy_max)(x, y, lo, hi, deadline)
         values.append(result.value)
         cut |= result.cut_by_budget
         state = ("local maximum" if result.finished else
                  "stopped by the time budget (safety cap)" if result.cut_by_budget else "sweep cap")
-        how = "linearized ascent + single-flip sweeps (not the paper's path), steps + " if fast else ""
+        how = ("linearized ascent + single-flip sweeps (not the paper's path), steps + "
+               if fast else "")
         notes.append(f"pair {i + 1} (n={x.shape[1]}): {how}{result.sweeps} sweeps, {state}")
-    return ChainBound(_product(values), False, False, "; ".join(notes), time.monotonic() - start, cut)
+    return ChainBound(_product(values), False, False, "; ".join(notes),
+                      time.monotonic() - start, cut)
 
 
 def lowrank_factors(chain: Chain, settings: Settings, rank: int) -> list[Factor]:
