@@ -16,6 +16,7 @@ ever used to steer the search; every reported number comes from the exact networ
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from typing import Callable
 
@@ -117,7 +118,9 @@ class NetFunction:
     many exported test models) runs B rows as one batch of B x N; any op that does not
     treat that dimension as a batch fails the trial and the rows run one at a time."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, trial: bool = True) -> None:
+        """`trial`: try the batched plan (off for a model too large for the trial's
+        dozen forward passes to pay off: its rows then run one at a time)."""
         for info in graph.inputs:
             if not info.dtype.is_floating_point:
                 raise NonFloatInput(info.name, info.dtype)
@@ -129,10 +132,12 @@ class NetFunction:
         self.constants = {k: v.double() if v.is_floating_point() else v
                           for k, v in graph.constants.items()}
         self.smoothing: float | torch.Tensor | None = None
+        start = time.perf_counter()
         self.n_out = int(self.exact(torch.zeros(self.n_in, dtype=torch.float64)).numel())
+        self.forward_s = time.perf_counter() - start   # one exact forward pass, measured
         self.row_numel = self.n_in + self.n_out + sum(
             math.prod(shape) for node in graph.nodes for shape in node.output_shapes)
-        self.batched = self._batch_plan()
+        self.batched = self._batch_plan() if trial else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._one(x, self.smoothing)
