@@ -120,10 +120,12 @@ def lower_bound(graph: Graph, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
     start = time.perf_counter()
     box = _check_range(input_range)
     clock = Clock(start + budget_s, predicted_forward_s(graph))
-    if not clock.fits(MIN_FORWARDS * clock.forward_s):
-        return _not_searched(clock.forward_s, budget_s, seed, box, time.perf_counter() - start)
+    if not clock.fits(clock.forward_s):   # not even the first (measured) forward pass
+        return _not_searched(clock.forward_s, "predicted", budget_s, seed, box, start)
     fn = NetFunction(graph, trial=clock.forward_s <= TRIAL_MAX_FORWARD_S)
     clock.forward_s = fn.forward_s
+    if not clock.fits(MIN_FORWARDS * clock.forward_s):
+        return _not_searched(clock.forward_s, "measured", budget_s, seed, box, start)
     search = _Search(fn, box, seed, config or LowerConfig(), clock=clock)
     search.phases["setup"] = time.perf_counter() - start
     with torch.random.fork_rng(devices=[]):
@@ -144,14 +146,14 @@ def _timed(search: _Search, phase: str, body, *args):
         search.phases[phase] = time.perf_counter() - start
 
 
-def _not_searched(forward_s: float, budget_s: float, seed: int, box: Box,
-                  seconds: float) -> LowerBound:
-    detail = (f"not searched: one forward pass of the network is predicted to take "
-              f"{forward_s:.3g} s, and the smallest search ({MIN_FORWARDS} passes) does not fit "
-              f"the {budget_s:g} s cap (raise --lower-budget)")
+def _not_searched(forward_s: float, how: str, budget_s: float, seed: int, box: Box,
+                  start: float) -> LowerBound:
+    detail = (f"not searched: one forward pass of the network takes {forward_s:.3g} s "
+              f"({how}), and the smallest search ({MIN_FORWARDS} passes) does not fit "
+              f"the {budget_s:g} s cap (raise --lower-budget); 0 random starts, 0 ascent rounds")
     extra = {"witness": None, "rounds": 0, "seed": seed, "input_range": list(box) if box else None,
              "jacobian_norm": None, "cut_by_budget": True, "phases": {}}
-    return LowerBound("none", 0.0, True, "lower", seconds, detail, extra, None)
+    return LowerBound("none", 0.0, True, "lower", time.perf_counter() - start, detail, extra, None)
 
 
 def _check_range(input_range: tuple[float, float] | None) -> Box:
