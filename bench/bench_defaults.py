@@ -7,6 +7,7 @@ or paths to model files such as models/*.onnx and LipSDP's nets)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -34,6 +35,9 @@ print(json.dumps({"total": total, "rss_gb": resource.getrusage(resource.RUSAGE_S
 '''
 
 
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def main(names: list[str]) -> None:
     from archs import NETS
     names = names or list(NETS)
@@ -41,7 +45,9 @@ def main(names: list[str]) -> None:
     for name in names:
         load = Path("/proc/loadavg").read_text().split()[0]
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", ONE, name], capture_output=True, text=True)
+        env = {**os.environ, **{v: "1" for v in THREAD_VARS}}   # one thread, as the CLI sets
+        done = subprocess.run([sys.executable, "-c", ONE, name], capture_output=True, text=True,
+                              env=env)
         if done.returncode:
             print(f"{name:22s} failed after {time.perf_counter() - start:.1f} s: "
                   f"{done.stderr.strip().splitlines()[-1:]}")
