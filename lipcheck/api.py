@@ -179,7 +179,7 @@ def _lower(graph: Graph, settings: Settings, options: EstimateOptions, timings: 
         return None
     finally:
         timings["lower_bound"] = time.perf_counter() - start
-    timings.update((f"lower_bound.{k}", v) for k, v in found.extra.get("phases", {}).items())
+    timings.update((f"lower_bound.{k}", v) for k, v in getattr(found, "phases", {}).items())
     if options.witness_path and found is not None:
         from lipcheck.estimators.lower.rounds import save_witness
         save_witness(options.witness_path, found)

@@ -60,9 +60,11 @@ class LowerConfig:
 
 @dataclass
 class LowerBound(GlobalBound):
-    """A GlobalBound with the pair that attains it (not serialised into reports)."""
+    """A GlobalBound with the pair that attains it and the seconds of each phase (neither
+    serialised into the bound: api.py puts the phases in the report's timings)."""
 
     witness_data: Candidate | None = field(default=None, repr=False)
+    phases: dict[str, float] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -152,7 +154,7 @@ def _not_searched(forward_s: float, how: str, budget_s: float, seed: int, box: B
               f"({how}), and the smallest search ({MIN_FORWARDS} passes) does not fit "
               f"the {budget_s:g} s cap (raise --lower-budget); 0 random starts, 0 ascent rounds")
     extra = {"witness": None, "rounds": 0, "seed": seed, "input_range": list(box) if box else None,
-             "jacobian_norm": None, "cut_by_budget": True, "phases": {}}
+             "jacobian_norm": None, "cut_by_budget": True}
     return LowerBound("none", 0.0, True, "lower", time.perf_counter() - start, detail, extra, None)
 
 
@@ -265,8 +267,9 @@ def _bound(search: _Search, seconds: float, rounds: int, screened: int) -> Lower
     detail = (f"{best.method} witness; {screened} random starts, {rounds} ascent rounds; {where}")
     extra = {"witness": None, "rounds": rounds, "seed": search.seed,
              "input_range": list(search.box) if search.box else None,
-             "jacobian_norm": best.jacobian_norm, "phases": dict(search.phases)}
-    return LowerBound(best.method, best.value, True, "lower", seconds, detail, extra, best)
+             "jacobian_norm": best.jacobian_norm}
+    return LowerBound(best.method, best.value, True, "lower", seconds, detail, extra, best,
+                      dict(search.phases))
 
 
 def save_witness(path: str, bound: LowerBound) -> None:
