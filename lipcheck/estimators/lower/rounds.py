@@ -38,6 +38,7 @@ from lipcheck.results import GlobalBound
 DEFAULT_BUDGET_S = 10.0
 DEFAULT_ROUNDS = 1   # one batched ascent of starts_per_round points: ~1-2 s on models/digits_*
 MIN_FORWARDS = 16    # forward passes of the smallest useful search (one screened point)
+PREDICTION_SLACK = 4.0  # predicted forward passes ran up to 4x slower and 4x faster than measured
 TRIAL_MAX_FORWARD_S = 0.02  # larger models run their rows one at a time (no batch trial)
 
 
@@ -122,7 +123,9 @@ def lower_bound(graph: Graph, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
     start = time.perf_counter()
     box = _check_range(input_range)
     clock = Clock(start + budget_s, predicted_forward_s(graph))
-    if not clock.fits(clock.forward_s):   # not even the first (measured) forward pass
+    # the prediction may be PREDICTION_SLACK x pessimistic; building the function costs a
+    # float64 copy of every weight (VGG-11: 1.1 GB), so a search that cannot fit is not begun
+    if not clock.fits(clock.forward_s * max(1.0, MIN_FORWARDS / PREDICTION_SLACK)):
         return _not_searched(clock.forward_s, "predicted", budget_s, seed, box, start)
     fn = NetFunction(graph, trial=clock.forward_s <= TRIAL_MAX_FORWARD_S)
     clock.forward_s = fn.forward_s
