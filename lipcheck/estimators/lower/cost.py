@@ -61,7 +61,8 @@ def predicted_forward_s(graph: Graph) -> float:
 
 
 # forward passes (of one row) a step of each kind costs, until one has been timed
-FORWARDS = {"point": 14.0, "step": 8.0, "power": 4.0, "pair_step": 6.0}
+# ("secant": the pairs and their certification after the directions are found)
+FORWARDS = {"point": 14.0, "step": 8.0, "power": 4.0, "pair_step": 6.0, "secant": 6.0}
 
 
 @dataclass

@@ -160,8 +160,9 @@ def _power(fn: NetFunction, xs: torch.Tensor, v0: torch.Tensor | None,
     if not (y.requires_grad and g.requires_grad):
         return sigma, torch.zeros_like(v)
     for _ in range(iters):
-        if clock is not None and not clock.fits(clock.estimate("power", len(xs))):
-            break
+        if clock is not None and not clock.fits(clock.estimate("power", len(xs)) +
+                                                clock.estimate("secant", len(xs))):
+            break   # the secant pairs and their certification still have to fit
         start = time.perf_counter()
         jv = grad((g * v).sum(), u, retain_graph=True)
         w = grad((y * jv).sum(), x, retain_graph=True)
