@@ -23,6 +23,7 @@ from lipcheck.results import GlobalBound
 from lipcheck.settings import Settings
 
 if TYPE_CHECKING:
+    from lipcheck.estimators.lower.netfn import NonFloatInput
     from lipcheck.gate.robustness import Robustness
     from lipcheck.gate.thresholds import Thresholds
     from lipcheck.gate.verdict import Verdict
@@ -131,12 +132,13 @@ def _estimate(model: Any, input_shapes: Shapes, settings: Settings, options: Est
     bounds += _other_bounds(graph, node_bounds, settings, options, timings)
     if options.lower_budget > 0:
         stage.enter("lower-bound search")
-    lower = _lower(graph, settings, options, timings, result)
+    notes: list[Warning] = []
+    lower = _lower(graph, settings, options, timings, notes)
     report = Report(model=graph.metadata_for_report(), settings=_settings_dict(settings, options),
                     layers=_layers(graph, result), bounds=bounds, lower_bound=lower,
                     timings=timings)
     report.local = _local(graph, report, settings, options, timings)
-    report.warnings = collect_warnings(graph, result, report)
+    report.warnings = collect_warnings(graph, result, report) + notes
     return report
 
 
@@ -198,22 +200,39 @@ def _other_bounds(graph: Graph, node_bounds: dict, settings: Settings, options: 
 
 
 def _lower(graph: Graph, settings: Settings, options: EstimateOptions, timings: dict[str, float],
-           result: AutoLipResult) -> GlobalBound | None:
+           notes: list[Warning]) -> GlobalBound | None:
+    """The lower-bound search; a model it cannot search (integer inputs) gets a warning
+    in `notes` and no lower bound, not an error."""
     if options.lower_budget <= 0:
         return None
     try:
+        from lipcheck.estimators.lower.netfn import NonFloatInput
         from lipcheck.estimators.lower.rounds import lower_bound
     except ImportError:
         return None
     start = time.perf_counter()
-    found = lower_bound(graph, budget_s=options.lower_budget, seed=settings.seed,
-                        rounds=_lower_rounds(options),
-                        input_range=options.input_range)
-    timings["lower_bound"] = time.perf_counter() - start
+    try:
+        found = lower_bound(graph, budget_s=options.lower_budget, seed=settings.seed,
+                            rounds=_lower_rounds(options),
+                            input_range=options.input_range)
+    except NonFloatInput as exc:
+        notes.append(Warning("lower_bound_skipped", non_float_message(exc)))
+        return None
+    finally:
+        timings["lower_bound"] = time.perf_counter() - start
+    timings.update((f"lower_bound.{k}", v) for k, v in getattr(found, "phases", {}).items())
     if options.witness_path and found is not None:
         from lipcheck.estimators.lower.rounds import save_witness
         save_witness(options.witness_path, found)
     return found
+
+
+def non_float_message(exc: "NonFloatInput") -> str:
+    return (f"no lower bound: graph input {exc.input_name!r} has dtype {exc.dtype} (indices, "
+            "such as token ids), which the search cannot vary continuously. Every bound in this "
+            "report is with respect to the model's inputs as given, so an op that indexes with "
+            "that input (Gather, an embedding) has no finite bound; for an embedding, bound the "
+            "network from the embedded vectors on (load it without the lookup)")
 
 
 def _lower_rounds(options: EstimateOptions) -> int | None:

@@ -239,3 +239,40 @@ def test_time_budget_caps_a_count_based_search():
     import re
     screened = int(re.search(r"(\d+) random starts", found.detail).group(1))
     assert screened < LowerConfig().screen  # the screen itself stopped at the cap
+
+
+def lead2_net(transpose: bool) -> Graph:
+    """PRelu -> MaxPool1d on a 2x3x8 input: the model's own batch of 2 (issue 16);
+    with `transpose` the batch axis moves before the activation (rows must run alone)."""
+    gen = torch.Generator().manual_seed(1)
+    slope = torch.rand(3, 1, generator=gen) * 0.5
+    constants = {"s": slope[:, :, None] if transpose else slope}
+    nodes = [Node("t", OpKind.TRANSPOSE, ["x"], ["xt"], {"perm": [1, 0, 2]})] if transpose else []
+    nodes += [Node("a", OpKind.PRELU, ["xt" if transpose else "x", "s"], ["h"]),
+              Node("p", OpKind.MAX_POOL, ["h"], ["y"], {"kernel_shape": [3], "strides": [2]})]
+    graph = Graph([ValueInfo("x", (2, 3, 8))], ["y"], nodes, constants)
+    infer_shapes(graph)
+    return graph
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_fixed_leading_batch_of_two_matches_row_by_row(transpose: bool) -> None:
+    fn = NetFunction(lead2_net(transpose))
+    assert (fn.batched is not None) == (not transpose)
+    xs = torch.randn(5, fn.n_in, dtype=torch.float64)
+    rows = torch.stack([fn.exact(x) for x in xs])
+    assert torch.allclose(fn.exact_batch(xs), rows, rtol=1e-12, atol=1e-12)
+    sharp = torch.tensor([2.0, 3.0, 5.0, 7.0, 11.0], dtype=torch.float64)
+    fn.smoothing = sharp
+    smooth = fn.batch(xs)
+    for i, x in enumerate(xs):
+        fn.smoothing = float(sharp[i])
+        assert torch.allclose(smooth[i], fn(x), rtol=1e-12, atol=1e-12)
+    fn.smoothing = None
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_fixed_leading_batch_lower_bound_below_upper(transpose: bool) -> None:
+    graph = lead2_net(transpose)
+    found = lower_bound(graph, seed=0, rounds=1, config=FAST)
+    assert 0 < found.value <= upper(graph) * (1 + 1e-9)

@@ -8,11 +8,11 @@ caller certifies the best one point by point (lower_search.certify).
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
+from lipcheck.estimators.lower.cost import Clock
 from lipcheck.estimators.lower.search import (Box, Pairs, chunks, clamp, grad,
                                               jacobian_pairs, quotients)
 from lipcheck.estimators.lower.netfn import NetFunction
@@ -42,28 +42,37 @@ class Adam:
 
 def jacobian_ascent(fn: NetFunction, x0: torch.Tensor, steps: int, lrs: torch.Tensor, box: Box,
                     sharpness: torch.Tensor | None = None, check_every: int = 10,
-                    deadline: float = math.inf) -> Pairs:
+                    clock: Clock | None = None) -> Pairs:
     """Adam ascent of ||J_s(x) v|| for each row (J_s: the smoothed network, sharpness
     annealed geometrically from sharpness[:, 0] to sharpness[:, 1], one schedule per row,
     default 1 -> 30; v kept the top singular vector by one power step per iteration);
-    the exact network's secant pairs every `check_every` steps; the best per row."""
+    the exact network's secant pairs every `check_every` steps; the best per row. With a
+    clock, a step starts only when it and the check after it fit before the deadline."""
     if sharpness is None:
         sharpness = torch.tensor([[1.0, 30.0]], dtype=torch.float64).expand(len(x0), 2)
-    best, v = jacobian_pairs(fn, x0, box)
+    rows = len(x0)
+    best, v = jacobian_pairs(fn, x0, box, clock=clock)
     x = x0.detach().clone().requires_grad_(True)
     opt = Adam([x], [lrs])
+    checked = True
     for k in range(steps):
+        if clock is not None and not clock.fits(clock.estimate("step", rows) +
+                                                clock.estimate("point", rows)):
+            break
+        start = time.perf_counter()
         fn.smoothing = sharpness[:, 0] * (sharpness[:, 1] / sharpness[:, 0]) ** (k / max(steps - 1, 1))
         try:
             v = _ascent_step(fn, x, v, opt, box)
         finally:
             fn.smoothing = None
-        late = time.perf_counter() > deadline
-        if (k + 1) % check_every == 0 or k + 1 == steps or late:
-            found, _ = jacobian_pairs(fn, x.detach(), box, v)
-            best.improve(found)
-        if late:
-            break
+        if clock is not None:
+            clock.record("step", start, rows)
+        checked = False
+        if (k + 1) % check_every == 0 or k + 1 == steps:
+            best.improve(jacobian_pairs(fn, x.detach(), box, v, clock)[0])
+            checked = True
+    if not checked and (clock is None or clock.fits(clock.estimate("point", rows))):
+        best.improve(jacobian_pairs(fn, x.detach(), box, v, clock)[0])
     return best
 
 
@@ -90,9 +99,10 @@ def _ascent_step(fn: NetFunction, x: torch.Tensor, v: torch.Tensor, opt: Adam,
 
 
 def pairwise_ascent(fn: NetFunction, x0: torch.Tensor, d0: torch.Tensor, steps: int,
-                    lrs: torch.Tensor, box: Box, deadline: float = math.inf) -> Pairs:
+                    lrs: torch.Tensor, box: Box, clock: Clock | None = None) -> Pairs:
     """Adam ascent of ||f(x) - f(x + d)|| / ||d|| for each row, exact network; every
-    iterate is a candidate; the best per row."""
+    iterate is a candidate; the best per row. With a clock, a step starts only when it
+    fits before the deadline."""
     x = x0.detach().clone().requires_grad_(True)
     d = d0.detach().clone().requires_grad_(True)
     d_lrs = 0.05 * d0.norm(dim=1, keepdim=True) / d0.shape[1] ** 0.5
@@ -100,6 +110,9 @@ def pairwise_ascent(fn: NetFunction, x0: torch.Tensor, d0: torch.Tensor, steps: 
     zeros = torch.zeros(x0.shape[0], dtype=x0.dtype)
     best = Pairs(zeros.clone(), x0.detach().clone(), x0.detach().clone(), zeros)
     for _ in range(steps):
+        if clock is not None and not clock.fits(clock.estimate("pair_step", len(x0))):
+            break
+        start = time.perf_counter()
         with torch.enable_grad():
             value = _pair_quotients(fn, x, x + d)
         found = Pairs(value.detach(), x.detach().clone(), (x + d).detach().clone(), zeros)
@@ -108,8 +121,8 @@ def pairwise_ascent(fn: NetFunction, x0: torch.Tensor, d0: torch.Tensor, steps: 
         with torch.no_grad():
             x.copy_(clamp(x, box))
             d.copy_(clamp(x + d, box) - x)
-        if time.perf_counter() > deadline:
-            break
+        if clock is not None:
+            clock.record("pair_step", start, len(x0))
     return best
 
 

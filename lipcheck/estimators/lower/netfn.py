@@ -16,6 +16,7 @@ ever used to steer the search; every reported number comes from the exact networ
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from typing import Callable
 
@@ -88,113 +89,148 @@ SMOOTH: dict[OpKind, Smooth] = {
 }
 
 
-def _batched_nodes(nodes: list[Node]) -> list[Node] | None:
-    """Copies whose Reshape shapes take a leading batch size "B" (resolved per call)."""
+def _batched_nodes(nodes: list[Node], lead: int) -> list[Node] | None:
+    """Copies whose Reshape shapes that start with the model's own leading dimension
+    `lead` take "B" instead (rows x lead, resolved per call); None when a Reshape fixes
+    the leading dimension to anything else."""
     out = []
     for node in nodes:
         if node.op == OpKind.RESHAPE:
             shape = [int(s) for s in node.attrs["shape"]]
-            if not shape or shape[0] != 1:
+            if not shape or shape[0] not in (lead, -1):
                 return None
-            node = replace(node, attrs={**node.attrs, "shape": ["B", *shape[1:]]})
+            if shape[0] == lead:
+                node = replace(node, attrs={**node.attrs, "shape": ["B", *shape[1:]]})
         out.append(node)
     return out
 
 
-class NetFunction:
-    """x (flat, float64) -> concatenated outputs (flat, float64); rows with `batch`."""
+def _leading(shapes: list[tuple[int, ...]]) -> int | None:
+    """The leading dimension every input shares (the model's own batch), if any."""
+    leads = {s[0] for s in shapes if s}
+    return leads.pop() if len(leads) == 1 and all(shapes) else None
 
-    def __init__(self, graph: Graph) -> None:
+
+class NetFunction:
+    """x (flat, float64) -> concatenated outputs (flat, float64); rows with `batch`.
+
+    A model whose inputs share a fixed leading dimension N (its own batch: 1, or 2 as in
+    many exported test models) runs B rows as one batch of B x N; any op that does not
+    treat that dimension as a batch fails the trial and the rows run one at a time."""
+
+    def __init__(self, graph: Graph, trial: bool = True) -> None:
+        """`trial`: try the batched plan (off for a model too large for the trial's
+        dozen forward passes to pay off: its rows then run one at a time)."""
         for info in graph.inputs:
             if not info.dtype.is_floating_point:
-                raise UserError(f"lower bound: graph input {info.name!r} has dtype {info.dtype}, "
-                                "the search needs floating-point inputs")
+                raise NonFloatInput(info.name, info.dtype)
         self.graph = graph
         self.shapes = [tuple(info.shape) for info in graph.inputs]
         self.sizes = [math.prod(s) for s in self.shapes]
         self.n_in = sum(self.sizes)
+        self.lead = _leading(self.shapes)
         self.constants = {k: v.double() if v.is_floating_point() else v
                           for k, v in graph.constants.items()}
         self.smoothing: float | torch.Tensor | None = None
+        start = time.perf_counter()
         self.n_out = int(self.exact(torch.zeros(self.n_in, dtype=torch.float64)).numel())
+        self.forward_s = time.perf_counter() - start   # one exact forward pass, measured
         self.row_numel = self.n_in + self.n_out + sum(
             math.prod(shape) for node in graph.nodes for shape in node.output_shapes)
-        self.batched = self._batch_plan()
+        self.batched = self._batch_plan() if trial else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        parts = torch.split(x, self.sizes)
-        feeds = [p.reshape(s) for p, s in zip(parts, self.shapes)]
-        return torch.cat([y.reshape(-1) for y in self._run_graph(self.graph.nodes, feeds, 1)])
+        return self._one(x, self.smoothing)
 
     def batch(self, xs: torch.Tensor) -> torch.Tensor:
         """f for each row of xs (B, n_in) -> (B, n_out); differentiable."""
         if self.batched is None:
-            return torch.stack([self(x) for x in xs])
-        return self._run_rows(xs)
+            return self._row_by_row(xs, self.smoothing)
+        return self._run_rows(self.batched, xs, self.smoothing)
 
     def exact(self, x: torch.Tensor) -> torch.Tensor:
         """The exact network at one point, without gradients."""
-        previous, self.smoothing = self.smoothing, None
-        try:
-            with torch.no_grad():
-                return self(x)
-        finally:
-            self.smoothing = previous
+        with torch.no_grad():
+            return self._one(x, None)
 
     def exact_batch(self, xs: torch.Tensor) -> torch.Tensor:
-        previous, self.smoothing = self.smoothing, None
-        try:
-            with torch.no_grad():
-                return self.batch(xs)
-        finally:
-            self.smoothing = previous
+        with torch.no_grad():
+            if self.batched is None:
+                return self._row_by_row(xs, None)
+            return self._run_rows(self.batched, xs, None)
 
-    def _run_rows(self, xs: torch.Tensor) -> torch.Tensor:
-        rows = xs.shape[0]
+    def _one(self, x: torch.Tensor, smoothing: float | torch.Tensor | None) -> torch.Tensor:
+        if isinstance(smoothing, torch.Tensor):
+            smoothing = float(smoothing.reshape(-1)[0])
+        parts = torch.split(x, self.sizes)
+        feeds = [p.reshape(s) for p, s in zip(parts, self.shapes)]
+        outs = self._run_graph(self.graph.nodes, feeds, 1, smoothing)
+        return torch.cat([y.reshape(-1) for y in outs])
+
+    def _row_by_row(self, xs: torch.Tensor, smoothing: float | torch.Tensor | None) -> torch.Tensor:
+        """Each row alone, with its own smoothing (a number per row when given per row)."""
+        if isinstance(smoothing, torch.Tensor):
+            values = smoothing.reshape(-1).expand(len(xs)) if smoothing.numel() == 1 else smoothing
+            return torch.stack([self._one(x, float(k)) for x, k in zip(xs, values)])
+        return torch.stack([self._one(x, smoothing) for x in xs])
+
+    def _run_rows(self, nodes: list[Node], xs: torch.Tensor,
+                  smoothing: float | torch.Tensor | None) -> torch.Tensor:
+        rows, lead = xs.shape[0], self.lead
         parts = torch.split(xs, self.sizes, dim=1)
-        feeds = [p.reshape(rows, *s[1:]) for p, s in zip(parts, self.shapes)]
-        outs = self._run_graph(self.batched, feeds, rows)
+        feeds = [p.reshape(rows * lead, *s[1:]) for p, s in zip(parts, self.shapes)]
+        if isinstance(smoothing, torch.Tensor) and smoothing.numel() > 1:
+            smoothing = smoothing.repeat_interleave(lead)   # one per row of the model's batch
+        outs = self._run_graph(nodes, feeds, rows * lead, smoothing)
         return torch.cat([y.reshape(rows, -1) for y in outs], dim=1)
 
-    def _run_graph(self, nodes: list[Node], feeds: list[torch.Tensor],
-                   rows: int) -> list[torch.Tensor]:
+    def _run_graph(self, nodes: list[Node], feeds: list[torch.Tensor], rows: int,
+                   smoothing: float | torch.Tensor | None) -> list[torch.Tensor]:
         env = dict(self.constants)
         env.update((info.name, f) for info, f in zip(self.graph.inputs, feeds))
         for node in nodes:
             if node.op == OpKind.RESHAPE and node.attrs["shape"][0] == "B":
                 node = replace(node, attrs={**node.attrs, "shape": [rows, *node.attrs["shape"][1:]]})
             args = [env[v] if v else None for v in node.inputs]
-            env.update(zip(node.outputs, self._run(node, args)))
+            env.update(zip(node.outputs, self._run(node, args, smoothing)))
         return [env[name] for name in self.graph.outputs]
 
-    def _run(self, node: Node, args: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self.smoothing is None:
-            return run_node(node, args)
-        smooth = SMOOTH.get(node.op)
-        return [smooth(node, args, self.smoothing)] if smooth else run_node(node, args)
+    @staticmethod
+    def _run(node: Node, args: list[torch.Tensor],
+             smoothing: float | torch.Tensor | None) -> list[torch.Tensor]:
+        smooth = None if smoothing is None else SMOOTH.get(node.op)
+        return [smooth(node, args, smoothing)] if smooth else run_node(node, args)
 
     def _batch_plan(self) -> list[Node] | None:
-        """The batched node list when a trial on TRIAL_ROWS rows matches row by row."""
-        nodes = _batched_nodes(self.graph.nodes)
-        if nodes is None or any(s[:1] != (1,) for s in self.shapes):
+        """The batched node list when a trial on TRIAL_ROWS rows matches row by row, for
+        the exact network and for the smoothed one with a different width per row."""
+        nodes = None if self.lead is None else _batched_nodes(self.graph.nodes, self.lead)
+        if nodes is None:
             return None
         gen = torch.Generator().manual_seed(0)
         xs = torch.randn(TRIAL_ROWS, self.n_in, generator=gen, dtype=torch.float64)
+        sharp = torch.arange(1, TRIAL_ROWS + 1, dtype=torch.float64) * 3.0
+        smooths = [None] + ([sharp] if any(n.op in SMOOTH for n in nodes) else [])
         try:
             with torch.no_grad():
-                rows = self._run_graph_rows(nodes, xs)
-                ref = torch.stack([self(x) for x in xs])
+                return nodes if all(self._agrees(nodes, xs, s) for s in smooths) else None
         except (LipcheckError, RuntimeError, ValueError, IndexError, TypeError):
             return None
-        if rows.shape != ref.shape or not bool(torch.isfinite(ref).all()):
-            return None
-        if float((rows - ref).abs().max()) > TRIAL_RTOL * float(ref.abs().max()):
-            return None
-        return nodes
 
-    def _run_graph_rows(self, nodes: list[Node], xs: torch.Tensor) -> torch.Tensor:
-        saved, self.batched = getattr(self, "batched", None), nodes
-        try:
-            return self._run_rows(xs)
-        finally:
-            self.batched = saved
+    def _agrees(self, nodes: list[Node], xs: torch.Tensor, smoothing: torch.Tensor | None) -> bool:
+        rows = self._run_rows(nodes, xs, smoothing)
+        ref = self._row_by_row(xs, smoothing)
+        if rows.shape != ref.shape or not bool(torch.isfinite(ref).all()):
+            return False
+        return float((rows - ref).abs().max()) <= TRIAL_RTOL * float(ref.abs().max())
+
+
+class NonFloatInput(UserError):
+    """A graph input the search cannot vary continuously (integer indices, booleans)."""
+
+    code = "non_float_input"
+
+    def __init__(self, name: str, dtype: torch.dtype) -> None:
+        self.input_name, self.dtype = name, dtype
+        super().__init__(f"lower bound: graph input {name!r} has dtype {dtype}, "
+                         "the search needs floating-point inputs")

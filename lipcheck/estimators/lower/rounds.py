@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lipcheck.errors import UserError
+from lipcheck.estimators.lower.cost import Clock, predicted_forward_s
 from lipcheck.estimators.lower.ascent import jacobian_ascent, pairwise_ascent
 from lipcheck.estimators.lower.search import (Box, Candidate, Pairs, certified_quotient,
                                               certify, jacobian_pairs)
@@ -36,6 +37,9 @@ from lipcheck.results import GlobalBound
 
 DEFAULT_BUDGET_S = 10.0
 DEFAULT_ROUNDS = 1   # one batched ascent of starts_per_round points: ~1-2 s on models/digits_*
+MIN_FORWARDS = 16    # forward passes of the smallest useful search (one screened point)
+PREDICTION_SLACK = 4.0  # predicted forward passes ran up to 4x slower and 4x faster than measured
+TRIAL_MAX_FORWARD_S = 0.02  # larger models run their rows one at a time (no batch trial)
 
 
 @dataclass
@@ -59,9 +63,11 @@ class LowerConfig:
 
 @dataclass
 class LowerBound(GlobalBound):
-    """A GlobalBound with the pair that attains it (not serialised into reports)."""
+    """A GlobalBound with the pair that attains it and the seconds of each phase (neither
+    serialised into the bound: api.py puts the phases in the report's timings)."""
 
     witness_data: Candidate | None = field(default=None, repr=False)
+    phases: dict[str, float] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -71,8 +77,9 @@ class _Search:
     seed: int
     config: LowerConfig
     best: Candidate | None = None
+    clock: Clock = field(default_factory=lambda: Clock(math.inf))
     starts: list[tuple[float, int]] = field(default_factory=list)  # (value, point index)
-    cut: bool = False  # an ascent stopped at the deadline before its step count
+    phases: dict[str, float] = field(default_factory=dict)         # seconds per phase
 
     def offer(self, candidate: Candidate) -> None:
         if self.best is None or candidate.value > self.best.value:
@@ -113,20 +120,48 @@ def lower_bound(graph: Graph, budget_s: float = DEFAULT_BUDGET_S, seed: int = 0,
     """The best certified lower bound found within `budget_s` seconds, or in `rounds`
     ascent rounds. With `rounds` the search is deterministic (the screen and the exact
     witness are count-limited) and `budget_s` is only a cap: when the cap stops it early,
-    `extra["cut_by_budget"]` says so and the value depends on the machine's speed."""
+    `extra["cut_by_budget"]` says so and the value depends on the machine's speed. The cap
+    holds: no step starts whose predicted cost ends after it (see lower/cost.py)."""
     start = time.perf_counter()
     box = _check_range(input_range)
-    search = _Search(NetFunction(graph), box, seed, config or LowerConfig())
-    deadline = start + budget_s
+    clock = Clock(start + budget_s, predicted_forward_s(graph))
+    # the prediction may be PREDICTION_SLACK x pessimistic; building the function costs a
+    # float64 copy of every weight (VGG-11: 1.1 GB), so a search that cannot fit is not begun
+    if not clock.fits(clock.forward_s * max(1.0, MIN_FORWARDS / PREDICTION_SLACK)):
+        return _not_searched(clock.forward_s, "predicted", budget_s, seed, box, start)
+    fn = NetFunction(graph, trial=clock.forward_s <= TRIAL_MAX_FORWARD_S)
+    clock.forward_s = fn.forward_s
+    if not clock.fits(MIN_FORWARDS * clock.forward_s):
+        return _not_searched(clock.forward_s, "measured", budget_s, seed, box, start)
+    search = _Search(fn, box, seed, config or LowerConfig(), clock=clock)
+    search.phases["setup"] = time.perf_counter() - start
     with torch.random.fork_rng(devices=[]):
-        _pattern_witness(graph, search, budget_s)
-        _exact_witness(graph, search, budget_s if rounds is None else None)
-        screened = _screen(search, deadline)
-        done = _rounds(search, pairwise, deadline, rounds)
+        _timed(search, "patterns", _pattern_witness, graph, search, budget_s)
+        _timed(search, "exact_region", _exact_witness, graph, search, budget_s)
+        screened = _timed(search, "screen", _screen, search)
+        done = _timed(search, "rounds", _rounds, search, pairwise, rounds)
     result = _bound(search, time.perf_counter() - start, done, screened)
     result.extra["cut_by_budget"] = rounds is not None and (
-        done < rounds or screened < search.config.screen or search.cut)
+        done < rounds or screened < search.config.screen or clock.cut)
     return result
+
+
+def _timed(search: _Search, phase: str, body, *args):
+    start = time.perf_counter()
+    try:
+        return body(*args)
+    finally:
+        search.phases[phase] = time.perf_counter() - start
+
+
+def _not_searched(forward_s: float, how: str, budget_s: float, seed: int, box: Box,
+                  start: float) -> LowerBound:
+    detail = (f"not searched: one forward pass of the network takes {forward_s:.3g} s "
+              f"({how}), and the smallest search ({MIN_FORWARDS} passes) does not fit "
+              f"the {budget_s:g} s cap (raise --lower-budget); 0 random starts, 0 ascent rounds")
+    extra = {"witness": None, "rounds": 0, "seed": seed, "input_range": list(box) if box else None,
+             "jacobian_norm": None, "cut_by_budget": True}
+    return LowerBound("none", 0.0, True, "lower", time.perf_counter() - start, detail, extra, None)
 
 
 def _check_range(input_range: tuple[float, float] | None) -> Box:
@@ -154,17 +189,18 @@ def _pattern_witness(graph: Graph, search: _Search, budget_s: float) -> None:
     if not PATTERNS or search.config.pattern_max_units <= 0:
         return
     from lipcheck.estimators.lower.patterns import pattern_pairs
-    found = pattern_pairs(graph, search.fn, search.box, search.config.pattern_share * budget_s,
+    cap = min(search.config.pattern_share * budget_s, max(search.clock.left(), 0.0))
+    found = pattern_pairs(graph, search.fn, search.box, cap,
                           max_units=search.config.pattern_max_units)
-    search.cut = search.cut or found.cut
+    search.clock.cut = search.clock.cut or found.cut
     if found.pairs is not None:
         search.offer_pairs(found.pairs, "activation-pattern")
 # --- end of the activation-pattern phase ---------------------------------------------
 
 
-def _exact_witness(graph: Graph, search: _Search, budget_s: float | None) -> None:
-    """For a tiny ReLU-family chain, certify the exact enumeration's best region (budget
-    None: limited by its LP count only, so that replays are deterministic)."""
+def _exact_witness(graph: Graph, search: _Search, budget_s: float) -> None:
+    """For a tiny ReLU-family chain, certify the exact enumeration's best region: limited
+    by its LP count (reproducible) and by a share of the time cap (a cut is recorded)."""
     from lipcheck.estimators.exact.pwl_chain import pwl_chain
     if _hidden_units(graph) > search.config.exact_max_units or search.fn.n_in > 4096:
         return
@@ -175,25 +211,37 @@ def _exact_witness(graph: Graph, search: _Search, budget_s: float | None) -> Non
     if sum(chain.widths) > search.config.exact_max_units:
         return
     from lipcheck.estimators.exact.regions import exact_chain
-    seconds = float("inf") if budget_s is None else search.config.exact_share * budget_s
+    clock = search.clock
+    seconds = min(search.config.exact_share * budget_s,
+                  clock.left() - clock.estimate("point", 1 + search.config.screen))
+    if seconds <= 0 or not clock.fits(seconds):
+        clock.cut = True
+        return
     result = exact_chain(chain, search.box, max_lps=search.config.exact_max_lps,
                          max_seconds=seconds)
-    if result.witness is not None:
+    clock.cut = clock.cut or (not result.complete and result.lps < search.config.exact_max_lps
+                              and result.method == "exact-enumeration")
+    if result.witness is not None and clock.fits(clock.estimate("point")):
         x = torch.tensor(result.witness, dtype=torch.float64)[None]
-        search.offer_pairs(jacobian_pairs(search.fn, x, search.box)[0], "exact-region")
+        search.offer_pairs(jacobian_pairs(search.fn, x, search.box, clock=clock)[0],
+                           "exact-region")
 
 
-def _screen(search: _Search, deadline: float, chunk: int = 64) -> int:
+def _screen(search: _Search, chunk: int = 64) -> int:
     """Round 0: certified Jacobian values at seeded random points; starts best first.
-    Batches grow 1, 2, 4, ... up to `chunk` so that a large model meets the deadline
-    (the points and their values do not depend on the batching)."""
-    done, size = 0, 1
+    Batches grow 1, 2, 4, ... up to `chunk`, and shrink to what the clock says fits
+    before the deadline (the points and their values do not depend on the batching)."""
+    done, size, clock = 0, 1, search.clock
     while done < search.config.screen:
-        if done and time.perf_counter() > deadline:
+        per_point = clock.estimate("point")
+        fit = int(clock.left() / per_point) if per_point > 0 else size
+        count = min(size, fit, search.config.screen - done)
+        if count < 1:
+            clock.cut = True
             break
-        indices = list(range(done, min(done + size, search.config.screen)))
+        indices = list(range(done, done + count))
         size = min(2 * size, chunk)
-        pairs, _ = jacobian_pairs(search.fn, search.points(indices)[0], search.box)
+        pairs, _ = jacobian_pairs(search.fn, search.points(indices)[0], search.box, clock=clock)
         search.offer_pairs(pairs, "jacobian-ascent")
         search.starts += [(float(v), i) for v, i in zip(pairs.values, indices)]
         done += len(indices)
@@ -201,12 +249,13 @@ def _screen(search: _Search, deadline: float, chunk: int = 64) -> int:
     return done
 
 
-def _rounds(search: _Search, pairwise: bool, deadline: float, rounds: int | None) -> int:
-    done = 0
+def _rounds(search: _Search, pairwise: bool, rounds: int | None) -> int:
+    done, clock, rows = 0, search.clock, search.config.starts_per_round
     while rounds is None or done < rounds:
-        if time.perf_counter() > deadline:
+        # a round: the starts' directions, a step, and the checks after it
+        if not clock.fits(clock.estimate("step", rows) + 2 * clock.estimate("point", rows)):
             break
-        _one_round(search, done, pairwise, deadline)
+        _one_round(search, done, pairwise)
         done += 1
     return done
 
@@ -218,22 +267,20 @@ def _round_starts(search: _Search, index: int) -> list[int]:
     return [ranked[j] if j < len(ranked) else screen + j for j in range(index * k, index * k + k)]
 
 
-def _one_round(search: _Search, index: int, pairwise: bool, deadline: float = math.inf) -> None:
+def _one_round(search: _Search, index: int, pairwise: bool) -> None:
     cfg = search.config
     xs, scales = search.points(_round_starts(search, index))
     schedules = torch.tensor([cfg.sharpness[i % len(cfg.sharpness)] for i in range(len(xs))],
                              dtype=torch.float64)
     found = jacobian_ascent(search.fn, xs, cfg.ascent_steps, cfg.lr * scales, search.box,
-                            schedules, deadline=deadline)
-    search.cut = search.cut or time.perf_counter() > deadline
+                            schedules, clock=search.clock)
     search.offer_pairs(found, "jacobian-ascent")
     if pairwise:
         d = found.q - found.p
         size = d.norm(dim=1, keepdim=True)
         d = torch.where(size > 0, d / size.clamp_min(1e-300), torch.ones_like(d) / d.shape[1] ** 0.5)
         pairs = pairwise_ascent(search.fn, found.p, 1e-2 * scales * d, cfg.pair_steps,
-                                cfg.lr * scales, search.box, deadline)
-        search.cut = search.cut or time.perf_counter() > deadline
+                                cfg.lr * scales, search.box, search.clock)
         search.offer_pairs(pairs, "pairwise")
 
 
@@ -246,7 +293,8 @@ def _bound(search: _Search, seconds: float, rounds: int, screened: int) -> Lower
     extra = {"witness": None, "rounds": rounds, "seed": search.seed,
              "input_range": list(search.box) if search.box else None,
              "jacobian_norm": best.jacobian_norm}
-    return LowerBound(best.method, best.value, True, "lower", seconds, detail, extra, best)
+    return LowerBound(best.method, best.value, True, "lower", seconds, detail, extra, best,
+                      dict(search.phases))
 
 
 def save_witness(path: str, bound: LowerBound) -> None:

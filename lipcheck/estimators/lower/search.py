@@ -19,11 +19,13 @@ seconds that a short budget cannot afford.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from lipcheck.estimators.lower.cost import Clock
 from lipcheck.estimators.lower.netfn import NetFunction
 
 DENSE_OUT = 32          # form J (one batched backward) up to this many outputs
@@ -120,11 +122,12 @@ def jacobians(fn: NetFunction, xs: torch.Tensor) -> torch.Tensor:
 
 
 def top_directions(fn: NetFunction, xs: torch.Tensor, v0: torch.Tensor | None = None,
-                   iters: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+                   iters: int = 40, clock: Clock | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(||J(x)|| estimates (K,), top right singular vectors (K, n_in)) of fn as it is now
-    (smoothed or not): SVD of the dense J up to DENSE_OUT outputs, else power iteration."""
+    (smoothed or not): SVD of the dense J up to DENSE_OUT outputs, else power iteration
+    (fewer iterations when the next one would end after the clock's deadline)."""
     if fn.n_out > DENSE_OUT:
-        return _power(fn, xs, v0, iters)
+        return _power(fn, xs, v0, iters, clock)
     sig, vecs = [], []
     for part in chunks(fn, xs.shape[0], fn.n_out):
         jac = jacobians(fn, xs[part])
@@ -143,7 +146,7 @@ def top_direction(fn: NetFunction, x: torch.Tensor, v0: torch.Tensor | None = No
 
 
 def _power(fn: NetFunction, xs: torch.Tensor, v0: torch.Tensor | None,
-           iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+           iters: int, clock: Clock | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Power iteration on J^T J for every row at once; J v by the double-vjp trick."""
     x = xs.detach().clone().requires_grad_(True)
     with torch.enable_grad():
@@ -157,11 +160,17 @@ def _power(fn: NetFunction, xs: torch.Tensor, v0: torch.Tensor | None,
     if not (y.requires_grad and g.requires_grad):
         return sigma, torch.zeros_like(v)
     for _ in range(iters):
+        if clock is not None and not clock.fits(clock.estimate("power", len(xs)) +
+                                                clock.estimate("secant", len(xs))):
+            break   # the secant pairs and their certification still have to fit
+        start = time.perf_counter()
         jv = grad((g * v).sum(), u, retain_graph=True)
         w = grad((y * jv).sum(), x, retain_graph=True)
         previous, sigma = sigma, jv.norm(dim=1)
         norms = w.norm(dim=1, keepdim=True)
         v = torch.where(norms > 0, w / norms.clamp_min(1e-300), v)
+        if clock is not None:
+            clock.record("power", start, len(xs))
         if bool(((sigma - previous).abs() <= 1e-9 * sigma).all()):
             break
     return sigma.detach(), v.detach()
@@ -190,13 +199,16 @@ def _pairs_from(fn: NetFunction, p: torch.Tensor, q: torch.Tensor, sigmas: torch
     return Pairs(torch.cat(values), p, q, sigmas.detach().clone())
 
 
-def jacobian_pairs(fn: NetFunction, xs: torch.Tensor, box: Box,
-                   v0: torch.Tensor | None = None) -> tuple[Pairs, torch.Tensor]:
+def jacobian_pairs(fn: NetFunction, xs: torch.Tensor, box: Box, v0: torch.Tensor | None = None,
+                   clock: Clock | None = None) -> tuple[Pairs, torch.Tensor]:
     """Secant pairs along the exact network's top directions at each row, and those
     directions."""
     smoothing, fn.smoothing = fn.smoothing, None
+    start = time.perf_counter()
     try:
-        sigmas, vs = top_directions(fn, xs.detach(), v0)
+        sigmas, vs = top_directions(fn, xs.detach(), v0, clock=clock)
         return secant_pairs(fn, xs.detach(), vs, sigmas, box), vs
     finally:
         fn.smoothing = smoothing
+        if clock is not None:
+            clock.record("point", start, len(xs))

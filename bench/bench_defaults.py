@@ -1,0 +1,64 @@
+"""Issue 12 item 2: the default `lipcheck estimate` end to end on the target networks,
+one process each (peak memory is per model), with the report's phase timings.
+
+Run: .venv/bin/python bench/bench_defaults.py [name ...]   (names: bench/archs.py NETS,
+or paths to model files such as models/*.onnx and LipSDP's nets)
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ONE = r'''
+import json, resource, sys, time
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, "bench")
+from archs import NETS
+from lipcheck.api import estimate
+name = sys.argv[1]
+start = time.perf_counter()
+if name in NETS:
+    build, shape = NETS[name]
+    report = estimate(build(), [shape])
+else:
+    report = estimate(name)
+total = time.perf_counter() - start
+lower = report.lower_bound.value if report.lower_bound else None
+upper = report.upper_bound.value if report.upper_bound else None
+print(json.dumps({"total": total, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "timings": report.timings, "lower": lower, "upper": upper}))
+'''
+
+
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def main(names: list[str]) -> None:
+    from archs import NETS
+    names = names or list(NETS)
+    print(f"{'model':22s} {'total s':>8s} {'peak GB':>8s}  {'lower':>10s} {'upper':>10s}  phases (s)")
+    for name in names:
+        load = Path("/proc/loadavg").read_text().split()[0]
+        start = time.perf_counter()
+        env = {**os.environ, **{v: "1" for v in THREAD_VARS}}   # one thread, as the CLI sets
+        done = subprocess.run([sys.executable, "-c", ONE, name], capture_output=True, text=True,
+                              env=env)
+        if done.returncode:
+            print(f"{name:22s} failed after {time.perf_counter() - start:.1f} s: "
+                  f"{done.stderr.strip().splitlines()[-1:]}")
+            continue
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        phases = " ".join(f"{k}={v:.2f}" for k, v in r["timings"].items())
+        fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        print(f"{name:22s} {r['total']:8.1f} {r['rss_gb']:8.2f}  {fmt(r['lower']):>10s} "
+              f"{fmt(r['upper']):>10s}  {phases} [load {load}]", flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main(sys.argv[1:])
