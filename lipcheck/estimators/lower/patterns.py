@@ -444,12 +444,14 @@ def _finite(chain: Chain) -> bool:
 
 def _ascend(fn: NetFunction, regions: list[Region], box: Box, deadline: float) -> Pairs:
     from lipcheck.estimators.lower.ascent import jacobian_ascent
+    from lipcheck.estimators.lower.cost import Clock
     xs = torch.tensor(np.array([r.point for r in regions]), dtype=torch.float64)
     lrs = ASCENT_LR * xs.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
     schedule = torch.tensor([[5.0, 30.0]] * len(xs), dtype=torch.float64)
-    # ascent.py compares its deadline with time.perf_counter()
+    # the clock compares its deadline with time.perf_counter(); no step starts that cannot end
     cap = time.perf_counter() + max(deadline - time.monotonic(), 0.0)
-    return jacobian_ascent(fn, xs, ASCENT_STEPS, lrs, box, schedule, deadline=cap)
+    clock = Clock(cap, getattr(fn, "forward_s", 0.0))
+    return jacobian_ascent(fn, xs, ASCENT_STEPS, lrs, box, schedule, clock=clock)
 
 
 def _concat(a: Pairs, b: Pairs) -> Pairs:
