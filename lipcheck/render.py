@@ -77,8 +77,13 @@ def interval_line(data: dict[str, Any]) -> str:
         upper = f"{fmt(ub['value'])} ({ub['method']})"
     if lb is None:
         return f"Lipschitz constant <= {upper}" if ub and ub["finite"] else upper
-    gap = f", gap {data['gap']:.3g}x" if data.get("gap") else ""
+    gap = f", gap {gap_text(data['gap'])}" if data.get("gap") else ""
     return f"{fmt(lb['value'])} ({lb['method']}) <= Lipschitz constant <= {upper}{gap}"
+
+
+def gap_text(gap: float) -> str:
+    """'3.73x', but '1.00007x' where three digits would round a near-tight gap to '1x'."""
+    return f"{gap:.3g}x" if gap >= 1.01 else f"{gap:.5f}x"
 
 
 def local_line(local: dict[str, Any]) -> str:

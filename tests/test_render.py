@@ -126,3 +126,10 @@ def test_numbers_are_not_split_by_highlighting():
     plain = io.StringIO()
     Console(file=plain, force_terminal=True, color_system="standard").print(line)
     assert line not in plain.getvalue()   # the test would catch highlighting
+
+
+def test_a_near_tight_gap_is_not_rounded_to_one() -> None:
+    from lipcheck.render import gap_text
+    assert gap_text(3.7312) == "3.73x"
+    assert gap_text(1.00007) == "1.00007x"
+    assert gap_text(1.0) == "1.00000x"
