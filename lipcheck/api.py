@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -227,7 +228,7 @@ def _lower(graph: Graph, settings: Settings, options: EstimateOptions, timings: 
     return found
 
 
-def non_float_message(exc: "NonFloatInput") -> str:
+def non_float_message(exc: NonFloatInput) -> str:
     return (f"no lower bound: graph input {exc.input_name!r} has dtype {exc.dtype} (indices, "
             "such as token ids), which the search cannot vary continuously. Every bound in this "
             "report is with respect to the model's inputs as given, so an op that indexes with "
@@ -278,10 +279,10 @@ def _sandwich_warnings(report: Report) -> list[Warning]:
             Sandwich(report.lower_bound, report.upper_bound).warnings]
 
 
-def check(model: Any, thresholds: "Thresholds | None" = None, *, config: Path | None = None,
+def check(model: Any, thresholds: Thresholds | None = None, *, config: Path | None = None,
           discover_config: bool = True, cwd: Path | None = None, input_shapes: Shapes = None,
           settings: Settings | None = None, options: EstimateOptions | None = None,
-          progress: Callable[[Node], None] | None = None, **limits: Any) -> "Verdict":
+          progress: Callable[[Node], None] | None = None, **limits: Any) -> Verdict:
     """What `lipcheck check` runs: the gate's Verdict (exit_code, checks, report, radii).
 
     Limits are Thresholds fields (max_lipschitz=2.0, max_increase="10%", data="val.npz",
@@ -305,7 +306,7 @@ def check(model: Any, thresholds: "Thresholds | None" = None, *, config: Path | 
     return Verdict(report, resolved, checks, robustness, comparison, time.perf_counter() - start)
 
 
-def _limits(limits: dict[str, Any]) -> "Thresholds":
+def _limits(limits: dict[str, Any]) -> Thresholds:
     from dataclasses import fields
 
     from lipcheck.errors import UserError
@@ -325,7 +326,7 @@ def _limits(limits: dict[str, Any]) -> "Thresholds":
     return Thresholds(**values)
 
 
-def _robustness(graph: Graph, report: Report, thresholds: "Thresholds") -> "Robustness | None":
+def _robustness(graph: Graph, report: Report, thresholds: Thresholds) -> Robustness | None:
     if thresholds.data is None:
         return None
     from lipcheck.gate.robustness import certify, load_data

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from lipcheck.cli import app
 from lipcheck.errors import EXIT_NO_FINITE_BOUND, EXIT_OK, EXIT_USER_ERROR, LipcheckError
-from lipcheck.report import load_schema
 from lipcheck.interpreter import run_graph
 from lipcheck.loaders.onnx_loader import load_onnx
+from lipcheck.report import load_schema
 
 DATA = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data"
 CONVERTED = sorted((DATA / "pytorch-converted").glob("*/model.onnx"))

@@ -13,9 +13,16 @@ import time
 import torch
 
 from lipcheck.estimators.lower.cost import Clock
-from lipcheck.estimators.lower.search import (Box, Pairs, chunks, clamp, grad,
-                                              jacobian_pairs, quotients)
 from lipcheck.estimators.lower.netfn import NetFunction
+from lipcheck.estimators.lower.search import (
+    Box,
+    Pairs,
+    chunks,
+    clamp,
+    grad,
+    jacobian_pairs,
+    quotients,
+)
 
 
 class Adam:

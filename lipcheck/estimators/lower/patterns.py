@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from lipcheck.estimators.exact.pwl_chain import Chain
-from lipcheck.estimators.lower.search import Box, Pairs, quotients
 from lipcheck.estimators.lower.netfn import NetFunction
+from lipcheck.estimators.lower.search import Box, Pairs, quotients
 
 MAX_UNITS = 2048          # hidden units at most (dense per-layer matrices)
 MAX_INPUTS = 4096

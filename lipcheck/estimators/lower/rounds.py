@@ -27,11 +27,17 @@ import numpy as np
 import torch
 
 from lipcheck.errors import UserError
-from lipcheck.estimators.lower.cost import Clock, predicted_forward_s
 from lipcheck.estimators.lower.ascent import jacobian_ascent, pairwise_ascent
-from lipcheck.estimators.lower.search import (Box, Candidate, Pairs, certified_quotient,
-                                              certify, jacobian_pairs)
+from lipcheck.estimators.lower.cost import Clock, predicted_forward_s
 from lipcheck.estimators.lower.netfn import NetFunction
+from lipcheck.estimators.lower.search import (
+    Box,
+    Candidate,
+    Pairs,
+    certified_quotient,
+    certify,
+    jacobian_pairs,
+)
 from lipcheck.graph import Graph
 from lipcheck.results import GlobalBound
 

@@ -12,19 +12,24 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
+from lipcheck.errors import UserError
+from lipcheck.estimators.exact.pairmax import MAX_NODES
 from lipcheck.estimators.upper.autolip import autolip
 from lipcheck.estimators.upper.chains import Chain, find_chains
 from lipcheck.estimators.upper.eclipse import eclipse
-from lipcheck.estimators.exact.pairmax import MAX_NODES
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
 from lipcheck.estimators.upper.sdp_conv import sdp_conv
-from lipcheck.estimators.upper.seqlip import (ChainBound, dense_factor, exact_chain, greedy_chain,
-                                        lowrank_factors)
-from lipcheck.errors import UserError
+from lipcheck.estimators.upper.seqlip import (
+    ChainBound,
+    dense_factor,
+    exact_chain,
+    greedy_chain,
+    lowrank_factors,
+)
 from lipcheck.graph import Graph
 from lipcheck.numerics import well_scaled
 from lipcheck.results import GlobalBound, tightest_certified  # noqa: F401 (re-exported)
