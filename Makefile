@@ -21,7 +21,7 @@ test: install
 
 # ruff (lint + import order) and mypy on lipcheck/, configured in pyproject.toml
 lint: install
-	$(VENV)/bin/ruff check lipcheck tests
+	$(VENV)/bin/ruff check lipcheck tests bench
 	$(VENV)/bin/mypy
 
 demo: install
