@@ -194,3 +194,12 @@ def test_free_first_layer_realises_its_target_without_lps(monkeypatch) -> None:
     monkeypatch.setattr(patterns, "MAX_LP_ENTRIES", 0)   # force the LP-free path
     exact = exact_lipschitz(graph, max_lps=50_000, max_seconds=120)
     assert exact.complete and 0 < max(certified_values(graph)) <= exact.value * (1 + 1e-9)
+
+
+def test_an_affine_network_has_no_pattern_phase() -> None:
+    """No activation: one pattern, nothing to search (it crashed with an empty max)."""
+    rng = np.random.default_rng(0)
+    g = mlp_graph([rng.standard_normal((2, 3))], [rng.standard_normal(2)])
+    assert not patterns.applicable(pwl_chain(g), None)
+    found = lower_bound(g, budget_s=2.0, seed=0, rounds=1)
+    assert found.value > 0

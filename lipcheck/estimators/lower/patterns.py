@@ -354,7 +354,9 @@ def lp_sized(chain: Chain) -> bool:
 
 
 def applicable(chain: Chain, box: Box, max_units: int = MAX_UNITS) -> bool:
-    return (sum(chain.widths) <= max_units and chain.n_in <= MAX_INPUTS
+    """A chain with at least one activation layer (an affine map has one pattern), small
+    enough for the LPs or with a first layer that least squares can steer."""
+    return (len(chain.widths) > 0 and sum(chain.widths) <= max_units and chain.n_in <= MAX_INPUTS
             and chain.affines[-1].weight.shape[0] <= 64
             and (lp_sized(chain) or free_first_layer(chain, box)))
 
