@@ -6,6 +6,8 @@ that folding them into the convolutions is not the identity.
 """
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 
@@ -56,7 +58,7 @@ def resnet(block: type, counts: list[int], classes: int = 1000, seed: int = 0) -
     layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), _bn(64), nn.ReLU(),
                                nn.MaxPool2d(3, 2, 1)]
     cin = 64
-    for i, (c, n) in enumerate(zip((64, 128, 256, 512), counts)):
+    for i, (c, n) in enumerate(zip((64, 128, 256, 512), counts, strict=False)):
         for j in range(n):
             layers.append(block(cin, c, 2 if (i > 0 and j == 0) else 1))
             cin = c * block.expansion
@@ -90,7 +92,7 @@ def vgg11(classes: int = 1000, seed: int = 0) -> nn.Module:
 def mlp(widths: list[int], seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
-    for a, b in zip(widths, widths[1:]):
+    for a, b in pairwise(widths):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers[:-1]).eval()
 

@@ -30,7 +30,8 @@ else:
 total = time.perf_counter() - start
 lower = report.lower_bound.value if report.lower_bound else None
 upper = report.upper_bound.value if report.upper_bound else None
-print(json.dumps({"total": total, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps({"total": total, "rss_gb": rss_gb,
                   "timings": report.timings, "lower": lower, "upper": upper}))
 '''
 
@@ -41,7 +42,8 @@ THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 def main(names: list[str]) -> None:
     from archs import NETS
     names = names or list(NETS)
-    print(f"{'model':22s} {'total s':>8s} {'peak GB':>8s}  {'lower':>10s} {'upper':>10s}  phases (s)")
+    print(f"{'model':22s} {'total s':>8s} {'peak GB':>8s}  "
+          f"{'lower':>10s} {'upper':>10s}  phases (s)")
     for name in names:
         load = Path("/proc/loadavg").read_text().split()[0]
         start = time.perf_counter()

@@ -44,8 +44,9 @@ def _conv_matrix(w: torch.Tensor, pads: list[int], stride: int, dil: int, group:
         return F.conv2d(x, w, stride=stride, dilation=dil, groups=group).reshape(-1)
     n = math.prod(in_shape)
     jac = torch.autograd.functional.jacobian(f, torch.zeros(n, dtype=torch.float64))
-    out = F.conv2d(F.pad(torch.zeros(in_shape, dtype=torch.float64), (pads[1], pads[3], pads[0], pads[2])),
-                   w, stride=stride, dilation=dil, groups=group).shape
+    padded = F.pad(torch.zeros(in_shape, dtype=torch.float64),
+                   (pads[1], pads[3], pads[0], pads[2]))
+    out = F.conv2d(padded, w, stride=stride, dilation=dil, groups=group).shape
     return jac.numpy(), tuple(out)
 
 
@@ -124,18 +125,22 @@ def chain_relaxed_truth(mats: list[np.ndarray], slope: float, seed: int) -> floa
         for d, a in zip(ds, mats[1:], strict=True):
             m = a @ (d[:, None] * m)
         return float(np.linalg.norm(m, 2))
-    return worst_pattern_norm(norm_of, [a.shape[0] for a in mats[:-1]], [slope] * (len(mats) - 1), seed)
+    widths = [a.shape[0] for a in mats[:-1]]
+    return worst_pattern_norm(norm_of, widths, [slope] * (len(mats) - 1), seed)
 
 
-def certified_bounds(g: Graph, methods: list[str], dense: bool = False) -> dict[str, tuple[float, str]]:
+def certified_bounds(g: Graph, methods: list[str],
+                     dense: bool = False) -> dict[str, tuple[float, str]]:
     s = Settings(extra={"sdp_conv_dense": dense})
     bounds = global_bounds(g, bound_nodes(g, s), methods, s)
     return {b.method: (b.value, b.detail) for b in bounds if b.certified and b.kind == "upper"}
 
 
 CHAINS = [  # odd sizes, stride 2-3, dilation, groups, asymmetric pads, BN with negative scales
-    ([(3, 3, 3, [0, 1, 2, 0], 1, 1, True), (4, 2, 1, [1, 0, 0, 1], 1, 1, False)], 8, 1, 3, OpKind.RELU),
-    ([(4, 3, 2, [2, 1, 0, 1], 2, 2, True), (2, 1, 1, [0, 0, 0, 0], 1, 2, True)], 9, 2, 2, OpKind.TANH),
+    ([(3, 3, 3, [0, 1, 2, 0], 1, 1, True), (4, 2, 1, [1, 0, 0, 1], 1, 1, False)],
+     8, 1, 3, OpKind.RELU),
+    ([(4, 3, 2, [2, 1, 0, 1], 2, 2, True), (2, 1, 1, [0, 0, 0, 0], 1, 2, True)],
+     9, 2, 2, OpKind.TANH),
     ([(2, 2, 2, [1, 1, 1, 1], 1, 1, False), (3, 3, 3, [0, 2, 1, 0], 1, 1, True),
       (2, 1, 1, [0, 0, 0, 0], 1, 1, False)], 11, 1, 1, OpKind.SIGMOID),
 ]
@@ -155,8 +160,8 @@ def test_sdp_conv_chain_is_above_every_slope_pattern(case: int) -> None:
     assert own["sdp-conv"][0] <= truth * 1.6               # and is not vacuous
 
 
-def residual_net(blocks: list[tuple[int, int, int, bool, list[int]]], c: int, size: int, act: OpKind,
-                 seed: int, gain: float = 1.0):
+def residual_net(blocks: list[tuple[int, int, int, bool, list[int]]], c: int, size: int,
+                 act: OpKind, seed: int, gain: float = 1.0):
     """Blocks y = x + conv(act(conv(x) [BN])) with ReLU between blocks; block = (hidden, k,
     dilation, batchnorm, pads). Returns the graph and each block's (W1, W2) by torch."""
     gen = torch.Generator().manual_seed(seed)
@@ -167,7 +172,8 @@ def residual_net(blocks: list[tuple[int, int, int, bool, list[int]]], c: int, si
             x = f"m{i}"
         w1 = _r(torch.randn(h, c, k, k, generator=gen) * gain / k)
         w2 = _r(torch.randn(c, h, k, k, generator=gen) * gain / k)
-        consts.update({f"u{i}": w1.float(), f"v{i}": w2.float(), f"ub{i}": torch.randn(h, generator=gen)})
+        consts.update({f"u{i}": w1.float(), f"v{i}": w2.float(),
+                       f"ub{i}": torch.randn(h, generator=gen)})
         nodes.append(Node(f"ca{i}", OpKind.CONV, [x, f"u{i}", f"ub{i}"], [f"ca{i}"],
                           {"pads": pads, "dilations": [d, d]}))
         hidden = f"ca{i}"
@@ -289,10 +295,13 @@ def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 NORMS = [  # exact constants: attained at a constant input
-    ("LayerNorm over 3 axes", OpKind.LAYER_NORM, (2, 3, 2, 2), {"axis": 1, "epsilon": 1e-3}, (3, 2, 2)),
+    ("LayerNorm over 3 axes", OpKind.LAYER_NORM, (2, 3, 2, 2), {"axis": 1, "epsilon": 1e-3},
+     (3, 2, 2)),
     ("LayerNorm eps 1e-12", OpKind.LAYER_NORM, (1, 2, 5), {"axis": -1, "epsilon": 1e-12}, (5,)),
-    ("GroupNorm 1 group", OpKind.GROUP_NORM, (1, 4, 2, 2), {"num_groups": 1, "epsilon": 1e-3}, (4,)),
-    ("GroupNorm groups of 1 channel", OpKind.GROUP_NORM, (1, 4, 2, 1), {"num_groups": 4, "epsilon": 1e-3}, (4,)),
+    ("GroupNorm 1 group", OpKind.GROUP_NORM, (1, 4, 2, 2), {"num_groups": 1, "epsilon": 1e-3},
+     (4,)),
+    ("GroupNorm groups of 1 channel", OpKind.GROUP_NORM, (1, 4, 2, 1),
+     {"num_groups": 4, "epsilon": 1e-3}, (4,)),
     ("InstanceNorm", OpKind.INSTANCE_NORM, (1, 3, 2, 2), {"epsilon": 1e-4}, (3,)),
     ("RMSNorm over 2 axes", OpKind.RMS_NORM, (1, 2, 3, 2), {"axis": 2, "epsilon": 1e-4}, (3, 2)),
 ]
@@ -302,7 +311,8 @@ NORMS = [  # exact constants: attained at a constant input
 def test_normalisation_constants_are_exact(case: int) -> None:
     _, op, shape, attrs, scale_shape = NORMS[case]
     scale = _randn(*scale_shape, seed=case)
-    bias = _randn(*scale_shape, seed=case + 50) if op in (OpKind.GROUP_NORM, OpKind.INSTANCE_NORM) else None
+    has_bias = op in (OpKind.GROUP_NORM, OpKind.INSTANCE_NORM)
+    bias = _randn(*scale_shape, seed=case + 50) if has_bias else None
     g = one_node(op, shape, attrs, scale, bias)
     (bound,) = [b for b in certified_bounds(g, ["autolip"]).values()]
     f = function_of(g)
@@ -313,17 +323,21 @@ def test_normalisation_constants_are_exact(case: int) -> None:
 
 
 def test_groups_of_one_entry_are_constant() -> None:
-    g = one_node(OpKind.GROUP_NORM, (1, 4, 1, 1), {"num_groups": 4, "epsilon": 1e-3}, _randn(4), _randn(4, seed=1))
+    g = one_node(OpKind.GROUP_NORM, (1, 4, 1, 1), {"num_groups": 4, "epsilon": 1e-3},
+                 _randn(4), _randn(4, seed=1))
     (bound,) = certified_bounds(g, ["autolip"]).values()
     assert bound[0] == 0.0 and _searched_norm(g, points=10) == 0.0
 
 
 @pytest.mark.parametrize("size,alpha,beta,bias", [(2, 3.0, 0.75, 0.5), (3, 4.0, 3.0, 0.5),
                                                    (5, 2.0, 1.0, 0.1), (7, 30.0, 0.3, 2.0)])
-def test_lrn_bound_is_above_a_jacobian_search(size: int, alpha: float, beta: float, bias: float) -> None:
-    g = one_node(OpKind.LRN, (1, 5, 2, 1), {"size": size, "alpha": alpha, "beta": beta, "bias": bias})
+def test_lrn_bound_is_above_a_jacobian_search(size: int, alpha: float, beta: float,
+                                              bias: float) -> None:
+    attrs = {"size": size, "alpha": alpha, "beta": beta, "bias": bias}
+    g = one_node(OpKind.LRN, (1, 5, 2, 1), attrs)
     (bound,) = certified_bounds(g, ["autolip"]).values()
-    found = max(_searched_norm(g, points=30, scale=s, seed=i) for i, s in enumerate((0.1, 0.5, 1.0, 3.0)))
+    found = max(_searched_norm(g, points=30, scale=s, seed=i)
+                for i, s in enumerate((0.1, 0.5, 1.0, 3.0)))
     assert bias ** -beta * (1 - 1e-12) <= found <= bound[0]
 
 
@@ -389,7 +403,8 @@ def test_symbols_and_border_are_within_their_stated_float_error() -> None:
     c, s = exact((2, 1))
     root = np.sqrt(np.longdouble(17 * 17))
     border = small.border()[:, 0, 0]
-    err = np.sqrt(((border.real + 1.25 * c / root) ** 2 + (border.imag + 1.25 * s / root) ** 2).sum())
+    err = np.sqrt(((border.real + 1.25 * c / root) ** 2
+                   + (border.imag + 1.25 * s / root) ** 2).sum())
     assert err <= small.border_error()
 
 
@@ -414,7 +429,8 @@ def test_a_batch_of_two_is_left_to_the_other_methods(residual: bool) -> None:
     else:
         g, _ = conv_chain([(2, 3, 2, [1, 1, 1, 1], 1, 1, False)], 6, 1, 2, OpKind.RELU, seed=0)
     first = g.inputs[0]
-    g = Graph([ValueInfo(first.name, (2,) + tuple(first.shape[1:]))], g.outputs, g.nodes, g.constants)
+    batched = ValueInfo(first.name, (2,) + tuple(first.shape[1:]))
+    g = Graph([batched], g.outputs, g.nodes, g.constants)
     infer_shapes(g)
     bounds = certified_bounds(g, ["autolip", "sdp-conv"])
     assert "autolip" in bounds and "sdp-conv" not in bounds
@@ -423,7 +439,8 @@ def test_a_batch_of_two_is_left_to_the_other_methods(residual: bool) -> None:
 def _masked_graph(mask_value: float, reader: OpKind) -> Graph:
     consts = {"m": torch.tensor([[0.0, mask_value], [0.0, 0.0]])}
     g = Graph([ValueInfo("x", (1, 2, 2))], ["y"],
-              [Node("n", reader, ["x", "m"], ["s"]), Node("soft", OpKind.SOFTMAX, ["s"], ["y"], {"axis": -1})],
+              [Node("n", reader, ["x", "m"], ["s"]),
+               Node("soft", OpKind.SOFTMAX, ["s"], ["y"], {"axis": -1})],
               consts)
     infer_shapes(g)
     return g

@@ -5,6 +5,7 @@ phase ends within max(1 s, 10 %) of its cap, and says when it was cut."""
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import pytest
 import torch
@@ -35,7 +36,8 @@ def slow_conv(size: int, width: int, outputs: int = 100) -> Graph:
              Node("r0", OpKind.RELU, ["a0"], ["h0"]),
              Node("c1", OpKind.CONV, ["h0", "w1"], ["a1"], {"pads": [1, 1, 1, 1]}),
              Node("r1", OpKind.RELU, ["a1"], ["h1"]),
-             Node("c2", OpKind.CONV, ["h1", "w2"], ["a2"], {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+             Node("c2", OpKind.CONV, ["h1", "w2"], ["a2"],
+                  {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
              Node("r2", OpKind.RELU, ["a2"], ["h2"]),
              Node("flat", OpKind.RESHAPE, ["h2"], ["f"], {"shape": [1, width * half * half]}),
              Node("fc", OpKind.GEMM, ["f", "fc"], ["y"], {"transB": 1})]
@@ -47,9 +49,11 @@ def slow_conv(size: int, width: int, outputs: int = 100) -> Graph:
 def mlp(widths: list[int]) -> Graph:
     gen = torch.Generator().manual_seed(0)
     nodes, c, last = [], {}, "x"
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
-        c[f"w{i}"], c[f"b{i}"] = torch.randn(b, a, generator=gen) / a ** 0.5, torch.randn(b, generator=gen)
-        nodes.append(Node(f"fc{i}", OpKind.GEMM, [last, f"w{i}", f"b{i}"], [f"z{i}"], {"transB": 1}))
+    for i, (a, b) in enumerate(pairwise(widths)):
+        c[f"w{i}"] = torch.randn(b, a, generator=gen) / a ** 0.5
+        c[f"b{i}"] = torch.randn(b, generator=gen)
+        nodes.append(Node(f"fc{i}", OpKind.GEMM, [last, f"w{i}", f"b{i}"], [f"z{i}"],
+                          {"transB": 1}))
         last = f"z{i}"
         if i < len(widths) - 2:
             nodes.append(Node(f"relu{i}", OpKind.RELU, [last], [f"h{i}"]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 
@@ -36,7 +37,8 @@ from lipcheck.results import GlobalBound, tightest_certified  # noqa: F401 (re-e
 from lipcheck.rules import NodeBound
 from lipcheck.settings import Settings
 
-METHODS = ("autolip", "seqlip-exact", "seqlip-greedy", "seqlip-lowrank", "sdp", "eclipse", "sdp-conv")
+METHODS = ("autolip", "seqlip-exact", "seqlip-greedy", "seqlip-lowrank", "sdp", "eclipse",
+           "sdp-conv")
 # `--method auto`: what is cheap (< ~2 s a chain here) and useful; "quick" variants are
 # the same methods with smaller count limits and size gates, reported under their names.
 DEFAULT_METHODS = ("autolip", "eclipse-fast", "seqlip-exact:quick", "sdp:quick", "sdp-conv")
@@ -58,7 +60,7 @@ def _weights(chain: Chain) -> list[np.ndarray]:
 
 
 def _pair_sizes(chain: Chain) -> list[int]:
-    return [min(a.shape[0], b.shape[1]) for a, b in zip(chain.parts, chain.parts[1:])]
+    return [min(a.shape[0], b.shape[1]) for a, b in pairwise(chain.parts)]
 
 
 def _seqlip_exact(quick: bool) -> ChainMethod:
@@ -68,7 +70,8 @@ def _seqlip_exact(quick: bool) -> ChainMethod:
         nodes = QUICK_NODES if quick else int(settings.extra.get("seqlip_nodes", MAX_NODES))
         result = exact_chain(chain, settings, deadline, nodes)
         if chain.autolip_certified and chain.autolip_product < result.value:
-            result.value, result.detail = chain.autolip_product, result.detail + " (AutoLip product smaller)"
+            result.value = chain.autolip_product
+            result.detail += " (AutoLip product smaller)"
         return result
     return run
 
@@ -82,7 +85,8 @@ def _seqlip_greedy(chain: Chain, settings: Settings, deadline: float) -> ChainBo
 def _seqlip_lowrank(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
     rank = int(settings.extra.get("seqlip_rank", DEFAULT_RANK))
     result = greedy_chain(lowrank_factors(chain, settings, rank), chain.slopes, deadline)
-    result.detail = f"top-{rank} singular triplets per part (truncation not bounded); " + result.detail
+    result.detail = (f"top-{rank} singular triplets per part (truncation not bounded); "
+                     + result.detail)
     return result
 
 
@@ -101,7 +105,10 @@ def _sdp(quick: bool) -> ChainMethod:
         dims = [p.shape for p in chain.parts]
         size = min(dims[0]) + sum(d[0] for d in dims[:-1])
         barrier = all(a * b >= 0 and a + b != 0 for a, b in chain.slopes)
-        limit = (QUICK_SDP_DIM if barrier else 0) if quick else (SDP_MAX_DIM if barrier else CONIC_MAX_DIM)
+        if quick:
+            limit = QUICK_SDP_DIM if barrier else 0
+        else:
+            limit = SDP_MAX_DIM if barrier else CONIC_MAX_DIM
         if not chain.dense(settings) or size > limit:
             return None
         return _from_sdp(lipsdp_neuron(_weights(chain), chain.slopes,
@@ -112,9 +119,11 @@ def _sdp(quick: bool) -> ChainMethod:
 def _eclipse(fast: bool) -> ChainMethod:
     def run(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
         width = max(p.shape[0] for p in chain.parts[:-1])
-        if not chain.dense(settings) or width > (ECLIPSE_MAX_WIDTH if fast else ECLIPSE_SDP_MAX_WIDTH):
+        max_width = ECLIPSE_MAX_WIDTH if fast else ECLIPSE_SDP_MAX_WIDTH
+        if not chain.dense(settings) or width > max_width:
             return None
-        return _from_sdp(eclipse(_weights(chain), chain.slopes, fast, deadline - time.monotonic()), chain)
+        seconds = deadline - time.monotonic()
+        return _from_sdp(eclipse(_weights(chain), chain.slopes, fast, seconds), chain)
     return run
 
 
@@ -131,24 +140,25 @@ def _compose(graph: Graph, node_bounds: dict[str, NodeBound], chains: list[Chain
              results: list[ChainBound | None], method: str) -> tuple[float, bool]:
     bounds = dict(node_bounds)
     certified = True
-    for chain, result in zip(chains, results):
+    for chain, result in zip(chains, results, strict=True):  # one result per chain
         if result is None:
             continue
         certified &= result.certified
         bounds[chain.nodes[0].name] = NodeBound(result.value, method, result.certified)
         for node in chain.nodes[1:]:
             bounds[node.name] = NodeBound(1.0, "in-chain", True)
-    result = autolip(graph, bounds)
-    return result.value, certified and result.certified
+    total = autolip(graph, bounds)
+    return total.value, certified and total.certified
 
 
 def _chain_record(chain: Chain, result: ChainBound | None) -> dict:
     if result is None:
-        return {"chain": chain.name, "value": chain.autolip_product, "certified": chain.autolip_certified,
+        return {"chain": chain.name, "value": chain.autolip_product,
+                "certified": chain.autolip_certified,
                 "detail": "method not applicable: AutoLip product kept"}
     record = {"chain": chain.name, "value": result.value, "certified": result.certified,
-              "complete": result.complete, "detail": result.detail, "autolip": chain.autolip_product,
-              "cut_by_budget": result.cut_by_budget}
+              "complete": result.complete, "detail": result.detail,
+              "autolip": chain.autolip_product, "cut_by_budget": result.cut_by_budget}
     if result.block is not None:  # the value bounds the residual unit x + F(x), not the branch
         record.update(value=result.block, unit="residual x + F(x)", carried=result.value,
                       autolip=1.0 + chain.autolip_product)
@@ -167,7 +177,7 @@ def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chai
         return None
     base = name.removesuffix(QUICK)
     value, certified = _compose(graph, node_bounds, chains, results, base)
-    records = [_chain_record(c, r) for c, r in zip(chains, results)]
+    records = [_chain_record(c, r) for c, r in zip(chains, results, strict=True)]
     detail = "; ".join(f"{r['chain']}: {r['detail']}" for r in records)
     cut = any(r is not None and r.cut_by_budget for r in results)
     extra: dict = {"chains": records, "cut_by_budget": cut}
@@ -202,8 +212,8 @@ def expand_methods(methods: list[str] | tuple[str, ...]) -> list[str]:
     return [n for n in names if not (n.endswith(QUICK) and n.removesuffix(QUICK) in names)]
 
 
-def global_bounds(graph: Graph, node_bounds: dict[str, NodeBound], methods: list[str] | tuple[str, ...],
-                  settings: Settings) -> list[GlobalBound]:
+def global_bounds(graph: Graph, node_bounds: dict[str, NodeBound],
+                  methods: list[str] | tuple[str, ...], settings: Settings) -> list[GlobalBound]:
     """Every requested whole-network bound computed within settings.time_budget, sorted
     by value. Methods that apply to no chain of the graph are left out."""
     start = time.monotonic()
@@ -211,8 +221,9 @@ def global_bounds(graph: Graph, node_bounds: dict[str, NodeBound], methods: list
     out: list[GlobalBound] = []
     if "autolip" in names:
         base = autolip(graph, node_bounds)
-        out.append(GlobalBound("autolip", base.value, base.certified,
-                               kind="upper" if base.certified else "estimate", seconds=base.seconds))
+        kind = "upper" if base.certified else "estimate"
+        out.append(GlobalBound("autolip", base.value, base.certified, kind=kind,
+                               seconds=base.seconds))
     chain_names = [n for n in names if n != "autolip"]
     chains = find_chains(graph, node_bounds, settings) if chain_names else []
     for i, name in enumerate(chain_names):
