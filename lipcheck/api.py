@@ -16,7 +16,7 @@ import torch
 
 from lipcheck.estimators.upper.autolip import AutoLipResult, autolip, bound_nodes
 from lipcheck.graph import Graph, Node
-from lipcheck.limits import check_timeout, time_limit
+from lipcheck.limits import Deadline, check_timeout, time_limit
 from lipcheck.numerics import check_finite_constants, torch_dtype
 from lipcheck.passes import fuse_batchnorm
 from lipcheck.report import NP_HARD_MESSAGE, LayerRecord, Report, Warning
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from lipcheck.gate.robustness import Robustness
     from lipcheck.gate.thresholds import Thresholds
     from lipcheck.gate.verdict import Verdict
+    from lipcheck.local_set import LocalSet
 
 Shapes = list[tuple[int, ...]] | None
 
@@ -44,7 +45,8 @@ class EstimateOptions:
     witness_path: str | None = None
     arch: str | None = None
     unsafe_pickle: bool = False
-    fuse_batchnorm: bool = True        # fold Conv -> BatchNorm into one Conv (tighter, same function)
+    fuse_batchnorm: bool = True        # fold Conv -> BatchNorm into one Conv (tighter, same
+                                       # function)
     local: Any = None                  # a lipcheck.local_set.LocalSet: bound on that set too
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -92,8 +94,9 @@ class _Stage:
 
     def __init__(self, progress: Callable[[Node], None] | None,
                  on_phase: Callable[[str, int | None], None] | None = None) -> None:
-        self.progress, self.deadline, self.node = progress, None, None
-        self.on_phase = on_phase
+        self.progress, self.on_phase = progress, on_phase
+        self.deadline: Deadline | None = None
+        self.node: Node | None = None
 
     def enter(self, phase: str, count: int | None = None) -> None:
         if self.on_phase is not None:
@@ -157,9 +160,18 @@ def _local(graph: Graph, report: Report, settings: Settings, options: EstimateOp
     try:
         return local_section(graph, spec, upper, settings.seed)
     except UnsupportedLocal as exc:
-        return {"set": str(spec.around or list(spec.input_range)), "skipped": str(exc)}
+        return {"set": _set_name(spec), "skipped": str(exc)}
     finally:
         timings["local"] = time.perf_counter() - start
+
+
+def _set_name(spec: LocalSet) -> str:
+    """The set a skipped local section names: the centres' file, or the box."""
+    if spec.around:
+        return str(spec.around)
+    assert spec.input_range is not None, "a wanted set is balls (--around) or a box"
+    return str(list(spec.input_range))
+
 
 
 def autolip_bound(result: AutoLipResult, seconds: float) -> GlobalBound:

@@ -159,7 +159,9 @@ def _gram_certified_norm(m: np.ndarray | torch.Tensor) -> float:
         from lipcheck.spectral.top_eig import max_eig_bound
         tau = max_eig_bound(torch.from_numpy(gram)[None], eta=LANCZOS_ETA).tau
         return math.sqrt(tau + error) * (1 + 1e-15)
-    top = float(scipy.linalg.eigvalsh(gram, subset_by_index=[gram.shape[0] - 1] * 2, check_finite=False)[0])
+    last = gram.shape[0] - 1
+    top = float(scipy.linalg.eigvalsh(gram, subset_by_index=[last, last], check_finite=False)[0])
+
     tau, blocks = max(top, 0.0) * (1 + 1e-9) + 1e-300, torch.from_numpy(gram)[None]
     for _ in range(20):
         if bool(cholesky_certify(blocks, tau)[0]):

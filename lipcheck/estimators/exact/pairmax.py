@@ -81,7 +81,8 @@ def enumerate_max(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> PairRes
 
 
 def alternating_ascent(x: np.ndarray, y: np.ndarray, lo: float, hi: float, sigma: np.ndarray,
-                       steps: int = 50, offset: np.ndarray | float = 0.0) -> tuple[float, np.ndarray]:
+                       steps: int = 50,
+                       offset: np.ndarray | float = 0.0) -> tuple[float, np.ndarray]:
     """Local search on ||offset + X diag(sigma) Y||: top singular pair -> best vertex for
     it -> repeat. Returns a value attained at a vertex (a lower estimate of the max)."""
     best, best_sigma = -1.0, sigma
@@ -121,7 +122,8 @@ class _Tree:
         """Certified bound on the norm over every completion of `fixed` (depth = len)."""
         d = len(fixed)
         m = self.x[:, :d] @ (fixed[:, None] * self.y[:d]) + self.center * self.free_sum[d]
-        return (spectral(m) * (1 + FLOAT64_MARGIN) + abs(self.radius) * self.free_slack[d]) * (1 + 1e-12)
+        slack = abs(self.radius) * self.free_slack[d]
+        return (spectral(m) * (1 + FLOAT64_MARGIN) + slack) * (1 + 1e-12)
 
     def original(self, sigma: np.ndarray) -> np.ndarray:
         out = np.empty_like(sigma)
@@ -135,8 +137,9 @@ class _Tree:
         """A good vertex below `fixed` (lower estimate), sigma in the original order."""
         d = len(fixed)
         start = np.concatenate([fixed, np.full(self.x.shape[1] - d, self.hi)])
+        offset = self.x[:, :d] @ (fixed[:, None] * self.y[:d])
         value, sigma = alternating_ascent(self.x[:, d:], self.y[d:], self.lo, self.hi, start[d:],
-                                          steps=5, offset=self.x[:, :d] @ (fixed[:, None] * self.y[:d]))
+                                          steps=5, offset=offset)
         return value, self.original(np.concatenate([fixed, sigma]))
 
 
@@ -179,7 +182,9 @@ def branch_and_bound(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
     open_max = max((-h[0] for h in heap), default=0.0)
     value = max(best * (1 + FLOAT64_MARGIN), pruned_max, open_max)
     complete = not heap
-    why = "the time budget (safety cap)" if cut else f"the cap of {max_nodes} boxes or {MAX_OPEN} open"
+    why = ("the time budget (safety cap)" if cut
+           else f"the cap of {max_nodes} boxes or {MAX_OPEN} open")
+
     detail = (f"branch and bound finished ({nodes} boxes)" if complete else
               f"branch and bound stopped by {why} with {len(heap)} open boxes: "
               f"certified bound {value:.6g}, best vertex found {best:.6g}")

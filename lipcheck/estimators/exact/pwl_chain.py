@@ -72,7 +72,9 @@ def _split(graph: Graph) -> list[list[Node] | Node]:
     """Groups of consecutive affine nodes, separated by activation nodes."""
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise UserError("exact: the network must have one input and one output")
-    current, items, block = graph.inputs[0].name, [], []
+    current = graph.inputs[0].name
+    items: list[list[Node] | Node] = []
+    block: list[Node] = []
     for node in graph.nodes:
         _check_chain_node(graph, node, current)
         current = node.outputs[0]
@@ -136,7 +138,8 @@ def mlp_graph(weights: list[np.ndarray], biases: list[np.ndarray], activation: s
 
     kinds = {"relu": OpKind.RELU, "leaky_relu": OpKind.LEAKY_RELU, "tanh": OpKind.TANH}
     constants, nodes, current = {}, [], "x"
-    for i, (w, b) in enumerate(zip(weights, biases)):
+    for i, (w, b) in enumerate(zip(weights, biases, strict=False)):
+
         constants[f"W{i}"] = torch.tensor(np.asarray(w), dtype=torch.float32)
         constants[f"b{i}"] = torch.tensor(np.asarray(b), dtype=torch.float32)
         nodes.append(Node(f"gemm{i}", OpKind.GEMM, [current, f"W{i}", f"b{i}"], [f"z{i}"],

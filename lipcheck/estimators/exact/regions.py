@@ -123,6 +123,7 @@ def _brute_force_two_layer(chain: Chain, budget: _Budget) -> ExactResult:
         i = int(np.argmax(values))
         if values[i] > best:
             best, best_signs = float(values[i]), chunk[i]
+    assert best_signs is not None, "the first chunk's norms (>= 0) beat the initial -1"
     result = _two_layer_result(chain, best_signs)
     if not complete:
         result.complete, result.detail = False, "budget exhausted before all 2^h patterns"
@@ -236,7 +237,9 @@ def _lp_ball(node: _Node, a: np.ndarray, c: float, box: tuple[float, float] | No
     bounds = [(None, None)] * n + [(None, T_CAP)]
     if box is not None:
         eye = np.eye(n)
-        a_ub = np.vstack([a_ub, np.hstack([eye, np.ones((n, 1))]), np.hstack([-eye, np.ones((n, 1))])])
+        ones = np.ones((n, 1))
+        a_ub = np.vstack([a_ub, np.hstack([eye, ones]), np.hstack([-eye, ones])])
+
         rhs = np.concatenate([rhs, np.full(n, box[1]), np.full(n, -box[0])])
     from scipy.optimize import linprog  # lazy: importing scipy.optimize takes ~1.5 s
 

@@ -40,7 +40,7 @@ class Adam:
         self.t += 1
         b1, b2 = self.betas
         with torch.no_grad():
-            for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lrs):
+            for p, g, m, v, lr in zip(self.params, grads, self.m, self.v, self.lrs, strict=False):
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 step = (m / (1 - b1 ** self.t)) / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
@@ -67,7 +67,9 @@ def jacobian_ascent(fn: NetFunction, x0: torch.Tensor, steps: int, lrs: torch.Te
                                                 clock.estimate("point", rows)):
             break
         start = time.perf_counter()
-        fn.smoothing = sharpness[:, 0] * (sharpness[:, 1] / sharpness[:, 0]) ** (k / max(steps - 1, 1))
+        ratio = sharpness[:, 1] / sharpness[:, 0]
+        fn.smoothing = sharpness[:, 0] * ratio ** (k / max(steps - 1, 1))
+
         try:
             v = _ascent_step(fn, x, v, opt, box)
         finally:

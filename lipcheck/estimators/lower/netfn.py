@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -42,37 +43,37 @@ def _width(z: torch.Tensor, sharpness: float | torch.Tensor) -> torch.Tensor:
     return (mean / sharpness).clamp_min(1e-12)
 
 
-def soft_relu(z: torch.Tensor, sharpness: float) -> torch.Tensor:
+def soft_relu(z: torch.Tensor, sharpness: float | torch.Tensor) -> torch.Tensor:
     w = _width(z, sharpness)
     return F.softplus(z / w) * w
 
 
-def _leaky(node: Node, args: list[torch.Tensor], k: float) -> torch.Tensor:
+def _leaky(node: Node, args: list[torch.Tensor], k: float | torch.Tensor) -> torch.Tensor:
     alpha = float(node.attrs.get("alpha", 0.01))
     return alpha * args[0] + (1 - alpha) * soft_relu(args[0], k)
 
 
-def _prelu(node: Node, args: list[torch.Tensor], k: float) -> torch.Tensor:
+def _prelu(node: Node, args: list[torch.Tensor], k: float | torch.Tensor) -> torch.Tensor:
     z, slope = args
     return slope * z + (1 - slope) * soft_relu(z, k)
 
 
-def _clip(node: Node, args: list[torch.Tensor], k: float) -> torch.Tensor:
+def _clip(node: Node, args: list[torch.Tensor], k: float | torch.Tensor) -> torch.Tensor:
     z, lo, hi = args[0], node.attrs.get("min"), node.attrs.get("max")
     out = z if lo is None else lo + soft_relu(z - lo, k)
     return out if hi is None else out - soft_relu(out - hi, k)
 
 
-def _max_pool(node: Node, args: list[torch.Tensor], k: float) -> torch.Tensor:
+def _max_pool(node: Node, args: list[torch.Tensor], k: float | torch.Tensor) -> torch.Tensor:
     """w * logsumexp(window / w): a smooth maximum over each pooling window (no
     dilation; with dilation the exact max pool runs)."""
     from lipcheck.rules.pooling import Geometry, _spatial
     x = args[0]
     g = Geometry(node, _spatial(x))
     if any(d != 1 for d in g.dilations):
-        return run_node(node, args)[0]
+        return run_node(node, list(args))[0]
     windows = F.pad(x, g.torch_pads(), value=-math.inf)
-    for axis, (size, step) in enumerate(zip(g.kernel, g.strides)):
+    for axis, (size, step) in enumerate(zip(g.kernel, g.strides, strict=False)):
         windows = windows.unfold(2 + axis, size, step)
     windows = windows.flatten(start_dim=x.dim())
     w = _width(x, k).reshape(-1, *([1] * (windows.dim() - 1)))
@@ -163,22 +164,25 @@ class NetFunction:
         if isinstance(smoothing, torch.Tensor):
             smoothing = float(smoothing.reshape(-1)[0])
         parts = torch.split(x, self.sizes)
-        feeds = [p.reshape(s) for p, s in zip(parts, self.shapes)]
+        feeds = [p.reshape(s) for p, s in zip(parts, self.shapes, strict=True)]
         outs = self._run_graph(self.graph.nodes, feeds, 1, smoothing)
         return torch.cat([y.reshape(-1) for y in outs])
 
-    def _row_by_row(self, xs: torch.Tensor, smoothing: float | torch.Tensor | None) -> torch.Tensor:
+    def _row_by_row(self, xs: torch.Tensor,
+                    smoothing: float | torch.Tensor | None) -> torch.Tensor:
         """Each row alone, with its own smoothing (a number per row when given per row)."""
         if isinstance(smoothing, torch.Tensor):
             values = smoothing.reshape(-1).expand(len(xs)) if smoothing.numel() == 1 else smoothing
-            return torch.stack([self._one(x, float(k)) for x, k in zip(xs, values)])
+            rows = zip(xs, values, strict=False)
+            return torch.stack([self._one(x, float(k)) for x, k in rows])
         return torch.stack([self._one(x, smoothing) for x in xs])
 
     def _run_rows(self, nodes: list[Node], xs: torch.Tensor,
                   smoothing: float | torch.Tensor | None) -> torch.Tensor:
         rows, lead = xs.shape[0], self.lead
+        assert lead is not None, "a batched plan needs the inputs' shared leading dimension"
         parts = torch.split(xs, self.sizes, dim=1)
-        feeds = [p.reshape(rows * lead, *s[1:]) for p, s in zip(parts, self.shapes)]
+        feeds = [p.reshape(rows * lead, *s[1:]) for p, s in zip(parts, self.shapes, strict=True)]
         if isinstance(smoothing, torch.Tensor) and smoothing.numel() > 1:
             smoothing = smoothing.repeat_interleave(lead)   # one per row of the model's batch
         outs = self._run_graph(nodes, feeds, rows * lead, smoothing)
@@ -187,19 +191,24 @@ class NetFunction:
     def _run_graph(self, nodes: list[Node], feeds: list[torch.Tensor], rows: int,
                    smoothing: float | torch.Tensor | None) -> list[torch.Tensor]:
         env = dict(self.constants)
-        env.update((info.name, f) for info, f in zip(self.graph.inputs, feeds))
+        env.update((info.name, f) for info, f in zip(self.graph.inputs, feeds, strict=True))
         for node in nodes:
             if node.op == OpKind.RESHAPE and node.attrs["shape"][0] == "B":
-                node = replace(node, attrs={**node.attrs, "shape": [rows, *node.attrs["shape"][1:]]})
+                shape = [rows, *node.attrs["shape"][1:]]
+                node = replace(node, attrs={**node.attrs, "shape": shape})
             args = [env[v] if v else None for v in node.inputs]
-            env.update(zip(node.outputs, self._run(node, args, smoothing)))
+            env.update(zip(node.outputs, self._run(node, args, smoothing), strict=False))
         return [env[name] for name in self.graph.outputs]
 
     @staticmethod
-    def _run(node: Node, args: list[torch.Tensor],
+    def _run(node: Node, args: list[torch.Tensor | None],
              smoothing: float | torch.Tensor | None) -> list[torch.Tensor]:
-        smooth = None if smoothing is None else SMOOTH.get(node.op)
-        return [smooth(node, args, smoothing)] if smooth else run_node(node, args)
+        smooth = SMOOTH.get(node.op)
+        if smoothing is None or smooth is None:
+            return run_node(node, args)
+        # the smoothed ops read only required inputs (the data, PRelu's slope): never None
+        return [smooth(node, cast(list[torch.Tensor], args), smoothing)]
+
 
     def _batch_plan(self) -> list[Node] | None:
         """The batched node list when a trial on TRIAL_ROWS rows matches row by row, for

@@ -190,7 +190,8 @@ def _box_rows(n: int, box: Box, extra: int) -> tuple[np.ndarray, np.ndarray]:
 def largest_ball(chain: Chain, signs: list[np.ndarray], box: Box,
                  budget: _Budget) -> tuple[np.ndarray, float] | None:
     """Centre and radius of the largest ball (radius <= T_CAP) in the region of `signs`."""
-    rows = [_unit_rows(m, c, s) for (m, c), s in zip(pre_activations(chain, signs)[0], signs)]
+    pre = pre_activations(chain, signs)[0]   # one (M_l, c_l) per layer of `signs`
+    rows = [_unit_rows(m, c, s) for (m, c), s in zip(pre, signs, strict=True)]
     if any(r is None for r in rows):
         return None
     n = chain.n_in
@@ -209,12 +210,13 @@ def largest_ball(chain: Chain, signs: list[np.ndarray], box: Box,
 def realise(chain: Chain, target: list[np.ndarray], box: Box, budget: _Budget) -> Region | None:
     """A region near the target: layer by layer, keep the realised layers (margin t) and
     ask for the target signs with slacks e (maximise t - PENALTY sum e)."""
-    n, done = chain.n_in, []
-    for layer, want in enumerate(target):
+    n = chain.n_in
+    done: list[np.ndarray] = []
+    for want in target:
         if budget.spent():
             return None
         pre = pre_activations(chain, done + [want])[0]
-        fixed = [_unit_rows(m, c, s) for (m, c), s in zip(pre[:-1], done)]
+        fixed = [_unit_rows(m, c, s) for (m, c), s in zip(pre[:-1], done, strict=True)]
         soft = _unit_rows(pre[-1][0], pre[-1][1], want)   # flat rows: zero slack possible
         if soft is None or any(r is None for r in fixed):
             return None
@@ -377,7 +379,7 @@ def pattern_regions(chain: Chain, box: Box, budget_s: float,
     targets = [first]
     if time.monotonic() < deadline:
         better = sign_ascent(chain, first, deadline=deadline)
-        if any(np.any(a != b) for a, b in zip(better, first)):
+        if any(np.any(a != b) for a, b in zip(better, first, strict=True)):
             targets.append(better)
     found, free = [], free_first_layer(chain, box)
     for target in targets:
@@ -440,7 +442,9 @@ def _finite(chain: Chain) -> bool:
     for affine in chain.affines:
         if not (np.all(np.isfinite(affine.weight)) and np.all(np.isfinite(affine.bias))):
             return False
-        scale *= max(float(np.abs(affine.weight).max(initial=0.0)), 1.0) * (1 + affine.weight.shape[1])
+        largest = max(float(np.abs(affine.weight).max(initial=0.0)), 1.0)
+        scale *= largest * (1 + affine.weight.shape[1])
+
     return scale < 1e150
 
 

@@ -249,7 +249,8 @@ def _screen(search: _Search, chunk: int = 64) -> int:
         size = min(2 * size, chunk)
         pairs, _ = jacobian_pairs(search.fn, search.points(indices)[0], search.box, clock=clock)
         search.offer_pairs(pairs, "jacobian-ascent")
-        search.starts += [(float(v), i) for v, i in zip(pairs.values, indices)]
+        # one pair per row of the points (secant_pairs is batched over rows)
+        search.starts += [(float(v), i) for v, i in zip(pairs.values, indices, strict=True)]
         done += len(indices)
     search.starts.sort(key=lambda item: (-item[0], item[1]))
     return done
@@ -284,7 +285,9 @@ def _one_round(search: _Search, index: int, pairwise: bool) -> None:
     if pairwise:
         d = found.q - found.p
         size = d.norm(dim=1, keepdim=True)
-        d = torch.where(size > 0, d / size.clamp_min(1e-300), torch.ones_like(d) / d.shape[1] ** 0.5)
+        even = torch.ones_like(d) / d.shape[1] ** 0.5
+        d = torch.where(size > 0, d / size.clamp_min(1e-300), even)
+
         pairs = pairwise_ascent(search.fn, found.p, 1e-2 * scales * d, cfg.pair_steps,
                                 cfg.lr * scales, search.box, search.clock)
         search.offer_pairs(pairs, "pairwise")

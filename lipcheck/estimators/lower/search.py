@@ -122,7 +122,8 @@ def jacobians(fn: NetFunction, xs: torch.Tensor) -> torch.Tensor:
 
 
 def top_directions(fn: NetFunction, xs: torch.Tensor, v0: torch.Tensor | None = None,
-                   iters: int = 40, clock: Clock | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   iters: int = 40,
+                   clock: Clock | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(||J(x)|| estimates (K,), top right singular vectors (K, n_in)) of fn as it is now
     (smoothed or not): SVD of the dense J up to DENSE_OUT outputs, else power iteration
     (fewer iterations when the next one would end after the clock's deadline)."""
@@ -188,7 +189,9 @@ def secant_pairs(fn: NetFunction, xs: torch.Tensor, vs: torch.Tensor, sigmas: to
             best = found
         else:
             best.improve(found)
+    assert best is not None, "SECANT_STEPS is not empty"
     return best
+
 
 
 def _pairs_from(fn: NetFunction, p: torch.Tensor, q: torch.Tensor, sigmas: torch.Tensor) -> Pairs:
