@@ -136,7 +136,7 @@ def test_unreachable_target_moves_to_a_reachable_region() -> None:
     whose signs are those at its point, and the walk only goes uphill."""
     graph, _, _ = random_net(np.random.default_rng(9), [2, 12, 2])
     chain = pwl_chain(graph)
-    budget = patterns._Budget(200, float("inf"))
+    budget = patterns.LpBudget(200, float("inf"))
     target = [np.where(np.arange(12) % 2 == 0, 1.0, -1.0)]
     region = patterns.realise(chain, target, None, budget)
     assert region is not None

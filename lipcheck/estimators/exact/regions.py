@@ -51,7 +51,8 @@ class ExactResult:
 
 
 @dataclass
-class _Budget:
+class LpBudget:
+    """An LP count and a deadline (time.perf_counter()); spent when either is reached."""
     max_lps: int
     deadline: float
     lps: int = 0
@@ -91,7 +92,7 @@ def exact_lipschitz(graph: Graph, box: tuple[float, float] | None = None, max_lp
 def exact_chain(chain: Chain, box: tuple[float, float] | None = None, max_lps: int = 20000,
                 max_seconds: float = 30.0) -> ExactResult:
     start = time.perf_counter()
-    budget = _Budget(max_lps, start + max_seconds)
+    budget = LpBudget(max_lps, start + max_seconds)
     if _all_patterns_reachable(chain, box):
         result = _brute_force_two_layer(chain, budget)
     else:
@@ -111,7 +112,7 @@ def _all_patterns_reachable(chain: Chain, box: tuple[float, float] | None) -> bo
     return bool(s[-1] > 1e-10 * s[0])
 
 
-def _brute_force_two_layer(chain: Chain, budget: _Budget) -> ExactResult:
+def _brute_force_two_layer(chain: Chain, budget: LpBudget) -> ExactResult:
     (first, second), alpha = chain.affines, chain.slopes[0]
     best, best_signs, complete = -1.0, None, True
     for chunk in _sign_chunks(len(alpha)):
@@ -160,7 +161,7 @@ def _two_layer_result(chain: Chain, signs: np.ndarray) -> ExactResult:
                        detail=f"all 2^{len(alpha)} patterns reachable (W1 has full row rank)")
 
 
-def _enumerate(chain: Chain, box: tuple[float, float] | None, budget: _Budget) -> ExactResult:
+def _enumerate(chain: Chain, box: tuple[float, float] | None, budget: LpBudget) -> ExactResult:
     root = _root(chain, box)
     if root is None:
         return ExactResult(0.0, True, method="exact-enumeration", detail="empty input box")
@@ -208,7 +209,7 @@ def _visit_leaf(node: _Node, result: ExactResult, chain: Chain,
 
 
 def _children(node: _Node, chain: Chain, box: tuple[float, float] | None,
-              budget: _Budget) -> list[_Node]:
+              budget: LpBudget) -> list[_Node]:
     a, c = node.m[node.unit], node.c[node.unit]
     size = float(np.linalg.norm(a))
     if size <= 1e-14 * max(1.0, abs(c)):
@@ -227,7 +228,7 @@ def _children(node: _Node, chain: Chain, box: tuple[float, float] | None,
 
 
 def _lp_ball(node: _Node, a: np.ndarray, c: float, box: tuple[float, float] | None,
-             budget: _Budget) -> tuple[np.ndarray, float] | None:
+             budget: LpBudget) -> tuple[np.ndarray, float] | None:
     """Largest ball (radius capped) in the node's region with a x + c >= 0; None if empty."""
     budget.lps += 1
     n = len(a)

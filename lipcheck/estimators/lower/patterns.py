@@ -27,7 +27,7 @@ into certified lower bounds:
    Jacobian-norm ascent (lower/ascent.py) from the regions' centres adds its pairs.
 
 Counts decide the value (targets, LPs, walk steps); `budget_s` is a safety cap checked
-with time.monotonic() before each LP and between steps.
+with time.perf_counter() before each LP and between steps.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from lipcheck.estimators.exact.pwl_chain import Chain
+from lipcheck.estimators.exact.regions import LpBudget
 from lipcheck.estimators.lower.netfn import NetFunction
 from lipcheck.estimators.lower.search import Box, Pairs, quotients
 
@@ -63,16 +64,6 @@ class Region:
     point: np.ndarray
     radius: float
     norm: float               # ||J(P)|| (float64 SVD: steering only)
-
-
-@dataclass
-class _Budget:
-    max_lps: int
-    deadline: float
-    lps: int = 0
-
-    def spent(self) -> bool:
-        return self.lps >= self.max_lps or time.monotonic() > self.deadline
 
 
 def _slope(chain: Chain, layer: int, signs: np.ndarray) -> np.ndarray:
@@ -112,7 +103,7 @@ def seqlip_targets(chain: Chain, deadline: float) -> list[np.ndarray]:
         u, s, vt = np.linalg.svd(affine.weight, full_matrices=False)
         factors.append(Factor(u, s, vt.T))
     for layer, (x, y) in enumerate(pair_matrices(factors)):
-        if eligible[layer] and time.monotonic() < deadline:
+        if eligible[layer] and time.perf_counter() < deadline:
             lo = float(chain.slopes[layer][0])
             sigma = greedy_max(x, y, lo, 1.0, deadline).sigma
             signs[layer] = np.where(sigma == 1.0, 1.0, -1.0)
@@ -128,7 +119,7 @@ def sign_ascent(chain: Chain, signs: list[np.ndarray], steps: int = SIGN_STEPS,
     for _ in range(steps):
         moved = False
         for layer in range(len(signs)):
-            if time.monotonic() > deadline:
+            if time.perf_counter() > deadline:
                 return signs
             trial = [s.copy() for s in signs]
             trial[layer] = _best_layer_signs(chain, signs, layer)
@@ -171,7 +162,7 @@ def _unit_rows(m: np.ndarray, c: np.ndarray, signs: np.ndarray):
     return a, signs[keep] * c[keep] / size[keep]
 
 
-def _linprog(cost, a_ub, b_ub, bounds, budget: _Budget):
+def _linprog(cost, a_ub, b_ub, bounds, budget: LpBudget):
     from scipy.optimize import linprog  # lazy: importing scipy.optimize takes ~1.5 s
     budget.lps += 1
     res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
@@ -188,7 +179,7 @@ def _box_rows(n: int, box: Box, extra: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def largest_ball(chain: Chain, signs: list[np.ndarray], box: Box,
-                 budget: _Budget) -> tuple[np.ndarray, float] | None:
+                 budget: LpBudget) -> tuple[np.ndarray, float] | None:
     """Centre and radius of the largest ball (radius <= T_CAP) in the region of `signs`."""
     pre = pre_activations(chain, signs)[0]   # one (M_l, c_l) per layer of `signs`
     rows = [_unit_rows(m, c, s) for (m, c), s in zip(pre, signs, strict=True)]
@@ -207,7 +198,7 @@ def largest_ball(chain: Chain, signs: list[np.ndarray], box: Box,
     return x[:n], float(x[-1])
 
 
-def realise(chain: Chain, target: list[np.ndarray], box: Box, budget: _Budget) -> Region | None:
+def realise(chain: Chain, target: list[np.ndarray], box: Box, budget: LpBudget) -> Region | None:
     """A region near the target: layer by layer, keep the realised layers (margin t) and
     ask for the target signs with slacks e (maximise t - PENALTY sum e)."""
     n = chain.n_in
@@ -305,7 +296,7 @@ def flip_gains(chain: Chain, signs: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def walk(chain: Chain, region: Region, box: Box, budget: _Budget,
+def walk(chain: Chain, region: Region, box: Box, budget: LpBudget,
          tries: int = WALK_TRIES) -> Region:
     """Move to the flipped neighbour with the largest ||J|| among the `tries` best
     predicted flips that an LP finds a ball in; stop when none of them is reachable."""
@@ -373,17 +364,17 @@ def pattern_regions(chain: Chain, box: Box, budget_s: float,
                     max_lps: int = MAX_LPS) -> list[Region]:
     """Regions reached from the SeqLip patterns: the target as found, and after the block
     sign ascent of ||J(P)||; each realised, then walked uphill."""
-    deadline = time.monotonic() + budget_s
-    budget = _Budget(max_lps, deadline)
+    deadline = time.perf_counter() + budget_s
+    budget = LpBudget(max_lps, deadline)
     first = seqlip_targets(chain, deadline)
     targets = [first]
-    if time.monotonic() < deadline:
+    if time.perf_counter() < deadline:
         better = sign_ascent(chain, first, deadline=deadline)
         if any(np.any(a != b) for a, b in zip(better, first, strict=True)):
             targets.append(better)
     found, free = [], free_first_layer(chain, box)
     for target in targets:
-        if time.monotonic() > deadline:
+        if time.perf_counter() > deadline:
             break
         if free and not lp_sized(chain):
             region = realise_free(chain, target)
@@ -407,20 +398,20 @@ def pattern_pairs(graph, fn: NetFunction, box: Box, budget_s: float, max_lps: in
     """Secant pairs in the regions of the SeqLip patterns, then the best pairs of a short
     Jacobian-norm ascent (lower/ascent.py) started at their centres. No pairs when the
     graph is not a small ReLU-family chain or nothing was found within the counts."""
-    deadline = time.monotonic() + budget_s
+    deadline = time.perf_counter() + budget_s
     chain = _chain(graph, fn, box, max_units)
     if chain is None:
         return PatternResult(None)
     try:
         with np.errstate(all="ignore"):
-            regions = pattern_regions(chain, box, deadline - time.monotonic(), max_lps)
+            regions = pattern_regions(chain, box, deadline - time.perf_counter(), max_lps)
             regions = [r for r in regions if np.isfinite(r.norm) and np.all(np.isfinite(r.point))]
             pairs = region_pairs(fn, chain, regions) if regions else None
     except (np.linalg.LinAlgError, ValueError):   # overflowing weights: no witness here
         return PatternResult(None)
-    if pairs is not None and time.monotonic() < deadline:
+    if pairs is not None and time.perf_counter() < deadline:
         pairs = _concat(pairs, _ascend(fn, regions, box, deadline))
-    return PatternResult(pairs, time.monotonic() > deadline)
+    return PatternResult(pairs, time.perf_counter() > deadline)
 
 
 def _chain(graph, fn: NetFunction, box: Box, max_units: int) -> Chain | None:
@@ -454,9 +445,8 @@ def _ascend(fn: NetFunction, regions: list[Region], box: Box, deadline: float) -
     xs = torch.tensor(np.array([r.point for r in regions]), dtype=torch.float64)
     lrs = ASCENT_LR * xs.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
     schedule = torch.tensor([[5.0, 30.0]] * len(xs), dtype=torch.float64)
-    # the clock compares its deadline with time.perf_counter(); no step starts that cannot end
-    cap = time.perf_counter() + max(deadline - time.monotonic(), 0.0)
-    clock = Clock(cap, getattr(fn, "forward_s", 0.0))
+    # no step of the ascent starts that cannot end before the deadline
+    clock = Clock(deadline, getattr(fn, "forward_s", 0.0))
     return jacobian_ascent(fn, xs, ASCENT_STEPS, lrs, box, schedule, clock=clock)
 
 
