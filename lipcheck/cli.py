@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from lipcheck.cli_base import (  # noqa: F401
+from lipcheck.cli_base import (  # noqa: F401 (re-exported: tests and users import them from cli)
     EXIT_INTERNAL,
     app,
     check_arch,
