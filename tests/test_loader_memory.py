@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import lipcheck.api as api
+import lipcheck.loaders.finite as finite
 import lipcheck.loaders.torch_lowering as lowering
 from lipcheck.errors import BadWeightsError
 from lipcheck.loaders.torch_loader import load_module, load_pt2
@@ -85,7 +87,7 @@ def test_estimate_shares_weights_and_leaves_them_unchanged(
 
 @pytest.mark.parametrize("where", [0, -1])
 def test_nan_found_in_any_block(monkeypatch: pytest.MonkeyPatch, where: int) -> None:
-    monkeypatch.setattr(lowering, "CHECK_BLOCK", 7)
+    monkeypatch.setattr(finite, "BLOCK", 7)
     net = nn.Linear(10, 6)
     with torch.no_grad():
         net.weight.view(-1)[where] = float("nan")
@@ -95,7 +97,7 @@ def test_nan_found_in_any_block(monkeypatch: pytest.MonkeyPatch, where: int) -> 
 
 
 def test_inf_buffer_allowed_nan_buffer_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lowering, "CHECK_BLOCK", 3)
+    monkeypatch.setattr(finite, "BLOCK", 3)
 
     class Masked(nn.Module):
         def __init__(self, fill: float) -> None:
@@ -110,6 +112,24 @@ def test_inf_buffer_allowed_nan_buffer_refused(monkeypatch: pytest.MonkeyPatch) 
     load_module(Masked(float("-inf")), [(4, 4)])
     with pytest.raises(BadWeightsError, match="mask"):
         load_module(Masked(float("nan")), [(4, 4)])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_onnx_weight_checked_in_every_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           bad: float) -> None:
+    """The last block of a MatMul weight holds the one NaN (read) or Inf (after fusion)."""
+    from onnx_builders import const, one_node, save
+
+    from lipcheck.loaders.onnx_loader import load_onnx
+    monkeypatch.setattr(finite, "BLOCK", 4)
+    weight = np.ones((3, 3), dtype=np.float32)
+    weight[2, 2] = bad
+    path = save(one_node("MatMul", (3, 3), [const("w", weight)], extra_inputs=["w"]), tmp_path)
+    with pytest.raises(BadWeightsError, match="'w'"):
+        load_onnx(path)
+    weight[2, 2] = 1.0
+    path = save(one_node("MatMul", (3, 3), [const("w", weight)], extra_inputs=["w"]), tmp_path)
+    assert load_onnx(path).constants
 
 
 def _peak_gb() -> float:
