@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import lipcheck.api as api
-import lipcheck.loaders.finite as finite
+import lipcheck.finite as finite
 import lipcheck.loaders.torch_lowering as lowering
 from lipcheck.errors import BadWeightsError
 from lipcheck.loaders.torch_loader import load_module, load_pt2

@@ -21,9 +21,9 @@ from lipcheck.errors import (
     UnsafeFileError,
     UnsupportedOpsError,
 )
+from lipcheck.finite import count_inf, count_nan
 from lipcheck.graph import Graph, OpKind, ValueInfo
 from lipcheck.loaders import onnx_attention, onnx_fold, onnx_resize  # noqa: F401  (converters)
-from lipcheck.loaders.finite import count_inf, count_nan
 from lipcheck.loaders.norm_fuse import fuse_normalisations
 from lipcheck.loaders.onnx_build import Builder
 from lipcheck.loaders.onnx_fuse import fuse_patterns

@@ -22,8 +22,8 @@ import torch
 import torch.fx as fx
 
 from lipcheck.errors import BadWeightsError, UnsupportedOpsError
+from lipcheck.finite import count_nan, count_nonfinite
 from lipcheck.graph import Graph, Node, OpKind, Shape, ValueInfo
-from lipcheck.loaders.finite import count_nan, count_nonfinite
 
 # One output, or several (None where an output has no IR form, e.g. a dropout mask).
 Value = str | list[str] | list[str | None]
