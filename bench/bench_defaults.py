@@ -1,5 +1,6 @@
 """Issue 12 item 2: the default `lipcheck estimate` end to end on the target networks,
-one process each (peak memory is per model), with the report's phase timings.
+one process each (peak memory is per model), with the report's phase timings and the
+peak resident memory of each phase (VmHWM, reset at each phase start; Linux).
 
 Run: .venv/bin/python bench/bench_defaults.py [name ...]   (names: bench/archs.py NETS,
 or paths to model files such as models/*.onnx and LipSDP's nets)
@@ -14,24 +15,39 @@ import time
 from pathlib import Path
 
 ONE = r'''
-import json, resource, sys, time
+import json, sys, time
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, "bench")
 from archs import NETS
 from lipcheck.api import estimate
+
+peaks, phase = {}, ["start"]   # peak RSS (GB) per phase: VmHWM, reset at each phase start
+def hwm():
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    return int(line.split()[1]) / 2**20
+def on_phase(name, count=None):
+    peaks[phase[0]] = max(peaks.get(phase[0], 0.0), hwm())
+    try:
+        open("/proc/self/clear_refs", "w").write("5")
+    except OSError:
+        pass   # no reset: each phase shows the peak so far
+    phase[0] = name
+
 name = sys.argv[1]
 start = time.perf_counter()
 if name in NETS:
     build, shape = NETS[name]
-    report = estimate(build(), [shape])
+    model = build()
+    on_phase("model built")
+    report = estimate(model, [shape], on_phase=on_phase)
 else:
-    report = estimate(name)
+    report = estimate(name, on_phase=on_phase)
 total = time.perf_counter() - start
+on_phase("end")
 lower = report.lower_bound.value if report.lower_bound else None
 upper = report.upper_bound.value if report.upper_bound else None
-rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-print(json.dumps({"total": total, "rss_gb": rss_gb,
+print(json.dumps({"total": total, "rss_gb": max(peaks.values()), "peaks": peaks,
                   "timings": report.timings, "lower": lower, "upper": upper}))
 '''
 
@@ -42,8 +58,8 @@ THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 def main(names: list[str]) -> None:
     from archs import NETS
     names = names or list(NETS)
-    print(f"{'model':22s} {'total s':>8s} {'peak GB':>8s}  "
-          f"{'lower':>10s} {'upper':>10s}  phases (s)")
+    print(f"{'model':22s} {'total s':>8s} {'peak GB':>8s}  {'lower':>10s} {'upper':>10s}  "
+          "phases (s)")
     for name in names:
         load = Path("/proc/loadavg").read_text().split()[0]
         start = time.perf_counter()
@@ -59,6 +75,8 @@ def main(names: list[str]) -> None:
         fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
         print(f"{name:22s} {r['total']:8.1f} {r['rss_gb']:8.2f}  {fmt(r['lower']):>10s} "
               f"{fmt(r['upper']):>10s}  {phases} [load {load}]", flush=True)
+        peaks = ", ".join(f"{k} {v:.2f}" for k, v in r["peaks"].items() if k != "start")
+        print(f"{'':22s} peak GB by phase: {peaks}", flush=True)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ class EstimateOptions:
 
 
 def load(model: Any, input_shapes: Shapes = None, arch: str | None = None,
-         unsafe_pickle: bool = False, seed: int = 0) -> Graph:
-    """A Graph from a path (ONNX, .pt2, TorchScript, state_dict) or an nn.Module."""
+         unsafe_pickle: bool = False, seed: int = 0, *, share_weights: bool = False) -> Graph:
+    """A Graph from a path (ONNX, .pt2, TorchScript, state_dict) or an nn.Module.
+
+    An nn.Module's weights are copied (the graph is a snapshot) unless share_weights=True."""
     if isinstance(model, Graph):
         return model
     if isinstance(model, torch.nn.Module):
@@ -61,7 +63,7 @@ def load(model: Any, input_shapes: Shapes = None, arch: str | None = None,
         from lipcheck.loaders.torch_loader import load_module
         if not input_shapes:
             raise ShapeError("an in-memory module needs input_shapes, e.g. [(1, 3, 32, 32)]")
-        return load_module(model, input_shapes, seed=seed)
+        return load_module(model, input_shapes, seed=seed, share_weights=share_weights)
     from lipcheck.loaders.dispatch import load_model
     return load_model(Path(model), input_shapes=input_shapes, arch=arch,
                       unsafe_pickle=unsafe_pickle, seed=seed)
@@ -121,7 +123,8 @@ def _estimate(model: Any, input_shapes: Shapes, settings: Settings, options: Est
     timings: dict[str, float] = {}
     start = time.perf_counter()
     stage.enter("loading")
-    graph = load(model, input_shapes, options.arch, options.unsafe_pickle, settings.seed)
+    graph = load(model, input_shapes, options.arch, options.unsafe_pickle, settings.seed,
+                 share_weights=True)  # the graph dies with this call: no copy of the weights
     check_finite_constants(graph)
     if options.fuse_batchnorm:
         graph = fuse_batchnorm(graph)
@@ -308,7 +311,8 @@ def check(model: Any, thresholds: Thresholds | None = None, *, config: Path | No
     resolved = resolve_thresholds(wanted, Path(cwd) if cwd else None, config, discover_config)
     baseline = load_report(resolved.baseline) if resolved.baseline else None
     start = time.perf_counter()
-    graph = load(model, input_shapes, options.arch, options.unsafe_pickle, settings.seed)
+    graph = load(model, input_shapes, options.arch, options.unsafe_pickle, settings.seed,
+                 share_weights=True)  # the graph dies with this call: no copy of the weights
     if options.fuse_batchnorm:
         graph = fuse_batchnorm(graph)  # the graph the report's layers describe
     report = estimate(graph, input_shapes, settings, options, progress)

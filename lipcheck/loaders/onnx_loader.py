@@ -21,6 +21,7 @@ from lipcheck.errors import (
     UnsafeFileError,
     UnsupportedOpsError,
 )
+from lipcheck.finite import count_inf, count_nan
 from lipcheck.graph import Graph, OpKind, ValueInfo
 from lipcheck.loaders import onnx_attention, onnx_fold, onnx_resize  # noqa: F401  (converters)
 from lipcheck.loaders.norm_fuse import fuse_normalisations
@@ -158,7 +159,7 @@ def _tensor(proto: onnx.TensorProto, what: str) -> torch.Tensor:
     except (ValueError, TypeError) as exc:
         raise ModelLoadError(f"{what} {proto.name!r} cannot be read: {exc}") from exc
     t = torch.from_numpy(array.copy()) if array.dtype.kind != "U" else torch.zeros(0)
-    if t.is_floating_point() and t.numel() and bool(torch.isnan(t).any()):
+    if count_nan(t):
         raise BadWeightsError(f"{what} {proto.name!r} contains NaN or Inf values")
     return t
 
@@ -174,7 +175,7 @@ def _check_infinite_weights(graph: Graph) -> None:
             continue
         for v in node.inputs:
             t = graph.constants.get(v)
-            if t is not None and t.is_floating_point() and bool(torch.isinf(t).any()):
+            if t is not None and count_inf(t):
                 raise BadWeightsError(f"initializer {v!r} contains NaN or Inf values "
                                       f"(read by {node.name!r}, {node.op.value})")
 

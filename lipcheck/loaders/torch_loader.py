@@ -9,6 +9,10 @@ an op the table lacks, the loader retries on the core-ATen decomposition
 Trust: `.pt2` files (torch.export.load) and TorchScript archives (torch.jit.load)
 are loaded by torch's own deserialisers; pickled full modules are refused unless the
 caller passes unsafe_pickle=True, since unpickling runs arbitrary code.
+
+Memory: the graph's constants copy the weights of a caller's module (a snapshot) unless
+share_weights=True; programs and modules the loader itself made from a file are shared,
+never copied (torch_lowering's docstring).
 """
 from __future__ import annotations
 
@@ -43,13 +47,15 @@ CHECK_RTOL, CHECK_ATOL = 1e-4, 1e-5  # lowered graph vs torch, relative to the o
 
 # ----- exported programs ------------------------------------------------------------------
 def lower_exported(ep: torch.export.ExportedProgram, metadata: dict[str, Any],
-                   seed: int = 0, constant_names: dict[str, str] | None = None) -> Graph:
+                   seed: int = 0, constant_names: dict[str, str] | None = None,
+                   share_weights: bool = False) -> Graph:
     """Lower an ExportedProgram, retrying on its core-ATen form for unknown ops."""
     metadata = {"opset": None, "warnings": [], **metadata}
     try:
-        graph = lower_program(ep, TABLE, metadata, constant_names, find_fusions(ep.graph))
+        graph = lower_program(ep, TABLE, metadata, constant_names, find_fusions(ep.graph),
+                              share_weights)
     except UnsupportedOpsError as first:
-        graph = _lower_decomposed(ep, metadata, first, constant_names)
+        graph = _lower_decomposed(ep, metadata, first, constant_names, share_weights)
     infer_shapes(graph, seed)
     graph = _fuse_normalisations(graph, seed)
     _check_outputs(graph, ep, seed)
@@ -81,8 +87,8 @@ def _fuse_normalisations(graph: Graph, seed: int) -> Graph:
 
 
 def _lower_decomposed(ep: torch.export.ExportedProgram, metadata: dict[str, Any],
-                      first: UnsupportedOpsError,
-                      constant_names: dict[str, str] | None) -> Graph:
+                      first: UnsupportedOpsError, constant_names: dict[str, str] | None,
+                      share_weights: bool) -> Graph:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -91,7 +97,7 @@ def _lower_decomposed(ep: torch.export.ExportedProgram, metadata: dict[str, Any]
         raise first from None
     try:
         return lower_program(decomposed, TABLE, metadata, constant_names,
-                             find_fusions(decomposed.graph))
+                             find_fusions(decomposed.graph), share_weights)
     except UnsupportedOpsError:
         raise first from None
 
@@ -146,10 +152,12 @@ def _check_feeds(graph: Graph, ep: torch.export.ExportedProgram,
 
 # ----- in-memory modules ----------------------------------------------------------------
 def load_module(model: torch.nn.Module, input_shapes: Shapes, seed: int = 0,
-                metadata: dict[str, Any] | None = None) -> Graph:
+                metadata: dict[str, Any] | None = None, share_weights: bool = False) -> Graph:
     """Export an nn.Module in eval mode at the given input shapes and lower it.
 
-    The module's train/eval flags are restored afterwards; nothing else is touched."""
+    The module's train/eval flags are restored afterwards; nothing else is touched.
+    share_weights=True: the graph's constants are the module's own tensors (no copy),
+    for a graph used while the module stays as it is."""
     if not input_shapes:
         raise ShapeError("an nn.Module needs input shapes, e.g. [(1, 3, 32, 32)]")
     _check_shapes(input_shapes)
@@ -157,7 +165,7 @@ def load_module(model: torch.nn.Module, input_shapes: Shapes, seed: int = 0,
     with _eval_mode(model):
         ep = _export(model, inputs)
     base = {"format": "module", "path": None, "sha256": None}
-    return lower_exported(ep, {**base, **(metadata or {})}, seed)
+    return lower_exported(ep, {**base, **(metadata or {})}, seed, share_weights=share_weights)
 
 
 def _check_shapes(shapes: Shapes) -> None:
@@ -228,7 +236,7 @@ def load_pt2(path: str | Path, input_shapes: Shapes | None = None, seed: int = 0
         raise ModelLoadError(f"{path}: not a readable torch.export archive: "
                              f"{_first_line(exc)}") from exc
     ep = _fix_shapes(ep, path, input_shapes)
-    return lower_exported(ep, file_metadata(path, "pt2"), seed)
+    return lower_exported(ep, file_metadata(path, "pt2"), seed, share_weights=True)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -291,7 +299,8 @@ def load_torchscript(path: str | Path, input_shapes: Shapes | None, seed: int = 
     _check_shapes(input_shapes)
     dtype = _float_dtype(script)
     ep = _export(_CallScript(script), _example_inputs(input_shapes, dtype, seed))
-    return lower_exported(ep, file_metadata(path, "torchscript"), seed, _script_names(script, ep))
+    return lower_exported(ep, file_metadata(path, "torchscript"), seed, _script_names(script, ep),
+                          share_weights=True)
 
 
 def _script_names(script: torch.nn.Module, ep: torch.export.ExportedProgram) -> dict[str, str]:
@@ -354,6 +363,7 @@ def load_state_dict_file(path: str | Path, input_shapes: Shapes | None, arch: st
     except RuntimeError as exc:
         raise ModelLoadError(f"{path.name} does not fit --arch {arch}: "
                              f"{' '.join(str(exc).split())[:300]}") from exc
+    del state  # load_state_dict copied it into the model: one copy of the weights, not two
     return _load_with_shapes(model, input_shapes, path, "state_dict", seed)
 
 
@@ -378,5 +388,5 @@ def _load_with_shapes(model: torch.nn.Module, input_shapes: Shapes | None, path:
     if not input_shapes:
         raise ShapeError(f"{path.name} does not record input shapes: give them with "
                          "--input-shape")
-    return load_module(model, input_shapes, seed, file_metadata(path, fmt))
+    return load_module(model, input_shapes, seed, file_metadata(path, fmt), share_weights=True)
 

@@ -1,10 +1,16 @@
 """Lower a torch.export ExportedProgram to the graph IR.
 
 The walker visits the FX graph in order. Placeholders become graph inputs or
-constants (parameters, buffers, lifted tensors: detached clones). A call whose
-inputs are all constants is folded: torch runs it and the result becomes a constant
-(e.g. the `permute` of a weight in core ATen). Every other call goes through the
-converter table (`aten_table`); the ops it lacks are collected and reported at once.
+constants (parameters, buffers, lifted tensors). A call whose inputs are all constants
+is folded: torch runs it and the result becomes a constant (e.g. the `permute` of a
+weight in core ATen). Every other call goes through the converter table (`aten_table`);
+the ops it lacks are collected and reported at once.
+
+Constants are detached copies of the model's parameters and buffers (a snapshot: later
+changes to the model do not reach the graph), or with share_weights=True views of the
+same storage, so a large model is held once, not twice (VGG-11: 0.53 GB). Sharing is
+for a graph that does not outlive the model's owner (`api.estimate`), or whose program
+nobody else holds (files). Nothing in lipcheck writes to a graph constant in place.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import torch
 import torch.fx as fx
 
 from lipcheck.errors import BadWeightsError, UnsupportedOpsError
+from lipcheck.finite import count_nan, count_nonfinite
 from lipcheck.graph import Graph, Node, OpKind, Shape, ValueInfo
 
 # One output, or several (None where an output has no IR form, e.g. a dropout mask).
@@ -34,8 +41,10 @@ class Lowering:
     """The state of one lowering: values, constants, emitted nodes."""
 
     def __init__(self, ep: torch.export.ExportedProgram,
-                 constant_names: dict[str, str] | None = None) -> None:
+                 constant_names: dict[str, str] | None = None,
+                 share_weights: bool = False) -> None:
         self.ep = ep
+        self.share_weights = share_weights  # constants view the program's tensors, no copy
         self.constant_names = constant_names or {}  # lifted constant target -> nicer name
         self.env: dict[str, Value] = {}
         self.constants: dict[str, torch.Tensor] = {}
@@ -213,9 +222,7 @@ def _placeholder_tensor(ep: torch.export.ExportedProgram, node: fx.Node) -> tupl
 def _check_finite(name: str, tensor: torch.Tensor, allow_inf: bool = False) -> None:
     """NaN is refused everywhere, +-inf in parameters (buffers such as additive attention
     masks hold -inf on purpose)."""
-    if not tensor.is_floating_point() or not tensor.numel():
-        return
-    bad = int(torch.isnan(tensor).sum()) if allow_inf else int((~torch.isfinite(tensor)).sum())
+    bad = count_nan(tensor) if allow_inf else count_nonfinite(tensor)
     if bad:
         raise BadWeightsError(f"weight {name!r} has {bad} NaN/Inf value(s)")
 
@@ -229,7 +236,7 @@ def _lower_placeholder(low: Lowering, node: fx.Node) -> None:
     target, tensor = _placeholder_tensor(low.ep, node)
     if not isinstance(tensor, torch.Tensor):
         raise Unsupported(f"{target!r} is a {type(tensor).__name__}, not a tensor")
-    tensor = tensor.detach().clone()
+    tensor = tensor.detach() if low.share_weights else tensor.detach().clone()
     _check_finite(target, tensor, node.name not in low.ep.graph_signature.inputs_to_parameters)
     low.env[node.name] = low.add_const(tensor, low.constant_names.get(target, target))
 
@@ -254,10 +261,10 @@ def _fold(low: Lowering, node: fx.Node) -> None:
     with torch.no_grad():
         result = node.target(*args, **kwargs)
     if isinstance(result, torch.Tensor):
-        low.constants[node.name] = result.detach().clone()  # the FX name is reserved for it
+        low.constants[node.name] = result.detach()  # the FX name is reserved for it
         low.env[node.name] = node.name
     elif isinstance(result, (list, tuple)):
-        low.env[node.name] = [low.add_const(r.detach().clone(), f"{node.name}:{i}")
+        low.env[node.name] = [low.add_const(r.detach(), f"{node.name}:{i}")
                               if isinstance(r, torch.Tensor) else None
                               for i, r in enumerate(result)]
     else:
@@ -283,10 +290,10 @@ Converter = Callable[[Lowering, fx.Node], Value]
 
 def lower_program(ep: torch.export.ExportedProgram, table: dict[str, Converter],
                   metadata: dict[str, Any], constant_names: dict[str, str] | None = None,
-                  fusions: dict[str, Any] | None = None) -> Graph:
+                  fusions: dict[str, Any] | None = None, share_weights: bool = False) -> Graph:
     """`fusions` (from aten_fusions.find_fusions) maps an FX node to the one IR op that
-    replaces it and the nodes it covers."""
-    low = Lowering(ep, constant_names)
+    replaces it and the nodes it covers; `share_weights`: see the module docstring."""
+    low = Lowering(ep, constant_names, share_weights)
     unsupported: dict[str, list[str]] = {}
     fusions = fusions or {}
     covered = {name for f in fusions.values() for name in f.covered}
