@@ -15,6 +15,7 @@ import lipcheck.finite as finite
 import lipcheck.loaders.torch_lowering as lowering
 from lipcheck.errors import BadWeightsError
 from lipcheck.loaders.torch_loader import load_module, load_pt2
+from lipcheck.settings import Settings
 
 
 def _net() -> nn.Module:
@@ -81,6 +82,20 @@ def test_estimate_shares_weights_and_leaves_them_unchanged(
     report = api.estimate(net, [(1, 1, 6, 6)], options=api.EstimateOptions(lower_budget=1.0))
     assert shared == [True]
     assert report.upper_bound is not None and report.lower_bound is not None
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("method", ["all", "auto"])
+def test_a_float64_model_is_left_unchanged_by_every_method(method: str) -> None:
+    """In float64 no dtype conversion copies a shared weight, so numpy views of the model's
+    own tensors reach the estimators: none may write to them."""
+    net = _net().double().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    options = api.EstimateOptions(lower_budget=1.0, methods=(method,))
+    report = api.estimate(net, [(1, 1, 6, 6)], settings=Settings(time_budget=20.0),
+                          options=options)
+    assert report.upper_bound is not None
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
