@@ -91,7 +91,8 @@ def _from_sdp(result, chain: Chain) -> ChainBound:
     smaller of two certified bounds is certified."""
     if not result.certified:
         return ChainBound(chain.autolip_product, chain.autolip_certified, False,
-                          f"{result.detail}: AutoLip product kept", result.seconds)
+                          f"{result.detail}: AutoLip product kept", result.seconds,
+                          result.cut_by_budget)
     value = min(result.value, chain.autolip_product) if chain.autolip_certified else result.value
     return ChainBound(value, True, True, result.detail, result.seconds, result.cut_by_budget)
 

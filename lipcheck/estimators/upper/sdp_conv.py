@@ -172,7 +172,7 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
     steps = int(settings.extra.get("sdp_conv_steps", STEPS))
     warm_optimiser()
     reserve = certificate_seconds(model.freqs, sum(model.dims))
-    if not may_start(deadline, reserve, reserve):   # the start multipliers cost about one evaluation
+    if not may_start(deadline, reserve, reserve):   # the start costs about one evaluation
         return ChainBound(chain.autolip_product, chain.autolip_certified, False,
                           f"sdp-conv not run: its certificate alone (predicted {reserve:.2g} s) "
                           "does not fit in the time left: AutoLip product kept",
