@@ -22,6 +22,9 @@ import scipy.linalg
 from lipcheck.estimators.upper.sdp_certificate import SdpResult, reduce_ends, verify
 from lipcheck.estimators.upper.sdp_solver import pick_solver, require_cvxpy, solve
 
+LAYER_S_PER_ENTRY = 2e-5   # a layer SDP's first-call cost per entry of its 2d x 2d block
+                           # (cvxpy's compilation dominates: 0.8 s at d = 150 here, x 2)
+
 
 def _fast_multiplier(w: np.ndarray, x_inv: np.ndarray, m: float) -> np.ndarray:
     k = w @ x_inv @ w.T
@@ -55,9 +58,12 @@ class OutOfTime(ArithmeticError):
 def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: bool,
          deadline: float = math.inf):
     """ECLipsE's layer SDPs share the time to `deadline` equally among the layers left and
-    none starts that, predicted to take as long as the last one, would end past it."""
+    none starts that, predicted to take as long as the last one (the first: from its size,
+    cvxpy imported first), would end past it."""
     x = np.eye(weights[0].shape[1])
-    lams, last = [], 0.0
+    if not fast:
+        require_cvxpy()   # a one-time import (about a second), before the time left is judged
+    lams, last = [], LAYER_S_PER_ENTRY * (2 * weights[0].shape[0]) ** 2
     for i, (a, b) in enumerate(slopes):
         w, m = weights[i], (a + b) / 2
         began = time.monotonic()
