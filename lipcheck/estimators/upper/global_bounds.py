@@ -19,6 +19,7 @@ import numpy as np
 from lipcheck.errors import UserError
 from lipcheck.estimators.exact.pairmax import MAX_NODES
 from lipcheck.estimators.upper.autolip import autolip
+from lipcheck.estimators.upper.chain_cost import too_slow
 from lipcheck.estimators.upper.chains import Chain, find_chains
 from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
@@ -65,6 +66,8 @@ def _seqlip_exact(quick: bool) -> ChainMethod:
     def run(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
         if not chain.dense(settings) or (quick and max(_pair_sizes(chain)) > QUICK_EXACT_MAX_N):
             return None
+        if (late := too_slow(chain, "seqlip-exact", deadline)) is not None:
+            return late
         nodes = QUICK_NODES if quick else int(settings.extra.get("seqlip_nodes", MAX_NODES))
         result = exact_chain(chain, settings, deadline, nodes)
         if chain.autolip_certified and chain.autolip_product < result.value:
@@ -76,6 +79,8 @@ def _seqlip_exact(quick: bool) -> ChainMethod:
 def _seqlip_greedy(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
     if not chain.dense(settings):
         return None
+    if (late := too_slow(chain, "seqlip-greedy", deadline)) is not None:
+        return late
     return greedy_chain([dense_factor(p) for p in chain.parts], chain.slopes, deadline)
 
 
@@ -105,6 +110,8 @@ def _sdp(quick: bool) -> ChainMethod:
         limit = (QUICK_SDP_DIM if barrier else 0) if quick else (SDP_MAX_DIM if barrier else CONIC_MAX_DIM)
         if not chain.dense(settings) or size > limit:
             return None
+        if (late := too_slow(chain, "sdp", deadline)) is not None:
+            return late
         return _from_sdp(lipsdp_neuron(_weights(chain), chain.slopes,
                                        seconds=deadline - time.monotonic()), chain)
     return run
@@ -115,6 +122,8 @@ def _eclipse(fast: bool) -> ChainMethod:
         width = max(p.shape[0] for p in chain.parts[:-1])
         if not chain.dense(settings) or width > (ECLIPSE_MAX_WIDTH if fast else ECLIPSE_SDP_MAX_WIDTH):
             return None
+        if (late := too_slow(chain, "eclipse-fast" if fast else "eclipse", deadline)) is not None:
+            return late
         return _from_sdp(eclipse(_weights(chain), chain.slopes, fast, deadline - time.monotonic()), chain)
     return run
 
