@@ -106,10 +106,20 @@ class _Tree:
         self.x, self.y = x[:, self.order], y[self.order]
         self.lo, self.hi = lo, hi
         self.center, self.radius = (lo + hi) / 2, (hi - lo) / 2
-        n = self.x.shape[1]
-        # suffix quantities: free variables at depth d are order[d:]
-        self.free_sum = [self.x[:, d:] @ self.y[d:] for d in range(n + 1)]
-        self.free_slack = [self._slack(d) for d in range(n + 1)]
+        # suffix quantities (free variables at depth d are order[d:]), computed when a box
+        # of depth d is first bounded: n SVDs up front ran seconds past --time-budget
+        self._free_sum: dict[int, np.ndarray] = {}
+        self._free_slack: dict[int, float] = {}
+
+    def free_sum(self, d: int) -> np.ndarray:
+        if d not in self._free_sum:
+            self._free_sum[d] = self.x[:, d:] @ self.y[d:]
+        return self._free_sum[d]
+
+    def free_slack(self, d: int) -> float:
+        if d not in self._free_slack:
+            self._free_slack[d] = self._slack(d)
+        return self._free_slack[d]
 
     def _slack(self, d: int) -> float:
         if d >= self.x.shape[1]:
@@ -121,8 +131,8 @@ class _Tree:
     def upper(self, fixed: np.ndarray) -> float:
         """Certified bound on the norm over every completion of `fixed` (depth = len)."""
         d = len(fixed)
-        m = self.x[:, :d] @ (fixed[:, None] * self.y[:d]) + self.center * self.free_sum[d]
-        slack = abs(self.radius) * self.free_slack[d]
+        m = self.x[:, :d] @ (fixed[:, None] * self.y[:d]) + self.center * self.free_sum(d)
+        slack = abs(self.radius) * self.free_slack(d)
         return (spectral(m) * (1 + FLOAT64_MARGIN) + slack) * (1 + 1e-12)
 
     def original(self, sigma: np.ndarray) -> np.ndarray:
@@ -153,9 +163,10 @@ def branch_and_bound(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
     best, best_sigma = tree.completion(np.empty(0))
     pruned_max, counter, nodes = 0.0, itertools.count(), 0
     heap = [(-tree.upper(np.empty(0)), next(counter), np.empty(0))]
-    cut = False
+    cut, step = False, 0.0   # step: the last expansion's seconds, the next one's estimate
     while heap and nodes < max_nodes and len(heap) < MAX_OPEN:
-        if time.monotonic() >= deadline:
+        began = time.monotonic()
+        if began + step >= deadline:   # start no expansion that cannot finish
             cut = True
             break
         neg_ub, _, fixed = heapq.heappop(heap)
@@ -179,6 +190,7 @@ def branch_and_bound(x: np.ndarray, y: np.ndarray, lo: float, hi: float,
                 pruned_max = max(pruned_max, ub)
             else:
                 heapq.heappush(heap, (-ub, next(counter), child))
+        step = time.monotonic() - began
     open_max = max((-h[0] for h in heap), default=0.0)
     value = max(best * (1 + FLOAT64_MARGIN), pruned_max, open_max)
     complete = not heap

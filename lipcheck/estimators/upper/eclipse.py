@@ -22,6 +22,9 @@ import scipy.linalg
 from lipcheck.estimators.upper.sdp_certificate import SdpResult, reduce_ends, verify
 from lipcheck.estimators.upper.sdp_solver import pick_solver, require_cvxpy, solve
 
+LAYER_S_PER_ENTRY = 2e-5   # a layer SDP's first-call cost per entry of its 2d x 2d block
+                           # (cvxpy's compilation dominates: 0.8 s at d = 150 here, x 2)
+
 
 def _fast_multiplier(w: np.ndarray, x_inv: np.ndarray, m: float) -> np.ndarray:
     k = w @ x_inv @ w.T
@@ -48,17 +51,32 @@ def _sdp_multiplier(w: np.ndarray, w_next: np.ndarray, x_inv: np.ndarray, m: flo
     return np.maximum(lam.value, 0.0)
 
 
-def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: bool, seconds: float):
+class OutOfTime(ArithmeticError):
+    """The next layer SDP, predicted to take as long as the last, would end past the deadline."""
+
+
+def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: bool,
+         deadline: float = math.inf):
+    """ECLipsE's layer SDPs share the time to `deadline` equally among the layers left and
+    none starts that, predicted to take as long as the last one (the first: from its size,
+    cvxpy imported first), would end past it."""
     x = np.eye(weights[0].shape[1])
-    lams = []
+    if not fast:
+        require_cvxpy()   # a one-time import (about a second), before the time left is judged
+    lams, last = [], LAYER_S_PER_ENTRY * (2 * weights[0].shape[0]) ** 2
     for i, (a, b) in enumerate(slopes):
         w, m = weights[i], (a + b) / 2
+        began = time.monotonic()
+        if not fast and began + last > deadline:
+            raise OutOfTime(f"the time budget was spent after {i} of {len(slopes)} layer SDPs")
         x_inv = np.linalg.inv(x)
         lam = (_fast_multiplier(w, x_inv, m) if fast
-               else _sdp_multiplier(w, weights[i + 1], x_inv, m, seconds / len(slopes)))
+               else _sdp_multiplier(w, weights[i + 1], x_inv, m,
+                                    (deadline - began) / (len(slopes) - i)))
         x = np.diag(lam) - m * m * (lam[:, None] * (w @ x_inv @ w.T) * lam[None, :])
         x = (x + x.T) / 2
         lams.append(lam)
+        last = time.monotonic() - began
     last = weights[-1].T @ weights[-1]
     n = len(last)   # lambda_max(W^T W X^-1), X positive definite: a symmetric-definite pencil
     rho = float(scipy.linalg.eigh(last, x, eigvals_only=True, subset_by_index=[n - 1, n - 1])[0])
@@ -72,7 +90,7 @@ def fast_start(weights: list[np.ndarray], slopes: list[tuple[float, float]]
     if any(a * b < 0 or a + b == 0 for a, b in slopes):
         return None
     try:
-        rho, lams = _run(weights, slopes, True, 0.0)
+        rho, lams = _run(weights, slopes, True)
     except (np.linalg.LinAlgError, ArithmeticError):
         return None
     if not (math.isfinite(rho) and rho > 0):
@@ -88,9 +106,10 @@ def eclipse(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: 
         return SdpResult(math.inf, False, f"{name} needs slopes with a*b >= 0 and a+b != 0")
     w = reduce_ends(weights)
     try:
-        rho, lams = _run(w, slopes, fast, seconds)
+        rho, lams = _run(w, slopes, fast, start + seconds)
     except (np.linalg.LinAlgError, ArithmeticError) as exc:
-        return SdpResult(math.inf, False, f"{name} failed: {exc}", time.monotonic() - start)
+        return SdpResult(math.inf, False, f"{name} failed: {exc}", time.monotonic() - start,
+                         isinstance(exc, OutOfTime))
     verified = verify(w, slopes, rho, lams)
     seconds = time.monotonic() - start
     if verified is None:

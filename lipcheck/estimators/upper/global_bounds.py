@@ -20,6 +20,7 @@ import numpy as np
 from lipcheck.errors import UserError
 from lipcheck.estimators.exact.pairmax import MAX_NODES
 from lipcheck.estimators.upper.autolip import autolip
+from lipcheck.estimators.upper.chain_cost import too_slow
 from lipcheck.estimators.upper.chains import Chain, find_chains
 from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
@@ -67,6 +68,8 @@ def _seqlip_exact(quick: bool) -> ChainMethod:
     def run(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
         if not chain.dense(settings) or (quick and max(_pair_sizes(chain)) > QUICK_EXACT_MAX_N):
             return None
+        if (late := too_slow(chain, "seqlip-exact", deadline)) is not None:
+            return late
         nodes = QUICK_NODES if quick else int(settings.extra.get("seqlip_nodes", MAX_NODES))
         result = exact_chain(chain, settings, deadline, nodes)
         if chain.autolip_certified and chain.autolip_product < result.value:
@@ -79,6 +82,8 @@ def _seqlip_exact(quick: bool) -> ChainMethod:
 def _seqlip_greedy(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
     if not chain.dense(settings):
         return None
+    if (late := too_slow(chain, "seqlip-greedy", deadline)) is not None:
+        return late
     return greedy_chain([dense_factor(p) for p in chain.parts], chain.slopes, deadline)
 
 
@@ -95,7 +100,8 @@ def _from_sdp(result, chain: Chain) -> ChainBound:
     smaller of two certified bounds is certified."""
     if not result.certified:
         return ChainBound(chain.autolip_product, chain.autolip_certified, False,
-                          f"{result.detail}: AutoLip product kept", result.seconds)
+                          f"{result.detail}: AutoLip product kept", result.seconds,
+                          result.cut_by_budget)
     value = min(result.value, chain.autolip_product) if chain.autolip_certified else result.value
     return ChainBound(value, True, True, result.detail, result.seconds, result.cut_by_budget)
 
@@ -111,6 +117,8 @@ def _sdp(quick: bool) -> ChainMethod:
             limit = SDP_MAX_DIM if barrier else CONIC_MAX_DIM
         if not chain.dense(settings) or size > limit:
             return None
+        if (late := too_slow(chain, "sdp", deadline)) is not None:
+            return late
         return _from_sdp(lipsdp_neuron(_weights(chain), chain.slopes,
                                        seconds=deadline - time.monotonic()), chain)
     return run
@@ -122,6 +130,8 @@ def _eclipse(fast: bool) -> ChainMethod:
         max_width = ECLIPSE_MAX_WIDTH if fast else ECLIPSE_SDP_MAX_WIDTH
         if not chain.dense(settings) or width > max_width:
             return None
+        if (late := too_slow(chain, "eclipse-fast" if fast else "eclipse", deadline)) is not None:
+            return late
         seconds = deadline - time.monotonic()
         return _from_sdp(eclipse(_weights(chain), chain.slopes, fast, seconds), chain)
     return run

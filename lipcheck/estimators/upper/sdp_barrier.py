@@ -157,22 +157,30 @@ def _first_t(st: Structure, x: np.ndarray, chol, nu: float) -> float:
 def solve_barrier(weights: list[np.ndarray], slopes: list[tuple[float, float]], rho: float,
                   lams: list[np.ndarray], deadline: float = math.inf) -> BarrierResult | None:
     """Minimise rho from a strictly feasible (rho, lams); None if the start is not. Runs
-    at most MAX_NEWTON steps; `deadline` is only a safety cap. Every iterate is feasible."""
+    at most MAX_NEWTON steps; `deadline` is only a safety cap: no Newton step starts that,
+    predicted to take as long as the last one (the first: as long as the start's Hessian),
+    would not leave the caller's float64 check (about one factorisation) its time. Every
+    iterate is feasible."""
     st = structure(weights, slopes)
     x = np.concatenate([[rho], *lams]).astype(np.float64)
     st.upper[1:] = CAP * max(float(x[1:].max(initial=0.0)), 1e-300)
+    began = time.monotonic()
     chol = _factor(st, x)
     if chol is None:
         return None
+    check = time.monotonic() - began
     nu = len(st.v) + 2 * len(x) - 1
     t, steps, converged, cut = _first_t(st, x, chol, nu), 0, False, False
+    step = time.monotonic() - began
     while steps < MAX_NEWTON:
-        if time.monotonic() >= deadline:
+        began = time.monotonic()
+        if began + step + check >= deadline:
             cut = True
             break
         dx, decrement, grad = _newton_step(st, x, t, chol)
         steps += 1
         moved = None if decrement < CENTERED else _line_search(st, x, t, chol, dx, grad)
+        step = time.monotonic() - began
         if moved is not None:
             x, chol = moved
             continue

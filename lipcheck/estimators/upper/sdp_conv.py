@@ -9,7 +9,8 @@ and the dense closing layer gives rho(T) = lambda_max(sum_w B(w) X_{k-1}(w)^{-1}
 (every X_i positive definite). The multipliers start at ECLipsE-Fast's scalars and are
 improved by a fixed number of L-BFGS iterations on log rho (autograd through batched complex
 Cholesky); then sdp_conv_cert proves the final (rho, T) in float64. Iteration counts
-decide the value; the deadline only cuts it short (reported).
+decide the value; the deadline only cuts it short (reported): an evaluation starts only
+if it and the certificate (its cost predicted by sdp_cost) end before the deadline.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from lipcheck.estimators.upper.chains import Chain
 from lipcheck.estimators.upper.conv_chain import CircularChain, circular_chain
 from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.upper.sdp_conv_cert import certify
+from lipcheck.estimators.upper.sdp_cost import certificate_seconds, may_start, warm_optimiser
 from lipcheck.estimators.upper.sdp_residual import residual_add, sdp_residual
 from lipcheck.estimators.upper.seqlip import ChainBound
 from lipcheck.settings import Settings
@@ -31,7 +33,6 @@ from lipcheck.settings import Settings
 STEPS = 40           # L-BFGS iterations on the multipliers, per smoothing stage
 SHARPNESS = (30.0, 300.0)  # smooth maximum of the eigenvalues of S: sharper stage by stage
 HISTORY = 20
-CERTIFY_EVALS = 2    # the float64 certificate costs about this many evaluations
 INFEASIBLE = 1e3     # log rho given to multipliers that make some X_i indefinite
 DENSE_MAX_WIDTH = 4096      # hidden width up to which ECLipsE-Fast is tried as well
 MAX_BLOCK_ENTRIES = 2**24   # F * D^2 of the certificate's blocks (complex128: 256 MB)
@@ -102,19 +103,21 @@ class _Stop(Exception):
     pass
 
 
-def optimise(model: CircularChain, steps: int, deadline: float
+def optimise(model: CircularChain, steps: int, deadline: float, reserve: float = 0.0
              ) -> tuple[list[np.ndarray], int, bool]:
     """Multipliers from L-BFGS (strong Wolfe line search, at most `steps` iterations per
     smoothing stage) on a smooth maximum of log eig S(T) over log t, from ECLipsE-Fast's
     start; the smoothing sharpens stage by stage (the top eigenvalue of S may be multiple
     at the optimum, where log rho is not differentiable). An infeasible point (some X_i
-    indefinite) gets a large value, which the line search backs off from. Returns the
-    best feasible multipliers seen (by rho), the evaluations used, and whether the
-    deadline cut the search short."""
+    indefinite) gets a large value, which the line search backs off from. No evaluation
+    starts unless it and `reserve` seconds (the certificate) end before the deadline; the
+    first one is predicted to cost `reserve`, later ones what the slowest so far took.
+    Returns the best feasible multipliers seen (by rho), the evaluations used, and
+    whether the deadline cut the search short."""
     a, border, weight = _symbols(model)
     logs = [torch.log(t).requires_grad_(True) for t in fast_start(a, model.slope)]
     best: dict[str, Any] = {"value": math.inf, "ts": [torch.exp(t.detach()) for t in logs],
-                            "evals": 0}
+                            "evals": 0, "reserve": reserve}
     cut = False
     for sharpness in SHARPNESS:
         opt = torch.optim.LBFGS(logs, lr=1, max_iter=steps, history_size=HISTORY,
@@ -132,8 +135,8 @@ def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best:
              deadline: float):
     def closure():
         now = time.monotonic()
-        if now + CERTIFY_EVALS * best.get("eval_seconds", 0.0) > deadline:
-            raise _Stop   # leave the certificate (about this many evaluations) its time
+        if not may_start(deadline, best.get("eval_seconds", best["reserve"]), best["reserve"]):
+            raise _Stop   # leave the certificate its time
         best["evals"] += 1
         opt.zero_grad()
         ts = [torch.exp(t) for t in logs]
@@ -141,6 +144,7 @@ def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best:
         if ev is None or not bool(torch.isfinite(ev.detach()).all()) or float(ev[-1].detach()) <= 0:
             penalty = sum(t.sum() for t in logs) * 0 + INFEASIBLE
             penalty.backward()
+            best["eval_seconds"] = max(best.get("eval_seconds", 0.0), time.monotonic() - now)
             return penalty
         top = float(ev[-1].detach())
         if top < best["value"]:
@@ -166,8 +170,15 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
     if model.freqs * sum(model.dims) ** 2 > MAX_BLOCK_ENTRIES:
         return None
     steps = int(settings.extra.get("sdp_conv_steps", STEPS))
-    ts, evals, cut = optimise(model, steps, deadline)
-    cert = certify(model, ts)
+    warm_optimiser()
+    reserve = certificate_seconds(model.freqs, sum(model.dims))
+    if not may_start(deadline, reserve, reserve):   # the start costs about one evaluation
+        return ChainBound(chain.autolip_product, chain.autolip_certified, False,
+                          f"sdp-conv not run: its certificate alone (predicted {reserve:.2g} s) "
+                          "does not fit in the time left: AutoLip product kept",
+                          time.monotonic() - start, True)
+    ts, evals, cut = optimise(model, steps, deadline, reserve)
+    cert = certify(model, ts, deadline=deadline)
     seconds = time.monotonic() - start
     head = (f"sdp-conv: {model.grid}x{model.grid} frequencies, blocks of {sum(model.dims)}, "
             f"channel-wise multipliers, {evals} evaluations"

@@ -17,6 +17,7 @@ diagonal), the exact arrow is positive definite and sqrt(rho) bounds the chain.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,17 +82,20 @@ def _shifted_factors(h: np.ndarray, border: np.ndarray, shift: float):
 
 
 def certify(model: CircularChain, ts: list[np.ndarray], rho: float | None = None,
-            margin: bool = True) -> Certificate:
+            margin: bool = True, deadline: float = math.inf) -> Certificate:
     """Prove LipSDP-Neuron for multipliers ts; rho None: the smallest the shifted
     factorisation allows (plus RHO_SLACK). margin=False drops the rounding and formation
-    allowances (for tests: such a check must not be trusted)."""
+    allowances (for tests: such a check must not be trusted). A second attempt (larger
+    shift) starts only if it ends before `deadline` (predicted: as long as the first)."""
+    start = time.monotonic()
     h, border = blocks(model, ts), model.border()
     form = formation_error(model, ts) if margin else 0.0
     trace = model.freqs * (model.dims[0] + sum(float(np.sum(t)) for t in ts))
     g = gamma(h.shape[0] * h.shape[1] + border.shape[1] + 4)
     shift = 1.25 * (2 * g * trace + form) if margin else 0.0
     result = _attempt(h, border, ts, rho, shift, form, margin)
-    if margin and not result.verified and result.need > 0:  # the first shift was too small
+    took = time.monotonic() - start
+    if margin and not result.verified and result.need > 0 and time.monotonic() + took <= deadline:
         result = _attempt(h, border, ts, rho, 1.25 * result.need, form, margin)
     return result
 

@@ -28,6 +28,7 @@ from lipcheck.estimators.upper.conv_chain import (
     apply_layer,
     conv_layers,
 )
+from lipcheck.estimators.upper.sdp_cost import certificate_seconds, may_start, warm_optimiser
 from lipcheck.estimators.upper.seqlip import ChainBound
 from lipcheck.graph import OpKind
 from lipcheck.rules import BoundContext, Merge, get_rule
@@ -103,13 +104,16 @@ def _spectrum(a1, a2, gram2, t, slope: float):
     return torch.linalg.eigvalsh((k + k.mH) / 2)
 
 
-def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[np.ndarray, int, bool]:
+def optimise(model: CircularChain, steps: int, deadline: float, reserve: float = 0.0
+             ) -> tuple[np.ndarray, int, bool]:
     """Multipliers by L-BFGS on a smooth maximum of log(1 + eig) over all frequencies,
-    from two scalar starts; the best feasible seen, the evaluations, whether cut."""
+    from two scalar starts; the best feasible seen, the evaluations, whether cut. An
+    evaluation starts only if it and `reserve` seconds (the certificate) fit before the
+    deadline (the first predicted to cost `reserve`, later ones the slowest so far)."""
     a1, a2 = (torch.from_numpy(model.symbol(i)) for i in range(2))
     gram2 = a2.mH @ a2
     top = float(torch.linalg.eigvalsh(gram2)[..., -1].max())
-    best: dict[str, Any] = {"value": math.inf, "t": None, "evals": 0}
+    best: dict[str, Any] = {"value": math.inf, "t": None, "evals": 0, "reserve": reserve}
     try:
         for scale in (2.0, 1.25):   # start: T = scale * max lambda(A2^H A2) I
             log = torch.full((a1.shape[1],), math.log(scale * max(top, 1e-300)),
@@ -131,7 +135,8 @@ def optimise(model: CircularChain, steps: int, deadline: float) -> tuple[np.ndar
 def _closure(opt, log: torch.Tensor, mats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
              slope: float, sharp: float, best: dict, deadline: float):
     def closure():
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if not may_start(deadline, best.get("eval_seconds", best["reserve"]), best["reserve"]):
             raise TimeoutError
         best["evals"] += 1
         opt.zero_grad()
@@ -140,6 +145,7 @@ def _closure(opt, log: torch.Tensor, mats: tuple[torch.Tensor, torch.Tensor, tor
         if ev is None:
             penalty = log.sum() * 0 + 1e3
             penalty.backward()
+            best["eval_seconds"] = max(best.get("eval_seconds", 0.0), time.monotonic() - now)
             return penalty
         flat = ev.reshape(-1)
         top = float(flat.detach().max())
@@ -148,6 +154,7 @@ def _closure(opt, log: torch.Tensor, mats: tuple[torch.Tensor, torch.Tensor, tor
         loss = torch.log(1 + flat.max()) + torch.logsumexp(
             sharp * ((1 + flat) / (1 + top) - 1), 0) / sharp
         loss.backward()
+        best["eval_seconds"] = max(best.get("eval_seconds", 0.0), time.monotonic() - now)
         return loss
     return closure
 
@@ -207,9 +214,18 @@ def sdp_residual(chain: Chain, settings: Settings, deadline: float) -> ChainBoun
     model = residual_model(chain)
     if model is None:
         return None
-    t, evals, cut = optimise(model, STEPS, deadline)
+    warm_optimiser()
+    reserve = certificate_seconds(model.freqs, model.dims[0] + model.dims[1])
+    if not may_start(deadline, reserve, reserve):
+        return ChainBound(chain.autolip_product, chain.autolip_certified, False,
+                          f"sdp-conv not run: its certificate alone (predicted {reserve:.2g} s) "
+                          "does not fit in the time left: AutoLip product kept",
+                          time.monotonic() - start, True)
+    t, evals, cut = optimise(model, STEPS, deadline, reserve)
+    took = time.monotonic()
     rho, ok, detail = certify_residual(model, t)
-    if not ok:   # the first shift may have been too small for the rounding bound
+    took = time.monotonic() - took
+    if not ok and time.monotonic() + took <= deadline:   # the first shift may have been too small
         rho, ok, detail = certify_residual(model, t, shift_scale=8.0)
     seconds = time.monotonic() - start
     head = (f"sdp-conv residual block x + F(x) as a unit: {model.grid}x{model.grid} frequencies, "

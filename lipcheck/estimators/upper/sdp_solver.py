@@ -8,6 +8,7 @@ import warnings
 
 from lipcheck.errors import UserError
 
+MIN_SECONDS = 0.1      # a solver's wall-clock limit, at least
 CLARABEL_MAX_DIM = 120  # Clarabel's PSD cone is dense in n^2/2: above this, SCS (less memory)
 
 
@@ -26,10 +27,12 @@ def pick_solver(dim: int) -> str:
 
 def solve(problem, solver: str, seconds: float) -> None:
     """Solve with fixed tolerances and iteration caps (the wall-clock limit is only a safety
-    cap); a stopped solve is still checked by `verify`."""
-    limit = {"SCS": {"time_limit_secs": max(seconds, 1.0), "max_iters": 200_000,
+    cap); a stopped solve is still checked by `verify`. The limit is floored at
+    MIN_SECONDS, not more: --time-budget must hold when it is shared by many solves."""
+    seconds = max(seconds, MIN_SECONDS)
+    limit = {"SCS": {"time_limit_secs": seconds, "max_iters": 200_000,
                      "eps_abs": 1e-8, "eps_rel": 1e-8},
-             "CLARABEL": {"time_limit": max(seconds, 1.0), "max_iter": 200}}.get(solver, {})
+             "CLARABEL": {"time_limit": seconds, "max_iter": 200}}.get(solver, {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "solution may be inaccurate": verify() decides
         problem.solve(solver=solver, **limit)

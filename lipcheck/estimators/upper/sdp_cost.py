@@ -1,0 +1,45 @@
+"""What the float64 certificates of sdp-conv cost, predicted before the optimisation.
+
+A time cap is a promise (issue 12): the multipliers are optimised only while one more
+evaluation and the certificate after it still end before the deadline. The certificate's
+work is dominated by one complex Cholesky per frequency block (then triangular solves and
+a Gram matrix of about the same cost), so its cost is predicted by timing the Cholesky of
+a few blocks of its size on this machine, now (under the current load), scaled to all
+frequencies and by CERT_FACTOR for the rest of the certificate.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+CERT_FACTOR = 3.0    # certificate / (F Choleskys of D x D): 2.3 measured on a 3-conv CNN
+SAMPLE_BLOCKS = 4    # blocks timed for the prediction
+FIXED_S = 0.02       # Python overhead of one certificate
+
+
+def cholesky_seconds(freqs: int, dim: int) -> float:
+    """Predicted seconds of `freqs` complex128 Choleskys of dim x dim blocks."""
+    k = max(1, min(freqs, SAMPLE_BLOCKS))
+    blocks = np.broadcast_to(np.eye(dim, dtype=np.complex128) * 2.0, (k, dim, dim)).copy()
+    blocks[:, 0, -1] = blocks[:, -1, 0] = 0.5   # not diagonal (no shortcut can apply)
+    start = time.perf_counter()
+    np.linalg.cholesky(blocks)
+    return (time.perf_counter() - start) * freqs / k
+
+
+def certificate_seconds(freqs: int, dim: int) -> float:
+    """Predicted seconds of one float64 certificate attempt over `freqs` blocks of `dim`."""
+    return CERT_FACTOR * cholesky_seconds(freqs, dim) + FIXED_S
+
+
+def may_start(deadline: float, eval_seconds: float, reserve: float) -> bool:
+    """Whether one more evaluation and then the certificate end before the deadline."""
+    return time.monotonic() + eval_seconds + reserve <= deadline
+
+
+def warm_optimiser() -> None:
+    """Construct one L-BFGS optimiser: the first construction in a process imports torch's
+    compiler stack (seconds), which must happen before the time left is judged, not after."""
+    torch.optim.LBFGS([torch.zeros(1, requires_grad=True)])
