@@ -23,6 +23,7 @@ from lipcheck.errors import (
 )
 from lipcheck.finite import count_inf, count_nan
 from lipcheck.graph import Graph, OpKind, ValueInfo
+from lipcheck.limits import check_file_size, check_node_count
 from lipcheck.loaders import onnx_attention, onnx_fold, onnx_resize  # noqa: F401  (converters)
 from lipcheck.loaders.norm_fuse import fuse_normalisations
 from lipcheck.loaders.onnx_build import Builder
@@ -31,7 +32,6 @@ from lipcheck.loaders.onnx_ops import CONVERTERS
 from lipcheck.rules.structural import ONNX_DTYPES
 
 MIN_OPSET, MAX_OPSET = 6, 23
-from lipcheck.limits import check_file_size, check_node_count  # noqa: E402
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 InputShapes = Sequence[tuple[int, ...]] | dict[str, tuple[int, ...]] | None
