@@ -1,4 +1,4 @@
-"""NaN/Inf counts of a tensor, block by block (loaders today; numerics and spectral can use it).
+"""NaN/Inf counts of a tensor, block by block (the loaders, numerics and spectral use it).
 
 A whole-tensor `torch.isinf(t)` / `~torch.isfinite(t)` / `.sum()` allocates masks and an
 int64 upcast several times the weight's size (VGG-11's 0.4 GB layer: +0.5 to +0.9 GB of

@@ -15,6 +15,7 @@ import sys
 import torch
 
 from lipcheck.errors import BadWeightsError, UserError
+from lipcheck.finite import count_nan, count_nonfinite
 from lipcheck.graph import Graph, OpKind
 
 OVERFLOW = "overflow"
@@ -44,11 +45,9 @@ def check_finite_constants(graph: Graph) -> None:
     for name, tensor in graph.constants.items():
         if not tensor.is_floating_point() or tensor.numel() == 0:
             continue
-        finite = torch.isfinite(tensor)
-        if bool(finite.all()) or (not bool(torch.isnan(tensor).any())
-                                  and readers.get(name, set()) <= ADDITIVE):
+        bad = count_nonfinite(tensor)   # block by block: no whole-tensor masks
+        if bad == 0 or (count_nan(tensor) == 0 and readers.get(name, set()) <= ADDITIVE):
             continue
-        bad = int((~finite).sum())
         raise BadWeightsError(f"weight {name!r} has {bad} NaN/Inf value(s) "
                               f"of {tensor.numel()}")
 
