@@ -31,7 +31,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 # +-inf is a value only in constants that are added (attention masks add -inf); the
-# loaders apply the same rule (onnx_loader._check_infinite_weights, torch buffers)
+# ONNX loader calls check_finite_constants itself; torch buffers follow the same rule
 ADDITIVE = frozenset({OpKind.ADD, OpKind.SUB, OpKind.SUM, OpKind.MAX, OpKind.MIN})
 
 

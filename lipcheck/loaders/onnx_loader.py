@@ -21,14 +21,15 @@ from lipcheck.errors import (
     UnsafeFileError,
     UnsupportedOpsError,
 )
-from lipcheck.finite import count_inf, count_nan
-from lipcheck.graph import Graph, OpKind, ValueInfo
+from lipcheck.finite import count_nan
+from lipcheck.graph import Graph, ValueInfo
 from lipcheck.limits import check_file_size, check_node_count
 from lipcheck.loaders import onnx_attention, onnx_fold, onnx_resize  # noqa: F401  (converters)
 from lipcheck.loaders.norm_fuse import fuse_normalisations
 from lipcheck.loaders.onnx_build import Builder
 from lipcheck.loaders.onnx_fuse import fuse_patterns
 from lipcheck.loaders.onnx_ops import CONVERTERS
+from lipcheck.numerics import check_finite_constants
 from lipcheck.rules.structural import ONNX_DTYPES
 
 MIN_OPSET, MAX_OPSET = 6, 23
@@ -56,7 +57,7 @@ def load_onnx(path: str | Path, input_shapes: InputShapes = None, seed: int = 0)
     graph_nodes = fuse_normalisations(graph_nodes, constants, outputs, _shapes(builder),
                                       _constant_adder(builder, constants))
     graph = Graph(inputs, outputs, graph_nodes, _used_constants(builder, graph_nodes, outputs))
-    _check_infinite_weights(graph)
+    check_finite_constants(graph)   # +-inf only in added constants (attention masks)
     graph.metadata = {"format": "onnx", "path": str(path), "sha256": _sha256(path),
                       "opset": opset, "input_shape": [list(v.shape) for v in inputs],
                       "producer": model.producer_name, "warnings": builder.warnings}
@@ -160,24 +161,8 @@ def _tensor(proto: onnx.TensorProto, what: str) -> torch.Tensor:
         raise ModelLoadError(f"{what} {proto.name!r} cannot be read: {exc}") from exc
     t = torch.from_numpy(array.copy()) if array.dtype.kind != "U" else torch.zeros(0)
     if count_nan(t):
-        raise BadWeightsError(f"{what} {proto.name!r} contains NaN or Inf values")
+        raise BadWeightsError(f"{what} {proto.name!r} contains NaN values")
     return t
-
-
-ADDITIVE = {OpKind.ADD, OpKind.SUB, OpKind.SUM, OpKind.MAX, OpKind.MIN}
-
-
-def _check_infinite_weights(graph: Graph) -> None:
-    """+-inf is a value only for additive constants (attention masks add -inf);
-    anywhere else (weights, scales) it is a broken model."""
-    for node in graph.nodes:
-        if node.op in ADDITIVE:
-            continue
-        for v in node.inputs:
-            t = graph.constants.get(v)
-            if t is not None and count_inf(t):
-                raise BadWeightsError(f"initializer {v!r} contains NaN or Inf values "
-                                      f"(read by {node.name!r}, {node.op.value})")
 
 
 def _load_initializers(b: Builder, graph: onnx.GraphProto) -> None:
