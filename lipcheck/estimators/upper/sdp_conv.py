@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lipcheck.estimators.upper.chain_cost import too_slow
 from lipcheck.estimators.upper.chains import Chain
 from lipcheck.estimators.upper.conv_chain import CircularChain, circular_chain
 from lipcheck.estimators.upper.eclipse import eclipse
@@ -76,12 +77,6 @@ def spectrum(a: list[torch.Tensor], border: torch.Tensor, weight: torch.Tensor,
         k = y.mH @ y
     s = (weight[:, None, None] * k.real).sum(dim=0)   # k(-w) = conj k(w): the sum is real
     return torch.linalg.eigvalsh((s + s.mT) / 2)
-
-
-def rho_of(a, border, weight, ts, slope: float):
-    """rho(T) = lambda_max S(T), or None where T is infeasible."""
-    ev = spectrum(a, border, weight, ts, slope)
-    return None if ev is None else ev[-1]
 
 
 def fast_start(a: list[torch.Tensor], slope: float) -> list[torch.Tensor]:
@@ -163,7 +158,7 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
     if chain.graph is None:
         return None
     if residual_add(chain, settings) is not None:
-        return _with_dense(sdp_residual(chain, settings, deadline), chain, settings)
+        return _with_dense(sdp_residual(chain, settings, deadline), chain, settings, deadline)
     model, _ = circular_chain(chain, chain.graph)
     if model is None:
         return None
@@ -192,18 +187,22 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
         value = min(value, chain.autolip_product)
     found = ChainBound(value, True, True, f"{head}; float64 arrow Cholesky: {cert.detail}",
                        seconds, cut)
-    return _with_dense(found, chain, settings)
+    return _with_dense(found, chain, settings, deadline)
 
 
-def _with_dense(result: ChainBound | None, chain: Chain, settings: Settings) -> ChainBound | None:
+def _with_dense(result: ChainBound | None, chain: Chain, settings: Settings,
+                deadline: float) -> ChainBound | None:
     """On chains small enough for dense matrices, ECLipsE-Fast (per-neuron multipliers,
-    its own float64 check) where it is smaller: both are certified bounds of the same
+    its own float64 check) where it is smaller and fits before the deadline (the same
+    cost gate as the eclipse-fast method): both are certified bounds of the same
     quantity (for a residual block, of its branch)."""
     if result is None or not settings.extra.get("sdp_conv_dense", True) \
             or not chain.dense(settings) \
-            or max(p.shape[0] for p in chain.parts[:-1]) > DENSE_MAX_WIDTH:
+            or max(p.shape[0] for p in chain.parts[:-1]) > DENSE_MAX_WIDTH \
+            or too_slow(chain, "eclipse-fast", deadline) is not None:
         return result
-    dense = eclipse([p.matrix() for p in chain.parts], chain.slopes, True)
+    dense = eclipse([p.matrix() for p in chain.parts], chain.slopes, True,
+                    deadline - time.monotonic())
     if not dense.certified or (result.certified and dense.value >= result.value):
         return result
     return ChainBound(dense.value, True, True,
