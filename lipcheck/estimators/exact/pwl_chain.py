@@ -153,3 +153,10 @@ def mlp_graph(weights: list[np.ndarray], biases: list[np.ndarray], activation: s
                   constants)
     infer_shapes(graph)
     return graph
+
+
+def hidden_units(graph: Graph) -> int:
+    """The number of ReLU-family activation outputs: what decides whether a chain is small
+    enough for the exact enumeration or the activation-pattern phase."""
+    return sum(math.prod(node.output_shapes[0]) if node.output_shapes else 0
+               for node in graph.nodes if node.op in ACTIVATIONS)

@@ -31,7 +31,6 @@ with time.perf_counter() before each LP and between steps.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -354,12 +353,6 @@ def applicable(chain: Chain, box: Box, max_units: int = MAX_UNITS) -> bool:
             and (lp_sized(chain) or free_first_layer(chain, box)))
 
 
-def _hidden_units(graph) -> int:
-    from lipcheck.estimators.exact.pwl_chain import ACTIVATIONS
-    return sum(math.prod(node.output_shapes[0]) if node.output_shapes else 0
-               for node in graph.nodes if node.op in ACTIVATIONS)
-
-
 def pattern_regions(chain: Chain, box: Box, budget_s: float,
                     max_lps: int = MAX_LPS) -> list[Region]:
     """Regions reached from the SeqLip patterns: the target as found, and after the block
@@ -416,8 +409,8 @@ def pattern_pairs(graph, fn: NetFunction, box: Box, budget_s: float, max_lps: in
 
 def _chain(graph, fn: NetFunction, box: Box, max_units: int) -> Chain | None:
     from lipcheck.errors import UserError
-    from lipcheck.estimators.exact.pwl_chain import pwl_chain
-    if _hidden_units(graph) > max_units or fn.n_in > MAX_INPUTS:
+    from lipcheck.estimators.exact.pwl_chain import hidden_units, pwl_chain
+    if hidden_units(graph) > max_units or fn.n_in > MAX_INPUTS:
         return None
     try:
         chain = pwl_chain(graph)

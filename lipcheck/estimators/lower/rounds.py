@@ -179,12 +179,6 @@ def _check_range(input_range: tuple[float, float] | None) -> Box:
     return lo, hi
 
 
-def _hidden_units(graph: Graph) -> int:
-    from lipcheck.estimators.exact.pwl_chain import ACTIVATIONS
-    return sum(math.prod(node.output_shapes[0]) if node.output_shapes else 0
-               for node in graph.nodes if node.op in ACTIVATIONS)
-
-
 # --- activation-pattern phase (issue 12 item 3): lower/patterns.py ---------------------
 PATTERNS = True   # bench/bench_patterns.py --no-patterns turns it off (the "before" column)
 
@@ -207,8 +201,8 @@ def _pattern_witness(graph: Graph, search: _Search, budget_s: float) -> None:
 def _exact_witness(graph: Graph, search: _Search, budget_s: float) -> None:
     """For a tiny ReLU-family chain, certify the exact enumeration's best region: limited
     by its LP count (reproducible) and by a share of the time cap (a cut is recorded)."""
-    from lipcheck.estimators.exact.pwl_chain import pwl_chain
-    if _hidden_units(graph) > search.config.exact_max_units or search.fn.n_in > 4096:
+    from lipcheck.estimators.exact.pwl_chain import hidden_units, pwl_chain
+    if hidden_units(graph) > search.config.exact_max_units or search.fn.n_in > 4096:
         return
     try:
         chain = pwl_chain(graph)
