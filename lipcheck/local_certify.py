@@ -70,8 +70,9 @@ def margin_constants(graph: Graph, x: np.ndarray, eps: float, pred: np.ndarray,
     centers = torch.from_numpy(np.asarray(x, dtype=np.float64)).reshape(len(x), -1)
     ranges = propagate(program, InputSet.ball(centers, eps, "2"))
     rows = margin_rows(torch.from_numpy(pred), classes)
-    k = torch.minimum(row_norm_bounds(program, ranges, rows),
-                      vertex_bounds(program, ranges, rows))
+    k = row_norm_bounds(program, ranges, rows)
+    if program.is_chain:   # elsewhere vertex_bounds is this same interval hull
+        k = torch.minimum(k, vertex_bounds(program, ranges, rows))
     return k.numpy(), ranges.unstable(program)
 
 

@@ -84,9 +84,12 @@ def local_section(graph: Graph, spec: LocalSet, global_upper: float | None,
     program = build_program(graph)
     s = input_set(spec, program.n_in)
     ranges = propagate(program, s)
+    hull = local_lipschitz(program, ranges)
+    # off chains vertex_lipschitz is this same interval hull: not computed twice
+    vertices = vertex_lipschitz(program, ranges) if program.is_chain else hull
     candidates = {"masked-autolip": masked_product(program, ranges),
-                  "interval-jacobian": local_lipschitz(program, ranges),
-                  "slope-vertices": vertex_lipschitz(program, ranges),
+                  "interval-jacobian": hull,
+                  "slope-vertices": vertices,
                   **chain_bounds(program, ranges)}
     names = list(candidates)
     stacked = torch.stack([candidates[k] for k in names])
