@@ -96,14 +96,3 @@ def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray
     lipschitz = np.where(others, k, 0.0).max(axis=1)
     return LocalRobustness(eps, certified, lipschitz, radii, unstable,
                            time.perf_counter() - start)
-
-
-def side_by_side(robustness: Any) -> str:
-    """' (global constants 79.78%, local constants 91.33%)' for the gate's data line."""
-    local = getattr(robustness, "local", None)
-    if local is None:
-        return ""
-    if local.skipped is not None:
-        return f" (local constants skipped: {local.skipped})"
-    return (f" (global constants {robustness.certified_accuracy_global:.2%}, local constants "
-            f"on each ball {local.certified_accuracy:.2%})")

@@ -88,8 +88,14 @@ def _cell(x: float | None) -> str:
 
 
 def _local_note(robustness: Any) -> str:
-    from lipcheck.local_certify import side_by_side  # torch: only once there are radii
-    return side_by_side(robustness)
+    """' (global constants 79.78%, local constants 91.33%)' for the gate's data line."""
+    local = getattr(robustness, "local", None)
+    if local is None:
+        return ""
+    if local.skipped is not None:
+        return f" (local constants skipped: {local.skipped})"
+    return (f" (global constants {robustness.certified_accuracy_global:.2%}, local constants "
+            f"on each ball {local.certified_accuracy:.2%})")
 
 
 def _robustness_section(r: Robustness) -> list[str]:
