@@ -201,7 +201,12 @@ def _settings_dict(settings: Settings, options: EstimateOptions) -> dict[str, An
 def _other_bounds(graph: Graph, node_bounds: dict, settings: Settings, options: EstimateOptions,
                   timings: dict[str, float]) -> list[GlobalBound]:
     try:
-        from lipcheck.estimators.upper.global_bounds import DEFAULT_METHODS, METHODS, global_bounds
+        from lipcheck.estimators.upper.global_bounds import (
+            DEFAULT_METHODS,
+            METHODS,
+            global_bounds,
+            prepare,
+        )
     except ImportError:
         return []
     expanded = {"auto": DEFAULT_METHODS, "all": METHODS}
@@ -209,6 +214,9 @@ def _other_bounds(graph: Graph, node_bounds: dict, settings: Settings, options: 
     wanted = [m for m in dict.fromkeys(wanted) if m != "autolip"]
     if not wanted:
         return []
+    start = time.perf_counter()
+    prepare(wanted)
+    timings["imports"] = time.perf_counter() - start
     start = time.perf_counter()
     found = global_bounds(graph, node_bounds, wanted, settings)
     timings["global_bounds"] = time.perf_counter() - start

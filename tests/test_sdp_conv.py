@@ -22,6 +22,7 @@ from lipcheck.estimators.upper.global_bounds import DEFAULT_METHODS, global_boun
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
 from lipcheck.estimators.upper.sdp_conv import optimise, sdp_conv
 from lipcheck.estimators.upper.sdp_conv_cert import certify
+from lipcheck.estimators.upper.sdp_cost import Budget
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.settings import Settings
@@ -192,7 +193,7 @@ def test_phase_refinement_stays_above_dense_lipsdp() -> None:
     model, _ = circular_chain(chain, g, refine=4)
     assert model.freqs == 1
     dense = lipsdp_neuron([p.matrix() for p in chain.parts], chain.slopes)
-    ts, _, _ = optimise(model, 40, math.inf)
+    ts, _, _ = optimise(model, 40, Budget())
     cert = certify(model, ts)
     assert cert.verified and dense.certified
     assert dense.value * (1 - 1e-4) <= math.sqrt(cert.rho) <= certified(g)
@@ -201,7 +202,7 @@ def test_phase_refinement_stays_above_dense_lipsdp() -> None:
 def boundary_multipliers(g: Graph):
     chain, _ = chain_of(g)
     model, _ = circular_chain(chain, g)
-    ts, _, _ = optimise(model, 20, math.inf)
+    ts, _, _ = optimise(model, 20, Budget())
     return model, ts
 
 

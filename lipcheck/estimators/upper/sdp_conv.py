@@ -26,7 +26,12 @@ from lipcheck.estimators.upper.chains import Chain
 from lipcheck.estimators.upper.conv_chain import CircularChain, circular_chain
 from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.upper.sdp_conv_cert import certify
-from lipcheck.estimators.upper.sdp_cost import certificate_seconds, may_start, warm_optimiser
+from lipcheck.estimators.upper.sdp_cost import (
+    Budget,
+    certificate_seconds,
+    may_start,
+    warm_optimiser,
+)
 from lipcheck.estimators.upper.sdp_residual import residual_add, sdp_residual
 from lipcheck.estimators.upper.seqlip import ChainBound
 from lipcheck.settings import Settings
@@ -98,39 +103,41 @@ class _Stop(Exception):
     pass
 
 
-def optimise(model: CircularChain, steps: int, deadline: float, reserve: float = 0.0
+def optimise(model: CircularChain, steps: int, budget: Budget,
+             symbols: tuple | None = None, start: list[torch.Tensor] | None = None
              ) -> tuple[list[np.ndarray], int, bool]:
     """Multipliers from L-BFGS (strong Wolfe line search, at most `steps` iterations per
     smoothing stage) on a smooth maximum of log eig S(T) over log t, from ECLipsE-Fast's
     start; the smoothing sharpens stage by stage (the top eigenvalue of S may be multiple
     at the optimum, where log rho is not differentiable). An infeasible point (some X_i
     indefinite) gets a large value, which the line search backs off from. No evaluation
-    starts unless it and `reserve` seconds (the certificate) end before the deadline; the
-    first one is predicted to cost `reserve`, later ones what the slowest so far took.
+    starts unless the budget allows it (it and the certificate end before the deadline;
+    predicted from what the slowest evaluation so far took).
     Returns the best feasible multipliers seen (by rho), the evaluations used, and
-    whether the deadline cut the search short."""
-    a, border, weight = _symbols(model)
-    logs = [torch.log(t).requires_grad_(True) for t in fast_start(a, model.slope)]
+    whether the deadline cut the search short. `symbols` (_symbols(model)) and `start`
+    (fast_start) if at hand."""
+    a, border, weight = symbols if symbols is not None else _symbols(model)
+    start = start if start is not None else fast_start(a, model.slope)
+    logs = [torch.log(t).requires_grad_(True) for t in start]
     best: dict[str, Any] = {"value": math.inf, "ts": [torch.exp(t.detach()) for t in logs],
-                            "evals": 0, "reserve": reserve}
+                            "evals": 0, "budget": budget}
     cut = False
     for sharpness in SHARPNESS:
         opt = torch.optim.LBFGS(logs, lr=1, max_iter=steps, history_size=HISTORY,
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-10,
                                 tolerance_change=1e-13)
         try:
-            opt.step(_closure(opt, logs, a, border, weight, model.slope, sharpness, best, deadline))
+            opt.step(_closure(opt, logs, a, border, weight, model.slope, sharpness, best))
         except _Stop:
             cut = True
             break
     return [t.numpy() for t in best["ts"]], best["evals"], cut
 
 
-def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best: dict,
-             deadline: float):
+def _closure(opt, logs, a, border, weight, slope: float, sharpness: float, best: dict):
     def closure():
         now = time.monotonic()
-        if not may_start(deadline, best.get("eval_seconds", best["reserve"]), best["reserve"]):
+        if not best["budget"].allows(best.get("eval_seconds")):
             raise _Stop   # leave the certificate its time
         best["evals"] += 1
         opt.zero_grad()
@@ -166,18 +173,25 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
         return None
     steps = int(settings.extra.get("sdp_conv_steps", STEPS))
     warm_optimiser()
-    reserve = certificate_seconds(model.freqs, sum(model.dims))
-    if not may_start(deadline, reserve, reserve):   # the start costs about one evaluation
+    predicted = certificate_seconds(model.freqs, sum(model.dims))
+    if not may_start(deadline, predicted, predicted):   # the start costs about one evaluation
         return ChainBound(chain.autolip_product, chain.autolip_certified, False,
-                          f"sdp-conv not run: its certificate alone (predicted {reserve:.2g} s) "
+                          f"sdp-conv not run: its certificate alone (predicted {predicted:.2g} s) "
                           "does not fit in the time left: AutoLip product kept",
                           time.monotonic() - start, True)
-    ts, evals, cut = optimise(model, steps, deadline, reserve)
-    cert = certify(model, ts, deadline=deadline)
+    symbols = _symbols(model)
+    begin = fast_start(symbols[0], model.slope)
+    first, took = _timed_certificate(model, begin, deadline)
+    ts, evals, cut = optimise(model, steps, Budget.measured(deadline, predicted, took),
+                              symbols, begin)
+    cert = _timed_certificate(model, ts, deadline)[0] if evals else first
     seconds = time.monotonic() - start
     head = (f"sdp-conv: {model.grid}x{model.grid} frequencies, blocks of {sum(model.dims)}, "
             f"channel-wise multipliers, {evals} evaluations"
             f"{' (cut by the deadline)' if cut else ''}")
+    cut = cut or cert.stopped
+    if first.verified and (not cert.verified or first.rho < cert.rho):
+        cert, head = first, f"{head}; the start's certificate is kept"
     if not cert.verified:
         return ChainBound(chain.autolip_product, chain.autolip_certified, False,
                           f"{head}; certificate refused ({cert.detail}): AutoLip product kept",
@@ -188,6 +202,13 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
     found = ChainBound(value, True, True, f"{head}; float64 arrow Cholesky: {cert.detail}",
                        seconds, cut)
     return _with_dense(found, chain, settings, deadline)
+
+
+def _timed_certificate(model: CircularChain, ts: list, deadline: float):
+    """certify(model, ts) before the deadline, and the seconds it took."""
+    begin = time.monotonic()
+    cert = certify(model, [np.asarray(t, dtype=np.float64) for t in ts], deadline=deadline)
+    return cert, time.monotonic() - begin
 
 
 def _with_dense(result: ChainBound | None, chain: Chain, settings: Settings,

@@ -27,6 +27,7 @@ from lipcheck.estimators.upper.conv_chain import CircularChain
 from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, gamma
 
 RHO_SLACK = 1e-7   # relative room left in the last Schur complement
+CHUNK_ENTRIES = 2**20   # block entries factored between two reads of the clock (16 MB)
 
 
 @dataclass
@@ -36,19 +37,22 @@ class Certificate:
     shift: float        # c
     need: float         # what c had to exceed (rounding + formation)
     detail: str
+    stopped: bool = False   # the deadline passed before the check ended
 
 
-def blocks(model: CircularChain, ts: list[np.ndarray]) -> np.ndarray:
-    """H_w for every frequency, (F, D, D) complex128."""
+def blocks(model: CircularChain, ts: list[np.ndarray], symbols: list[np.ndarray],
+           part: slice) -> np.ndarray:
+    """H_w for the frequencies in `part`, (F', D, D) complex128; symbols[i] = A_i(w)."""
     dims, half = model.dims, model.slope / 2
     starts = np.cumsum([0] + dims)
-    out = np.zeros((model.freqs, starts[-1], starts[-1]), dtype=np.complex128)
+    count = len(range(model.freqs)[part])
+    out = np.zeros((count, starts[-1], starts[-1]), dtype=np.complex128)
     idx = np.arange(dims[0])
     out[:, idx, idx] = 1.0
     for i, t in enumerate(ts):
         lo, hi = starts[i + 1], starts[i + 2]
         out[:, np.arange(lo, hi), np.arange(lo, hi)] = t
-        low = -half * t[None, :, None] * model.symbol(i)
+        low = -half * t[None, :, None] * symbols[i][part]
         out[:, lo:hi, starts[i]:lo] = low
         out[:, starts[i]:lo, lo:hi] = low.conj().transpose(0, 2, 1)
     return out
@@ -65,53 +69,79 @@ def formation_error(model: CircularChain, ts: list[np.ndarray]) -> float:
     return (total + model.border_error()) * (1 + 1e-6)
 
 
-def _shifted_factors(h: np.ndarray, border: np.ndarray, shift: float):
-    """L_w and Z_w of the shifted arrow, or None where a block is not definite."""
-    d = h.shape[-1]
-    h = h.copy()
-    h[:, np.arange(d), np.arange(d)] -= shift
-    try:
-        low = np.linalg.cholesky(h)
-    except np.linalg.LinAlgError:
-        return None
-    rhs = np.zeros((h.shape[0], d, border.shape[1]), dtype=np.complex128)
-    rhs[:, d - border.shape[2]:, :] = border.conj().transpose(0, 2, 1)
-    z = np.stack([scipy.linalg.solve_triangular(low[w], rhs[w], lower=True, check_finite=False)
-                  for w in range(h.shape[0])])
-    return low, z
+class _Stopped(Exception):
+    """The deadline passed between two chunks of frequencies."""
+
+
+def _chunks(freqs: int, dim: int):
+    """Frequency slices of at most CHUNK_ENTRIES block entries each."""
+    step = max(1, CHUNK_ENTRIES // (dim * dim))
+    return [slice(lo, min(freqs, lo + step)) for lo in range(0, freqs, step)]
+
+
+def _shifted_sums(model: CircularChain, ts: list[np.ndarray], shift: float, deadline: float):
+    """sum_w Z_w^H Z_w and sum_w |L_w|^2 + |Z_w|^2 of the shifted arrow, its blocks formed
+    and factored a chunk of frequencies at a time (the clock is read before each chunk:
+    _Stopped once the deadline has passed); None where a block is not definite."""
+    symbols = [model.symbol(i) for i in range(len(ts))]
+    border = model.border()
+    d, n_out = sum(model.dims), border.shape[1]
+    gram = np.zeros((n_out, n_out), dtype=np.complex128)
+    squares = 0.0
+    for part in _chunks(model.freqs, d):
+        if time.monotonic() > deadline:
+            raise _Stopped
+        block = blocks(model, ts, symbols, part)
+        block[:, np.arange(d), np.arange(d)] -= shift
+        try:
+            low = np.linalg.cholesky(block)
+        except np.linalg.LinAlgError:
+            return None
+        rhs = np.zeros((block.shape[0], d, n_out), dtype=np.complex128)
+        rhs[:, d - border.shape[2]:, :] = border[part].conj().transpose(0, 2, 1)
+        for w in range(block.shape[0]):
+            z = scipy.linalg.solve_triangular(low[w], rhs[w], lower=True, check_finite=False)
+            gram += z.conj().T @ z
+            squares += float(np.sum(np.abs(z) ** 2))
+        squares += float(np.sum(np.abs(low) ** 2))
+    return gram, squares
 
 
 def certify(model: CircularChain, ts: list[np.ndarray], rho: float | None = None,
             margin: bool = True, deadline: float = math.inf) -> Certificate:
     """Prove LipSDP-Neuron for multipliers ts; rho None: the smallest the shifted
     factorisation allows (plus RHO_SLACK). margin=False drops the rounding and formation
-    allowances (for tests: such a check must not be trusted). A second attempt (larger
-    shift) starts only if it ends before `deadline` (predicted: as long as the first)."""
+    allowances (for tests: such a check must not be trusted). The frequencies are formed
+    and factored a chunk at a time and the work stops (not verified) once `deadline` has
+    passed; a second attempt (larger shift) starts only if it ends before `deadline`
+    (predicted: as long as the first)."""
     start = time.monotonic()
-    h, border = blocks(model, ts), model.border()
     form = formation_error(model, ts) if margin else 0.0
     trace = model.freqs * (model.dims[0] + sum(float(np.sum(t)) for t in ts))
-    g = gamma(h.shape[0] * h.shape[1] + border.shape[1] + 4)
+    g = gamma(model.freqs * sum(model.dims) + model.close.shape[0] + 4)
     shift = 1.25 * (2 * g * trace + form) if margin else 0.0
-    result = _attempt(h, border, ts, rho, shift, form, margin)
-    took = time.monotonic() - start
-    if margin and not result.verified and result.need > 0 and time.monotonic() + took <= deadline:
-        result = _attempt(h, border, ts, rho, 1.25 * result.need, form, margin)
+    try:
+        result = _attempt(model, ts, rho, shift, form, margin, deadline)
+        took = time.monotonic() - start
+        if margin and not result.verified and result.need > 0 \
+                and time.monotonic() + took <= deadline:
+            result = _attempt(model, ts, rho, 1.25 * result.need, form, margin, deadline)
+    except _Stopped:
+        return Certificate(math.inf, False, 0.0, 0.0, "stopped by the deadline before it ended",
+                           stopped=True)
     return result
 
 
-def _attempt(h: np.ndarray, border: np.ndarray, ts: list[np.ndarray], rho: float | None,
-             shift: float, form: float, margin: bool) -> Certificate:
-    n_out = border.shape[1]
-    n_total = h.shape[0] * h.shape[1] + n_out
-    g = gamma(n_total + 4)
+def _attempt(model: CircularChain, ts: list[np.ndarray], rho: float | None, shift: float,
+             form: float, margin: bool, deadline: float) -> Certificate:
+    n_out, d = model.close.shape[0], sum(model.dims)
+    g = gamma(model.freqs * d + n_out + 4)
     diag_max = max([1.0] + [float(np.max(t)) for t in ts])
-    factors = _shifted_factors(h, border, shift)
-    if factors is None:
+    sums = _shifted_sums(model, ts, shift, deadline)
+    if sums is None:
         return Certificate(math.inf, False, shift, 0.0,
                            "a frequency block is not positive definite")
-    low, z = factors
-    gram = np.einsum("wdo,wdp->op", z.conj(), z)
+    gram, factor_squares = sums
     gram = (gram + gram.conj().T) / 2
     top = float(np.linalg.eigvalsh(gram)[-1])
     if rho is None:
@@ -122,8 +152,8 @@ def _attempt(h: np.ndarray, border: np.ndarray, ts: list[np.ndarray], rho: float
     except np.linalg.LinAlgError:
         return Certificate(rho, False, shift, 0.0,
                            "the closing Schur complement is not positive definite")
-    terms = low.size + z.size + r_s.size   # a sum of this many squares, any order
-    squares = np.sum(np.abs(low) ** 2) + np.sum(np.abs(z) ** 2) + np.sum(np.abs(r_s) ** 2)
+    terms = model.freqs * d * (d + n_out) + r_s.size   # squares summed, in any order
+    squares = factor_squares + float(np.sum(np.abs(r_s) ** 2))
     frob = squares * (1 + gamma(terms + 2))
     need = g * frob + form + 4 * UNIT_ROUNDOFF * (diag_max + abs(rho) + shift) if margin else 0.0
     ok = shift > need if margin else True

@@ -9,7 +9,9 @@ frequencies and by CERT_FACTOR for the rest of the certificate.
 """
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +19,8 @@ import torch
 CERT_FACTOR = 3.0    # certificate / (F Choleskys of D x D): 2.3 measured on a 3-conv CNN
 SAMPLE_BLOCKS = 4    # blocks timed for the prediction
 FIXED_S = 0.02       # Python overhead of one certificate
+SAFETY = 1.5         # reserve / the slowest certificate measured or predicted
+EVAL_FACTOR = 3.0    # first evaluation (forward + autograd backward) / one certificate
 
 
 def cholesky_seconds(freqs: int, dim: int) -> float:
@@ -32,6 +36,37 @@ def cholesky_seconds(freqs: int, dim: int) -> float:
 def certificate_seconds(freqs: int, dim: int) -> float:
     """Predicted seconds of one float64 certificate attempt over `freqs` blocks of `dim`."""
     return CERT_FACTOR * cholesky_seconds(freqs, dim) + FIXED_S
+
+
+def reserve(predicted: float, measured: float) -> float:
+    """Seconds to keep for the final certificate: SAFETY times what the same certificate
+    took, measured in this run (on the start's multipliers) under the current load, or
+    its predicted cost before any was measured. The certificate also stops itself at the
+    deadline, so a reserve that is still too short costs the final value, not the cap."""
+    return SAFETY * (measured if measured > 0 else predicted)
+
+
+@dataclass
+class Budget:
+    """When the multiplier search must stop: no evaluation starts unless it and `reserve`
+    seconds (the final certificate) end before `deadline`; an evaluation is predicted to
+    take `first_eval` seconds until one has been measured."""
+    deadline: float = math.inf
+    reserve: float = 0.0
+    first_eval: float = 0.0
+
+    @classmethod
+    def measured(cls, deadline: float, predicted: float, certificate: float) -> Budget:
+        """The budget after one certificate took `certificate` seconds (predicted:
+        `predicted`) in this run."""
+        return cls(deadline, reserve(predicted, certificate),
+                   EVAL_FACTOR * (certificate if certificate > 0 else predicted))
+
+    def allows(self, eval_seconds: float | None) -> bool:
+        """Whether one more evaluation (the slowest so far took `eval_seconds`; None: none
+        measured yet) and the certificate end before the deadline."""
+        cost = self.first_eval if eval_seconds is None else eval_seconds
+        return may_start(self.deadline, cost, self.reserve)
 
 
 def may_start(deadline: float, eval_seconds: float, reserve: float) -> bool:
