@@ -97,3 +97,18 @@ def test_barrier_result_is_reproducible():
     w = [rng.standard_normal((12, 10)), rng.standard_normal((8, 12)), rng.standard_normal((2, 8))]
     first, second = (lipsdp_neuron(w, [(0.0, 1.0)] * 2) for _ in range(2))
     assert first.value == second.value and first.detail == second.detail
+
+
+def test_a_solver_stopped_by_its_clock_is_reported_as_cut(monkeypatch):
+    """A solve that used its wall-clock limit gives a value that depends on the machine's
+    speed: ECLipsE and the conic LipSDP say so (cut_by_budget), verified or not."""
+    import lipcheck.estimators.upper.eclipse as eclipse_module
+    import lipcheck.estimators.upper.sdp as sdp_module
+    rng = np.random.default_rng(3)
+    w1, w2 = rng.standard_normal((8, 10)), rng.standard_normal((3, 8))
+    assert not eclipse([w1, w2], [(0.0, 1.0)], fast=False).cut_by_budget
+    for module in (eclipse_module, sdp_module):
+        real = module.solve
+        monkeypatch.setattr(module, "solve", lambda *a, real=real: real(*a) or True)
+    assert eclipse([w1, w2], [(0.0, 1.0)], fast=False).cut_by_budget
+    assert lipsdp_neuron([w1, w2], [(0.0, 1.0)], solver="CLARABEL").cut_by_budget

@@ -33,7 +33,9 @@ def _fast_multiplier(w: np.ndarray, x_inv: np.ndarray, m: float) -> np.ndarray:
 
 
 def _sdp_multiplier(w: np.ndarray, w_next: np.ndarray, x_inv: np.ndarray, m: float,
-                    seconds: float) -> np.ndarray:
+                    seconds: float) -> tuple[np.ndarray, bool]:
+    """A layer's multipliers from its SDP, and whether its solver's wall-clock limit
+    may have stopped it."""
     cp = require_cvxpy()
     k = m * m * (w @ x_inv @ w.T)
     vals, vecs = np.linalg.eigh((k + k.T) / 2)
@@ -43,12 +45,13 @@ def _sdp_multiplier(w: np.ndarray, w_next: np.ndarray, x_inv: np.ndarray, m: flo
     lam_m = cp.diag(lam)
     block = cp.bmat([[lam_m - s * (w_next.T @ w_next), lam_m @ root], [root @ lam_m, np.eye(d)]])
     try:
-        solve(cp.Problem(cp.Maximize(s), [(block + block.T) / 2 >> 0]), pick_solver(2 * d), seconds)
+        clocked = solve(cp.Problem(cp.Maximize(s), [(block + block.T) / 2 >> 0]),
+                        pick_solver(2 * d), seconds)
     except cp.error.SolverError as exc:
         raise ArithmeticError(f"a layer SDP of ECLipsE failed: {exc}") from exc
     if lam.value is None:
         raise ArithmeticError("a layer SDP of ECLipsE found no solution")
-    return np.maximum(lam.value, 0.0)
+    return np.maximum(lam.value, 0.0), clocked
 
 
 class OutOfTime(ArithmeticError):
@@ -59,20 +62,24 @@ def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: boo
          deadline: float = math.inf):
     """ECLipsE's layer SDPs share the time to `deadline` equally among the layers left and
     none starts that, predicted to take as long as the last one (the first: from its size,
-    cvxpy imported first), would end past it."""
+    cvxpy imported first), would end past it. Returns (rho, multipliers, whether a layer
+    solver's wall-clock limit may have stopped it)."""
     x = np.eye(weights[0].shape[1])
     if not fast:
         require_cvxpy()   # a one-time import (about a second), before the time left is judged
-    lams, last = [], LAYER_S_PER_ENTRY * (2 * weights[0].shape[0]) ** 2
+    lams, last, clocked = [], LAYER_S_PER_ENTRY * (2 * weights[0].shape[0]) ** 2, False
     for i, (a, b) in enumerate(slopes):
         w, m = weights[i], (a + b) / 2
         began = time.monotonic()
         if not fast and began + last > deadline:
             raise OutOfTime(f"the time budget was spent after {i} of {len(slopes)} layer SDPs")
         x_inv = np.linalg.inv(x)
-        lam = (_fast_multiplier(w, x_inv, m) if fast
-               else _sdp_multiplier(w, weights[i + 1], x_inv, m,
-                                    (deadline - began) / (len(slopes) - i)))
+        if fast:
+            lam = _fast_multiplier(w, x_inv, m)
+        else:
+            lam, stopped = _sdp_multiplier(w, weights[i + 1], x_inv, m,
+                                           (deadline - began) / (len(slopes) - i))
+            clocked = clocked or stopped
         x = np.diag(lam) - m * m * (lam[:, None] * (w @ x_inv @ w.T) * lam[None, :])
         x = (x + x.T) / 2
         lams.append(lam)
@@ -80,7 +87,7 @@ def _run(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: boo
     last = weights[-1].T @ weights[-1]
     n = len(last)   # lambda_max(W^T W X^-1), X positive definite: a symmetric-definite pencil
     rho = float(scipy.linalg.eigh(last, x, eigvals_only=True, subset_by_index=[n - 1, n - 1])[0])
-    return rho, [rho * lam for lam in lams]
+    return rho, [rho * lam for lam in lams], clocked
 
 
 def fast_start(weights: list[np.ndarray], slopes: list[tuple[float, float]]
@@ -90,7 +97,7 @@ def fast_start(weights: list[np.ndarray], slopes: list[tuple[float, float]]
     if any(a * b < 0 or a + b == 0 for a, b in slopes):
         return None
     try:
-        rho, lams = _run(weights, slopes, True)
+        rho, lams, _ = _run(weights, slopes, True)
     except (np.linalg.LinAlgError, ArithmeticError):
         return None
     if not (math.isfinite(rho) and rho > 0):
@@ -106,7 +113,7 @@ def eclipse(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: 
         return SdpResult(math.inf, False, f"{name} needs slopes with a*b >= 0 and a+b != 0")
     w = reduce_ends(weights)
     try:
-        rho, lams = _run(w, slopes, fast, start + seconds)
+        rho, lams, clocked = _run(w, slopes, fast, start + seconds)
     except (np.linalg.LinAlgError, ArithmeticError) as exc:
         return SdpResult(math.inf, False, f"{name} failed: {exc}", time.monotonic() - start,
                          isinstance(exc, OutOfTime))
@@ -114,7 +121,8 @@ def eclipse(weights: list[np.ndarray], slopes: list[tuple[float, float]], fast: 
     seconds = time.monotonic() - start
     if verified is None:
         return SdpResult(math.sqrt(max(rho, 0.0)), False,
-                         f"{name}: the certificate did not verify in float64", seconds)
+                         f"{name}: the certificate did not verify in float64", seconds, clocked)
+    note = "; a layer solver reached its wall-clock limit" if clocked else ""
     return SdpResult(math.sqrt(verified) * (1 + 1e-9), True,
-                     f"{name}: rho {rho:.9g}, verified rho {verified:.9g} (float64 Cholesky check)",
-                     seconds)
+                     f"{name}: rho {rho:.9g}, verified rho {verified:.9g} (float64 Cholesky "
+                     f"check){note}", seconds, clocked)

@@ -57,12 +57,13 @@ def _conic(w: list[np.ndarray], slopes: list[tuple[float, float]], solver: str |
     solver = solver or pick_solver(w[0].shape[1] + sum(x.shape[0] for x in w[:-1]))
     problem, rho, lams = _problem(cp, w, slopes)
     try:
-        solve(problem, solver, seconds)
+        clocked = solve(problem, solver, seconds)
     except cp.error.SolverError as exc:
         return f"solver {solver} failed: {exc}"
     if rho.value is None:
         return f"solver status {problem.status}"
-    return float(rho.value), [lam.value for lam in lams], f"{solver} {problem.status}", False
+    note = f"{solver} {problem.status}{' (its wall-clock limit reached)' if clocked else ''}"
+    return float(rho.value), [lam.value for lam in lams], note, clocked
 
 
 def lipsdp_neuron(weights: list[np.ndarray], slopes: list[tuple[float, float]],
