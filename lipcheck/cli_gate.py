@@ -55,7 +55,9 @@ def check(
         10.0, help="seconds: cap on the lower-bound search (0: off)"),
     lower_rounds: int | None = typer.Option(
         None, help="lower-bound ascent rounds (default: reproducible count; 0: fill the budget)"),
-    input_range: str | None = typer.Option(None, help="restrict the lower-bound search, LO,HI"),
+    input_range: str | None = typer.Option(None, help="a box LO,HI: restricts the lower-bound "
+                                              "search and adds the local constant on it to "
+                                              "the report (the checks use the global one)"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     arch: str | None = typer.Option(None, help="package.module:factory or "
