@@ -123,3 +123,16 @@ def test_default_sdp_on_a_chain_above_the_barrier_size_is_certified_and_sound() 
     sdp = bounds["sdp"]
     assert sdp.certified and "Adam on the multipliers" in sdp.detail
     assert jacobian_norms(graph, 2000) <= sdp.value < bounds["eclipse-fast"].value
+def test_descent_holds_the_time_cap_with_its_certificate() -> None:
+    """20-700-700-10: 300 steps take far longer than the cap on any machine (each is
+    ~1e9 multiply-adds); the steps stop so that the float64 check still ends in time."""
+    import time
+
+    from test_time_caps import slack
+    graph = mlp([20, 700, 700, 10])
+    weights = [graph.constants[f"w{i}"].double().numpy() for i in range(3)]
+    cap = 4.0
+    began = time.monotonic()
+    got = sdp_schur.lipsdp_descent(weights, [(0.0, 1.0)] * 2, steps=300, seconds=cap)
+    assert time.monotonic() - began <= cap + slack(cap)
+    assert got.cut_by_budget and got.certified, got.detail

@@ -40,6 +40,7 @@ class Descent:
     lams: list[np.ndarray]
     steps: int
     cut_by_budget: bool
+    null_size: float = 1.0    # |x|^2 of Q's null vector at the best point (|x_0| = 1)
 
 
 class _Problem:
@@ -51,8 +52,9 @@ class _Problem:
         self.m2 = [((a + b) / 2) ** 2 for a, b in slopes]
         self.last = weights[-1].T @ weights[-1]
 
-    def value(self, lams: list[np.ndarray]) -> tuple[float, list[np.ndarray]] | None:
-        """(rho(Lam), d rho / d log Lam), or None where an S_i is not positive definite."""
+    def value(self, lams: list[np.ndarray]) -> tuple[float, list[np.ndarray], float] | None:
+        """(rho(Lam), d rho / d log Lam, |x|^2 for Q's null vector x at rho(Lam) scaled to
+        |x_0| = 1), or None where an S_i is not positive definite."""
         chols = [None] * len(lams)
         s = np.diag(lams[-1]) - self.last
         for i in range(len(lams) - 1, -1, -1):
@@ -71,12 +73,13 @@ class _Problem:
             m -= self.p[0] * (self.w[0].T @ (lams[0][:, None] * self.w[0]))
         n = len(m)
         top, vec = scipy.linalg.eigh(m, subset_by_index=[n - 1, n - 1], check_finite=False)
-        return float(top[0]), self._gradient(lams, chols, vec[:, 0])
+        return (float(top[0]), *self._gradient(lams, chols, vec[:, 0]))
 
-    def _gradient(self, lams, chols, y: np.ndarray) -> list[np.ndarray]:
+    def _gradient(self, lams, chols, y: np.ndarray) -> tuple[list[np.ndarray], float]:
         """The sensitivity of rho to S_k is rank one, c_k z_k z_k^T, so the chain rule runs
-        down the layers with one triangular solve pair each (derivation: docs/methods/lower-bounds.md)."""
-        grads, coef, z_prev = [], 1.0, y
+        down the layers with one solve each (docs/methods/seqlip-sdp.md). Q's null vector
+        is x_k = m_1 ... m_k z_k (block elimination from the back)."""
+        grads, coef, z_prev, scale, size = [], 1.0, y, 1.0, 1.0
         for k, lam in enumerate(lams):
             g = self.w[k] @ z_prev                                   # W_k z_{k-1}
             z = scipy.linalg.cho_solve((chols[k], True), lam * g, check_finite=False)
@@ -84,8 +87,10 @@ class _Problem:
             grad = (-direct if k == 0 else coef * direct)
             coef = -self.m2[k] if k == 0 else coef * self.m2[k]
             grads.append(lam * (grad + coef * z * z))                # d / d log lam
+            scale *= self.m2[k]
+            size += scale * float(z @ z)
             z_prev = z
-        return grads
+        return grads, size
 
 
 def descend(weights: list[np.ndarray], slopes: list[tuple[float, float]],
@@ -93,16 +98,21 @@ def descend(weights: list[np.ndarray], slopes: list[tuple[float, float]],
             reserve: float = 0.0, first_step: float = 0.0) -> Descent | None:
     """Adam on log Lam from `lams`; the best (rho, Lam) seen (None if `lams` is not
     feasible). No step starts that, predicted to take as long as the slowest so far
-    (the first: `first_step`), would end later than `reserve` seconds before `deadline`
-    (a safety cap: `cut_by_budget` says it stopped early)."""
+    (the first: `first_step`), would end later than the check (`reserve`, predicted with
+    `first_step`, rescaled by the measured steps) before `deadline` (a safety cap:
+    `cut_by_budget` says it stopped early)."""
     problem = _Problem(weights, slopes)
     logs = [np.log(lam) for lam in lams]
     moments = [(np.zeros_like(t), np.zeros_like(t)) for t in logs]
-    lr, halvings, slowest, evaluated, cut = LR, 0, first_step, 0, False
-    best: tuple[float, list[np.ndarray]] | None = None
+    lr, halvings, slowest, evaluated, cut = LR, 0, 0.0, 0, False
+    best: tuple[float, list[np.ndarray], float] | None = None
     while True:
         began = time.monotonic()
-        if best is not None and began + slowest + reserve > deadline:   # the start: always
+        # before a step was timed: the predictions; then the slowest step, and the check
+        # rescaled by how much faster or slower than predicted the steps ran
+        step = slowest if slowest > 0 else first_step
+        check = reserve * (slowest / first_step if slowest > 0 and first_step > 0 else 1.0)
+        if best is not None and began + step + check > deadline:   # the start: always
             cut = True
             break
         found = problem.value([np.exp(t) for t in logs])
@@ -114,14 +124,14 @@ def descend(weights: list[np.ndarray], slopes: list[tuple[float, float]],
         else:
             evaluated += 1
             if best is None or found[0] < best[0]:
-                best = (found[0], [np.exp(t) for t in logs])
+                best = (found[0], [np.exp(t) for t in logs], found[2])
             if evaluated > steps:
                 break
             _adam(logs, found[1], moments, lr, evaluated)
         slowest = max(slowest, time.monotonic() - began)
     if best is None:
         return None
-    return Descent(best[0], best[1], evaluated - 1, cut)   # steps: points after the start
+    return Descent(best[0], best[1], evaluated - 1, cut, best[2])   # steps: points after the start
 
 
 def _adam(logs, grads, moments, lr: float, k: int, b1: float = 0.9, b2: float = 0.999) -> None:
@@ -133,10 +143,33 @@ def _adam(logs, grads, moments, lr: float, k: int, b1: float = 0.9, b2: float = 
         t -= lr * (m / (1 - b1 ** k)) / (np.sqrt(v / (1 - b2 ** k)) + 1e-12)
 
 
+def _claim(weights: list[np.ndarray], slopes: list[tuple[float, float]], found: Descent) -> float:
+    """rho raised by what the float64 check will ask (so that its first Cholesky passes
+    instead of a search of ten or more): the check shifts Q by c (verified_psd) and
+    lambda_min(Q(rho + d)) grows like d |x_0|^2 / |x|^2 (x: Q's null vector), so
+    d = 4 c |x|^2. c is estimated from bounds on ||Q||_F and tr|Q|; a wrong estimate
+    only costs time or a 1e-6-size looseness, never soundness (the check decides)."""
+    n0 = weights[0].shape[1]
+    n = n0 + sum(len(lam) for lam in found.lams)
+    frob, trace = found.rho * math.sqrt(n0), found.rho * n0
+    for (a, b), w, lam in zip(slopes, weights, found.lams, strict=False):
+        rows = np.einsum("ij,ij->i", w, w)                  # |w_i|^2 of each neuron's row
+        frob += float(np.linalg.norm(lam)) + abs(a + b) * math.sqrt(float(lam * lam @ rows)) \
+            + abs(a * b) * float(lam @ rows)
+        trace += float(lam.sum()) + abs(a * b) * float(lam @ rows)
+    last = weights[-1].T @ weights[-1]
+    frob += float(np.linalg.norm(last))
+    trace += float(np.trace(last))
+    eps = np.finfo(np.float64).eps
+    shift = 32 * n * eps * frob + 4 * (n + 2) * eps * trace
+    return found.rho + 4 * shift * found.null_size
+
+
 def verify_seconds(weights: list[np.ndarray], rate: float) -> float:
-    """Predicted seconds of the float64 check: a few Choleskys of the full Q."""
+    """Predicted seconds of the float64 check: two Choleskys of the full Q (see _claim)
+    and forming Q, taken as three."""
     n = weights[0].shape[1] + sum(w.shape[0] for w in weights[:-1])
-    return 6 * (n ** 3 / 3) / rate + 0.05
+    return 3 * (n ** 3 / 3) / rate + 0.05
 
 
 def step_seconds(weights: list[np.ndarray], rate: float) -> float:
@@ -168,7 +201,7 @@ def lipsdp_descent(weights: list[np.ndarray], slopes: list[tuple[float, float]],
                          time.monotonic() - start)
     note = (f"LipSDP-Neuron by Adam on the multipliers ({found.steps} of {steps} steps"
             + (", stopped by the time budget" if found.cut_by_budget else "") + ")")
-    verified = verify(w, slopes, found.rho, found.lams)
+    verified = verify(w, slopes, _claim(w, slopes, found), found.lams)
     seconds = time.monotonic() - start
     if verified is None:
         return SdpResult(math.sqrt(max(found.rho, 0.0)), False,
