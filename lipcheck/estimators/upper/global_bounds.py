@@ -33,7 +33,7 @@ from lipcheck.estimators.upper.seqlip import (
     greedy_chain,
     lowrank_factors,
 )
-from lipcheck.graph import Graph
+from lipcheck.graph import Graph, OpKind
 from lipcheck.numerics import well_scaled
 from lipcheck.results import GlobalBound, tightest_certified  # noqa: F401 (re-exported)
 from lipcheck.rules import NodeBound
@@ -121,6 +121,8 @@ def _sdp(quick: bool) -> ChainMethod:
         else:
             limit = SDP_MAX_DIM if barrier else CONIC_MAX_DIM
         descent = barrier and limit < size <= (QUICK_DESCENT_DIM if quick else DESCENT_MAX_DIM)
+        if quick and _convolutional(chain):   # the default set leaves conv chains to sdp-conv
+            descent = False
         if not chain.dense(settings) or (size > limit and not descent):
             return None
         if (late := too_slow(chain, "sdp", deadline)) is not None:
@@ -132,6 +134,10 @@ def _sdp(quick: bool) -> ChainMethod:
         return _from_sdp(lipsdp_neuron(_weights(chain), chain.slopes,
                                        seconds=deadline - time.monotonic()), chain)
     return run
+
+
+def _convolutional(chain: Chain) -> bool:
+    return any(n.op in (OpKind.CONV, OpKind.CONV_TRANSPOSE) for p in chain.parts for n in p.nodes)
 
 
 def _eclipse(fast: bool) -> ChainMethod:
