@@ -136,3 +136,18 @@ def test_descent_holds_the_time_cap_with_its_certificate() -> None:
     got = sdp_schur.lipsdp_descent(weights, [(0.0, 1.0)] * 2, steps=300, seconds=cap)
     assert time.monotonic() - began <= cap + slack(cap)
     assert got.cut_by_budget and got.certified, got.detail
+
+
+def test_default_set_leaves_conv_chains_to_sdp_conv() -> None:
+    """digits_cnn's conv chain (LipSDP matrix above the default barrier size, below the
+    default descent size: the descent ran there before this gate, 0.6 -> 6 s of the
+    default global phase) is left to sdp-conv by sdp:quick."""
+    from pathlib import Path
+
+    from lipcheck.loaders.dispatch import load_model
+    loaded = load_model(str(Path(__file__).resolve().parent.parent / "models" / "digits_cnn.onnx"))
+    graph = loaded[0] if isinstance(loaded, tuple) else loaded
+    settings = Settings()
+    nodes = bound_nodes(graph, settings)
+    quick = global_bounds(graph, nodes, ["sdp:quick"], settings)
+    assert all("Adam on the multipliers" not in b.detail for b in quick)
