@@ -2,6 +2,7 @@
 
   PYTHONPATH=. .venv/bin/python bench/bench_patterns.py [--lipsdp DIR] [--nets a,b,...]
                                                          [--lower-budget 10] [--no-patterns]
+                                                         [--both | --compare]
 
 Nets (`--nets`, default all that are available):
   lipsdp-mnist   LipSDP's MNIST net 784-50-10 (DIR/mnist_weights.mat, no biases)
@@ -15,6 +16,8 @@ Prints one row per net: certified lower and upper bound, gap, the lower bound's 
 the seconds of the lower-bound phase and of the whole run, with os.getloadavg().
 `--no-patterns` runs the lower-bound search without the activation-pattern phase
 (the "before" column of the issue's table, measured in the same run).
+`--compare` runs each net without, then with the LipSDP-Neuron descent for chains above
+the barrier's size (upper/sdp_schur.py; "descent" column), both with the pattern phase.
 """
 from __future__ import annotations
 
@@ -51,10 +54,23 @@ def nets(lipsdp: Path | None, names: list[str] | None):
         yield name, table[name]()
 
 
-def run(model, lower_budget: float, patterns: bool) -> dict:
+DESCENT_DIMS = {}
+
+
+def descent(on: bool) -> None:
+    """Turn the LipSDP descent (sdp and sdp:quick above the barrier's size) on or off."""
+    from lipcheck.estimators.upper import global_bounds as gb
+    if not DESCENT_DIMS:
+        DESCENT_DIMS.update(full=gb.DESCENT_MAX_DIM, quick=gb.QUICK_DESCENT_DIM)
+    gb.DESCENT_MAX_DIM = DESCENT_DIMS["full"] if on else 0
+    gb.QUICK_DESCENT_DIM = DESCENT_DIMS["quick"] if on else 0
+
+
+def run(model, lower_budget: float, patterns: bool, with_descent: bool = True) -> dict:
     from lipcheck import api
     from lipcheck.estimators.lower import rounds
     rounds.PATTERNS = patterns
+    descent(with_descent)
     start = time.perf_counter()
     report = api.estimate(model, options=api.EstimateOptions(lower_budget=lower_budget))
     total = time.perf_counter() - start
@@ -73,16 +89,20 @@ def main() -> None:
     parser.add_argument("--lower-budget", type=float, default=10.0)
     parser.add_argument("--no-patterns", action="store_true")
     parser.add_argument("--both", action="store_true", help="without, then with the pattern phase")
+    parser.add_argument("--compare", action="store_true",
+                        help="without, then with the LipSDP descent (pattern phase on)")
     args = parser.parse_args()
-    modes = [False, True] if args.both else [not args.no_patterns]
-    print("| net | patterns | lower | upper (method) | gap | lower method | lower s | total s "
-          "| load |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    modes = ([(False, True), (True, True)] if args.both else
+             [(True, False), (True, True)] if args.compare else [(not args.no_patterns, True)])
+    print("| net | patterns | descent | lower | upper (method) | gap | lower method | lower s "
+          "| total s | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, model in nets(args.lipsdp, args.nets.split(",") if args.nets else None):
-        for patterns in modes:
-            r = run(model, args.lower_budget, patterns)
+        for patterns, with_descent in modes:
+            r = run(model, args.lower_budget, patterns, with_descent)
             load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-            print(f"| {name} | {'on' if patterns else 'off'} | {r['lower']:.9g} | {r['upper']:.9g} "
+            print(f"| {name} | {'on' if patterns else 'off'} | {'on' if with_descent else 'off'} "
+                  f"| {r['lower']:.9g} | {r['upper']:.9g} "
                   f"({r['upper_method']}) | {r['gap']:.5f}"
                   f"{' VIOLATION' if r['violation'] else ''} | {r['method']} | "
                   f"{r['lower_s']:.1f} | {r['total_s']:.1f} | {load} |", flush=True)

@@ -39,6 +39,7 @@ import torch
 
 from lipcheck.estimators.exact.pwl_chain import Chain
 from lipcheck.estimators.exact.regions import LpBudget
+from lipcheck.estimators.lower import steer
 from lipcheck.estimators.lower.netfn import NetFunction
 from lipcheck.estimators.lower.search import Box, Pairs, quotients
 
@@ -82,7 +83,7 @@ def pre_activations(chain: Chain, signs: list[np.ndarray]) -> tuple[list, np.nda
 
 
 def jacobian_norm(chain: Chain, signs: list[np.ndarray]) -> float:
-    return float(np.linalg.norm(pre_activations(chain, signs)[1], 2))
+    return steer.norm(chain, signs)   # J(P) formed from the (narrow) output side
 
 
 # --- 1. target patterns ---------------------------------------------------------------
@@ -131,11 +132,7 @@ def sign_ascent(chain: Chain, signs: list[np.ndarray], steps: int = SIGN_STEPS,
 
 
 def _best_layer_signs(chain: Chain, signs: list[np.ndarray], layer: int) -> np.ndarray:
-    rows, jac = pre_activations(chain, signs)
-    u, _, vt = np.linalg.svd(jac, full_matrices=False)
-    up = rows[layer][0] @ vt[0]                       # (W_l D ... W_1 v)_i
-    down = u[:, 0] @ _downstream(chain, signs, layer)  # (u^T W_L D ... W_{l+1})_i
-    gain = up * down * (1.0 - chain.slopes[layer])   # d(u^T J v) / d(active_i)
+    gain = steer.gains(chain, signs, layer)           # d(u^T J v) / d(active_i)
     return np.where(gain > 0, 1.0, np.where(gain < 0, -1.0, signs[layer]))
 
 
@@ -258,12 +255,13 @@ def ball_at(chain: Chain, x: np.ndarray) -> Region | None:
     return Region(signs, x, radius, jacobian_norm(chain, signs))
 
 
-def realise_free(chain: Chain, target: list[np.ndarray]) -> Region | None:
+def realise_free(chain: Chain, target: list[np.ndarray], solve=None) -> Region | None:
     """Without LPs, when the first layer is free (free_first_layer): its target signs
     exactly, the second layer's by least squares on its rows with nonnegative active
-    values (NNLS: W2[:, A] h ~ s2 - b2, h >= 0), later layers as they fall."""
+    values (NNLS: W2[:, A] h ~ s2 - b2, h >= 0), later layers as they fall. `solve`:
+    steer.preimage(chain) when the caller has it."""
     from scipy.optimize import nnls
-    (w1, b1), s1 = (chain.affines[0].weight, chain.affines[0].bias), target[0]
+    s1 = target[0]
     active = s1 > 0
     h = np.ones(int(active.sum()))
     if len(target) > 1 and active.any():
@@ -272,8 +270,14 @@ def realise_free(chain: Chain, target: list[np.ndarray]) -> Region | None:
     floor = 1e-3 * max(float(h.max(initial=0.0)), 1e-6)
     z1 = np.full(len(s1), -max(float(h.mean()) if h.size else 1.0, floor))
     z1[active] = np.maximum(h, floor)
-    x = np.linalg.lstsq(w1, z1 - b1, rcond=None)[0]
-    return ball_at(chain, x)
+    return ball_at(chain, (solve or steer.preimage(chain))(z1))
+
+
+def steered(chain: Chain, target: list[np.ndarray], deadline: float, solve) -> Region | None:
+    """The region of the best point of lower/steer.py's walk from `target` (first layer
+    onto: the point is x = solve(z1) = W1^+ (z1 - b1))."""
+    z1 = steer.steer(chain, target, deadline=deadline)
+    return None if z1 is None else ball_at(chain, solve(z1))
 
 
 def flip_gains(chain: Chain, signs: list[np.ndarray]) -> list[np.ndarray]:
@@ -366,13 +370,15 @@ def pattern_regions(chain: Chain, box: Box, budget_s: float,
         if any(np.any(a != b) for a, b in zip(better, first, strict=True)):
             targets.append(better)
     found, free = [], free_first_layer(chain, box)
+    solve = steer.preimage(chain) if free and not lp_sized(chain) else None
     for target in targets:
         if time.perf_counter() > deadline:
             break
-        if free and not lp_sized(chain):
-            region = realise_free(chain, target)
-            if region is not None:
-                found.append(region)
+        if solve is not None:
+            for region in (realise_free(chain, target, solve),
+                           steered(chain, target, deadline, solve)):
+                if region is not None:
+                    found.append(region)
             continue
         region = realise(chain, target, box, budget)
         if region is not None:

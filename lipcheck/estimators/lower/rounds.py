@@ -63,7 +63,7 @@ class LowerConfig:
     exact_share: float = 0.3                # budget share for the exact-region witness
     exact_max_units: int = 64               # hidden units at most for trying it
     exact_max_lps: int = 5000
-    pattern_share: float = 0.3              # budget share (a cap) for the activation-pattern phase
+    pattern_share: float = 0.5              # budget share (a cap) for the activation-pattern phase
     pattern_max_units: int = 2048           # hidden units at most for it (0: off)
 
 

@@ -26,6 +26,7 @@ from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
 from lipcheck.estimators.upper.sdp_conv import sdp_conv
 from lipcheck.estimators.upper.sdp_cost import warm_optimiser
+from lipcheck.estimators.upper.sdp_schur import lipsdp_descent
 from lipcheck.estimators.upper.sdp_solver import require_cvxpy
 from lipcheck.estimators.upper.seqlip import (
     ChainBound,
@@ -34,7 +35,7 @@ from lipcheck.estimators.upper.seqlip import (
     greedy_chain,
     lowrank_factors,
 )
-from lipcheck.graph import Graph
+from lipcheck.graph import Graph, OpKind
 from lipcheck.numerics import well_scaled
 from lipcheck.results import GlobalBound, tightest_certified  # noqa: F401 (re-exported)
 from lipcheck.rules import NodeBound
@@ -49,6 +50,10 @@ QUICK = ":quick"
 SDP_MAX_DIM = 1100       # reduced LipSDP-Neuron matrix size for the barrier method
 CONIC_MAX_DIM = 400      # ... for cvxpy (slopes the barrier's ECLipsE-Fast start refuses)
 QUICK_SDP_DIM = 200      # barrier only, in the default set
+# larger LipSDP-Neuron matrices (barrier slopes): first-order descent on the multipliers
+# (sdp_schur), a count of steps; the float64 check limits the size
+DESCENT_MAX_DIM, QUICK_DESCENT_DIM = 4000, 2000
+DESCENT_STEPS, QUICK_DESCENT_STEPS = 300, 60
 QUICK_EXACT_MAX_N = 32   # seqlip-exact in the default set: pairs of at most this many units
 QUICK_NODES = 150        # ... and at most this many branch-and-bound boxes a pair
 ECLIPSE_MAX_WIDTH = 4096
@@ -117,13 +122,24 @@ def _sdp(quick: bool) -> ChainMethod:
             limit = QUICK_SDP_DIM if barrier else 0
         else:
             limit = SDP_MAX_DIM if barrier else CONIC_MAX_DIM
-        if not chain.dense(settings) or size > limit:
+        descent = barrier and limit < size <= (QUICK_DESCENT_DIM if quick else DESCENT_MAX_DIM)
+        if quick and _convolutional(chain):   # the default set leaves conv chains to sdp-conv
+            descent = False
+        if not chain.dense(settings) or (size > limit and not descent):
             return None
         if (late := too_slow(chain, "sdp", deadline)) is not None:
             return late
+        if descent:
+            steps = QUICK_DESCENT_STEPS if quick else DESCENT_STEPS
+            return _from_sdp(lipsdp_descent(_weights(chain), chain.slopes, steps,
+                                            deadline - time.monotonic()), chain)
         return _from_sdp(lipsdp_neuron(_weights(chain), chain.slopes,
                                        seconds=deadline - time.monotonic()), chain)
     return run
+
+
+def _convolutional(chain: Chain) -> bool:
+    return any(n.op in (OpKind.CONV, OpKind.CONV_TRANSPOSE) for p in chain.parts for n in p.nodes)
 
 
 def _eclipse(fast: bool) -> ChainMethod:
