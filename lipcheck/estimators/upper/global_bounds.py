@@ -157,7 +157,8 @@ def _compose(graph: Graph, node_bounds: dict[str, NodeBound], chains: list[Chain
         bounds[chain.nodes[0].name] = NodeBound(result.value, method, result.certified)
         for node in chain.nodes[1:]:
             bounds[node.name] = NodeBound(1.0, "in-chain", True)
-    total = autolip(graph, bounds)
+    segments = [r.segment for r in results if r is not None and r.segment is not None]
+    total = autolip(graph, bounds, segments)
     return total.value, certified and total.certified
 
 
@@ -169,9 +170,11 @@ def _chain_record(chain: Chain, result: ChainBound | None) -> dict:
     record = {"chain": chain.name, "value": result.value, "certified": result.certified,
               "complete": result.complete, "detail": result.detail,
               "autolip": chain.autolip_product, "cut_by_budget": result.cut_by_budget}
-    if result.block is not None:  # the value bounds the residual unit x + F(x), not the branch
-        record.update(value=result.block, unit="residual x + F(x)", carried=result.value,
-                      autolip=1.0 + chain.autolip_product)
+    if result.segment is not None:  # a bound of the whole block, from its input to its Add
+        seg = result.segment
+        record["segment"] = {"from": seg.input, "to": seg.end, "value": seg.value,
+                             "certified": seg.certified, "nodes": sorted(seg.nodes),
+                             "detail": seg.detail}
     return record
 
 
