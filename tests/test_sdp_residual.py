@@ -26,7 +26,9 @@ from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.settings import Settings
 
-SETTINGS = Settings(extra={"sdp_conv_dense": False})   # the block SDP alone
+# the channel-wise block SDP alone (the dense per-neuron one has its own test), short search
+SETTINGS = Settings(extra={"sdp_conv_dense": False, "sdp_residual_dense_width": 0,
+                           "sdp_conv_steps": 20})
 
 
 def _bn(name: str, x: str, c: int, gen, consts: dict) -> Node:
@@ -185,3 +187,20 @@ def test_segments_replace_the_product_only_where_smaller_and_certified() -> None
     assert with_segment(base / 3, certified=False)[0] == pytest.approx(base)
     with pytest.raises(ValueError, match="outside the span"):
         autolip(g, nb, [Segment("b0r", "b0add", span - {"b0conv0", "b0bn0"}, 1.0, True)])
+
+
+@pytest.mark.parametrize("spec", [[(2, 1)], [(3, 2)]], ids=["identity", "projection"])
+def test_per_neuron_dense_block_is_sound_and_not_above_channel_wise(spec) -> None:
+    # the dense LMI with the circular model's channel-wise T restricted to the real neurons
+    # is feasible, so its optimum is never above the circular one
+    from lipcheck.estimators.upper.residual_block import dense_model
+    from lipcheck.estimators.upper.sdp_residual import bound_model
+    g = network(spec, seed=4)
+    (block,), _ = blocks_of(g)
+    dense = dense_model(block, SETTINGS, 256)
+    assert dense is not None and dense.grid == 1
+    per_neuron, detail, _ = bound_model(dense, SETTINGS, math.inf, "dense")
+    channel, _, _ = bound_model(residual_model(block, SETTINGS), SETTINGS, math.inf, "circ")
+    assert per_neuron is not None, detail
+    assert searched_norm(g) <= per_neuron <= channel * (1 + 1e-4)
+    assert dense_model(block, SETTINGS, 8) is None   # wider than allowed

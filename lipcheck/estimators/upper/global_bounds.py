@@ -182,8 +182,8 @@ def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chai
                 settings: Settings, deadline: float) -> GlobalBound | None:
     start = time.monotonic()
     try:
-        results = [CHAIN_METHODS[name](c, settings, deadline) if _well_scaled(c, node_bounds)
-                   else None for c in chains]
+        results = [CHAIN_METHODS[name](c, settings, _share(name, deadline, len(chains) - i))
+                   if _well_scaled(c, node_bounds) else None for i, c in enumerate(chains)]
     except UserError as exc:  # missing optional solver
         return GlobalBound(name, math.inf, False, kind="estimate", detail=str(exc))
     if all(r is None for r in results):
@@ -201,6 +201,15 @@ def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chai
         detail = "cut short by the time budget (value not reproducible); " + detail
     return GlobalBound(base, value, certified, kind="upper" if certified else "estimate",
                        seconds=time.monotonic() - start, detail=detail, extra=extra)
+
+
+def _share(name: str, deadline: float, left: int) -> float:
+    """sdp-conv's deadline for the next of `left` chains: an equal share of the time left
+    (what a chain does not use goes to the later ones); other methods: the whole."""
+    if name != "sdp-conv" or left <= 1:
+        return deadline
+    now = time.monotonic()
+    return now + max(deadline - now, 0.0) / left
 
 
 def _well_scaled(chain: Chain, node_bounds: dict[str, NodeBound]) -> bool:

@@ -7,7 +7,8 @@ in ResNets) that nothing else reads. W1 and S may have a stride s (the same); W2
 none and keeps the grid. On one coarse grid (conv_chain's embedding and polyphase: the
 input has s x s phases, the hidden layer and the output one) every map is one block per
 frequency: A1(w), A2(w), S(w). The model is checked against the real operators on a
-random input before it is used.
+random input before it is used. `dense_model` is the same block as dense matrices: a
+1 x 1 "grid" with one tap per map, on which the multipliers are per neuron.
 """
 from __future__ import annotations
 
@@ -140,6 +141,34 @@ def residual_model(block: Block, settings: Settings) -> ResidualModel | None:
     if not all(_agrees(model, i, part) for model, i, part in parts):
         return None
     return ResidualModel(branch, shortcut)
+
+
+def dense_model(block: Block, settings: Settings, max_width: int) -> ResidualModel | None:
+    """The block as dense matrices (one frequency; multipliers per neuron), or None where
+    a map is wider than `max_width` or does not fit as a dense matrix."""
+    chain, graph = block.chain, block.chain.graph
+    if graph is None or any(a != 0 or b <= 0 for a, b in chain.slopes) \
+            or not chain.dense(settings):
+        return None
+    first, second = chain.parts
+    if max(first.shape + second.shape) > max_width or \
+            (not block.shortcut and second.shape[0] != first.shape[1]):
+        return None
+    if block.shortcut:
+        part = LinearPart(block.shortcut, _compose(block.shortcut, BoundContext(graph, settings)))
+        if part.shape != (second.shape[0], first.shape[1]) or not part.fits_dense(settings):
+            return None
+        short = part.matrix()
+    else:
+        short = np.eye(first.shape[1])
+    w1, w2 = first.matrix(), second.matrix()
+    dims = [w1.shape[1], w1.shape[0], w2.shape[0]]
+    one = [(1, 1)] * 3
+    empty = np.zeros((0, dims[2], 1, 1))
+    branch = CircularChain(1, one, dims, [{(0, 0): w1}, {(0, 0): w2}], empty,
+                           chain.slopes[0][1], [])
+    return ResidualModel(branch, CircularChain(1, one[:2], [dims[0], dims[2]],
+                                               [{(0, 0): short}], empty, 1.0, []))
 
 
 def _shapes_fit(first: ConvLayer, second: ConvLayer, short: ConvLayer) -> bool:

@@ -16,7 +16,12 @@ from typing import Any
 
 import torch
 
-from lipcheck.estimators.upper.residual_block import Block, ResidualModel, residual_model
+from lipcheck.estimators.upper.residual_block import (
+    Block,
+    ResidualModel,
+    dense_model,
+    residual_model,
+)
 from lipcheck.estimators.upper.sdp_cost import certificate_seconds, may_start, warm_optimiser
 from lipcheck.estimators.upper.sdp_residual_cert import certify_residual, symbols
 from lipcheck.estimators.upper.segments import Segment
@@ -26,6 +31,9 @@ from lipcheck.settings import Settings
 STEPS = 40
 SHARPNESS = (30.0, 300.0)
 STARTS = (2.0, 1.25)   # T = scale * max_w lambda_max(A2^H A2) I
+ACTIVE = 24            # frequencies the search starts on (the worst at the first start)
+ROUNDS = 4             # searches, each on the active set grown by the worst left out
+DENSE_WIDTH = 256      # widest map bounded as dense matrices as well (per-neuron multipliers)
 
 
 def _spectrum(mats: dict[str, torch.Tensor], t: torch.Tensor, slope: float):
@@ -43,33 +51,70 @@ def _spectrum(mats: dict[str, torch.Tensor], t: torch.Tensor, slope: float):
 def _matrices(model: ResidualModel) -> dict[str, torch.Tensor]:
     sym = symbols(model)
     a1, a2, s = (torch.from_numpy(m) for m in (sym.a1, sym.a2, sym.s))
+    if model.grid == 1:   # dense matrices: their one "frequency" is real
+        a1, a2, s = (m.real.contiguous() for m in (a1, a2, s))
     return {"a1": a1, "gram2": a2.mH @ a2, "sa2": s.mH @ a2, "ss": s.mH @ s}
+
+
+def _top_per_frequency(mats: dict[str, torch.Tensor], t: torch.Tensor, slope: float):
+    """The top eigenvalue at every frequency (inf everywhere if infeasible), no gradient."""
+    with torch.no_grad():
+        ev = _spectrum(mats, t, slope)
+    if ev is None:
+        return torch.full((mats["a1"].shape[0],), math.inf, dtype=torch.float64)
+    return ev[..., -1]
 
 
 def optimise(model: ResidualModel, steps: int, deadline: float, reserve: float = 0.0
              ) -> tuple[Any, int, bool]:
-    """The best feasible multipliers seen (numpy), the evaluations, whether the deadline
-    cut the search. An evaluation starts only if it and `reserve` seconds (the
-    certificate) fit before the deadline."""
+    """The best feasible multipliers found (numpy), the evaluations, whether the deadline
+    cut the search. The search runs on an active set of frequencies (the ACTIVE worst at
+    the start), grown by the worst ones left out after each round (ROUNDS at most; each
+    round starts where the last ended). An evaluation starts only if it and `reserve`
+    seconds (the certificate) plus one all-frequency evaluation fit before the deadline."""
     mats = _matrices(model)
+    slope = model.branch.slope
     top = float(torch.linalg.eigvalsh(mats["gram2"])[..., -1].max())
-    best: dict[str, Any] = {"value": math.inf, "t": None, "evals": 0, "reserve": reserve}
-    try:
-        for scale in STARTS:
-            log = torch.full((mats["a1"].shape[1],), math.log(scale * max(top, 1e-300)),
-                             dtype=torch.float64, requires_grad=True)
-            for sharp in SHARPNESS:
-                opt = torch.optim.LBFGS([log], lr=1, max_iter=steps, history_size=20,
-                                        line_search_fn="strong_wolfe", tolerance_grad=1e-10,
-                                        tolerance_change=1e-13)
-                opt.step(_closure(opt, log, mats, model.branch.slope, sharp, best, deadline))
-        cut = False
-    except TimeoutError:
-        cut = True
-    t = best["t"]
-    if t is None:
-        t = torch.full((mats["a1"].shape[1],), 2 * max(top, 1e-300), dtype=torch.float64)
-    return t.numpy(), best["evals"], cut
+    full_t = torch.full((mats["a1"].shape[1],), STARTS[0] * max(top, 1e-300),
+                        dtype=torch.float64)
+    clock = time.monotonic()
+    tops = _top_per_frequency(mats, full_t, slope)
+    full_seconds = time.monotonic() - clock
+    full_best = float(tops.max())
+    best: dict[str, Any] = {"evals": 1, "reserve": reserve + full_seconds}
+    active = torch.argsort(tops, descending=True)[:ACTIVE]
+    starts = [torch.full_like(full_t, math.log(x * max(top, 1e-300))) for x in STARTS]
+    for _ in range(ROUNDS):
+        best.update(value=math.inf, t=None)
+        try:
+            _search({k: v[active] for k, v in mats.items()}, starts, slope, steps, best,
+                    deadline)
+        except TimeoutError:
+            return (full_t if best["t"] is None else best["t"]).numpy(), best["evals"], True
+        if best["t"] is None:
+            break
+        tops = _top_per_frequency(mats, best["t"], slope)
+        if float(tops.max()) < full_best:
+            full_best, full_t = float(tops.max()), best["t"]
+        taken = set(active.tolist())
+        missing = [int(w) for w in torch.argsort(tops, descending=True)[:ACTIVE // 2]
+                   if int(w) not in taken]
+        if not missing or float(tops[missing].max()) <= float(tops[active].max()):
+            break
+        active = torch.cat([active, torch.tensor(missing, dtype=active.dtype)])
+        starts = [torch.log(best["t"])]
+    return full_t.numpy(), best["evals"], False
+
+
+def _search(mats: dict[str, torch.Tensor], starts: list[torch.Tensor], slope: float,
+            steps: int, best: dict, deadline: float) -> None:
+    for start in starts:
+        log = start.clone().requires_grad_(True)
+        for sharp in SHARPNESS:
+            opt = torch.optim.LBFGS([log], lr=1, max_iter=steps, history_size=20,
+                                    line_search_fn="strong_wolfe", tolerance_grad=1e-10,
+                                    tolerance_change=1e-13)
+            opt.step(_closure(opt, log, mats, slope, sharp, best, deadline))
 
 
 def _closure(opt, log: torch.Tensor, mats: dict[str, torch.Tensor], slope: float,
@@ -97,28 +142,16 @@ def _closure(opt, log: torch.Tensor, mats: dict[str, torch.Tensor], slope: float
     return closure
 
 
-def sdp_residual(block: Block, settings: Settings, deadline: float) -> ChainBound | None:
-    """The branch keeps its AutoLip product; the block as a unit becomes a segment bound."""
-    chain = block.chain
-    start = time.monotonic()
-    model = residual_model(block, settings)
-    if model is None:
-        return None
-    warm_optimiser()
+def bound_model(model: ResidualModel, settings: Settings, deadline: float, label: str
+                ) -> tuple[float | None, str, bool]:
+    """The certified block bound of one model (None if refused or not run), what was done,
+    whether the deadline cut the search."""
     blocks = model.branch.dims[0] + model.branch.dims[1]
-    half = (model.grid * model.grid + 2) // 2
-    reserve = 2 * certificate_seconds(half, blocks)
-    kind = "projection shortcut" if block.shortcut else "identity shortcut"
-    head = (f"sdp-conv residual block ({kind}) as a unit: {model.grid}x{model.grid} "
-            f"frequencies, blocks of {blocks}")
-
-    def keep(detail: str, cut: bool) -> ChainBound:
-        return ChainBound(chain.autolip_product, chain.autolip_certified, False,
-                          f"{head}; {detail}: AutoLip product kept", time.monotonic() - start,
-                          cut)
+    reserve = 2 * certificate_seconds((model.grid * model.grid + 2) // 2, blocks)
+    head = f"{label}: {model.grid}x{model.grid} frequencies, blocks of {blocks}"
     if not may_start(deadline, reserve, reserve):
-        return keep(f"not run: its certificate (predicted {reserve:.2g} s) does not fit in "
-                    "the time left", True)
+        return None, f"{head}: not run (its certificate, predicted {reserve:.2g} s, does not " \
+                     "fit in the time left)", True
     t, evals, cut = optimise(model, int(settings.extra.get("sdp_conv_steps", STEPS)),
                              deadline, reserve)
     head += f", {evals} evaluations{' (cut by the deadline)' if cut else ''}"
@@ -128,11 +161,37 @@ def sdp_residual(block: Block, settings: Settings, deadline: float) -> ChainBoun
     if not ok and time.monotonic() + took <= deadline:   # the first shift may have been too small
         rho, ok, detail = certify_residual(model, t, shift_scale=8.0)
     if not ok:
-        return keep(f"certificate refused ({detail})", cut)
+        return None, f"{head}: certificate refused ({detail})", cut
     value = math.sqrt(rho) * (1 + 1e-9)
-    segment = Segment(block.source, block.add.name, block.nodes, value, True, "sdp-conv",
-                      f"{head}; float64 Cholesky per frequency: {detail}")
+    return value, f"{head}: {value:.9g} (float64 Cholesky per frequency: {detail})", cut
+
+
+def sdp_residual(block: Block, settings: Settings, deadline: float) -> ChainBound | None:
+    """The branch keeps its AutoLip product; the block as a unit becomes a segment bound:
+    the smaller of channel-wise multipliers on the circular model and, where the block's
+    maps are at most `sdp_residual_dense_width` wide, per-neuron ones on dense matrices."""
+    chain = block.chain
+    start = time.monotonic()
+    model = residual_model(block, settings)
+    if model is None:
+        return None
+    warm_optimiser()
+    kind = "projection shortcut" if block.shortcut else "identity shortcut"
+    found = [bound_model(model, settings, deadline, "channel-wise multipliers")]
+    width = int(settings.extra.get("sdp_residual_dense_width", DENSE_WIDTH))
+    dense = dense_model(block, settings, width) if width > 0 else None
+    if dense is not None:
+        found.append(bound_model(dense, settings, deadline, "per-neuron multipliers (dense)"))
+    cut = any(c for _, _, c in found)
+    details = "; ".join(d for _, d, _ in found)
+    head = f"sdp-conv residual block ({kind}) {block.source}..{block.add.name} as a unit"
+    values = [v for v, _, _ in found if v is not None]
+    if not values:
+        return ChainBound(chain.autolip_product, chain.autolip_certified, False,
+                          f"{head}: {details}: AutoLip product kept", time.monotonic() - start,
+                          cut)
+    segment = Segment(block.source, block.add.name, block.nodes, min(values), True, "sdp-conv",
+                      f"{head}: {details}")
     return ChainBound(chain.autolip_product, chain.autolip_certified, True,
-                      f"branch: AutoLip product; block {block.source}..{block.add.name} as a "
-                      f"unit: {value:.9g} ({segment.detail})", time.monotonic() - start, cut,
-                      segment=segment)
+                      f"branch: AutoLip product; {segment.detail}", time.monotonic() - start,
+                      cut, segment=segment)
