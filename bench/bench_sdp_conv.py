@@ -9,7 +9,10 @@ peak memory is that process's maximum resident set size (torch included). Models
   (bench_seqlip's CNN, the issue's first row);
 - cnn3: conv(1->16,k3,p1)-relu-conv(16->32,k3,s2,p1)-BN-relu-conv(32->32,k3,s2,p1)-relu-
   linear(1568->10) at 1x28x28, seed 1 (random weights; BN with random statistics);
-- models/digits_cnn.onnx and models/digits_resnet.onnx.
+- models/digits_cnn.onnx and models/digits_resnet.onnx;
+- resnet18_32: ResNet-18 for 3x32x32 inputs (3x3 stem, no max pool; bench/archs.Basic blocks,
+  random weights, BatchNorm with random statistics, folded), only `--method sdp-conv` with
+  `--time-budget 540` (and AutoLip); no lower bound search (`--one resnet18_32` alone).
 --heuristic adds low-rank SeqLip (k=200, an estimate, not a bound) on the two CNNs.
 Every row carries os.getloadavg() at its end: this machine is shared.
 """
@@ -36,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 MODELS = ("cnn", "cnn3", "digits_cnn", "digits_resnet")
+LARGE = ("resnet18_32",)   # run only when named: `--one resnet18_32`
+RESNET_BUDGET = 540.0   # the whole run (loading, per-layer bounds, sdp-conv) under 10 min
 
 
 def cnn3_graph(seed: int = 1) -> Graph:
@@ -66,6 +71,46 @@ def cnn3_graph(seed: int = 1) -> Graph:
     return g
 
 
+def resnet18_32(seed: int = 0) -> torch.nn.Module:
+    """ResNet-18 for 32x32 inputs: conv3x3(64)-BN-ReLU, 4 stages of 2 basic blocks
+    (64, 128, 256, 512 channels; stride 2 and a 1x1 conv + BN shortcut where a stage
+    starts), global average pool, linear(10)."""
+    from archs import Basic, _bn
+    torch.manual_seed(seed)
+    layers = [torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False), _bn(64), torch.nn.ReLU()]
+    cin = 64
+    for i, c in enumerate((64, 128, 256, 512)):
+        for j in range(2):
+            layers.append(Basic(cin, c, 2 if (i > 0 and j == 0) else 1))
+            cin = c
+    layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(cin, 10)]
+    return torch.nn.Sequential(*layers).eval()
+
+
+def large(name: str) -> dict:
+    """One run of `--method sdp-conv` (and AutoLip) on a large model, its time and memory."""
+    torch.set_num_threads(1)
+    row: dict = {"model": name}
+    start = time.monotonic()
+    report = estimate(resnet18_32(), [(1, 3, 32, 32)],
+                      settings=Settings(time_budget=RESNET_BUDGET, timeout=2 * RESNET_BUDGET),
+                      options=EstimateOptions(methods=("autolip", "sdp-conv"), lower_budget=0))
+    row["sdp_conv_alone_seconds"] = time.monotonic() - start
+    for b in report.bounds:
+        if b.method in ("autolip", "sdp-conv"):
+            row[b.method] = b.value
+            row[b.method + "_certified"] = b.kind == "upper"
+            if b.method == "sdp-conv":
+                row["sdp_conv_seconds"], row["sdp_conv_detail"] = b.seconds, b.detail
+    upper = [b for b in report.bounds if b.kind == "upper"]
+    best = min(upper, key=lambda b: b.value)
+    row["best_upper"], row["best_method"], row["lower"] = best.value, best.method, None
+    row["auto_seconds"] = math.nan
+    row["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["loadavg"] = os.getloadavg()
+    return row
+
+
 def model_of(name: str):
     if name == "cnn":
         from bench_seqlip import cnn_graph
@@ -76,6 +121,8 @@ def model_of(name: str):
 
 
 def one(name: str, heuristic: bool) -> dict:
+    if name in LARGE:
+        return large(name)
     torch.set_num_threads(1)
     row: dict = {"model": name}
     start = time.monotonic()

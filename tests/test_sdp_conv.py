@@ -259,59 +259,6 @@ def test_dense_fallback_is_taken_only_where_smaller() -> None:
     assert ("ECLipsE-Fast" in both.detail) == (both.value < mine.value)
 
 
-def resnet_block(size: int = 6, channels: int = 2, hidden: int = 3, seed: int = 0,
-                 stride: int = 1) -> Graph:
-    """y = x + conv(relu(conv(x))), both convs 3x3 pad 1 (the second one strided if asked)."""
-    gen = torch.Generator().manual_seed(seed)
-    consts = {"w0": torch.randn(hidden, channels, 3, 3, generator=gen) / 3,
-              "w1": torch.randn(channels, hidden, 3, 3, generator=gen) / 3,
-              "b0": torch.randn(hidden, generator=gen)}
-    nodes = [Node("conv0", OpKind.CONV, ["x", "w0", "b0"], ["c0"], {"pads": [1, 1, 1, 1]}),
-             Node("relu0", OpKind.RELU, ["c0"], ["r0"]),
-             Node("conv1", OpKind.CONV, ["r0", "w1"], ["c1"],
-                  {"pads": [1, 1, 1, 1], "strides": [stride] * 2}),
-             Node("add", OpKind.ADD, ["x", "c1"] if stride == 1 else ["c1", "c1"], ["y"])]
-    g = Graph([ValueInfo("x", (1, channels, size, size))], ["y"], nodes, consts)
-    infer_shapes(g)
-    return g
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_residual_block_bound_is_sound_and_below_one_plus_the_branch(seed: int) -> None:
-    from lipcheck.estimators.upper.sdp_residual import residual_add
-    g = resnet_block(seed=seed)
-    chain, s = chain_of(g)
-    assert residual_add(chain, s) is not None
-    bounds = global_bounds(g, bound_nodes(g, s), ["autolip", "sdp-conv"], s)
-    conv = next(b for b in bounds if b.method == "sdp-conv")
-    assert conv.certified and "as a unit" in conv.detail and "ECLipsE" not in conv.detail
-    found = searched_norm(g)
-    assert found <= conv.value <= 1 + chain.autolip_product
-    record = conv.extra["chains"][0]   # the record bounds the unit, not the branch alone
-    assert record["unit"] == "residual x + F(x)" and record["value"] >= found
-    assert record["carried"] == pytest.approx(record["value"] - 1.0)
-
-
-def test_residual_certificate_on_the_boundary_is_refused_with_the_margin_only() -> None:
-    from lipcheck.estimators.upper.sdp_residual import certify_residual, residual_model
-    from lipcheck.estimators.upper.sdp_residual import optimise as res_opt
-    chain, _ = chain_of(resnet_block())
-    model = residual_model(chain)
-    t, _, _ = res_opt(model, 20, math.inf)
-    rho0, ok, _ = certify_residual(model, t, margin=False)
-    assert ok
-    edge = 1 + (rho0 - 1) / (1 + 1e-7) * (1 + 1e-13)
-    assert certify_residual(model, t, rho=edge, margin=False)[1]
-    assert not certify_residual(model, t, rho=edge)[1]
-    assert certify_residual(model, t, rho=1 + (rho0 - 1) * (1 + 1e-4))[1]
-
-
-def test_not_a_residual_block() -> None:
-    from lipcheck.estimators.upper.sdp_residual import residual_add
-    chain, s = chain_of(convnet(CONVS[0], 8))
-    assert residual_add(chain, s) is None
-
-
 def test_cli_method_sdp_conv_reports_each_chain_with_its_certificate(tmp_path) -> None:
     import json
     from pathlib import Path

@@ -2,7 +2,9 @@
 
 For each value v, L(v) bounds the Lipschitz constant of v as a function of all
 graph inputs together (L2 norm of the concatenated input). Graph inputs have L=1,
-constants L=0, a node maps its inputs' constants through its rule's merge.
+constants L=0, a node maps its inputs' constants through its rule's merge. A certified
+segment bound (segments.py) replaces the running bound at its end node by value * L(its
+input) where that is smaller; the nodes inside it then need not be certified.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lipcheck.estimators.upper.segments import Segment, check_segment
 from lipcheck.graph import Graph, Node
 from lipcheck.numerics import OVERFLOW, checked_bound, overflow_message, round_up_tiny, safe_rss
 from lipcheck.rules import BoundContext, Merge, NodeBound, get_rule
@@ -80,19 +83,30 @@ def _propagate(bound: NodeBound, node: Node, incoming: list[float]) -> float:
     return running
 
 
-def autolip(graph: Graph, bounds: dict[str, NodeBound]) -> AutoLipResult:
+def autolip(graph: Graph, bounds: dict[str, NodeBound],
+            segments: list[Segment] | tuple[Segment, ...] = ()) -> AutoLipResult:
     start = time.perf_counter()
+    ends = {s.end: s for s in segments if s.certified}
+    for segment in ends.values():
+        check_segment(graph, segment)
     lips = {v.name: 1.0 for v in graph.inputs}
     results: list[NodeResult] = []
+    taken: dict[str, str] = {}   # end node -> the segment input it was bounded through
     for node in graph.nodes:
         if node.name not in bounds:
             continue
         bound = bounds[node.name]
         incoming = [lips[v] for v in node.inputs if v in lips]
         running = _propagate(bound, node, incoming)
+        segment = ends.get(node.name)
+        if segment is not None and segment.input in lips:
+            via, _ = checked_bound(round_up_tiny(segment.value * lips[segment.input],
+                                                 segment.value > 0 and lips[segment.input] > 0))
+            if via < running or not _span_certified(segment, bounds):
+                running, taken[node.name] = via, segment.input
         lips.update({out: running for out in node.outputs})
         results.append(NodeResult(node, bound, running))
-    on_path = _on_output_path(graph, {r.node.name for r in results})
+    on_path = _on_output_path(graph, {r.node.name for r in results}, taken)
     used = [r for r in results if r.node.name in on_path]
     outs = [lips.get(v, 0.0) for v in graph.outputs]
     value = safe_rss(outs) if len(outs) > 1 else (outs[0] if outs else 0.0)
@@ -101,14 +115,20 @@ def autolip(graph: Graph, bounds: dict[str, NodeBound]) -> AutoLipResult:
     return AutoLipResult(value, certified, results, unbounded, time.perf_counter() - start)
 
 
-def _on_output_path(graph: Graph, names: set[str]) -> set[str]:
-    """Names of the nodes that some graph output depends on."""
-    producers = graph.producers()
+def _span_certified(segment: Segment, bounds: dict[str, NodeBound]) -> bool:
+    return all(bounds[n].certified and bounds[n].finite for n in segment.nodes if n in bounds)
+
+
+def _on_output_path(graph: Graph, names: set[str], taken: dict[str, str] | None = None
+                    ) -> set[str]:
+    """Names of the nodes that some graph output depends on; at the end of a segment that
+    was taken (`taken`: end node -> segment input) only the segment's input is followed."""
+    producers, taken = graph.producers(), taken or {}
     needed, stack = set(), list(graph.outputs)
     while stack:
         node = producers.get(stack.pop())
         if node is None or node.name in needed:
             continue
         needed.add(node.name)
-        stack.extend(node.inputs)
+        stack.extend([taken[node.name]] if node.name in taken else node.inputs)
     return needed & names

@@ -175,7 +175,8 @@ def _compose(graph: Graph, node_bounds: dict[str, NodeBound], chains: list[Chain
         bounds[chain.nodes[0].name] = NodeBound(result.value, method, result.certified)
         for node in chain.nodes[1:]:
             bounds[node.name] = NodeBound(1.0, "in-chain", True)
-    total = autolip(graph, bounds)
+    segments = [r.segment for r in results if r is not None and r.segment is not None]
+    total = autolip(graph, bounds, segments)
     return total.value, certified and total.certified
 
 
@@ -187,9 +188,11 @@ def _chain_record(chain: Chain, result: ChainBound | None) -> dict:
     record = {"chain": chain.name, "value": result.value, "certified": result.certified,
               "complete": result.complete, "detail": result.detail,
               "autolip": chain.autolip_product, "cut_by_budget": result.cut_by_budget}
-    if result.block is not None:  # the value bounds the residual unit x + F(x), not the branch
-        record.update(value=result.block, unit="residual x + F(x)", carried=result.value,
-                      autolip=1.0 + chain.autolip_product)
+    if result.segment is not None:  # a bound of the whole block, from its input to its Add
+        seg = result.segment
+        record["segment"] = {"from": seg.input, "to": seg.end, "value": seg.value,
+                             "certified": seg.certified, "nodes": sorted(seg.nodes),
+                             "detail": seg.detail}
     return record
 
 
@@ -197,8 +200,8 @@ def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chai
                 settings: Settings, deadline: float) -> GlobalBound | None:
     start = time.monotonic()
     try:
-        results = [CHAIN_METHODS[name](c, settings, deadline) if _well_scaled(c, node_bounds)
-                   else None for c in chains]
+        results = [CHAIN_METHODS[name](c, settings, _share(name, deadline, len(chains) - i))
+                   if _well_scaled(c, node_bounds) else None for i, c in enumerate(chains)]
     except UserError as exc:  # missing optional solver
         return GlobalBound(name, math.inf, False, kind="estimate", detail=str(exc))
     if all(r is None for r in results):
@@ -216,6 +219,15 @@ def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chai
         detail = "cut short by the time budget (value not reproducible); " + detail
     return GlobalBound(base, value, certified, kind="upper" if certified else "estimate",
                        seconds=time.monotonic() - start, detail=detail, extra=extra)
+
+
+def _share(name: str, deadline: float, left: int) -> float:
+    """sdp-conv's deadline for the next of `left` chains: an equal share of the time left
+    (what a chain does not use goes to the later ones); other methods: the whole."""
+    if name != "sdp-conv" or left <= 1:
+        return deadline
+    now = time.monotonic()
+    return now + max(deadline - now, 0.0) / left
 
 
 def _well_scaled(chain: Chain, node_bounds: dict[str, NodeBound]) -> bool:

@@ -25,6 +25,7 @@ from lipcheck.estimators.upper.chain_cost import too_slow
 from lipcheck.estimators.upper.chains import Chain
 from lipcheck.estimators.upper.conv_chain import CircularChain, circular_chain
 from lipcheck.estimators.upper.eclipse import eclipse
+from lipcheck.estimators.upper.residual_block import find_block
 from lipcheck.estimators.upper.sdp_conv_cert import certify
 from lipcheck.estimators.upper.sdp_cost import (
     Budget,
@@ -32,7 +33,7 @@ from lipcheck.estimators.upper.sdp_cost import (
     may_start,
     warm_optimiser,
 )
-from lipcheck.estimators.upper.sdp_residual import residual_add, sdp_residual
+from lipcheck.estimators.upper.sdp_residual import sdp_residual
 from lipcheck.estimators.upper.seqlip import ChainBound
 from lipcheck.settings import Settings
 
@@ -164,8 +165,8 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
     start = time.monotonic()
     if chain.graph is None:
         return None
-    if residual_add(chain, settings) is not None:
-        return _with_dense(sdp_residual(chain, settings, deadline), chain, settings, deadline)
+    if (block := find_block(chain, settings)) is not None:
+        return _with_dense(sdp_residual(block, settings, deadline), chain, settings, deadline)
     model, _ = circular_chain(chain, chain.graph)
     if model is None:
         return None
@@ -216,7 +217,7 @@ def _with_dense(result: ChainBound | None, chain: Chain, settings: Settings,
     """On chains small enough for dense matrices, ECLipsE-Fast (per-neuron multipliers,
     its own float64 check) where it is smaller and fits before the deadline (the same
     cost gate as the eclipse-fast method): both are certified bounds of the same
-    quantity (for a residual block, of its branch)."""
+    quantity (for a residual block, of its branch; the block's segment bound is kept)."""
     if result is None or not settings.extra.get("sdp_conv_dense", True) \
             or not chain.dense(settings) \
             or max(p.shape[0] for p in chain.parts[:-1]) > DENSE_MAX_WIDTH \
@@ -229,4 +230,4 @@ def _with_dense(result: ChainBound | None, chain: Chain, settings: Settings,
     return ChainBound(dense.value, True, True,
                       f"{result.detail}; ECLipsE-Fast on the dense chain is smaller and is kept: "
                       f"{dense.value:.9g} ({dense.detail})", result.seconds + dense.seconds,
-                      result.cut_by_budget)
+                      result.cut_by_budget, segment=result.segment)

@@ -26,6 +26,7 @@ import torch
 from lipcheck.estimators.exact.pairmax import MAX_NODES, exact_max
 from lipcheck.estimators.heuristic.greedy import ascent_max, greedy_max
 from lipcheck.estimators.upper.chains import Chain, LinearPart
+from lipcheck.estimators.upper.segments import Segment
 from lipcheck.settings import Settings
 from lipcheck.spectral.operator import LinearOperator
 
@@ -48,10 +49,9 @@ class ChainBound:
     detail: str
     seconds: float = 0.0
     cut_by_budget: bool = False  # the wall-clock safety cap stopped it (not reproducible)
-    # Set when the chain is the branch F of a residual unit x + F(x) bounded as a whole: `block`
-    # bounds the unit, and `value` = block - 1 is only what the branch carries so that AutoLip's
-    # sum at the Add gives `block`; it is not a bound of the branch alone.
-    block: float | None = None
+    # Set when the chain is the branch of a residual block bounded as a whole: a bound of the
+    # span from the block's input to its Add (`value` stays a bound of the branch alone).
+    segment: Segment | None = None
 
 
 def dense_factor(part: LinearPart) -> Factor:
