@@ -98,12 +98,12 @@ def autolip(graph: Graph, bounds: dict[str, NodeBound],
         bound = bounds[node.name]
         incoming = [lips[v] for v in node.inputs if v in lips]
         running = _propagate(bound, node, incoming)
-        segment = ends.get(node.name)
-        if segment is not None and segment.input in lips:
-            via, _ = checked_bound(round_up_tiny(segment.value * lips[segment.input],
-                                                 segment.value > 0 and lips[segment.input] > 0))
-            if via < running or not _span_certified(segment, bounds):
-                running, taken[node.name] = via, segment.input
+        span = ends.get(node.name)
+        if span is not None and span.input in lips:
+            via, _ = checked_bound(round_up_tiny(span.value * lips[span.input],
+                                                 span.value > 0 and lips[span.input] > 0))
+            if via < running or not _span_certified(span, bounds):
+                running, taken[node.name] = via, span.input
         lips.update({out: running for out in node.outputs})
         results.append(NodeResult(node, bound, running))
     on_path = _on_output_path(graph, {r.node.name for r in results}, taken)

@@ -87,7 +87,8 @@ def _plain_sum(add: Node, graph: Graph, settings: Settings) -> bool:
 
 def _shortcut(graph: Graph, value: str, source: str, add: Node) -> list[Node] | None:
     """The linear nodes from `source` to `value`, each read only by the next, or None."""
-    producers, consumers, path = graph.producers(), graph.consumers(), []
+    producers, consumers = graph.producers(), graph.consumers()
+    path: list[Node] = []
     while value != source:
         node = producers.get(value)
         if node is None or len(node.outputs) != 1 or value in graph.outputs:
