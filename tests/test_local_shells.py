@@ -11,8 +11,8 @@ from graphs import conv_net
 
 from lipcheck.gate.robustness import predict
 from lipcheck.loaders.dispatch import load_model
-from lipcheck.local_certify import certify_local
-from lipcheck.local_shells import shell_radius, shell_sum
+from lipcheck.local_certify import certify_local, margin_bounds, margin_rows
+from lipcheck.local_shells import Shells, certificate, shell_radius, shell_sum
 from lipcheck.propagation import build_program
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,38 @@ def test_the_shell_sum_uses_the_running_minimum_from_outside():
     assert np.isclose(radius, 0.05 + (0.07 - 0.05) / 2.0)
     assert shell_radius(ks, np.array([0.3]), 0.1)[0] == 0.1
     assert shell_radius(ks, np.array([-1.0]), 0.1)[0] == 0.0
+
+
+def test_the_certificate_mixes_an_inner_lower_bound_with_the_outer_constants():
+    ks = [np.array([[1.0]]), np.array([[2.0]]), np.array([[10.0]])]
+    lows = [np.array([[0.5]]), np.array([[0.4]]), np.array([[-1.0]])]
+    margins = np.array([[0.6]])
+    # k = 0: 0.6 - 0.1 * 13 = -0.7; k = 1: 0.5 - 0.1 * 12 = -0.7; k = 2: 0.4 - 1.0 = -0.6
+    assert np.isclose(certificate(Shells(ks, lows), margins, 0.3)[0, 0], -0.6)
+    lows[1] = np.array([[1.2]])
+    assert np.isclose(certificate(Shells(ks, lows), margins, 0.3)[0, 0], 0.2)
+    lows[2] = np.array([[0.7]])                      # the whole ball's own lower bound
+    assert np.isclose(certificate(Shells(ks, lows), margins, 0.3)[0, 0], 0.7)
+
+
+def test_margin_lower_bounds_and_constants_hold_at_sampled_points():
+    graph = conv_net(seed=4, size=4)
+    program = build_program(graph)
+    gen = torch.Generator().manual_seed(3)
+    centers = torch.randn(5, program.n_in, generator=gen, dtype=torch.float64)
+    pred = program.run(centers).argmax(dim=1)
+    rows = margin_rows(pred, program.n_out)
+    k, low, _ = margin_bounds(program, centers, 0.4, rows)
+    d = torch.randn(5, 400, program.n_in, generator=gen, dtype=torch.float64)
+    d = d / d.norm(dim=2, keepdim=True) * 0.4 * torch.rand(5, 400, 1, generator=gen) ** 0.1
+    points = (centers[:, None] + d).reshape(-1, program.n_in).requires_grad_(True)
+    margins = torch.einsum("bmo,bpo->bpm", rows, program.run(points).reshape(5, 400, -1))
+    assert bool((torch.from_numpy(low)[:, None] <= margins).all())
+    grads = torch.stack([torch.autograd.grad(margins[..., j].sum(), points, retain_graph=True)[0]
+                         for j in range(program.n_out)], dim=1)     # (B * P, m, n)
+    found = grads.norm(dim=2).reshape(5, 400, -1).amax(dim=1)
+    assert bool((found <= torch.from_numpy(k)).all())
+    assert bool((torch.from_numpy(low) > -torch.inf).all())
 
 
 def pgd_flips(program, x: torch.Tensor, label: torch.Tensor, eps: float, steps: int = 50,
@@ -62,7 +94,7 @@ def pgd_flips(program, x: torch.Tensor, label: torch.Tensor, eps: float, steps: 
 def check_shells(graph, x: np.ndarray, eps: float) -> tuple[int, int]:
     logits = predict(graph, x).numpy()
     y = logits.argmax(axis=1)
-    one = certify_local(graph, x, y, logits, eps, shells=1)
+    one = certify_local(graph, x, y, logits, eps, shells=1, lower=False)
     four = certify_local(graph, x, y, logits, eps, shells=4)
     assert not (one.certified & ~four.certified).any()          # shells only add
     assert np.all(four.radii >= one.radii - 1e-12) and np.all(four.radii <= eps)
