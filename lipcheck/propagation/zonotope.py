@@ -99,15 +99,8 @@ def _pool(z: Zono, step: MaxPool, bounds) -> Zono:
         new[:, :, cols, torch.arange(len(cols))] = (rad * onf)[:, :, cols]
         fresh.append(scatter(new, p) - scatter(new, p1.where(on, n_in)))
     gens = torch.cat([gens, *fresh], dim=3)
-    lo, hi = _back(step, 0, z.lo, z.hi, _OneRange(bounds))
+    lo, hi = _back(step, 0, z.lo, z.hi, Ranges({0: bounds}))
     return Zono(d, gens, lo, hi)
-
-
-class _OneRange:
-    """`jacobian._back` reads ranges.pre[i]: a stand-in holding one step's bounds."""
-
-    def __init__(self, bounds):
-        self.pre = {0: bounds}
 
 
 def _step(z: Zono, step, i: int, ranges: Ranges) -> Zono:
