@@ -1,6 +1,7 @@
 """Local constants on the digits models: certified accuracy from global vs local constants,
 and (when `eclipse_nn` imports) lipcheck's local bound against ECLipsE-Gen-Local on the
-same L2 balls of digits_mlp, per point.
+same L2 balls of digits_mlp, per point; and the margin constants of the interval hull against
+the backward zonotope on digits_cnn balls.
 
     python bench/make_digits_npz.py /tmp/digits_val.npz
     python bench/bench_local.py /tmp/digits_val.npz [--eps 0.02,0.05,0.1] [--points 20]
@@ -21,12 +22,15 @@ import numpy as np
 import torch
 
 from lipcheck.api import EstimateOptions, estimate
-from lipcheck.gate.robustness import certify
+from lipcheck.gate.robustness import certify, predict
 from lipcheck.loaders.dispatch import load_model
+from lipcheck.local_certify import certify_local, margin_rows
 from lipcheck.local_estimate import local_section
 from lipcheck.local_set import LocalSet
-from lipcheck.propagation import build_program
+from lipcheck.propagation import InputSet, build_program, propagate
+from lipcheck.propagation.jacobian import row_norm_bounds
 from lipcheck.propagation.program import Affine
+from lipcheck.propagation.zonotope import zonotope_row_bounds
 from lipcheck.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,23 +42,33 @@ def load(name: str):
     return graph, estimate(graph, settings=Settings(), options=options)
 
 
+def _local(local) -> tuple[str, str]:
+    """(certified accuracy, ms per sample) of a LocalRobustness, or why it was skipped."""
+    if local.skipped:
+        return f"skipped ({local.skipped[:40]}...)", "-"
+    return f"{local.certified_accuracy:.2%}", f"{1000 * local.seconds / len(local.radii):.1f}"
+
+
 def accuracy_table(data: Path, eps_list: list[float]) -> None:
+    """Certified accuracy from the global constants, from the local ones on the whole ball
+    only (the rule before nested balls and margin lower bounds), and from the gate's local
+    rule (shells + CROWN margin bounds), with the time per sample of each local rule."""
     archive = np.load(data)
     x, y = archive["x"].astype(np.float64), archive["y"]
     print(f"load {os.getloadavg()[0]:.1f}")
-    print("| model | eps | clean | certified (global) | certified (local) | both | local s |")
+    print("| model | eps | clean | global | local, one ball (ms/sample) | "
+          "local, shells + CROWN (ms/sample) | gate (global or local) |")
     print("|---|---|---|---|---|---|---|")
     for name in ("digits_mlp", "digits_spectral", "digits_cnn", "digits_resnet"):
         graph, report = load(name)
+        logits = predict(graph, x).numpy()
         for eps in eps_list:
             rob = certify(graph, report, x, y, eps)
-            local = rob.local
-            shown = (f"skipped ({local.skipped[:40]}...)" if local.skipped
-                     else f"{local.certified_accuracy:.2%}")
-            seconds = "-" if local.skipped else f"{local.seconds:.1f}"
+            before = _local(certify_local(graph, x, y, logits, eps, shells=1, lower=False))
+            after = _local(rob.local)
             print(f"| {name} | {eps:g} | {rob.clean_accuracy:.2%} | "
-                  f"{rob.certified_accuracy_global:.2%} | {shown} | "
-                  f"{rob.certified_accuracy:.2%} | {seconds} |")
+                  f"{rob.certified_accuracy_global:.2%} | {before[0]} ({before[1]}) | "
+                  f"{after[0]} ({after[1]}) | {rob.certified_accuracy:.2%} |")
 
 
 def eclipse_table(data: Path, eps_list: list[float], points: int) -> None:
@@ -93,6 +107,31 @@ def eclipse_table(data: Path, eps_list: list[float], points: int) -> None:
                   f"{ratio.max():.3f} | {ours_s:.2f} | {theirs_s:.2f} |")
 
 
+def zonotope_table(data: Path, eps_list: list[float], points: int) -> None:
+    """Margin constants on digits_cnn balls: the interval hull of the Jacobians against the
+    backward zonotope (propagation/zonotope.py), median over samples and rows j != c."""
+    graph, _ = load("digits_cnn")
+    program = build_program(graph)
+    x = torch.from_numpy(np.load(data)["x"][:points].astype(np.float64))
+    pred = program.run(x).argmax(dim=1)
+    rows = margin_rows(pred, program.n_out)
+    other = rows.abs().sum(dim=2) > 0
+    print(f"\nload {os.getloadavg()[0]:.1f}; digits_cnn margin constants, {points} samples")
+    print("| eps | hull (median K) | zonotope (median K) | median hull / zonotope | "
+          "hull ms/sample | zonotope ms/sample |")
+    print("|---|---|---|---|---|---|")
+    for eps in eps_list:
+        ranges = propagate(program, InputSet.ball(x, eps, "2"))
+        start = time.perf_counter()
+        hull = row_norm_bounds(program, ranges, rows)
+        mid = time.perf_counter()
+        zono = zonotope_row_bounds(program, ranges, rows)
+        end = time.perf_counter()
+        print(f"| {eps:g} | {hull[other].median():.1f} | {zono[other].median():.1f} | "
+              f"{(hull / zono)[other].median():.2f} | {1000 * (mid - start) / points:.1f} | "
+              f"{1000 * (end - mid) / points:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data")
@@ -104,6 +143,7 @@ def main() -> None:
     eps_list = [float(e) for e in args.eps.split(",")]
     if not args.skip_accuracy:
         accuracy_table(Path(args.data), eps_list)
+    zonotope_table(Path(args.data), eps_list, args.points)
     eclipse_table(Path(args.data), eps_list, args.points)
 
 

@@ -7,9 +7,13 @@ CROWN ranges of every unit on the ball, then the sup over the ball of ||(e_c - e
 the smaller of exact enumeration of the slope vertices (when the unstable units are few)
 and the interval hull of the Jacobians. (Masked AutoLip per row, `graph_masked`, certified
 no more samples on the digits models and costs an SVD per sample and layer: not used.)
-Every number is certified (float64, widened against rounding); models the propagation
-does not handle are reported as skipped, with the reason, and the gate keeps the global
-rule.
+The same ranges give CROWN lower bounds of the margins on the ball (back-substitution of
+e_c - e_j): a sample also counts when they are all positive. Samples the whole ball
+leaves are tried on nested balls (`local_shells`): the margin only has to exceed
+sum_k (t_k - t_(k-1)) K_cj(t_k), the constants on balls of radius t_k, which grow with the
+radius, or a CROWN lower bound on an inner ball the rest of that sum. Every number is
+certified (float64, widened against rounding); models the propagation does not handle
+are reported as skipped, with the reason, and the gate keeps the global rule.
 """
 from __future__ import annotations
 
@@ -21,12 +25,16 @@ import numpy as np
 import torch
 
 from lipcheck.graph import Graph
-from lipcheck.propagation import InputSet, UnsupportedLocal, build_program, propagate
+from lipcheck.local_shells import Shells, certificate, collect, shell_radius
+from lipcheck.propagation import InputSet, Program, UnsupportedLocal, build_program, propagate
 from lipcheck.propagation.jacobian import row_norm_bounds
+from lipcheck.propagation.ranges import back_substitute
 from lipcheck.propagation.vertices import vertex_bounds
 
+SHELLS = 4    # nested balls for the samples the whole ball leaves (count-based)
 SLACK = 1e-9  # margins come from the graph, the constants from its lowering (|diff| ~ 1e-14)
-METHOD = "crown ranges + slope-vertex enumeration (interval hull past 4096 vertices)"
+METHOD = ("crown ranges + slope-vertex enumeration (interval hull past 4096 vertices) "
+          "and CROWN margin bounds, on nested balls")
 
 
 @dataclass
@@ -36,10 +44,11 @@ class LocalRobustness:
     eps: float
     certified: np.ndarray | None        # (N,) bool: correct and certified on its ball
     lipschitz: np.ndarray | None        # (N,) max_j K_cj: local constant of the margins
-    radii: np.ndarray | None            # (N,) min(eps, min_j m_j / K_cj); 0 when wrong
+    radii: np.ndarray | None            # (N,) certified radius (<= eps) from the shells
     unstable: int = 0                   # activations with an undecided sign, summed over samples
     seconds: float = 0.0
     skipped: str | None = None          # why no local certification was made
+    shells: int = 1                     # nested balls used (1: the whole ball only)
 
     @property
     def certified_accuracy(self) -> float | None:
@@ -49,7 +58,7 @@ class LocalRobustness:
         if self.skipped is not None:
             return {"eps": self.eps, "skipped": self.skipped, "certified_accuracy": None}
         assert self.lipschitz is not None and self.radii is not None, "set unless skipped"
-        return {"eps": self.eps, "norm": "2", "method": METHOD,
+        return {"eps": self.eps, "norm": "2", "method": METHOD, "shells": self.shells,
                 "certified_accuracy": self.certified_accuracy,
                 "median_lipschitz": float(np.median(self.lipschitz)),
                 "unstable_units": self.unstable, "seconds": round(self.seconds, 6),
@@ -63,36 +72,61 @@ def margin_rows(pred: torch.Tensor, classes: int) -> torch.Tensor:
     return eye[pred][:, None, :] - eye[None]
 
 
-def margin_constants(graph: Graph, x: np.ndarray, eps: float, pred: np.ndarray,
-                     classes: int) -> tuple[np.ndarray, int]:
-    """(N, C) K_cj on each B(x, eps) (0 at j = c) and the number of unstable units."""
-    program = build_program(graph)
-    centers = torch.from_numpy(np.asarray(x, dtype=np.float64)).reshape(len(x), -1)
-    ranges = propagate(program, InputSet.ball(centers, eps, "2"))
-    rows = margin_rows(torch.from_numpy(pred), classes)
+def margin_bounds(program: Program, centers: torch.Tensor, eps: float,
+                  rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
+    """On each B(x, eps): K_cj (N, C), a lower bound of each margin r . f (CROWN, from the
+    same ranges), and the number of unstable units."""
+    ball = InputSet.ball(centers, eps, "2")
+    ranges = propagate(program, ball)
     k = row_norm_bounds(program, ranges, rows)
     if program.is_chain:   # elsewhere vertex_bounds is this same interval hull
         k = torch.minimum(k, vertex_bounds(program, ranges, rows))
-    return k.numpy(), ranges.unstable(program)
+    n = len(program.steps)
+    upper = back_substitute(program, {n: -rows}, torch.zeros(rows.shape[:2], dtype=torch.float64),
+                            n, ranges, ball)
+    low = -upper - SLACK - 1e-9 * upper.abs()
+    return k.numpy(), low.numpy(), ranges.unstable(program)
 
 
 def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray,
-                  eps: float) -> LocalRobustness:
-    """Which samples keep their (correct) class on all of B(x, eps), from local constants."""
+                  eps: float, shells: int = SHELLS, lower: bool = True) -> LocalRobustness:
+    """Which samples keep their (correct) class on all of B(x, eps), from local bounds
+    on the ball and, for the samples it leaves, on `shells` nested balls (local_shells).
+    `lower=False` drops the margins' CROWN lower bounds (constants only: for comparisons)."""
     start = time.perf_counter()
     pred = logits.argmax(axis=1)
+    centers = torch.from_numpy(np.asarray(x, dtype=np.float64)).reshape(len(x), -1)
+    rows = margin_rows(torch.from_numpy(pred), logits.shape[1])
     try:
-        k, unstable = margin_constants(graph, x, eps, pred, logits.shape[1])
+        program = build_program(graph)
+        k, low, unstable = margin_bounds(program, centers, eps, rows)
     except UnsupportedLocal as exc:
         return LocalRobustness(eps, None, None, None, skipped=str(exc))
-    margins = logits[np.arange(len(pred)), pred][:, None] - logits - SLACK
     others = ~np.eye(logits.shape[1], dtype=bool)[pred]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(k > 0, margins / k, np.inf)
-    ratio = np.where(others, ratio, np.inf).min(axis=1)
+    margins = np.where(others, logits[np.arange(len(pred)), pred][:, None] - logits - SLACK,
+                       np.inf)
+
+    def bounds(index: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+        found_k, found_l, _ = margin_bounds(program, centers[index], radius, rows[index])
+        found_l = found_l if lower else np.full_like(found_l, -np.inf)
+        return np.where(others[index], found_k, 0.0), np.where(others[index], found_l, np.inf)
+    k, low = np.where(others, k, 0.0), np.where(others, low if lower else -np.inf, np.inf)
     correct = pred == y
-    certified = correct & np.all(~others | (margins > eps * k), axis=1)
-    radii = np.where(correct, np.clip(ratio, 0.0, eps), 0.0)
-    lipschitz = np.where(others, k, 0.0).max(axis=1)
-    return LocalRobustness(eps, certified, lipschitz, radii, unstable,
-                           time.perf_counter() - start)
+    whole = Shells([k], [low])
+    candidates = correct & np.all(margins > 0, axis=1) & ~np.all(
+        certificate(whole, margins, eps) > 0, axis=1)
+    found = collect(bounds, (k, low), margins, candidates, eps, max(1, shells))
+    certified = correct & np.all(certificate(found, margins, eps) > 0, axis=1)
+    radii = np.where(certified, eps, np.where(correct, _radius(found, margins, eps), 0.0))
+    return LocalRobustness(eps, certified, k.max(axis=1), radii, unstable,
+                           time.perf_counter() - start, shells=max(1, shells))
+
+
+def _radius(found: Shells, margins: np.ndarray, eps: float) -> np.ndarray:
+    """(N,) the larger of the shell-sum radius and the largest t_k whose ball CROWN
+    certifies."""
+    radius = shell_radius(found.ks, margins, eps).min(axis=1)
+    width = eps / len(found.ks)
+    for k, low in enumerate(found.lows):
+        radius = np.where(np.all(low > 0, axis=1), np.maximum(radius, width * (k + 1)), radius)
+    return radius

@@ -5,7 +5,9 @@
 - `program`: a feed-forward graph lowered to dense steps (affine, ReLU-family, max pool);
 - `ranges`: interval bounds, then CROWN-style back-substitution, for every step's input;
 - `jacobian`: the interval hull of every (Clarke) Jacobian on the set, propagated
-  backwards, and the L2 norms it certifies (the local Lipschitz constants).
+  backwards, and the L2 norms it certifies (the local Lipschitz constants);
+- `zonotope` (with `box_norm`): the rows of those Jacobians as a zonotope propagated
+  backwards (shared generators kept), and an SDP-dual bound of its largest L2 norm.
 
 The estimators use these; nothing here knows about reports or the terminal.
 """
