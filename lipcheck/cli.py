@@ -103,15 +103,40 @@ def _has_finite_estimate(report) -> bool:
 
 
 def run_estimate(model, shapes, settings, options, show_progress: bool):
+    """The report; with --timeout (on POSIX) computed in a forked worker that is killed at the
+    deadline (lipcheck.worker), so the run ends on time even inside one long native call."""
+    from contextlib import nullcontext
+
     from lipcheck.api import estimate as api_estimate
-    if not show_progress:
-        return api_estimate(str(model), shapes, settings, options)
-    from lipcheck.cli_progress import PhaseClock, phase_progress
-    caps = {"global methods": settings.time_budget, "lower-bound search": options.lower_budget}
-    with phase_progress(err, PhaseClock(caps, settings.timeout)) as clock:
+    from lipcheck.worker import forking_available, run_with_deadline
+    clock = nullcontext(None)
+    if show_progress:
+        from lipcheck.cli_progress import PhaseClock, phase_progress
+        caps = {"global methods": settings.time_budget, "lower-bound search": options.lower_budget}
+        clock = phase_progress(err, PhaseClock(caps, settings.timeout))
+    if settings.timeout is None or not forking_available():
+        with clock as c:
+            if c is None:
+                return api_estimate(str(model), shapes, settings, options)
+            return api_estimate(str(model), shapes, settings, options,
+                                progress=lambda node: c.node_done(node.name), on_phase=c.enter)
+
+    def job(send):
         return api_estimate(str(model), shapes, settings, options,
-                            progress=lambda node: clock.node_done(node.name),
-                            on_phase=clock.enter)
+                            progress=lambda node: send(("node", node.name)),
+                            on_phase=lambda phase, count: send(("phase", phase, count)))
+    with clock as c:
+        return run_with_deadline(job, settings.timeout, None if c is None else _forward(c))
+
+
+def _forward(clock):
+    """The worker's events, shown on the progress line."""
+    def on_event(event: tuple) -> None:
+        if event[0] == "phase":
+            clock.enter(event[1], event[2])
+        elif event[0] == "node":
+            clock.node_done(event[1])
+    return on_event
 
 
 def emit(report, format: Format, json_path: Path | None, quiet: bool) -> None:

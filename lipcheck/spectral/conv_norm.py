@@ -15,7 +15,9 @@ import torch
 
 from lipcheck.bounds import BoundContext
 from lipcheck.graph import Node, OpKind
+from lipcheck.spectral import layer_clock
 from lipcheck.spectral.block_bounds import gram_iteration_bound
+from lipcheck.spectral.cheap_bounds import taps_bound
 from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, FrequencyGrams, frequency_grams
 from lipcheck.spectral.operator import (
     DENSE_SECONDS_PER_FLOP,
@@ -50,12 +52,20 @@ def conv_certifier(node: Node, ctx: BoundContext, op: LinearOperator) -> Certifi
     pk = phase_kernel(conv_spec(node, weight))
     if pk.empty:
         return CertifiedNorm(0.0, True, "exact-svd", detail="the output grid is empty")
+    try:
+        return _certified(node, ctx, pk)
+    except layer_clock.LayerBudgetSpent as exc:  # --layer-budget: the one-pass bound
+        layer_clock.note_cut(exc.what)
+        return CertifiedNorm(taps_bound(pk.taps), True, "tap-sum",
+                             detail=f"sum over {pk.taps.shape[1]} taps of min(Frobenius, "
+                             "sqrt(||k||_1 ||k||_inf))")
+
+
+def _certified(node: Node, ctx: BoundContext, pk: PhaseKernel) -> CertifiedNorm:
     if pk.taps.shape[1] == 1:
         value = max(matrix_norm(pk.taps[g, 0]) for g in range(pk.taps.shape[0]))
         return CertifiedNorm(value, True, "exact-svd", detail="a 1x1 kernel after polyphase: ||W||")
-    exact = None
-    if ctx.settings.layer_method == "auto":
-        exact = grouped_dense(pk, ctx) or _exact_gram(pk, ctx)
+    exact = _exact(pk, ctx) if ctx.settings.layer_method == "auto" else None
     if exact is not None:
         return exact
     device = torch.device(ctx.settings.device)
@@ -67,6 +77,26 @@ def conv_certifier(node: Node, ctx: BoundContext, op: LinearOperator) -> Certifi
     start = plane_wave(pk, grams, top.worst, top.vector)
     return CertifiedNorm(value, True, "fft", detail=_detail(pk, grams), start=start,
                          start_on_output=node.op == OpKind.CONV_TRANSPOSE)
+
+
+def _exact(pk: PhaseKernel, ctx: BoundContext) -> CertifiedNorm | None:
+    """The exact methods, keeping back the FFT bound's predicted time (at most half the
+    budget) so that, cut by --layer-budget, the layer still gets the FFT bound in time."""
+    with layer_clock.reserving(min(ctx.settings.layer_budget / 2, fft_seconds(pk))):
+        try:
+            return grouped_dense(pk, ctx) or _exact_gram(pk, ctx)
+        except layer_clock.LayerBudgetSpent as exc:
+            layer_clock.note_cut(exc.what)
+            return None
+
+
+def fft_seconds(pk: PhaseKernel) -> float:
+    """Predicted time of the FFT bound: per block one complex Cholesky and its share of the
+    block formation (8 T n^2), plus a LAPACK call's overhead."""
+    blocks = pk.taps.shape[0] * math.ceil(math.prod(circular_grid(pk)) / 2 + 1)
+    n = min(pk.taps.shape[2:])
+    flops = blocks * (4 * n ** 3 / 3 + 8 * pk.taps.shape[1] * n * n)
+    return layer_clock.predicted_seconds(flops) + blocks * 2e-5
 
 
 GROUPED_DENSE_ENTRIES = 2**26  # basis images held at once (float64): 512 MB at most
@@ -86,6 +116,7 @@ def grouped_dense(pk: PhaseKernel, ctx: BoundContext) -> CertifiedNorm | None:
     if spec.group == 1 or seconds > ctx.settings.layer_budget or \
             n_in * spec.weight.shape[1] * spec.group * math.prod(spec.size) > GROUPED_DENSE_ENTRIES:
         return None
+    layer_clock.require(6 * spec.group * small * small * large, "grouped dense SVD")
     basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, spec.weight.shape[1], *spec.size)
     images = _apply(spec, basis.repeat(1, spec.group, *([1] * spec.dims)))  # (n_in, C_out, out...)
     per_group = images.reshape(n_in, spec.group, -1).permute(1, 2, 0)     # (groups, n_out, n_in)

@@ -19,6 +19,7 @@ import torch
 
 from lipcheck.finite import count_nonfinite
 from lipcheck.graph import Node, Shape
+from lipcheck.spectral import layer_clock
 from lipcheck.spectral.krylov import lanczos
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ def dense_jacobian(op: LinearOperator, chunk: int = 256) -> torch.Tensor:
     columns = []
     with torch.no_grad():
         for start in range(0, op.n_in, chunk):
+            layer_clock.check("dense Jacobian")
             stop = min(op.n_in, start + chunk)
             basis = torch.zeros(stop - start, op.n_in, dtype=op.dtype, device=op.device)
             basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
@@ -131,11 +133,17 @@ def _float64_gram(m: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
     gram = torch.zeros(n, n, dtype=torch.float64)
     frobenius = 0.0
     step = max(1, GRAM_CHUNK_ENTRIES // max(n, 1))
+    if layer_clock.current() is not None:  # under --layer-budget: chunks of ~CLOCKED_FLOPS
+        step = max(64, min(step, int(CLOCKED_FLOPS // max(1, 2 * n * n))))
     for j in range(0, k, step):
+        layer_clock.check("Gram of the matrix")
         part = t[:, j:j + step].to(torch.float64)
         gram.addmm_(part, part.T)
         frobenius += float(torch.einsum("ij,ij->", part, part))
     return gram.numpy(), frobenius
+
+
+CLOCKED_FLOPS = 4e9   # one Gram chunk under a layer clock: ~0.1-0.4 s on one thread
 
 
 # Above this many rows and columns, ||M|| comes from the float64 Gram matrix with a
@@ -161,6 +169,7 @@ def _gram_certified_norm(m: np.ndarray | torch.Tensor) -> float:
         tau = max_eig_bound(torch.from_numpy(gram)[None], eta=LANCZOS_ETA).tau
         return math.sqrt(tau + error) * (1 + 1e-15)
     last = gram.shape[0] - 1
+    layer_clock.require(10 * gram.shape[0] ** 3, "eigvalsh of the Gram", efficiency=0.1)
     top = float(scipy.linalg.eigvalsh(gram, subset_by_index=[last, last], check_finite=False)[0])
 
     tau, blocks = max(top, 0.0) * (1 + 1e-9) + 1e-300, torch.from_numpy(gram)[None]
@@ -177,6 +186,17 @@ LANCZOS_ETA = 1e-6    # tau = Ritz value x (1 + eta), raised until the certifica
 
 def dense_norm(op: LinearOperator) -> NormResult:
     return NormResult(matrix_norm(dense_jacobian(op)), True, "exact-svd")
+
+
+def bounded_matrix_norm(matrix: np.ndarray | torch.Tensor) -> NormResult:
+    """matrix_norm; when the layer's --layer-budget runs out on the way, the one-pass bound
+    min(Frobenius, sqrt(||M||_1 ||M||_inf)) instead (the cut is noted on the layer clock)."""
+    try:
+        return NormResult(matrix_norm(matrix), True, "exact-svd")
+    except layer_clock.LayerBudgetSpent as exc:
+        from lipcheck.spectral.cheap_bounds import matrix_cheap_bound
+        layer_clock.note_cut(exc.what)
+        return NormResult(matrix_cheap_bound(matrix), True, "frobenius-holder")
 
 
 def apply_with_adjoint(op: LinearOperator, v: torch.Tensor
@@ -199,6 +219,8 @@ def power_norm(op: LinearOperator, max_iter: int, tol: float, seed: int) -> Norm
     v /= v.norm()
     sigma, previous, converged, it = 0.0, 0.0, False, 0
     for it in range(1, max_iter + 1):
+        if it > 1 and layer_clock.spent():  # an estimate either way: stop where the budget ends
+            break
         u, vjp = apply_with_adjoint(op, v)
         sigma = float(u.norm())
         if sigma == 0.0:

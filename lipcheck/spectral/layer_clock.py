@@ -1,0 +1,138 @@
+"""--layer-budget as a promise: the clock of the layer being bounded, and the cut it records.
+
+The per-layer driver (`estimators.upper.autolip.bound_nodes`) runs each node's rule under
+`running(budget)`. The long loops of the certified methods (dense Jacobian columns, Gram
+chunks, padded-Gram assembly, Lanczos steps, frequency-block chunks, Gram iteration steps)
+call `check(what)` between iterations: once the layer's time is spent it raises
+`LayerBudgetSpent`, and the nearest caller with a cheaper certified bound catches it, keeps
+that bound and `note_cut`s what it stopped. A single native call (one Cholesky, one
+eigvalsh) cannot be interrupted, so before starting one the code asks `fits(flops)`: its
+predicted time, from the float64 matmul rate measured once per process (under the current
+load) and an efficiency per kind of call, must fit in what is left.
+
+Which method a layer gets is still chosen by the count-based predictions of each module
+(reproducible); this clock only decides when to stop one. Outside a `running` block (global
+methods, tests of the spectral functions) every check is a no-op.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import torch
+
+CALIBRATION_N = 256
+_rate: list[float] = []
+
+
+class LayerBudgetSpent(Exception):
+    """The layer's budget ran out in `what`; the caller keeps a cheaper certified bound."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+@dataclass
+class LayerClock:
+    budget: float
+    start: float = field(default_factory=time.perf_counter)
+    reserve: float = 0.0                 # seconds kept back for the fallback of this attempt
+    cuts: list[str] = field(default_factory=list)  # what was stopped, in order
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.budget - self.reserve - self.elapsed()
+
+    def check(self, what: str) -> None:
+        if self.left() <= 0:
+            raise LayerBudgetSpent(what)
+
+
+_current: ContextVar[LayerClock | None] = ContextVar("layer_clock", default=None)
+
+
+@contextmanager
+def running(budget: float) -> Iterator[LayerClock]:
+    """The clock of one layer, active in the block (what `check` and `fits` consult)."""
+    clock = LayerClock(budget)
+    token = _current.set(clock)
+    try:
+        yield clock
+    finally:
+        _current.reset(token)
+
+
+def current() -> LayerClock | None:
+    return _current.get()
+
+
+def check(what: str) -> None:
+    """LayerBudgetSpent when a layer clock is active and its time (less the reserve) is spent."""
+    clock = _current.get()
+    if clock is not None:
+        clock.check(what)
+
+
+def spent() -> bool:
+    clock = _current.get()
+    return clock is not None and clock.left() <= 0
+
+
+def fits(flops: float, efficiency: float = 0.25) -> bool:
+    """Whether one native call of `flops` float64 operations is predicted to end in the time
+    left (always True with no active clock). `efficiency`: its speed against a matmul's
+    (LAPACK factorisations of mid-sized matrices: a quarter, a conservative guess)."""
+    clock = _current.get()
+    return clock is None or predicted_seconds(flops, efficiency) <= clock.left()
+
+
+def require(flops: float, what: str, efficiency: float = 0.25) -> None:
+    """LayerBudgetSpent unless the native call `what` of `flops` operations fits."""
+    if not fits(flops, efficiency):
+        raise LayerBudgetSpent(what)
+
+
+def predicted_seconds(flops: float, efficiency: float = 0.25) -> float:
+    return flops / (machine_rate() * efficiency)
+
+
+@contextmanager
+def reserving(seconds: float) -> Iterator[None]:
+    """Keep `seconds` of the active layer's budget for the fallback while the block runs."""
+    clock = _current.get()
+    if clock is None:
+        yield
+        return
+    before = clock.reserve
+    clock.reserve = before + max(0.0, seconds)
+    try:
+        yield
+    finally:
+        clock.reserve = before
+
+
+def note_cut(what: str) -> None:
+    """Record on the active clock that `what` was stopped by the budget (the bound the
+    layer then keeps is its NodeBound's method)."""
+    clock = _current.get()
+    if clock is not None:
+        clock.cuts.append(what)
+
+
+def machine_rate() -> float:
+    """float64 flops per second of one matmul on this thread, measured once per process."""
+    if not _rate:
+        a = torch.ones(CALIBRATION_N, CALIBRATION_N, dtype=torch.float64)
+        a @ a
+        start = time.perf_counter()
+        for _ in range(3):
+            a @ a
+        seconds = max(time.perf_counter() - start, 1e-6) / 3
+        _rate.append(2 * CALIBRATION_N ** 3 / seconds)
+    return _rate[0]
