@@ -82,7 +82,8 @@ def _certified(node: Node, ctx: BoundContext, pk: PhaseKernel) -> CertifiedNorm:
 def _exact(pk: PhaseKernel, ctx: BoundContext) -> CertifiedNorm | None:
     """The exact methods, keeping back the FFT bound's predicted time (at most half the
     budget) so that, cut by --layer-budget, the layer still gets the FFT bound in time."""
-    with layer_clock.reserving(min(ctx.settings.layer_budget / 2, fft_seconds(pk))):
+    reserve = 3 * fft_seconds(pk) + 0.25  # the prediction's error, and the fallback's own checks
+    with layer_clock.reserving(min(ctx.settings.layer_budget / 2, reserve)):
         try:
             return grouped_dense(pk, ctx) or _exact_gram(pk, ctx)
         except layer_clock.LayerBudgetSpent as exc:
@@ -160,6 +161,9 @@ def is_pointwise(node: Node, ctx: BoundContext) -> bool:
 
 def _gram_result(grams: FrequencyGrams, pk: PhaseKernel, transpose: bool,
                  steps: int = 6) -> CertifiedNorm:
+    n = grams.n  # forming every block, then at least one step: complex n^3 products
+    layer_clock.require(grams.count * (8 * grams.stacked.shape[1] * n * n + 8 * n ** 3),
+                        "Gram iteration (its blocks and a first step)", efficiency=0.5)
     rho = gram_iteration_bound(grams.blocks, steps)
     value = math.sqrt(float(rho.max()) + grams.error) * (1 + 8 * UNIT_ROUNDOFF)
     start = plane_wave(pk, grams, int(rho.argmax()), None)

@@ -84,17 +84,24 @@ def spent() -> bool:
     return clock is not None and clock.left() <= 0
 
 
-def fits(flops: float, efficiency: float = 0.25) -> bool:
-    """Whether one native call of `flops` float64 operations is predicted to end in the time
-    left (always True with no active clock). `efficiency`: its speed against a matmul's
-    (LAPACK factorisations of mid-sized matrices: a quarter, a conservative guess)."""
+def fits(flops: float, efficiency: float = 0.25, overhead: float = 0.0) -> bool:
+    """Whether one native call of `flops` float64 operations (plus `overhead` seconds) is
+    predicted to end in the time left (always True with no active clock). `efficiency`: its
+    speed against a matmul's (a Cholesky of n = 1024-2048 measured 0.4-0.6: a quarter is
+    conservative)."""
     clock = _current.get()
-    return clock is None or predicted_seconds(flops, efficiency) <= clock.left()
+    return clock is None or predicted_seconds(flops, efficiency) + overhead <= clock.left()
 
 
-def require(flops: float, what: str, efficiency: float = 0.25) -> None:
+def has(seconds: float) -> bool:
+    """Whether `seconds` more fit in the active layer's budget (True with no clock)."""
+    clock = _current.get()
+    return clock is None or seconds <= clock.left()
+
+
+def require(flops: float, what: str, efficiency: float = 0.25, overhead: float = 0.0) -> None:
     """LayerBudgetSpent unless the native call `what` of `flops` operations fits."""
-    if not fits(flops, efficiency):
+    if not fits(flops, efficiency, overhead):
         raise LayerBudgetSpent(what)
 
 
@@ -123,6 +130,25 @@ def note_cut(what: str) -> None:
     clock = _current.get()
     if clock is not None:
         clock.cuts.append(what)
+
+
+def warm_up() -> None:
+    """Once per process, before the first layer's clock starts: the matmul rate, and the
+    lazy first calls that no layer should pay for (torch's first autograd.grad imports sympy:
+    1-2 s; the first LAPACK calls load their modules)."""
+    if _rate:
+        return
+    import numpy as np
+    import scipy.linalg
+    import scipy.linalg.lapack
+    x = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    torch.autograd.grad(x * 2, x, torch.ones(2, dtype=torch.float64))
+    eye = np.eye(2)
+    scipy.linalg.eigvalsh(eye, subset_by_index=[1, 1])
+    scipy.linalg.lapack.dpotrf(eye)
+    scipy.linalg.lapack.zpotrf(eye.astype(np.complex128))
+    torch.linalg.cholesky_ex(torch.eye(2, dtype=torch.complex128)[None])
+    machine_rate()
 
 
 def machine_rate() -> float:

@@ -52,6 +52,7 @@ def bound_nodes(graph: Graph, settings: Settings,
                 progress: Callable[[Node], None] | None = None) -> dict[str, NodeBound]:
     """The per-node bounds of every node that depends on a graph input."""
     ctx = BoundContext(graph, settings)
+    layer_clock.warm_up()
     bounds = {}
     for node in graph.nodes:
         if ctx.dynamic(node):
