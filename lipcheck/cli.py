@@ -45,8 +45,11 @@ def estimate(
                                "sdp-conv, all"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
     time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
-    layer_budget: float = typer.Option(5.0, help="seconds a layer's certified norm may take "
-                                       "before auto picks a cheaper, looser certificate"),
+    layer_budget: float = typer.Option(
+        5.0, help="cap, in seconds, on each layer's certified norm: auto picks the tightest "
+        "method predicted to fit, and a method that runs past it stops and the layer keeps a "
+        "cheaper certified bound (marked cut_by_budget); the per-layer phase takes at most "
+        "about layers x this"),
     lower_budget: float = typer.Option(
         10.0, help="seconds: cap on the lower-bound search (0: off)"),
     lower_rounds: int | None = typer.Option(
@@ -64,8 +67,9 @@ def estimate(
     tol: float = typer.Option(1e-6, help="power-iteration relative tolerance"),
     dtype: str = typer.Option("float32", help="precision of estimates: float32|float64 "
                               "(certified bounds always use float64)"),
-    timeout: float | None = typer.Option(None, help="stop the run after this many seconds "
-                                            "(exit code 2)"),
+    timeout: float | None = typer.Option(None, help="stop the whole run after this many "
+                                            "seconds, even inside a long computation "
+                                            "(exit code 2, no report)"),
     arch: str | None = typer.Option(None, help="package.module:factory or "
                                        "path/to/file.py:factory for a state_dict"),
     unsafe_pickle: bool = typer.Option(False, help="allow loading a pickled module (runs code)"),

@@ -136,7 +136,7 @@ def _float64_gram(m: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
     step = max(1, GRAM_CHUNK_ENTRIES // max(n, 1))
     if layer_clock.current() is not None:  # under --layer-budget: chunks of ~CLOCKED_CHUNK_S
         flops = CLOCKED_CHUNK_S * layer_clock.machine_rate()
-        step = max(16, min(step, int(flops // max(1, 2 * n * n))))
+        step = max(64, min(step, int(flops // max(1, 2 * n * n))))
     for j in range(0, k, step):
         layer_clock.check("Gram of the matrix")
         part = t[:, j:j + step].to(torch.float64)
@@ -145,7 +145,7 @@ def _float64_gram(m: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
     return gram.numpy(), frobenius
 
 
-CLOCKED_CHUNK_S = 0.1  # predicted seconds of one Gram chunk under a layer clock
+CLOCKED_CHUNK_S = 0.25  # predicted seconds of one Gram chunk under a layer clock
 
 
 # Above this many rows and columns, ||M|| comes from the float64 Gram matrix with a
