@@ -97,6 +97,10 @@ def test_taps_bound_is_above_the_conv_norm(stride: int, groups: int) -> None:
     exact = dense_norm_of(graph)
     assert exact <= taps_bound(pk.taps) <= 9 * exact
 
+    def svd(m: torch.Tensor) -> float:
+        return float(torch.linalg.matrix_norm(m.double(), 2)) * (1 + 1e-9)
+    assert exact <= taps_bound(pk.taps, svd) <= 3 * exact  # sqrt(T) ||stacked taps||
+
 
 def test_a_huge_matrix_keeps_the_one_pass_bound_in_time() -> None:
     graph = gemm_graph(2000, 4000)

@@ -3,13 +3,18 @@
 
 `matrix_cheap_bound(M)`: ||M||_2 <= min(||M||_F, sqrt(||M||_1 ||M||_inf)) (Frobenius, and
 Hoelder's inequality between the largest column and row sums).
-`taps_bound(pk)`: a (polyphase) convolution is y = sum_a S_a k_a x with S_a a shift and
-crop (norm <= 1), so ||A|| <= max over groups of sum_a ||k_a||_2, each ||k_a|| bounded as above.
-Sums of n non-negative float64 terms are off by at most gamma_n relative: the margin.
+`taps_bound(taps, norm)`: a (polyphase) convolution is y = sum_a S_a k_a x with S_a a shift
+and crop (norm <= 1), so ||y|| <= sum_a ||k_a x|| <= sqrt(T) (sum_a ||k_a x||^2)^(1/2)
+= sqrt(T) ||K_rows x|| with K_rows = [k_1; ...; k_T] stacked on the output side (k_a x
+applies k_a at every position). Hence ||A|| <= sqrt(T) ||K_rows||, by the adjoint also
+sqrt(T) ||[k_1 ... k_T]||, and <= sum_a ||k_a||; the smallest, max over groups. `norm` is
+a certified matrix norm (the caller's: an SVD when it fits the budget, else the one-pass
+bound above). Sums of n non-negative float64 terms are off by at most gamma_n relative.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -45,8 +50,25 @@ def matrix_cheap_bound(matrix: np.ndarray | torch.Tensor) -> float:
     return value * (1 + 8 * gamma(1)) if math.isfinite(value) else math.inf
 
 
-def taps_bound(taps: torch.Tensor) -> float:
-    """max over groups of sum over taps of matrix_cheap_bound(k_a); taps (groups, T, C_out, C_in)."""
-    per_group = [sum(matrix_cheap_bound(taps[g, a]) for a in range(taps.shape[1]))
-                 for g in range(taps.shape[0])]
-    return max(per_group, default=0.0) * (1 + 4 * gamma(taps.shape[1]))
+def taps_bound(taps: torch.Tensor, norm: Callable[[torch.Tensor], float] = matrix_cheap_bound
+               ) -> float:
+    """The bound above for taps (groups, T, C_out, C_in)."""
+    t, c_out, c_in = taps.shape[1:]
+    root = math.sqrt(t) * (1 + 4 * gamma(1))
+    best = 0.0
+    for k in taps:
+        rows, cols = k.reshape(t * c_out, c_in), k.permute(1, 0, 2).reshape(c_out, t * c_in)
+        tap_sum = sum(matrix_cheap_bound(k[a]) for a in range(t)) * (1 + 4 * gamma(t))
+        best = max(best, min(root * norm(rows), root * norm(cols), tap_sum))
+    return best
+
+
+def stacked_flops(taps: torch.Tensor) -> float:
+    """Matmul-equivalent flops of the two stacked norms of every group (their Grams, an
+    eigvalsh and a Cholesky each: 2 m n^2 + 6 n^3 with n the smaller side)."""
+    t, c_out, c_in = taps.shape[1:]
+    total = 0.0
+    for m, n in ((t * c_out, c_in), (c_out, t * c_in)):
+        m, n = max(m, n), min(m, n)
+        total += 2 * m * n * n + 6 * n ** 3
+    return taps.shape[0] * total

@@ -17,13 +17,14 @@ from lipcheck.bounds import BoundContext
 from lipcheck.graph import Node, OpKind
 from lipcheck.spectral import layer_clock
 from lipcheck.spectral.block_bounds import gram_iteration_bound
-from lipcheck.spectral.cheap_bounds import taps_bound
+from lipcheck.spectral.cheap_bounds import matrix_cheap_bound, stacked_flops, taps_bound
 from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, FrequencyGrams, frequency_grams
 from lipcheck.spectral.operator import (
     DENSE_SECONDS_PER_FLOP,
     FLOAT64_MARGIN,
     LinearOperator,
     NormResult,
+    bounded_matrix_norm,
     matrix_norm,
 )
 from lipcheck.spectral.padded_gram import MAX_DIM, exact_gram_norm, gram_dim, predicted_seconds
@@ -52,13 +53,23 @@ def conv_certifier(node: Node, ctx: BoundContext, op: LinearOperator) -> Certifi
     pk = phase_kernel(conv_spec(node, weight))
     if pk.empty:
         return CertifiedNorm(0.0, True, "exact-svd", detail="the output grid is empty")
+    fallback = layer_clock.predicted_seconds(stacked_flops(pk.taps), 1.0) + 0.05
     try:
-        return _certified(node, ctx, pk)
-    except layer_clock.LayerBudgetSpent as exc:  # --layer-budget: the one-pass bound
+        with layer_clock.reserving(min(ctx.settings.layer_budget / 4, fallback)):
+            return _certified(node, ctx, pk)
+    except layer_clock.LayerBudgetSpent as exc:  # --layer-budget: the taps' bound
         layer_clock.note_cut(exc.what)
-        return CertifiedNorm(taps_bound(pk.taps), True, "tap-sum",
-                             detail=f"sum over {pk.taps.shape[1]} taps of min(Frobenius, "
-                             "sqrt(||k||_1 ||k||_inf))")
+        return CertifiedNorm(taps_bound(pk.taps, _tap_norm), True, "tap-sum",
+                             detail=f"min(sqrt(T) ||stacked taps||, sum of tap norms) over "
+                             f"{pk.taps.shape[1]} taps")
+
+
+def _tap_norm(matrix: torch.Tensor) -> float:
+    """A certified ||matrix||: its SVD when predicted to fit the layer's time, else the
+    one-pass bound."""
+    if layer_clock.fits(stacked_flops(matrix[None, None]) / 2, 1.0):
+        return bounded_matrix_norm(matrix).value
+    return matrix_cheap_bound(matrix)
 
 
 def _certified(node: Node, ctx: BoundContext, pk: PhaseKernel) -> CertifiedNorm:
