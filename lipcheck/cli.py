@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from lipcheck.cli_base import (  # noqa: F401 (re-exported: tests and users impo
     write_text,
 )
 from lipcheck.errors import EXIT_NO_FINITE_BOUND, EXIT_OK, EXIT_USER_ERROR
+from lipcheck.limits import check_timeout
+from lipcheck.worker import forking_available
 
 
 class Format(str, Enum):
@@ -78,27 +81,42 @@ def estimate(
 ) -> None:
     """Bound the Lipschitz constant of every layer and of the whole network."""
     def body() -> int:
+        started = time.monotonic()  # --timeout counts from here (torch's import included)
         check_model_file(model)
         check_arch(arch, model)
         for path, option in ((json_path, "--json"), (save_witness, "--save-witness")):
             check_output_path(path, option)
         shapes = parse_shapes(input_shape)
-        from lipcheck.local_set import LocalSet
-        settings, options = run_config(
-            seed=seed, device=device, layer_method=layer_method, time_budget=time_budget,
-            method=method, lower_budget=lower_budget, lower_rounds=lower_rounds,
-            input_range=input_range, arch=arch, unsafe_pickle=unsafe_pickle, max_iter=max_iter,
-            tol=tol, dtype=dtype, timeout=timeout, layer_budget=layer_budget)
-        options.witness_path = str(save_witness) if save_witness else None
-        options.local = LocalSet(options.input_range, around, eps, norm).validated()
-        if unsafe_pickle:
-            err.print("[yellow]warning[/yellow]: --unsafe-pickle: loading a pickled module runs "
-                      "code from the file; use it only on files you trust")
-        report = run_estimate(model, shapes, settings, options,
-                              show_progress=not quiet and format != Format.json)
+
+        def configure():
+            from lipcheck.local_set import LocalSet
+            settings, options = run_config(
+                seed=seed, device=device, layer_method=layer_method, time_budget=time_budget,
+                method=method, lower_budget=lower_budget, lower_rounds=lower_rounds,
+                input_range=input_range, arch=arch, unsafe_pickle=unsafe_pickle,
+                max_iter=max_iter, tol=tol, dtype=dtype, timeout=timeout,
+                layer_budget=layer_budget)
+            options.witness_path = str(save_witness) if save_witness else None
+            options.local = LocalSet(options.input_range, around, eps, norm).validated()
+            if unsafe_pickle:
+                err.print("[yellow]warning[/yellow]: --unsafe-pickle: loading a pickled module "
+                          "runs code from the file; use it only on files you trust")
+            return settings, options
+        show = not quiet and format != Format.json
+        if timeout is not None and forking_available():
+            check_timeout(timeout)  # a bad value is a user error here, before the fork
+            return _in_worker(configure, model, shapes, format, json_path, quiet,
+                              timeout, show, started,
+                              {"global methods": time_budget, "lower-bound search": lower_budget})
+        settings, options = configure()
+        report = run_estimate(model, shapes, settings, options, show_progress=show)
         emit(report, format, json_path, quiet)
-        return EXIT_OK if report.finite or _has_finite_estimate(report) else EXIT_NO_FINITE_BOUND
+        return exit_code(report)
     guarded(debug, body)
+
+
+def exit_code(report) -> int:
+    return EXIT_OK if report.finite or _has_finite_estimate(report) else EXIT_NO_FINITE_BOUND
 
 
 def _has_finite_estimate(report) -> bool:
@@ -106,41 +124,48 @@ def _has_finite_estimate(report) -> bool:
     return bool(autolip) and math.isfinite(autolip[0].value)
 
 
+def _in_worker(configure, model, shapes, format: Format, json_path: Path | None, quiet: bool,
+               timeout: float, show: bool, started: float, caps: dict[str, float]) -> int:
+    """--timeout: the estimate and its rendering in a worker ended at the deadline
+    (lipcheck.cli_worker); this process writes what it rendered."""
+    from lipcheck.cli_worker import run_in_worker
+
+    def render(report) -> dict:
+        return {"stdout": rendered(report, format, quiet), "code": exit_code(report),
+                "json": report.to_json() + "\n" if json_path is not None else None}
+    out = run_in_worker(configure, model, shapes, render, timeout, caps if show else None,
+                        started)
+    if json_path is not None:
+        write_text(json_path, out["json"])
+    sys.stdout.write(out["stdout"])
+    return out["code"]
+
+
+def rendered(report, format: Format, quiet: bool) -> str:
+    """What `emit` prints on stdout, as text (the table as rich would print it here)."""
+    from lipcheck import render
+    if format == Format.json:
+        return report.to_json() + "\n"
+    if format == Format.markdown:
+        return render.markdown(report) + "\n"
+    if quiet:
+        return ""
+    from lipcheck.cli_worker import stdout_console
+    console, buffer = stdout_console()
+    render.print_table(report, console)
+    return buffer.getvalue()
+
+
 def run_estimate(model, shapes, settings, options, show_progress: bool):
-    """The report; with --timeout (on POSIX) computed in a forked worker that is killed at the
-    deadline (lipcheck.worker), so the run ends on time even inside one long native call."""
-    from contextlib import nullcontext
-
     from lipcheck.api import estimate as api_estimate
-    from lipcheck.worker import forking_available, run_with_deadline
-    clock = nullcontext(None)
-    if show_progress:
-        from lipcheck.cli_progress import PhaseClock, phase_progress
-        caps = {"global methods": settings.time_budget, "lower-bound search": options.lower_budget}
-        clock = phase_progress(err, PhaseClock(caps, settings.timeout))
-    if settings.timeout is None or not forking_available():
-        with clock as c:
-            if c is None:
-                return api_estimate(str(model), shapes, settings, options)
-            return api_estimate(str(model), shapes, settings, options,
-                                progress=lambda node: c.node_done(node.name), on_phase=c.enter)
-
-    def job(send):
+    if not show_progress:
+        return api_estimate(str(model), shapes, settings, options)
+    from lipcheck.cli_progress import PhaseClock, phase_progress
+    caps = {"global methods": settings.time_budget, "lower-bound search": options.lower_budget}
+    with phase_progress(err, PhaseClock(caps, settings.timeout)) as clock:
         return api_estimate(str(model), shapes, settings, options,
-                            progress=lambda node: send(("node", node.name)),
-                            on_phase=lambda phase, count: send(("phase", phase, count)))
-    with clock as c:
-        return run_with_deadline(job, settings.timeout, None if c is None else _forward(c))
-
-
-def _forward(clock):
-    """The worker's events, shown on the progress line."""
-    def on_event(event: tuple) -> None:
-        if event[0] == "phase":
-            clock.enter(event[1], event[2])
-        elif event[0] == "node":
-            clock.node_done(event[1])
-    return on_event
+                            progress=lambda node: clock.node_done(node.name),
+                            on_phase=clock.enter)
 
 
 def emit(report, format: Format, json_path: Path | None, quiet: bool) -> None:

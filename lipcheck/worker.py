@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from lipcheck.errors import LipcheckError
@@ -48,12 +49,17 @@ def forking_available() -> bool:
 
 
 def run_with_deadline(job: Callable[[Send], Any], seconds: float,
-                      on_event: Callable[[tuple], None] | None = None) -> Any:
+                      on_event: Callable[[tuple], None] | None = None,
+                      display: AbstractContextManager | None = None,
+                      started: float | None = None) -> Any:
     """job(send) in a forked child; its return value, or its exception re-raised here.
     Events the child passes to `send` reach `on_event` in this process as they come. At
     `seconds` after the call the child is killed and RunTimeout raised: the call returns
-    within a few milliseconds of the deadline whatever the child is doing."""
-    deadline = time.monotonic() + seconds
+    within a few milliseconds of the deadline whatever the child is doing (the deadline is
+    `started`, a time.monotonic() value, default now, plus `seconds`). `display` (a
+    progress line: it starts a thread) is entered in this process only after the fork, so
+    that the child never inherits a lock that thread holds."""
+    deadline = (time.monotonic() if started is None else started) + seconds
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -62,7 +68,7 @@ def run_with_deadline(job: Callable[[Send], Any], seconds: float,
     os.close(write_fd)
     stage = _Stage()
     try:
-        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        with os.fdopen(read_fd, "rb", buffering=0) as pipe, display or nullcontext():
             return _wait(pipe, deadline, seconds, pid, stage, on_event)
     finally:
         _end(pid)

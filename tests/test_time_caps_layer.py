@@ -9,6 +9,7 @@ wrong on purpose (the exact Gram predicted free). Elapsed times are only ever bo
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -211,3 +212,26 @@ def test_timeout_holds_in_the_cli(tmp_path: Path) -> None:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "stopped by --timeout 1 s" in lines[0], result.output
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker needs fork")
+def test_a_run_that_ends_in_time_gives_the_same_outputs_through_the_worker(tmp_path: Path
+                                                                           ) -> None:
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Gemm", ["x", "w0"], ["h"], name="fc0", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w1"], ["y"], name="fc1", transB=1)]
+    inits = [const("w0", rng.standard_normal((6, 4))), const("w1", rng.standard_normal((3, 6)))]
+    path = save(model(nodes, {"x": [1, 4]}, ["y"], inits), tmp_path)
+    args = ["estimate", str(path), "--method", "autolip", "--lower-budget", "0"]
+    runner = CliRunner()
+    plain = runner.invoke(app, [*args, "--format", "json"])
+    timed = runner.invoke(app, [*args, "--format", "json", "--timeout", "120",
+                                "--json", str(tmp_path / "r.json")])
+    assert plain.exit_code == timed.exit_code == 0, timed.output
+    first, second = json.loads(plain.stdout), json.loads(timed.stdout)
+    assert json.loads((tmp_path / "r.json").read_text())["bounds"] == second["bounds"]
+    assert [b["value"] for b in first["bounds"]] == [b["value"] for b in second["bounds"]]
+    assert second["settings"]["timeout"] == 120
+    table = runner.invoke(app, [*args, "--timeout", "120"])
+    assert table.exit_code == 0 and "autolip" in table.stdout, table.output

@@ -28,9 +28,9 @@ from lipcheck.spectral.operator import (
     apply_with_adjoint,
     bounded_matrix_norm,
     dense_jacobian,
-    matrix_norm,
     fits_dense,
     lanczos_estimate,
+    matrix_norm,
     node_operator,
     power_norm,
 )
