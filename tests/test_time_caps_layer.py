@@ -2,10 +2,11 @@
 within max(1 s, 10 %) of --layer-budget (cut, it keeps a cheaper certified bound and says
 so), and --timeout ends the run within that slack even inside one long native call.
 
-Slowness is built so that it does not depend on this machine: either the work is far beyond
-any single thread (a 2000 x 4000 Gram in 0.2 s would need 160 GFLOP/s), or a delay is
-injected into every step of a loop (a slow machine, simulated), or a prediction is made
-wrong on purpose (the exact Gram predicted free). Elapsed times are only ever bounded above.
+Slowness is built so that it does not depend on this machine: either the cut is decided by
+a count (a 1000 x 5000 matrix: the one-pass fallback's reserve, 5e-8 CPU seconds per entry,
+is above a 0.2 s budget, so its Gram is never started), or a delay is injected into every
+step of a loop (a slow machine, simulated), or a prediction is made wrong on purpose (the
+exact Gram predicted free). Elapsed times are only ever bounded above.
 """
 from __future__ import annotations
 
@@ -104,14 +105,14 @@ def test_taps_bound_is_above_the_conv_norm(stride: int, groups: int) -> None:
 
 
 def test_a_huge_matrix_keeps_the_one_pass_bound_in_time() -> None:
-    graph = gemm_graph(2000, 4000)
+    graph = gemm_graph(1000, 5000)
     bound, seconds = timed_bound(graph, layer_budget=0.2)
-    assert seconds <= 0.2 + slack(0.2)
+    assert seconds <= 0.2 + slack(0.2), (seconds, bound)
     assert bound.certified and bound.method == "frobenius-holder", bound
     assert bound.cut_by_budget == {"budget_s": 0.2, "stopped": "Gram of the matrix",
                                    "kept": "frobenius-holder"}
     assert bound.value >= matrix_cheap_bound(graph.constants["w"]) * (1 - 1e-12)
-    x = torch.randn(4000, 8, dtype=torch.float64)
+    x = torch.randn(5000, 8, dtype=torch.float64)
     w = graph.constants["w"].double()
     assert bound.value >= float((w @ x).norm(dim=0).max() / x.norm(dim=0).max())
     assert any(code == "layer_budget_cut" for code, _ in bound.warnings)
@@ -149,12 +150,12 @@ def test_a_mispredicted_exact_gram_falls_back_to_the_fft_bound(monkeypatch) -> N
     bound, seconds = timed_bound(graph, layer_budget=1.0)
     assert seconds <= 1.0 + slack(1.0)
     assert bound.method == "fft" and bound.certified, bound
-    assert bound.cut_by_budget["stopped"] == "padded Gram Lanczos"
+    assert bound.cut_by_budget["stopped"].startswith("padded Gram")  # assembly or Lanczos
     assert bound.value >= dense_norm_of(graph)
 
 
 def test_the_cut_is_in_the_report() -> None:
-    report = api.estimate(gemm_graph(2000, 4000), settings=Settings(layer_budget=0.2),
+    report = api.estimate(gemm_graph(1000, 5000), settings=Settings(layer_budget=0.2),
                           options=api.EstimateOptions(methods=("autolip",), lower_budget=0))
     data = report.to_dict()
     jsonschema.validate(data, load_schema())

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 CALIBRATION_N = 256
+MAX_SLOWDOWN = 8.0
 _rate: list[float] = []
 
 
@@ -36,18 +37,35 @@ class LayerBudgetSpent(Exception):
         self.what = what
 
 
+_slowdown = [1.0]   # the last layer's wall / CPU time: how much the machine is shared
+
+
 @dataclass
 class LayerClock:
+    """`reserve` and every prediction are in seconds of this process's CPU time; they are
+    turned into wall-clock seconds by `slowdown()`, the wall / CPU time ratio seen so far in
+    this layer (the previous layer's before 50 ms): on a machine shared with other jobs the
+    fallback's reserve and a native call's prediction grow with the share lost to them."""
+
     budget: float
     start: float = field(default_factory=time.perf_counter)
-    reserve: float = 0.0                 # seconds kept back for the fallback of this attempt
+    cpu_start: float = field(default_factory=time.process_time)
+    reserve: float = 0.0                 # CPU seconds kept back for the fallback of this attempt
     cuts: list[str] = field(default_factory=list)  # what was stopped, in order
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
+    def slowdown(self) -> float:
+        wall = self.elapsed()
+        if wall < 0.05:
+            return _slowdown[0]
+        cpu = max(time.process_time() - self.cpu_start, 1e-3)
+        _slowdown[0] = min(MAX_SLOWDOWN, max(1.0, wall / cpu))
+        return _slowdown[0]
+
     def left(self) -> float:
-        return self.budget - self.reserve - self.elapsed()
+        return self.budget - self.reserve * self.slowdown() - self.elapsed()
 
     def check(self, what: str) -> None:
         if self.left() <= 0:
@@ -90,11 +108,14 @@ def fits(flops: float, efficiency: float = 0.25, overhead: float = 0.0) -> bool:
     speed against a matmul's (a Cholesky of n = 1024-2048 measured 0.4-0.6: a quarter is
     conservative)."""
     clock = _current.get()
-    return clock is None or predicted_seconds(flops, efficiency) + overhead <= clock.left()
+    if clock is None:
+        return True
+    return (predicted_seconds(flops, efficiency) + overhead) * clock.slowdown() <= clock.left()
 
 
 def has(seconds: float) -> bool:
-    """Whether `seconds` more fit in the active layer's budget (True with no clock)."""
+    """Whether `seconds` more (wall-clock, measured) fit in the active layer's budget (True
+    with no clock)."""
     clock = _current.get()
     return clock is None or seconds <= clock.left()
 
@@ -106,6 +127,7 @@ def require(flops: float, what: str, efficiency: float = 0.25, overhead: float =
 
 
 def predicted_seconds(flops: float, efficiency: float = 0.25) -> float:
+    """CPU seconds of `flops` matmul-equivalent operations at `efficiency`."""
     return flops / (machine_rate() * efficiency)
 
 
@@ -152,13 +174,13 @@ def warm_up() -> None:
 
 
 def machine_rate() -> float:
-    """float64 flops per second of one matmul on this thread, measured once per process."""
+    """float64 flops per CPU second of one matmul on this thread, measured once per process."""
     if not _rate:
         a = torch.ones(CALIBRATION_N, CALIBRATION_N, dtype=torch.float64)
         a @ a
-        start = time.perf_counter()
-        for _ in range(3):
+        start = time.process_time()
+        for _ in range(5):
             a @ a
-        seconds = max(time.perf_counter() - start, 1e-6) / 3
+        seconds = max(time.process_time() - start, 1e-6) / 5
         _rate.append(2 * CALIBRATION_N ** 3 / seconds)
     return _rate[0]

@@ -117,6 +117,7 @@ def matrix_norm(matrix: np.ndarray | torch.Tensor) -> float:
     if not np.isfinite(m).all():  # an entry overflowed: +inf is the only honest bound
         return math.inf
     if min(m.shape) <= GRAM_FROM:
+        layer_clock.require(4 * max(m.shape) * min(m.shape) ** 2 + 8 * min(m.shape) ** 3, "SVD")
         return float(scipy.linalg.svdvals(m, check_finite=False)[0]) * (1 + FLOAT64_MARGIN)
     return _gram_certified_norm(m)
 
