@@ -236,3 +236,21 @@ def test_a_run_that_ends_in_time_gives_the_same_outputs_through_the_worker(tmp_p
     assert second["settings"]["timeout"] == 120
     table = runner.invoke(app, [*args, "--timeout", "120"])
     assert table.exit_code == 0 and "autolip" in table.stdout, table.output
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_taps_bound_is_above_the_conv_transpose_norm(stride: int) -> None:
+    weight = torch.randn(6, 5, 3, 3, generator=torch.Generator().manual_seed(stride))
+    graph = Graph([ValueInfo("x", (1, 6, 7, 7))], ["y"],
+                  [Node("c", OpKind.CONV_TRANSPOSE, ["x", "w"], ["y"],
+                        {"strides": [stride] * 2, "pads": [1, 1, 1, 1]})], {"w": weight})
+    infer_shapes(graph)
+    pk = phase_kernel(conv_spec(graph.nodes[0], weight))
+    n = 6 * 49
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, 6, 7, 7)
+    out = torch.nn.functional.conv_transpose2d(basis, weight.double(), stride=stride, padding=1)
+    exact = float(np.linalg.norm(out.reshape(n, -1).numpy(), 2)) * (1 - 1e-9)
+
+    def svd(m: torch.Tensor) -> float:
+        return float(torch.linalg.matrix_norm(m.double(), 2)) * (1 + 1e-9)
+    assert exact <= taps_bound(pk.taps, svd) <= taps_bound(pk.taps)
