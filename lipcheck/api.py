@@ -75,6 +75,11 @@ def estimate(model: Any, input_shapes: Shapes = None, settings: Settings | None 
              on_phase: Callable[[str, int | None], None] | None = None) -> Report:
     """Load and bound a model; stops with RunTimeout after settings.timeout seconds.
 
+    In this process the timeout is a SIGALRM timer (main thread, POSIX) or a check after
+    every node: a single long native call (one big SVD) finishes before it is seen. The CLI
+    holds --timeout exactly by running this in a worker process it kills at the deadline
+    (lipcheck.worker.run_with_deadline); do the same to hold it inside native calls.
+
     `progress(node)` runs after each node is bounded; `on_phase(name, count)` when a phase
     starts: PHASES in order (a phase that does not run is skipped), `count` the number of
     nodes for the per-layer bounds, else None."""

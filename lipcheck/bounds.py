@@ -46,6 +46,7 @@ class NodeBound:
     detail: str = ""
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (code, message)
     seconds: float = 0.0
+    cut_by_budget: dict | None = None  # --layer-budget ran out: what stopped, what was kept
 
     @property
     def finite(self) -> bool:

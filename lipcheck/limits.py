@@ -3,7 +3,8 @@
 Loaders call `check_file_size` before reading a file and `check_node_count` before
 converting its nodes, so a huge or hostile file is refused with one line before it can
 exhaust memory. `time_limit` bounds a whole run (load, layer bounds, global methods,
-lower bound): see `time_limit` for how it stops a run and what it cannot interrupt.
+lower bound) in this process: see `time_limit` for how it stops a run and what it cannot
+interrupt (one long native call); `lipcheck.worker` holds the deadline even there.
 """
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def time_limit(seconds: float | None, what: Callable[[], str] = lambda: "running
 
     On the main thread of a POSIX process a SIGALRM timer interrupts the body at the
     next Python bytecode, wherever it is (loading, a layer, the lower-bound search). A
-    single long native call (one big SVD) finishes before the signal is seen. Elsewhere
+    single long native call (one big SVD) finishes before the signal is seen (the CLI runs
+    the estimate in `lipcheck.worker`, killed at the deadline, for that). Elsewhere
     (Windows, worker threads) the yielded Deadline must be checked by the caller, which
     `lipcheck.api.estimate` does after every node. The previous SIGALRM handler and timer
     are restored on exit.

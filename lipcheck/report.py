@@ -45,6 +45,7 @@ class LayerRecord:
     running: float
     seconds: float
     detail: str = ""
+    cut_by_budget: dict[str, Any] | None = None
 
     @classmethod
     def from_result(cls, r: NodeResult, dynamic_positions: list[int]) -> LayerRecord:
@@ -54,7 +55,7 @@ class LayerRecord:
         out_shape = list(node.output_shapes[0]) if node.output_shapes else []
         return cls(node.name, node.op.value, node.source_op, in_shape, out_shape, b.value,
                    b.method, b.certified, b.iterations, b.converged, b.estimate, r.running,
-                   b.seconds, b.detail)
+                   b.seconds, b.detail, b.cut_by_budget)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,7 +66,7 @@ class LayerRecord:
             "converged": self.converged, "estimate": finite_or_none(self.estimate),
             "gap": layer_gap(self.bound, self.estimate),
             "running_bound": finite_or_none(self.running), "seconds": round(self.seconds, 6),
-            "detail": self.detail,
+            "detail": self.detail, "cut_by_budget": self.cut_by_budget,
         }
 
 

@@ -14,7 +14,7 @@ from lipcheck.rules.registry import (
     unbounded,
 )
 from lipcheck.spectral.affine import affine_bound
-from lipcheck.spectral.operator import matrix_norm
+from lipcheck.spectral.operator import NormResult, bounded_matrix_norm
 
 FAMILY = "linear"
 NEAR_ZERO_VARIANCE = 1e-6
@@ -41,11 +41,12 @@ def _gemm_bound(node: Node, ctx: BoundContext) -> NodeBound:
     if len(dynamic) != 1 or 2 in dynamic:
         return unbounded("Gemm of two input-dependent operands is bilinear")
     other = constant_input(node, ctx, 1 - dynamic[0])
-    return _exact(abs(alpha) * matrix_norm(other))
+    return _exact(bounded_matrix_norm(other), abs(alpha))
 
 
-def _exact(value: float) -> NodeBound:
-    return NodeBound(value=value, method="exact-svd", certified=True)
+def _exact(norm: NormResult, scale: float = 1.0) -> NodeBound:
+    """exact-svd, or a one-pass bound where --layer-budget ran out (bounded_matrix_norm)."""
+    return NodeBound(value=scale * norm.value, method=norm.method, certified=True)
 
 
 register(Rule(OpKind.GEMM, FAMILY, _gemm_run, _gemm_bound,
@@ -62,7 +63,7 @@ def _matmul_bound(node: Node, ctx: BoundContext) -> NodeBound:
         return unbounded("MatMul of two input-dependent operands is bilinear (as in attention)")
     other = constant_input(node, ctx, 1 - dynamic[0])
     if other.dim() == 2:
-        return _exact(matrix_norm(other))
+        return _exact(bounded_matrix_norm(other))
     return affine_bound(node, ctx)
 
 
@@ -89,8 +90,7 @@ def _bn_bound(node: Node, ctx: BoundContext) -> NodeBound:
     var = params[3]
     eps = float(node.attrs.get("epsilon", 1e-5))
     scale = _bn_scale(node, params[0], var)
-    result = _exact(float(scale.abs().max()) * (1 + 1e-12) if scale.numel() else 0.0)
-    result.method = "analytic"
+    result = analytic(float(scale.abs().max()) * (1 + 1e-12) if scale.numel() else 0.0)
     if var.numel() and float((var + eps).min()) < NEAR_ZERO_VARIANCE:
         result.warnings.append(("batchnorm_near_zero_variance",
                                 f"running variance + eps is {float((var + eps).min()):.2e}: "

@@ -19,15 +19,18 @@ import torch
 from lipcheck.bounds import BoundContext, NodeBound
 from lipcheck.errors import UserError
 from lipcheck.graph import Node, OpKind
+from lipcheck.spectral import layer_clock
 from lipcheck.spectral.conv_norm import conv_certifier, is_pointwise
 from lipcheck.spectral.operator import (
     DENSE_SECONDS_PER_FLOP,
     LinearOperator,
     NormResult,
     apply_with_adjoint,
-    dense_norm,
+    bounded_matrix_norm,
+    dense_jacobian,
     fits_dense,
     lanczos_estimate,
+    matrix_norm,
     node_operator,
     power_norm,
 )
@@ -53,7 +56,8 @@ register_certifier(OpKind.CONV_TRANSPOSE, conv_certifier)
 
 def affine_bound(node: Node, ctx: BoundContext) -> NodeBound:
     start = time.perf_counter()
-    op = node_operator(node, ctx)
+    op = node_operator(node, ctx)  # one forward pass: what a Lanczos step costs, about 4x
+    step_s = 4 * (time.perf_counter() - start)
     result = _norm(node, ctx, op)
     bound = NodeBound(value=result.value, method=result.method, certified=result.certified,
                       iterations=result.iterations, converged=result.converged,
@@ -67,7 +71,7 @@ def affine_bound(node: Node, ctx: BoundContext) -> NodeBound:
     elif result.method in ("exact-svd", "exact-gram"):  # exact up to a 1e-6 margin: no gap to show
         bound.estimate = result.value
     else:
-        bound.estimate = _estimate(node, ctx, op, result)
+        bound.estimate = _estimate(node, ctx, op, result, step_s)
     bound.seconds = time.perf_counter() - start
     return bound
 
@@ -78,8 +82,10 @@ def _norm(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
         return _power(node, ctx, op)
     if (method == "exact" and fits_dense(op, ctx)) \
             or (method == "auto" and _prefer_dense(node, op, ctx)):
-        return dense_norm(op)
-    if method == "exact":
+        dense = _dense(node, op)
+        if dense is not None:
+            return dense
+    elif method == "exact":
         raise UserError(f"node {node.name!r} ({node.op.value}): --layer-method exact needs a dense "
                         f"{op.n_out}x{op.n_in} Jacobian, above the limits (exact_max_dim="
                         f"{ctx.settings.exact_max_dim}); use auto, fft or gram")
@@ -88,6 +94,20 @@ def _norm(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
         if result is not None:
             return result
     return _power(node, ctx, op)
+
+
+def _dense(node: Node, op: LinearOperator) -> NormResult | None:
+    """The dense Jacobian's certified norm; None when --layer-budget ran out on the way and
+    the op has a certifier (which `_norm` tries next). Without one: the one-pass bound of
+    the Jacobian when it was formed, else power iteration (an estimate)."""
+    try:
+        jacobian = dense_jacobian(op)
+        if node.op in CERTIFIERS:
+            return NormResult(matrix_norm(jacobian), True, "exact-svd")
+    except layer_clock.LayerBudgetSpent as exc:
+        layer_clock.note_cut(exc.what)
+        return None
+    return bounded_matrix_norm(jacobian)
 
 
 # `auto` takes the tightest certified method that fits Settings.layer_budget: the dense
@@ -121,10 +141,11 @@ def _power(node: Node, ctx: BoundContext, op: LinearOperator) -> NormResult:
     return result
 
 
-def _estimate(node: Node, ctx: BoundContext, op: LinearOperator, result: NormResult
-              ) -> float | None:
+def _estimate(node: Node, ctx: BoundContext, op: LinearOperator, result: NormResult,
+              step_s: float = 0.0) -> float | None:
+    """Lanczos steps while they fit --layer-budget (`step_s`: a step's predicted time)."""
     iters = int(ctx.settings.extra.get("estimate_iters", ESTIMATE_ITERS))
-    if iters <= 0 or op.n_in == 0 or op.n_out == 0:
+    if iters <= 0 or op.n_in == 0 or op.n_out == 0 or not layer_clock.has(2 * step_s):
         return None
     working = op if ctx.settings.dtype == "float64" else node_operator(node, ctx, torch.float32)
     v = _start(working, result, ctx.settings.seed)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import scipy.linalg.blas
 import torch
 
+from lipcheck.spectral import layer_clock
 from lipcheck.spectral.scratch import Scratch
 
 UNIT_ROUNDOFF = 2.0 ** -53
@@ -166,6 +167,7 @@ def _half_gammas(taps: torch.Tensor, pairs: dict[tuple[int, ...], list[tuple[int
     half = len(pairs)
     gram, part = (torch.empty((g, n, n), dtype=torch.float64, device=taps.device) for _ in range(2))
     for i, delta in enumerate(sorted(pairs)):
+        layer_clock.check("tap-pair products")
         if i == 0 and taps.device.type == "cpu":
             _diagonal_gram(taps, gram)
         else:

@@ -20,6 +20,7 @@ from functools import partial
 
 import numpy as np
 
+from lipcheck.spectral import layer_clock
 from lipcheck.spectral.block_bounds import certify_dense
 from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, gamma
 from lipcheck.spectral.krylov import ResidualBelow, lanczos
@@ -77,6 +78,7 @@ def input_gram(taps: np.ndarray, pk: PhaseKernel, real: np.ndarray) -> np.ndarra
     gram = np.zeros((int(used.sum()), n, int(used.sum()), n))
     flat = [_flat_positions(pk, a) for a in range(t)]
     for a in range(t):
+        layer_clock.check("padded Gram assembly")
         for b in range(a, t):
             product = taps[a].T @ taps[b]
             for row, col in zip(index[flat[a]].tolist(), index[flat[b]].tolist(), strict=True):
@@ -142,7 +144,10 @@ def top_eigenvalue(gram: np.ndarray) -> float | None:
         return float(np.linalg.eigvalsh(gram)[-1])
     work = gram.astype(np.float32)
     start = np.random.default_rng(0).standard_normal(int(gram.shape[0])).astype(np.float32)
-    run = lanczos(lambda v: work @ v, start, min(gram.shape[0], LANCZOS_STEPS),
+    def product(v: np.ndarray) -> np.ndarray:
+        layer_clock.check("padded Gram Lanczos")
+        return work @ v
+    run = lanczos(product, start, min(gram.shape[0], LANCZOS_STEPS),
                   ResidualBelow(RESIDUAL))
     vector = run.top()[2].astype(np.float64)
     value = float(vector @ (gram @ vector)) / float(vector @ vector)

@@ -23,6 +23,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import torch
 
+from lipcheck.spectral import layer_clock
 from lipcheck.spectral.block_bounds import (
     SINGLE_ROUNDOFF,
     cholesky_certify,
@@ -107,6 +108,7 @@ def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4,
     fetch_bytes = min(FETCH_BYTES, max(CERTIFY_BYTES, 2 * source.input_bytes))
     state: _Search | None = None
     for part in chunks(source.count, source.n, fetch_bytes):
+        layer_clock.check("frequency blocks")
         fetched = source.fetch(order[part], scratch)
         if state is None:  # the largest-trace block sets the first threshold
             first_zero = float(squared_frobenius(fetched[:1]).max()) == 0.0
@@ -116,6 +118,7 @@ def max_eig_bound(blocks: torch.Tensor | BlockSource, eta: float = 1e-4,
             state = _Search(_threshold(value, eta), value, int(order[0]),
                             _ratio(value, float(traces[order[0]]), source.n), vector)
         for sub in chunks(fetched.shape[0], source.n, CERTIFY_BYTES):
+            layer_clock.check("frequency blocks")
             index = order[part][sub]
             if not _certify_part(fetched[sub], index, traces[index], state, eta, scratch):
                 state.tau = _fro_over(source)  # tau grew 26x without a proof: never seen

@@ -18,6 +18,7 @@ from lipcheck.graph import Graph, Node
 from lipcheck.numerics import OVERFLOW, checked_bound, overflow_message, round_up_tiny, safe_rss
 from lipcheck.rules import BoundContext, Merge, NodeBound, get_rule
 from lipcheck.settings import Settings
+from lipcheck.spectral import layer_clock
 
 
 @dataclass
@@ -54,13 +55,41 @@ def bound_nodes(graph: Graph, settings: Settings,
                 progress: Callable[[Node], None] | None = None) -> dict[str, NodeBound]:
     """The per-node bounds of every node that depends on a graph input."""
     ctx = BoundContext(graph, settings)
+    layer_clock.warm_up()
     bounds = {}
     for node in graph.nodes:
         if ctx.dynamic(node):
-            bounds[node.name] = overflow_checked(get_rule(node.op).bound(node, ctx), node)
+            bounds[node.name] = overflow_checked(bound_node(node, ctx), node)
         if progress is not None:
             progress(node)
     return bounds
+
+
+def bound_node(node: Node, ctx: BoundContext) -> NodeBound:
+    """The node's rule under its --layer-budget clock (spectral.layer_clock): the long
+    methods stop when it runs out and keep a cheaper certified bound; the record says so."""
+    rule = get_rule(node.op)
+    with layer_clock.running(ctx.settings.layer_budget) as clock:
+        try:
+            bound = rule.bound(node, ctx)
+        except layer_clock.LayerBudgetSpent as exc:  # no cheaper bound on this path
+            clock.cuts.append(f"{exc.what} (no cheaper certified bound: finished unclocked)")
+            bound = None
+    if bound is None:
+        bound = rule.bound(node, ctx)
+    if clock.cuts:
+        _mark_cut(bound, clock, node)
+    return bound
+
+
+def _mark_cut(bound: NodeBound, clock: layer_clock.LayerClock, node: Node) -> None:
+    stopped = "; ".join(clock.cuts)
+    bound.cut_by_budget = {"budget_s": clock.budget, "stopped": stopped, "kept": bound.method}
+    bound.detail = (bound.detail + "; " if bound.detail else "") + \
+        f"--layer-budget {clock.budget:g} s ran out ({stopped}): kept {bound.method}"
+    bound.warnings.append(("layer_budget_cut", f"--layer-budget {clock.budget:g} s ran out in "
+                           f"{stopped}; the layer keeps the cheaper certified bound "
+                           f"{bound.method} (raise --layer-budget for a tighter one)"))
 
 
 def overflow_checked(bound: NodeBound, node: Node) -> NodeBound:
