@@ -97,3 +97,20 @@ def test_exact_region_search_holds_the_cap_through_the_api() -> None:
     phases = {k for k in report.timings if k.startswith("lower_bound.")}
     assert {"lower_bound.exact_region", "lower_bound.screen", "lower_bound.rounds"} <= phases
     assert report.lower_bound.value > 0
+
+
+def test_pattern_phase_holds_the_cap_while_forming_a_wide_chain() -> None:
+    """The activation-pattern phase forms each block's Jacobian row by row (one backward
+    pass a row): on a wide MLP that took 39 s at --lower-budget 1; the rows now stop at
+    the deadline (and the phase says it was cut)."""
+    found, seconds = timed_lower(mlp([2000, 1000, 2000]), 0.5, DEFAULT_ROUNDS)
+    assert seconds <= 0.5 + slack(0.5), found.phases
+    assert found.certified and found.extra["cut_by_budget"]
+
+
+def test_chain_rows_stop_at_a_passed_deadline() -> None:
+    from lipcheck.estimators.exact.pwl_chain import OutOfTime, pwl_chain
+    graph = mlp([6, 5, 4])
+    assert len(pwl_chain(graph).affines) == 2
+    with pytest.raises(OutOfTime):
+        pwl_chain(graph, deadline=time.perf_counter() - 1)

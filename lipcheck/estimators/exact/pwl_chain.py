@@ -10,6 +10,7 @@ enumeration and, for tiny nets, by the lower-bound search.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,7 +89,12 @@ def _split(graph: Graph) -> list[list[Node] | Node]:
     return items + [block]
 
 
-def _affine_of(graph: Graph, block: list[Node], in_shape: tuple[int, ...]) -> tuple[Affine, tuple]:
+class OutOfTime(RuntimeError):
+    """The Jacobian rows of a block were still being formed at the deadline."""
+
+
+def _affine_of(graph: Graph, block: list[Node], in_shape: tuple[int, ...],
+               deadline: float = math.inf) -> tuple[Affine, tuple]:
     consts = {k: v.double() if v.is_floating_point() else v for k, v in graph.constants.items()}
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -102,27 +108,31 @@ def _affine_of(graph: Graph, block: list[Node], in_shape: tuple[int, ...]) -> tu
     zero = torch.zeros(math.prod(in_shape), dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():
         out = run(zero)
-        jac = _rows(out.reshape(-1), zero)
+        jac = _rows(out.reshape(-1), zero, deadline)
     return Affine(jac.numpy().copy(), out.reshape(-1).detach().numpy().copy()), tuple(out.shape)
 
 
-def _rows(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _rows(y: torch.Tensor, x: torch.Tensor, deadline: float = math.inf) -> torch.Tensor:
     """dy/dx row by row, each row the gradient of a scalar (autograd.grad with explicit
-    grad_outputs, as in autograd.functional.jacobian, imports sympy: seconds)."""
+    grad_outputs, as in autograd.functional.jacobian, imports sympy: seconds); OutOfTime
+    once time.perf_counter() passes `deadline` (read before each row)."""
     rows = []
     for i in range(y.numel()):
+        if time.perf_counter() > deadline:
+            raise OutOfTime(f"{i} of {y.numel()} Jacobian rows formed by the deadline")
         (g,) = torch.autograd.grad(y[i], x, retain_graph=True, allow_unused=True)
         rows.append(torch.zeros_like(x) if g is None else g)
     return torch.stack(rows) if rows else torch.zeros(0, x.numel(), dtype=x.dtype)
 
 
-def pwl_chain(graph: Graph) -> Chain:
-    """The chain form of a piecewise-linear network; UserError if it is not one."""
+def pwl_chain(graph: Graph, deadline: float = math.inf) -> Chain:
+    """The chain form of a piecewise-linear network; UserError if it is not one, OutOfTime
+    if its blocks' Jacobians are not formed by `deadline` (time.perf_counter())."""
     shape = tuple(graph.inputs[0].shape)
     affines, slopes = [], []
     for item in _split(graph):
         if isinstance(item, list):
-            affine, shape = _affine_of(graph, item, shape)
+            affine, shape = _affine_of(graph, item, shape, deadline)
             affines.append(affine)
         else:
             slopes.append(_negative_slope(item, graph, shape))

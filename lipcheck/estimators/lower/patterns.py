@@ -31,6 +31,7 @@ with time.perf_counter() before each LP and between steps.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -398,9 +399,9 @@ def pattern_pairs(graph, fn: NetFunction, box: Box, budget_s: float, max_lps: in
     Jacobian-norm ascent (lower/ascent.py) started at their centres. No pairs when the
     graph is not a small ReLU-family chain or nothing was found within the counts."""
     deadline = time.perf_counter() + budget_s
-    chain = _chain(graph, fn, box, max_units)
+    chain = _chain(graph, fn, box, max_units, deadline)
     if chain is None:
-        return PatternResult(None)
+        return PatternResult(None, time.perf_counter() > deadline)
     try:
         with np.errstate(all="ignore"):
             regions = pattern_regions(chain, box, deadline - time.perf_counter(), max_lps)
@@ -413,14 +414,15 @@ def pattern_pairs(graph, fn: NetFunction, box: Box, budget_s: float, max_lps: in
     return PatternResult(pairs, time.perf_counter() > deadline)
 
 
-def _chain(graph, fn: NetFunction, box: Box, max_units: int) -> Chain | None:
+def _chain(graph, fn: NetFunction, box: Box, max_units: int,
+           deadline: float = math.inf) -> Chain | None:
     from lipcheck.errors import UserError
     from lipcheck.estimators.exact.pwl_chain import hidden_units, pwl_chain
     if hidden_units(graph) > max_units or fn.n_in > MAX_INPUTS:
         return None
     try:
-        chain = pwl_chain(graph)
-    except (UserError, RuntimeError, ValueError):
+        chain = pwl_chain(graph, deadline)
+    except (UserError, RuntimeError, ValueError):   # OutOfTime is a RuntimeError
         return None
     return chain if applicable(chain, box, max_units) and _finite(chain) else None
 
