@@ -1,0 +1,141 @@
+"""Local Lipschitz factors of the smooth steps on their input ranges, and masked AutoLip over
+a program that has them (derivations: docs/operators.md, "Local rules on a range").
+
+With L(v) a bound on the Jacobian norm (L2) of value v with respect to the input, at every
+point of the set:
+- product Z = X Y (per batch block b: dZ_b = dX_b Y_b + X_b dY_b):
+  L(Z) <= sqrt(r_X) max_b ||Y_b|| L(X) + sqrt(r_Y) max_b ||X_b|| L(Y), with ||X_b||_2 <=
+  || max(|lo|, |hi|) ||_2 (|X| <= M entrywise and the spectral norm is monotone on
+  nonnegative matrices) and r_X the number of output blocks one block of X feeds
+  (broadcasting); when X is a softmax along its rows, also ||X_b||_2 <= sqrt(||X_b||_1
+  ||X_b||_inf) = sqrt(the largest column sum of M), its row sums being 1;
+- softmax, J = diag(p) - p p^T per slice: 0 <= J <= diag(p) gives ||J|| <= max_i p_i, and
+  Gershgorin ||J|| <= max_i 2 p_i (1 - p_i) <= 1/2; each on the p ranges, the smaller;
+- LayerNorm: ||J|| <= ||diag(g) P|| / sigma (rules/normalization.py), sigma >= sqrt(v_lo + eps)
+  on the range; RMSNorm: max|g| / sqrt(v_lo + eps);
+- affine steps (composed back to a non-affine value, `smooth_ranges.composed`):
+  ||W S_a|| L(input of a) when that value is an activation a (S_a its largest slope per
+  unit: units dead on the set drop out, as in `masked.graph_masked`), else ||W|| L(base);
+  activations max S L, max pools their window factor, sums L(a) + L(b).
+Results are inflated by 1e-9 relative per step against float64 rounding; a NaN becomes inf.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lipcheck.propagation.input_set import InputSet
+from lipcheck.propagation.jacobian import SAFETY
+from lipcheck.propagation.masked import _act_scale, _pool_factor
+from lipcheck.propagation.program import (
+    Act,
+    Add,
+    Affine,
+    MaxPool,
+    Program,
+    UnsupportedLocal,
+    sources,
+)
+from lipcheck.propagation.ranges import Bounds
+from lipcheck.propagation.smooth import Norm, Product, Softmax
+from lipcheck.propagation.smooth_ranges import (
+    Composed,
+    ValueRanges,
+    centred_range,
+    composed,
+    propagate_values,
+    stochastic,
+    variance_range,
+)
+from lipcheck.rules.normalization import centred_scale_norm
+
+
+def _block_norms(bounds: Bounds, shape: tuple[int, ...], rows_sum_to_one: bool = False
+                 ) -> torch.Tensor:
+    """(B,): the largest spectral norm of a batch block of a matrix in the box."""
+    b = bounds[0].shape[0]
+    m = torch.maximum(bounds[0].abs(), bounds[1].abs()).reshape(b, -1, *shape[-2:])
+    norms = torch.linalg.matrix_norm(m, ord=2)
+    if rows_sum_to_one:
+        norms = torch.minimum(norms, m.sum(dim=-2).amax(dim=-1).sqrt() * SAFETY)
+    return norms.amax(dim=1)
+
+
+def product_norms(step: Product, x: Bounds, y: Bounds, rows_sum_to_one: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(factor on L(X), factor on L(Y)), each (B,)."""
+    blocks = math.prod(torch.broadcast_shapes(step.shape_a[:-2], step.shape_b[:-2]))
+    r_x = blocks / math.prod(step.shape_a[:-2])
+    r_y = blocks / math.prod(step.shape_b[:-2])
+    return (math.sqrt(r_x) * _block_norms(y, step.shape_b),
+            math.sqrt(r_y) * _block_norms(x, step.shape_a, rows_sum_to_one))
+
+
+def softmax_factor(step: Softmax, p: Bounds) -> torch.Tensor:
+    """(B,): a bound on ||diag(p) - p p^T|| over the slices and the p ranges."""
+    b = p[0].shape[0]
+    lo, hi = (t.reshape(b, *step.shape).movedim(step.axis + 1, -1) for t in p)
+    near_half = torch.minimum(torch.maximum(lo, torch.full_like(lo, 0.5)), hi)
+    gershgorin = (2 * near_half * (1 - near_half)).amax(dim=-1)
+    per_slice = torch.minimum(hi.amax(dim=-1), gershgorin).clamp(max=0.5)
+    return per_slice.reshape(b, -1).amax(dim=1)
+
+
+def norm_factor(step: Norm, x: Bounds) -> torch.Tensor:
+    """(B,): a bound on the norm's Jacobian over the groups and the input ranges."""
+    v_lo, _ = variance_range(*centred_range(step, x))
+    top = centred_scale_norm(step.scale) if step.centred else float(step.scale.abs().max())
+    return (top / (v_lo + step.eps).sqrt()).amax(dim=1)
+
+
+def _affine_bound(program: Program, ranges: ValueRanges, m: Composed,
+                  bound: dict[int, torch.Tensor]) -> torch.Tensor:
+    base = m.base
+    if base > 0 and isinstance(program.steps[base - 1], Act):
+        scale = _act_scale(program, ranges, base - 1)                # (B, n_base)
+        norm = torch.linalg.matrix_norm(m.weight * scale[:, None, :], ord=2)
+        return norm * bound[sources(program.steps, base - 1)[0]]
+    return float(torch.linalg.matrix_norm(m.weight, ord=2)) * bound[base]
+
+
+def _step_bound(program: Program, ranges: ValueRanges, maps: dict[int, Composed], i: int,
+                bound: dict[int, torch.Tensor]) -> torch.Tensor:
+    step, src = program.steps[i], sources(program.steps, i)
+    values = ranges.values
+    if isinstance(step, Affine):
+        return _affine_bound(program, ranges, maps[i], bound)
+    if isinstance(step, Act):
+        return _act_scale(program, ranges, i).amax(dim=1) * bound[src[0]]
+    if isinstance(step, MaxPool):
+        return _pool_factor(step, *ranges.pre[i]) * bound[src[0]]
+    if isinstance(step, Add):
+        return bound[src[0]] + bound[src[1]]
+    if isinstance(step, Product):
+        on_x, on_y = product_norms(step, values[src[0]], values[src[1]], stochastic(program, i))
+        return on_x * bound[src[0]] + on_y * bound[src[1]]
+    if isinstance(step, Softmax):
+        return softmax_factor(step, values[i + 1]) * bound[src[0]]
+    assert isinstance(step, Norm), f"unknown step {type(step).__name__}"
+    return norm_factor(step, values[src[0]]) * bound[src[0]]
+
+
+def smooth_autolip(program: Program, ranges: ValueRanges) -> torch.Tensor:
+    """(B,): masked AutoLip over the program's graph, smooth steps by their local factors."""
+    maps = composed(program)
+    bound = {0: torch.ones(ranges.batch, dtype=torch.float64)}
+    for i in range(len(program.steps)):
+        bound[i + 1] = _step_bound(program, ranges, maps, i, bound)
+    total = bound[len(program.steps)] * SAFETY ** len(program.steps)
+    return torch.nan_to_num(total, nan=math.inf)
+
+
+def smooth_bounds(program: Program, input_set: InputSet
+                  ) -> tuple[ValueRanges, dict[str, torch.Tensor]]:
+    """The ranges and the certified upper bounds (B,) of a program with smooth steps."""
+    ranges = propagate_values(program, input_set)
+    bound = smooth_autolip(program, ranges)
+    if not bool(torch.isfinite(bound).all()):
+        raise UnsupportedLocal("local bounds: no finite bound on the set (the ranges are "
+                               "not finite: an infinite constant such as a -inf mask)")
+    return ranges, {"masked-autolip": bound}
