@@ -142,8 +142,9 @@ def _affine_range(maps: dict[int, Composed], i: int, values: list[Bounds],
     return mid - rad, mid + rad
 
 
-def _step_range(program: Program, maps: dict[int, Composed], i: int, values: list[Bounds],
-                input_set: InputSet) -> Bounds:
+def step_range(program: Program, maps: dict[int, Composed], i: int, values: list[Bounds],
+               input_set: InputSet) -> Bounds:
+    """The range of step i's output from the ranges `values` of the values before it."""
     step, src = program.steps[i], sources(program.steps, i)
     if isinstance(step, Affine):
         return _affine_range(maps, i, values, input_set)
@@ -156,7 +157,8 @@ def _step_range(program: Program, maps: dict[int, Composed], i: int, values: lis
     return _interval(step, *(values[v] for v in src))
 
 
-def _sane(lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+def sane(lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+    """Widened against rounding; NaN becomes the whole line."""
     lo, hi = widen(lo, hi)
     return (torch.where(torch.isnan(lo), -torch.inf, lo),
             torch.where(torch.isnan(hi), torch.inf, hi))
@@ -165,11 +167,16 @@ def _sane(lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
 def propagate_values(program: Program, input_set: InputSet) -> ValueRanges:
     """The range of every value on each set of the batch (interval arithmetic)."""
     maps = composed(program)
-    values = [input_set.interval()]
-    ranges = ValueRanges()
-    for i, step in enumerate(program.steps):
-        if not isinstance(step, (Affine, Add)):
-            ranges.pre[i] = values[sources(program.steps, i)[0]]
-        values.append(_sane(*_step_range(program, maps, i, values, input_set)))
-    ranges.values, ranges.output = values, values[-1]
+    ranges = ValueRanges(values=[input_set.interval()])
+    for i in range(len(program.steps)):
+        add_range(program, maps, i, ranges, input_set)
     return ranges
+
+
+def add_range(program: Program, maps: dict[int, Composed], i: int, ranges: ValueRanges,
+              input_set: InputSet) -> None:
+    """Appends step i's output range (and records its input's for a non-affine step)."""
+    if not isinstance(program.steps[i], (Affine, Add)):
+        ranges.pre[i] = ranges.values[sources(program.steps, i)[0]]
+    ranges.values.append(sane(*step_range(program, maps, i, ranges.values, input_set)))
+    ranges.output = ranges.values[-1]
