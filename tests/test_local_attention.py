@@ -115,6 +115,19 @@ def test_norm_range_contains_sampled_outputs(centred: bool, scale: float) -> Non
     assert _contains(out, y)
 
 
+def test_rms_norm_range_is_attained_on_the_box() -> None:
+    """RMSNorm's entries are independent in the box, so each bound is attained: the upper
+    one of t_0 at x_0 = hi_0 (> 0) and every other entry at its point nearest 0."""
+    step = Norm((1, 4), 1, torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64),
+                1e-2, False)
+    lo = torch.tensor([[0.5, -1.0, 0.2, -3.0]], dtype=torch.float64)
+    hi = torch.tensor([[2.0, 1.0, 0.7, -0.5]], dtype=torch.float64)
+    x = torch.tensor([[2.0, 0.0, 0.2, -0.5]], dtype=torch.float64)
+    assert torch.allclose(norm_range(step, (lo, hi))[1][0, 0], step.run(x)[0, 0])
+    x = torch.tensor([[0.5, 1.0, 0.7, -3.0]], dtype=torch.float64)   # lower: the others far
+    assert torch.allclose(norm_range(step, (lo, hi))[0][0, 0], step.run(x)[0, 0])
+
+
 def test_norm_step_runs_like_torch() -> None:
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(2, 12, generator=gen, dtype=torch.float64)

@@ -13,10 +13,12 @@ boxes. The rules, each sound on a box (checked by sampling in tests/test_local_a
   (exact per entry on a box);
 - LayerNorm / RMSNorm on a group of d entries: the centred entries c = P x (P = I - 11^T/d,
   |P| has 1 - 1/d on the diagonal and 1/d off it; RMSNorm: c = x), their variance
-  v = |c|^2 / d in [sum dist(0, [cl_i, ch_i])^2 / d, sum max(cl_i^2, ch_i^2) / d], so
-  sigma = sqrt(v + eps) in [s_lo, s_hi], and c_i / sigma in the quotient interval,
-  intersected with |c_i| / sigma <= sqrt(d - 1) (centred: c_i^2 <= (d - 1)/d |c|^2;
-  RMSNorm sqrt(d)); then g_i (.) + b_i.
+  v = |c|^2 / d in [sum dist(0, [cl_i, ch_i])^2 / d, sum max(cl_i^2, ch_i^2) / d]; then
+  t_i = c_i / sqrt(v + eps) is increasing in c_i and depends on the other entries only
+  through their sum of squares, which lowers it when c_i > 0 and raises it when c_i < 0,
+  so its exact range over the box of c is at c_i = ch_i (resp. cl_i) with the others' sum
+  of squares at its smallest or largest; intersected with |t_i| <= sqrt(d - 1) (centred:
+  c_i^2 <= (d - 1)/d |c|^2; RMSNorm sqrt(d)); then g_i t_i + b_i.
 Every range is widened by a relative 1e-9 (plus 1e-12) against float64 rounding; a NaN
 (from infinite inputs) becomes the whole line, so no later bound is finite by accident.
 """
@@ -115,12 +117,23 @@ def variance_range(c_lo: torch.Tensor, c_hi: torch.Tensor) -> Bounds:
     return (near * near).mean(dim=2), (far * far).mean(dim=2)
 
 
+def _normalised_bound(c: torch.Tensor, sq_near: torch.Tensor, sq_far: torch.Tensor,
+                      upper: bool, eps: float) -> torch.Tensor:
+    """c_i / sqrt((c_i^2 + others) / d + eps) with the others' sum of squares chosen to
+    push it up (upper) or down: the smallest when that helps, else the largest."""
+    d = c.shape[-1]
+    small = (c > 0) if upper else (c < 0)
+    others = torch.where(small, sq_near.sum(dim=-1, keepdim=True) - sq_near,
+                         sq_far.sum(dim=-1, keepdim=True) - sq_far)
+    return c / ((c * c + others.clamp(min=0)) / d + eps).sqrt()
+
+
 def norm_range(step: Norm, x: Bounds) -> Bounds:
     c_lo, c_hi = centred_range(step, x)
-    v_lo, v_hi = variance_range(c_lo, c_hi)
-    s_lo, s_hi = ((v + step.eps).sqrt()[..., None] for v in (v_lo, v_hi))
-    t_lo = torch.minimum(c_lo / s_lo, c_lo / s_hi)
-    t_hi = torch.maximum(c_hi / s_lo, c_hi / s_hi)
+    near = torch.where(c_lo > 0, c_lo, torch.where(c_hi < 0, -c_hi, torch.zeros_like(c_lo)))
+    far = torch.maximum(c_lo.abs(), c_hi.abs())
+    t_lo = _normalised_bound(c_lo, near * near, far * far, False, step.eps)
+    t_hi = _normalised_bound(c_hi, near * near, far * far, True, step.eps)
     cap = (step.group - 1 if step.centred else step.group) ** 0.5
     t_lo, t_hi = t_lo.clamp(min=-cap), t_hi.clamp(max=cap)
     g = step.scale
