@@ -182,6 +182,19 @@ def test_local_factors_are_tight_where_the_maximiser_is_known() -> None:
     assert factor < 0.01
 
 
+def test_a_square_is_bounded_by_both_terms_of_the_product_rule() -> None:
+    """x -> X X near X = 2 I: J = X^T (x) I + I (x) X has norm 4, the sum of both terms
+    (each alone gives 2): the program bound must add them, and is tight here."""
+    eye = torch.eye(9, dtype=torch.float64)
+    program = Program([Affine(eye, torch.zeros(9, dtype=torch.float64), src=(0,)),
+                       Affine(eye, torch.zeros(9, dtype=torch.float64), src=(0,)),
+                       Product((3, 3), (3, 3), src=(1, 2))], 9, 9)
+    x = 2 * torch.eye(3, dtype=torch.float64).reshape(1, 9)
+    _, bound = smooth_autolip(program, InputSet.box(x - 1e-6, x + 1e-6))
+    at_x = float(_jacobian_norms(program.run, x)[0])
+    assert abs(at_x - 4) < 1e-9 and at_x <= float(bound[0]) <= at_x * 1.0001
+
+
 def _attention_program(gen: torch.Generator, tokens: int, d: int, hidden: int) -> Program:
     """x (tokens, d) -> LN(z + FFN(z)), z = LN(x + Wo softmax(Q K^T) V): one head, random
     weights, written directly as steps (the loaders are tested elsewhere)."""
