@@ -1,26 +1,42 @@
 """Local Lipschitz factors of the smooth steps on their input ranges, and masked AutoLip over
-a program that has them (derivations: docs/operators.md, "Local rules on a range").
+a program that has them (`smooth_autolip`; the ranges: `smooth_ranges`).
 
-With L(v) a bound on the Jacobian norm (L2) of value v with respect to the input, at every
-point of the set:
-- product Z = X Y (per batch block b: dZ_b = dX_b Y_b + X_b dY_b):
-  L(Z) <= sqrt(r_X) max_b ||Y_b|| L(X) + sqrt(r_Y) max_b ||X_b|| L(Y), with ||X_b||_2 <=
-  || max(|lo|, |hi|) ||_2 (|X| <= M entrywise and the spectral norm is monotone on
-  nonnegative matrices) and r_X the number of output blocks one block of X feeds
-  (broadcasting); when X is a softmax along its rows, also ||X_b||_2 <= sqrt(||X_b||_1
-  ||X_b||_inf) = sqrt(the largest column sum of M), its row sums being 1;
-- softmax, J = diag(p) - p p^T per slice: 0 <= J <= diag(p) gives ||J|| <= max_i p_i, and
-  Gershgorin ||J|| <= max_i 2 p_i (1 - p_i) <= 1/2; each on the p ranges, the smaller;
-- LayerNorm: ||J|| <= ||diag(g) P|| / sigma (rules/normalization.py), sigma >= sqrt(v_lo + eps)
-  on the range; RMSNorm: max|g| / sqrt(v_lo + eps);
-- affine steps (composed back to a non-affine value, `smooth_ranges.composed`):
-  ||W S_a|| L(input of a) when that value is an activation a (S_a its largest slope per
-  unit: units dead on the set drop out, as in `masked.graph_masked`), else ||W|| L(base);
-  activations max S L, max pools their window factor, sums L(a) + L(b).
-Ranges and bounds are computed together (`smooth_autolip`): every value's interval range is
-intersected with v(centre) +- L(v) R, R the set's largest distance from its centre (mean
-value theorem), which keeps small sets tight. Results are inflated by 1e-9 relative per
-step against float64 rounding; a NaN becomes inf.
+Norms. Every value is a flat vector with the L2 norm (a matrix's Frobenius norm); on a
+convex set S a map is Lipschitz with constant sup_S ||J(x)||_2 (mean value inequality;
+Clarke Jacobians at ReLU kinks). L(v) bounds sup_S ||J_v(x)||_2, J_v the Jacobian of value
+v with respect to the input, step by step (L(input) = 1):
+
+- Product Z_b = X_a(b) Y_c(b) over the output's batch blocks b (a, c: the broadcast maps).
+  Along a direction h, dZ_b = dX_a(b) Y_c(b) + X_a(b) dY_c(b) with dX = J_X h. With
+  ||A B||_F <= ||A||_F ||B||_2, ||A B||_F <= ||A||_2 ||B||_F and Minkowski over b:
+  ||dZ||_F <= sqrt(r_X) max_b ||Y_b||_2 ||dX||_F + sqrt(r_Y) max_b ||X_b||_2 ||dY||_F,
+  r_X = (blocks of Z) / (blocks of X), how often one block of X is read. Hence
+  L(Z) <= sqrt(r_X) max ||Y_b|| L(X) + sqrt(r_Y) max ||X_b|| L(Y). On the box of X,
+  |X| <= M = max(|lo|, |hi|) entrywise, so ||X v|| <= ||M |v| || <= ||M||_2 ||v||: the
+  spectral norm of M bounds every ||X_b||_2. When X is a softmax along its rows (A V in
+  attention), also ||X||_2^2 <= ||X||_1 ||X||_inf = (largest column sum) * 1 <= the
+  largest column sum of M.
+- Softmax p = softmax(z) per slice: J = diag(p) - p p^T, and for every v,
+  0 <= v^T J v = sum p_i v_i^2 - (p . v)^2 <= sum p_i v_i^2 (Cauchy-Schwarz with sum p = 1),
+  so 0 <= J <= diag(p) and ||J|| <= max_i p_i; Gershgorin: ||J|| <= max_i 2 p_i (1 - p_i)
+  <= 1/2. On the set p_i lies in [p_lo_i, p_hi_i] (the softmax range rule): the factor is
+  min(max_i p_hi_i, max_i 2 q_i (1 - q_i)), q_i the point of [p_lo_i, p_hi_i] nearest
+  1/2, per slice; slices are independent (block-diagonal J): the max over slices.
+- LayerNorm over a group: J = G (P - z z^T) / sigma with ||G (P - z z^T)|| <= ||G P||
+  (rules/normalization.py), sigma = sqrt(v + eps) >= sqrt(v_lo + eps), v_lo the smallest
+  variance of the group on the set (from the range of the centred input); RMSNorm:
+  J = G (I - z z^T) / sigma, |z| < 1, so max|g| / sqrt(v_lo + eps). The max over groups.
+  With v_lo = 0 this is the global constant; a range that keeps the group away from
+  constant gives less.
+- Affine steps, composed back to the nearest non-affine value (`smooth_ranges.composed`):
+  ||W|| L(base); when the base is an activation a with slopes d_i in [s_lo_i, s_hi_i] on
+  the set and S_i = max |slope|, its Jacobian is S D' with ||D'|| <= 1, so
+  ||W S|| L(input of a) (units dead on the set drop out, as in `masked.graph_masked`).
+  Activations max S L, max pools their window factor, sums L(a) + L(b).
+Ranges and bounds are computed together: every value's interval range is intersected with
+v(centre) +- L(v) R, R the set's largest distance from its centre (mean value inequality
+per entry: each row of J_v has norm <= ||J_v||), which keeps small sets tight. Every factor
+is inflated by 1e-9 relative against float64 rounding; a NaN becomes inf.
 """
 from __future__ import annotations
 
