@@ -6,7 +6,10 @@ does; the gate's Jacobian hull does not handle them yet and keeps refusing):
   leading dims (broadcast allowed), each operand of rank >= 2;
 - `Softmax` along one axis;
 - `Norm`: LayerNormalization (centred) and RMSNormalization over the trailing dims from
-  `axis`, with constant scale and bias and eps > 0.
+  `axis`, with constant scale and bias and eps > 0;
+- `Binary`: Add (of two shapes: broadcast), Sub, Mul, Div of two dynamic inputs;
+- `Pointwise`: Exp, Tanh, Sigmoid, Erf, Sqrt, Reciprocal, Gelu, Pow(x, 2) of one dynamic
+  input.
 Every step runs on flat (B, n) float64 tensors like the others in `program`; its ranges
 are in `smooth_ranges`, its local Lipschitz factors in `smooth_lipschitz`.
 """
@@ -76,7 +79,53 @@ class Norm:
         return (y * self.scale + self.bias).reshape(x.shape[0], -1)
 
 
-SMOOTH = (Product, Softmax, Norm)
+@dataclass
+class Binary:
+    """Elementwise a (op) b of two dynamic inputs, broadcast to `shape`: op one of add,
+    sub (of different shapes: same-shape Add is the residual step), mul, div."""
+
+    op: str
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+    shape: tuple[int, ...]
+    nodes: list[str] = field(default_factory=list)
+    src: tuple[int, ...] = ()
+
+    def spread(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat (B, n_a), (B, n_b) -> both broadcast to (B, *shape)."""
+        b = x.shape[0]
+        return (torch.broadcast_to(x.reshape(b, *self.shape_a), (b, *self.shape)),
+                torch.broadcast_to(y.reshape(b, *self.shape_b), (b, *self.shape)))
+
+    def run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        a, c = self.spread(x, y)
+        out = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}[self.op](a, c)
+        return out.reshape(x.shape[0], -1)
+
+
+@dataclass
+class Pointwise:
+    """An elementwise function of one dynamic input (Exp, Tanh, Sigmoid, Erf, Sqrt,
+    Reciprocal, Gelu, Pow with exponent 2): ranges and slopes in `pointwise`."""
+
+    op: OpKind
+    approximate: str = "none"      # Gelu's form
+    nodes: list[str] = field(default_factory=list)
+    src: tuple[int, ...] = ()
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op == OpKind.GELU:
+            return torch.nn.functional.gelu(x, approximate=self.approximate)
+        if self.op == OpKind.POW:
+            return x * x
+        return POINTWISE[self.op](x)
+
+
+POINTWISE = {OpKind.EXP: torch.exp, OpKind.TANH: torch.tanh, OpKind.SIGMOID: torch.sigmoid,
+             OpKind.ERF: torch.erf, OpKind.SQRT: torch.sqrt, OpKind.RECIPROCAL: torch.reciprocal,
+             OpKind.GELU: torch.nn.functional.gelu}
+BINARY = {OpKind.ADD: "add", OpKind.SUB: "sub", OpKind.MUL: "mul", OpKind.DIV: "div"}
+SMOOTH = (Product, Softmax, Norm, Binary, Pointwise)
 
 
 def _product(node: Node) -> Product | None:
@@ -103,13 +152,31 @@ def _norm(graph: Graph, node: Node) -> Norm | None:
     return Norm(shape, first, g, b, eps, node.op == OpKind.LAYER_NORM, [node.name])
 
 
-def lower(graph: Graph, node: Node) -> Product | Softmax | Norm | None:
+def _binary(node: Node) -> Binary | None:
+    a, b = (tuple(s) for s in node.input_shapes[:2])
+    try:
+        shape = tuple(torch.broadcast_shapes(a, b))
+    except RuntimeError:
+        return None
+    if node.op == OpKind.ADD and a == b:
+        return None        # the residual Add step of `program`
+    return Binary(BINARY[node.op], a, b, shape, [node.name])
+
+
+def lower(graph: Graph, node: Node) -> Product | Softmax | Norm | Binary | Pointwise | None:
     """The smooth step of a node, or None when it is not one of the forms above."""
     dynamic = graph.dynamic_inputs(node)
     if node.op == OpKind.MATMUL and dynamic == [0, 1]:
         return _product(node)
+    if node.op in BINARY and dynamic == [0, 1]:
+        return _binary(node)
     if dynamic != [0]:
         return None
+    if node.op in POINTWISE:
+        return Pointwise(node.op, str(node.attrs.get("approximate", "none")), [node.name])
+    exponent = graph.constant(node, 1) if node.op == OpKind.POW else None
+    if exponent is not None and exponent.numel() == 1 and float(exponent) == 2.0:
+        return Pointwise(OpKind.POW, nodes=[node.name])
     if node.op == OpKind.SOFTMAX:
         shape = tuple(node.input_shapes[0])
         return Softmax(shape, int(node.attrs.get("axis", -1)) % len(shape), [node.name])

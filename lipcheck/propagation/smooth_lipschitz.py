@@ -33,6 +33,8 @@ v with respect to the input, step by step (L(input) = 1):
   the set and S_i = max |slope|, its Jacobian is S D' with ||D'|| <= 1, so
   ||W S|| L(input of a) (units dead on the set drop out, as in `masked.graph_masked`).
   Activations max S L, max pools their window factor, sums L(a) + L(b).
+- Elementwise steps (`pointwise`): max |f'| on the range times L; a (op) b by the
+  product / quotient rule with the broadcast counts.
 Ranges and bounds are computed together: every value's interval range is intersected with
 v(centre) +- L(v) R, R the set's largest distance from its centre (mean value inequality
 per entry: each row of J_v has norm <= ||J_v||), which keeps small sets tight. Every factor
@@ -57,7 +59,8 @@ from lipcheck.propagation.program import (
     sources,
 )
 from lipcheck.propagation.ranges import Bounds, widen
-from lipcheck.propagation.smooth import Norm, Product, Softmax
+from lipcheck.propagation.pointwise import binary_factors, pointwise_slope
+from lipcheck.propagation.smooth import Binary, Norm, Pointwise, Product, Softmax
 from lipcheck.propagation.smooth_ranges import (
     Composed,
     ValueRanges,
@@ -135,6 +138,11 @@ def _step_bound(program: Program, ranges: ValueRanges, maps: dict[int, Composed]
         return on_x * bound[src[0]] + on_y * bound[src[1]]
     if isinstance(step, Softmax):
         return softmax_factor(step, values[i + 1]) * bound[src[0]]
+    if isinstance(step, Pointwise):
+        return pointwise_slope(step, values[src[0]]) * bound[src[0]]
+    if isinstance(step, Binary):
+        on_a, on_b = binary_factors(step, values[src[0]], values[src[1]])
+        return on_a * bound[src[0]] + on_b * bound[src[1]]
     assert isinstance(step, Norm), f"unknown step {type(step).__name__}"
     return norm_factor(step, values[src[0]]) * bound[src[0]]
 

@@ -19,6 +19,7 @@ boxes. The rules, each sound on a box (checked by sampling in tests/test_local_a
   so its exact range over the box of c is at c_i = ch_i (resp. cl_i) with the others' sum
   of squares at its smallest or largest; intersected with |t_i| <= sqrt(d - 1) (centred:
   c_i^2 <= (d - 1)/d |c|^2; RMSNorm sqrt(d)); then g_i t_i + b_i.
+Elementwise steps (Exp, Tanh, Gelu, Div, Mul, ...): `pointwise`.
 Every range is widened by a relative 1e-9 (plus 1e-12) against float64 rounding; a NaN
 (from infinite inputs) becomes the whole line, so no later bound is finite by accident.
 """
@@ -31,7 +32,8 @@ import torch
 from lipcheck.propagation.input_set import InputSet
 from lipcheck.propagation.program import Add, Affine, Program, sources
 from lipcheck.propagation.ranges import Bounds, Ranges, _interval, widen
-from lipcheck.propagation.smooth import Norm, Product, Softmax
+from lipcheck.propagation.pointwise import binary_range, pointwise_range
+from lipcheck.propagation.smooth import Binary, Norm, Pointwise, Product, Softmax
 
 
 @dataclass
@@ -167,6 +169,10 @@ def step_range(program: Program, maps: dict[int, Composed], i: int, values: list
         return softmax_range(step, values[src[0]])
     if isinstance(step, Norm):
         return norm_range(step, values[src[0]])
+    if isinstance(step, Pointwise):
+        return pointwise_range(step, values[src[0]])
+    if isinstance(step, Binary):
+        return binary_range(step, values[src[0]], values[src[1]], src[0] == src[1])
     return _interval(step, *(values[v] for v in src))
 
 
