@@ -90,6 +90,7 @@ def local_section(graph: Graph, spec: LocalSet, global_upper: float | None,
     start = time.perf_counter()
     program = build_program(graph, smooth=True)
     s = input_set(spec, program.n_in)
+    ranges: Ranges
     if program.smooth:    # products, softmax, norms: interval ranges, masked AutoLip
         ranges, candidates = smooth_bounds(program, s)
     else:

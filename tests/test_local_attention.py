@@ -228,13 +228,16 @@ def _attention_program(gen: torch.Generator, tokens: int, d: int, hidden: int) -
 def _ascent(fn, start: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, steps: int = 8):
     """Sign-gradient ascent on ||J(x) v|| (v the top right singular vector), kept in the box;
     returns the largest ||J||_2 met."""
+    def flat(w: torch.Tensor) -> torch.Tensor:
+        return fn(w[None])[0]
+
+    def gain(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(flat, (u,), (v,))[1].norm()
     x, best = start.clone(), 0.0
     for _ in range(steps):
-        jac = torch.func.jacrev(lambda v: fn(v[None])[0])(x)
-        _, s, vh = torch.linalg.svd(jac)
+        _, s, vh = torch.linalg.svd(torch.func.jacrev(flat)(x))
         best = max(best, float(s[0]))
-        grad = torch.func.grad(lambda u: torch.func.jvp(lambda w: fn(w[None])[0], (u,),
-                                                         (vh[0],))[1].norm())(x)
+        grad = torch.func.grad(gain)(x, vh[0].detach())
         x = torch.minimum(torch.maximum(x + 0.05 * (hi - lo) * grad.sign(), lo), hi)
     return best
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_local_attention import _ascent, _jacobian_norms
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lipcheck.loaders.dispatch import load_model
 from lipcheck.local_estimate import local_section
@@ -117,3 +118,39 @@ def test_the_bound_is_above_every_jacobian_norm_found_in_the_set(radius, centred
     best = points[int(norms.argmax())]
     found = max(float(norms.max()), _ascent(truth, best, lo[0], hi[0], steps=4))
     assert math.isfinite(bound) and found <= bound
+
+
+def test_a_pre_norm_gelu_encoder_from_torch_gets_a_sound_bound() -> None:
+    """Another layout through the torch front end (LayerNorm before each block, GELU, scale
+    and biases not at their initial values): finite, and above the Jacobian norms found."""
+    torch.manual_seed(3)
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation="gelu",
+                                             norm_first=True, batch_first=True).eval()
+    with torch.no_grad():
+        for norm in (layer.norm1, layer.norm2):
+            norm.weight.uniform_(-1.5, 1.5)
+            norm.bias.normal_(0, 0.3)
+        layer.self_attn.in_proj_bias.normal_(0, 0.3)
+    program = build_program(load_model_of(layer, (1, 4, 8)), smooth=True)
+    layer = layer.double()
+
+    def truth(v: torch.Tensor) -> torch.Tensor:   # the math kernel: forward-mode AD works
+        with sdpa_kernel(SDPBackend.MATH):
+            return layer(v.reshape(-1, 4, 8)).reshape(-1, 32)
+    gen = torch.Generator().manual_seed(4)
+    centre = torch.randn(1, 32, generator=gen, dtype=torch.float64)
+    s = _box(0.3, centre)
+    bound = float(smooth_bounds(program, s)[1]["masked-autolip"][0])
+    lo, hi = s.interval()
+    points = torch.cat([centre, lo + torch.rand(15, 32, generator=gen, dtype=torch.float64)
+                        * (hi - lo)])
+    with torch.no_grad():
+        torch.testing.assert_close(program.run(points), truth(points), atol=1e-5, rtol=1e-5)
+    found = max(float(_jacobian_norms(truth, points).max()),
+                _ascent(truth, centre[0], lo[0], hi[0], steps=4))
+    assert math.isfinite(bound) and found <= bound
+
+
+def load_model_of(module: torch.nn.Module, shape: tuple[int, ...]):
+    from lipcheck.loaders.torch_loader import load_module
+    return load_module(module, [shape])

@@ -48,7 +48,8 @@ def test_pointwise_ranges_and_slopes_hold_at_sampled_points(op, approximate, shi
 def test_gelu_range_reaches_its_minimum_and_no_range_for_bad_inputs() -> None:
     step = Pointwise(OpKind.GELU)
     f64 = torch.float64
-    lo, _ = pointwise_range(step, (torch.tensor([[-2.0]], dtype=f64), torch.tensor([[0.0]], dtype=f64)))
+    lo, _ = pointwise_range(step, (torch.tensor([[-2.0]], dtype=f64),
+                                   torch.tensor([[0.0]], dtype=f64)))
     minimum = torch.nn.functional.gelu(torch.tensor(-0.7518, dtype=f64))
     assert -0.1701 <= float(lo) <= float(minimum) <= -0.1699
     sqrt = Pointwise(OpKind.SQRT)

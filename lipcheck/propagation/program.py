@@ -24,7 +24,15 @@ import torch
 from lipcheck.errors import UserError
 from lipcheck.graph import Graph, Node, OpKind
 from lipcheck.interpreter import run_node
-from lipcheck.propagation.smooth import SMOOTH, Norm, Product, Softmax, lower
+from lipcheck.propagation.smooth import (
+    SMOOTH,
+    Binary,
+    Norm,
+    Pointwise,
+    Product,
+    Softmax,
+    lower,
+)
 from lipcheck.rules import get_rule
 
 SHAPE_ONLY = {OpKind.FLATTEN, OpKind.RESHAPE, OpKind.IDENTITY, OpKind.DROPOUT,
@@ -68,7 +76,7 @@ class Add:
     src: tuple[int, ...] = ()
 
 
-Step = Affine | Act | MaxPool | Add | Product | Softmax | Norm
+Step = Affine | Act | MaxPool | Add | Product | Softmax | Norm | Binary | Pointwise
 
 
 def sources(steps: list[Step], i: int) -> tuple[int, ...]:

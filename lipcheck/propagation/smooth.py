@@ -16,6 +16,7 @@ are in `smooth_ranges`, its local Lipschitz factors in `smooth_lipschitz`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -99,7 +100,12 @@ class Binary:
 
     def run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         a, c = self.spread(x, y)
-        out = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}[self.op](a, c)
+        if self.op == "add":
+            out = a + c
+        elif self.op == "sub":
+            out = a - c
+        else:
+            out = a * c if self.op == "mul" else a / c
         return out.reshape(x.shape[0], -1)
 
 
@@ -118,12 +124,14 @@ class Pointwise:
             return torch.nn.functional.gelu(x, approximate=self.approximate)
         if self.op == OpKind.POW:
             return x * x
-        return POINTWISE[self.op](x)
+        fn: Callable[[torch.Tensor], torch.Tensor] = POINTWISE[self.op]
+        return fn(x)
 
 
-POINTWISE = {OpKind.EXP: torch.exp, OpKind.TANH: torch.tanh, OpKind.SIGMOID: torch.sigmoid,
-             OpKind.ERF: torch.erf, OpKind.SQRT: torch.sqrt, OpKind.RECIPROCAL: torch.reciprocal,
-             OpKind.GELU: torch.nn.functional.gelu}
+POINTWISE: dict[OpKind, Callable[..., torch.Tensor]] = {
+    OpKind.EXP: torch.exp, OpKind.TANH: torch.tanh, OpKind.SIGMOID: torch.sigmoid,
+    OpKind.ERF: torch.erf, OpKind.SQRT: torch.sqrt, OpKind.RECIPROCAL: torch.reciprocal,
+    OpKind.GELU: torch.nn.functional.gelu}
 BINARY = {OpKind.ADD: "add", OpKind.SUB: "sub", OpKind.MUL: "mul", OpKind.DIV: "div"}
 SMOOTH = (Product, Softmax, Norm, Binary, Pointwise)
 

@@ -49,6 +49,7 @@ import torch
 from lipcheck.propagation.input_set import InputSet
 from lipcheck.propagation.jacobian import SAFETY
 from lipcheck.propagation.masked import _act_scale, _pool_factor
+from lipcheck.propagation.pointwise import binary_factors, pointwise_slope
 from lipcheck.propagation.program import (
     Act,
     Add,
@@ -59,7 +60,6 @@ from lipcheck.propagation.program import (
     sources,
 )
 from lipcheck.propagation.ranges import Bounds, widen
-from lipcheck.propagation.pointwise import binary_factors, pointwise_slope
 from lipcheck.propagation.smooth import Binary, Norm, Pointwise, Product, Softmax
 from lipcheck.propagation.smooth_ranges import (
     Composed,

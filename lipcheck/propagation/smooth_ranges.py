@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 import torch
 
 from lipcheck.propagation.input_set import InputSet
-from lipcheck.propagation.program import Add, Affine, Program, sources
-from lipcheck.propagation.ranges import Bounds, Ranges, _interval, widen
 from lipcheck.propagation.pointwise import binary_range, pointwise_range
+from lipcheck.propagation.program import MAX_ENTRIES, Add, Affine, Program, sources
+from lipcheck.propagation.ranges import Bounds, Ranges, _interval, widen
 from lipcheck.propagation.smooth import Binary, Norm, Pointwise, Product, Softmax
 
 
@@ -49,14 +49,15 @@ class Composed:
 
 
 def composed(program: Program) -> dict[int, Composed]:
-    """Each affine step as one map of the nearest non-affine value it depends on."""
+    """Each affine step as one map of the nearest non-affine value it depends on (or of
+    the previous affine value, where the product would pass MAX_ENTRIES)."""
     out: dict[int, Composed] = {}
     for i, step in enumerate(program.steps):
         if not isinstance(step, Affine):
             continue
         v = sources(program.steps, i)[0]
         inner = out.get(v - 1) if v > 0 else None
-        if inner is None:
+        if inner is None or step.weight.shape[0] * inner.weight.shape[1] > MAX_ENTRIES:
             out[i] = Composed(step.weight, step.bias, v)
         else:
             out[i] = Composed(step.weight @ inner.weight, step.weight @ inner.bias + step.bias,
