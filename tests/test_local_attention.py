@@ -190,7 +190,7 @@ def test_a_square_is_bounded_by_both_terms_of_the_product_rule() -> None:
                        Affine(eye, torch.zeros(9, dtype=torch.float64), src=(0,)),
                        Product((3, 3), (3, 3), src=(1, 2))], 9, 9)
     x = 2 * torch.eye(3, dtype=torch.float64).reshape(1, 9)
-    _, bound = smooth_autolip(program, InputSet.box(x - 1e-6, x + 1e-6))
+    _, bound, _ = smooth_autolip(program, InputSet.box(x - 1e-6, x + 1e-6))
     at_x = float(_jacobian_norms(program.run, x)[0])
     assert abs(at_x - 4) < 1e-9 and at_x <= float(bound[0]) <= at_x * 1.0001
 
@@ -250,7 +250,7 @@ def test_masked_autolip_bounds_every_jacobian_found_on_random_attention_blocks(s
     radius = [0.05, 0.3, 1.0, 0.01][seed]
     s = InputSet.box(centre - radius, centre + radius)
     plain = propagate_values(program, s)
-    ranges, bound_t = smooth_autolip(program, s)
+    ranges, bound_t, hull_t = smooth_autolip(program, s)
     points = _inside(gen, s.interval(), 64)[:, 0]
     for k, value in enumerate(program.values(points)):
         assert _contains(plain.values[k], value), f"value {k} left its interval range"
@@ -261,6 +261,7 @@ def test_masked_autolip_bounds_every_jacobian_found_on_random_attention_blocks(s
     found = max(found, _ascent(program.run, points[0], lo[0], hi[0]),
                 _ascent(program.run, centre[0], lo[0], hi[0]))
     assert math.isfinite(bound) and found <= bound
+    assert found <= float(hull_t[0])
 
 
 @pytest.mark.parametrize("kind", ["box", "l2", "linf"])
@@ -277,3 +278,7 @@ def test_the_bound_shrinks_to_the_pointwise_product_on_small_sets(kind: str) -> 
     at_centre = _jacobian_norms(program.run, centre)
     assert bool((at_centre <= point).all()) and bool((point <= small).all())
     assert bool((small <= 1.1 * point).all())
+    # the Jacobian hull on a point is that point's Jacobian: its norm, up to rounding
+    hull = smooth_autolip(program, InputSet.box(centre, centre))[2]
+    assert torch.allclose(hull, at_centre, rtol=1e-6) and bool((at_centre <= hull).all())
+    assert bool((smooth_autolip(program, tiny)[2] <= 1.05 * at_centre).all())

@@ -17,9 +17,11 @@ from lipcheck.propagation import InputSet, build_program
 from lipcheck.propagation.pointwise import (
     binary_factors,
     binary_range,
+    pointwise_derivative,
     pointwise_range,
     pointwise_slope,
 )
+from lipcheck.propagation.program import Affine, Program
 from lipcheck.propagation.smooth import Binary, Pointwise
 from lipcheck.propagation.smooth_lipschitz import smooth_bounds
 
@@ -42,6 +44,7 @@ def test_pointwise_ranges_and_slopes_hold_at_sampled_points(op, approximate, shi
     assert _contains(out, step.run(xs))
     grad = torch.func.vmap(torch.func.grad(lambda v: step.run(v[None])[0]))(xs.reshape(-1))
     assert bool((grad.abs().reshape(xs.shape).amax(dim=(0, 2)) <= slope * (1 + 1e-9)).all())
+    assert _contains(pointwise_derivative(step, box), grad.reshape(xs.shape))
     assert bool(torch.isfinite(slope).all())
 
 
@@ -115,7 +118,10 @@ def test_a_written_out_block_gets_a_sound_finite_bound() -> None:
     gen = torch.Generator().manual_seed(1)
     centre = torch.randn(1, 24, generator=gen, dtype=torch.float64)
     s = InputSet.box(centre - 0.1, centre + 0.1)
-    bound = float(smooth_bounds(program, s)[1]["masked-autolip"][0])
+    bounds = smooth_bounds(program, s)[1]
+    # on the centre alone the Jacobian hull is the Jacobian there: every rule is exact
+    hull = smooth_bounds(program, InputSet.box(centre, centre))[1]["interval-jacobian"]
+    torch.testing.assert_close(hull, _jacobian_norms(program.run, centre), rtol=1e-6, atol=0)
 
     def truth(v: torch.Tensor) -> torch.Tensor:
         return module(v.reshape(-1, 4, 6)).reshape(-1, 24)
@@ -123,4 +129,20 @@ def test_a_written_out_block_gets_a_sound_finite_bound() -> None:
     points = _inside(gen, (lo, hi), 32)[:, 0]
     found = max(float(_jacobian_norms(truth, points).max()),
                 _ascent(truth, centre[0], lo[0], hi[0], steps=6))
-    assert math.isfinite(bound) and found <= bound
+    assert all(found <= float(b[0]) for b in bounds.values())
+    assert math.isfinite(min(float(b[0]) for b in bounds.values()))
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+def test_the_jacobian_hull_of_a_binary_step_is_exact_on_a_point(op: str) -> None:
+    """Two affine maps of one input combined by a broadcast binary step: on a single point
+    the hull is the Jacobian there (the product and quotient rules, exactly)."""
+    gen = torch.Generator().manual_seed(8)
+    w = [torch.randn(m, 5, generator=gen, dtype=torch.float64) for m in (6, 2)]
+    steps = [Affine(w[0], torch.zeros(6, dtype=torch.float64), src=(0,)),
+             Affine(w[1], torch.full((2,), 3.0, dtype=torch.float64), src=(0,)),
+             Binary(op, (2, 3), (2, 1), (2, 3), src=(1, 2))]
+    program = Program(steps, 5, 6)
+    x = torch.rand(1, 5, generator=gen, dtype=torch.float64) * 0.2
+    hull = smooth_bounds(program, InputSet.box(x, x))[1]["interval-jacobian"]
+    torch.testing.assert_close(hull, _jacobian_norms(program.run, x), rtol=1e-6, atol=0)

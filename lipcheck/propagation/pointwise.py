@@ -77,6 +77,57 @@ def pointwise_slope(step: Pointwise, x: Bounds) -> torch.Tensor:
     return slope.amax(dim=1)
 
 
+def pointwise_derivative(step: Pointwise, x: Bounds) -> Bounds:
+    """(B, n) bounds of f'(x) over each entry's range (for the Jacobian hull)."""
+    lo, hi = x
+    near, far = _near(lo, hi), torch.maximum(lo.abs(), hi.abs())
+    if step.op == OpKind.EXP:
+        return torch.exp(lo), torch.exp(hi)
+    if step.op == OpKind.POW:
+        return 2 * lo, 2 * hi
+    if step.op == OpKind.RECIPROCAL:
+        inside = near <= 0
+        return (torch.where(inside, -torch.inf, -1 / (near * near)),
+                torch.where(inside, torch.inf, -1 / (far * far)))
+    if step.op == OpKind.GELU and step.approximate == "none":
+        return _gelu_derivative(lo, hi)
+    if step.op == OpKind.GELU:     # GELU' >= -0.13 (its minimum, near -sqrt 2), both forms
+        return torch.full_like(lo, -0.2), pointwise_slope(step, x)[:, None].expand_as(lo)
+    if step.op == OpKind.SQRT:
+        return (0.5 / hi.clamp(min=1e-300).sqrt(),
+                torch.where(lo > 0, 0.5 / lo.clamp(min=1e-300).sqrt(), torch.inf))
+    return _even_slope(step.op, far), _even_slope(step.op, near)
+
+
+def _gelu_slope(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-x * x / 2) / math.sqrt(
+        2 * math.pi)
+
+
+def _gelu_derivative(lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
+    """GELU' = Phi + x phi has GELU'' = phi (2 - x^2): it falls, rises on [-sqrt 2, sqrt 2],
+    falls; so its range on [lo, hi] is spanned by the ends and the critical points inside."""
+    ends = torch.stack([_gelu_slope(lo), _gelu_slope(hi)])
+    low, high = ends.amin(dim=0), ends.amax(dim=0)
+    root = math.sqrt(2)
+    low = torch.where((lo <= -root) & (hi >= -root), _gelu_slope(torch.full_like(lo, -root)),
+                      low)
+    high = torch.where((lo <= root) & (hi >= root), _gelu_slope(torch.full_like(lo, root)), high)
+    margin = 1e-12 * (1 + high.abs())
+    return low - margin, high + margin
+
+
+def _even_slope(op: OpKind, at: torch.Tensor) -> torch.Tensor:
+    """f'(at) for the even, in |x| decreasing slopes of Tanh, Sigmoid, Erf."""
+    if op == OpKind.TANH:
+        return 1 - torch.tanh(at) ** 2
+    if op == OpKind.SIGMOID:
+        s = torch.sigmoid(at)
+        return s * (1 - s)
+    assert op == OpKind.ERF, f"no slope for {op}"
+    return 2 / math.sqrt(math.pi) * torch.exp(-at * at)
+
+
 def _reciprocal(b: Bounds) -> Bounds:
     lo, hi = b
     gap = (lo > 0) | (hi < 0)

@@ -61,6 +61,7 @@ from lipcheck.propagation.program import (
 )
 from lipcheck.propagation.ranges import Bounds, widen
 from lipcheck.propagation.smooth import Binary, Norm, Pointwise, Product, Softmax
+from lipcheck.propagation.smooth_jacobian import Hull, HullPass
 from lipcheck.propagation.smooth_ranges import (
     Composed,
     ValueRanges,
@@ -157,35 +158,47 @@ def reach(s: InputSet) -> torch.Tensor:
     return torch.full((s.batch,), r, dtype=torch.float64)
 
 
-def _mean_value(bounds: Bounds, centre: torch.Tensor, spread: torch.Tensor) -> Bounds:
-    """The range intersected with centre +- L R (the mean value theorem on a convex set)."""
-    spread = torch.nan_to_num(spread, nan=math.inf)[:, None]
+def _mean_value(bounds: Bounds, centre: torch.Tensor, spread: torch.Tensor,
+                hull: Hull | None, input_set: InputSet) -> Bounds:
+    """The range intersected with centre +- L R and, with the Jacobian hull M = |C| + R,
+    centre +- M |x - centre| over the set (both: the mean value theorem on a convex set)."""
+    spread = torch.nan_to_num(spread, nan=math.inf)[:, None].expand_as(centre)
+    if hull is not None:
+        m = torch.nan_to_num(hull[0].abs() + hull[1], nan=math.inf)
+        lo, hi = input_set.affine_range(m, torch.zeros_like(centre))
+        spread = torch.minimum(spread, torch.nan_to_num((hi - lo) / 2, nan=math.inf))
     lo, hi = widen(centre - spread, centre + spread)
     return torch.maximum(bounds[0], lo), torch.minimum(bounds[1], hi)
 
 
-def smooth_autolip(program: Program, input_set: InputSet) -> tuple[ValueRanges, torch.Tensor]:
-    """The ranges and (B,) masked AutoLip bounds of a program with smooth steps, computed
-    together: each value's interval range is intersected with v(centre) +- L(v) R (R the
-    set's largest distance from its centre), which is what keeps small sets tight."""
+def smooth_autolip(program: Program, input_set: InputSet
+                   ) -> tuple[ValueRanges, torch.Tensor, torch.Tensor]:
+    """The ranges, and the (B,) masked AutoLip and Jacobian-hull bounds of a program with
+    smooth steps, computed together: each value's interval range is intersected with
+    v(centre) +- L(v) R (R the set's largest distance from its centre) and with the range
+    of v(centre) + J (x - centre) over the hull of J, which keeps small sets tight."""
     maps = composed(program)
     ranges = ValueRanges(values=[input_set.interval()])
     centre = program.values(input_set.center)
     far = reach(input_set)
+    hulls = HullPass(program, maps, input_set.batch, program.n_in)
     bound = {0: torch.ones(input_set.batch, dtype=torch.float64)}
     for i in range(len(program.steps)):
         add_range(program, maps, i, ranges, input_set)
         bound[i + 1] = _step_bound(program, ranges, maps, i, bound) * SAFETY
-        ranges.values[-1] = _mean_value(ranges.values[-1], centre[i + 1], bound[i + 1] * far)
+        hull = hulls.step(ranges, i)
+        ranges.values[-1] = _mean_value(ranges.values[-1], centre[i + 1], bound[i + 1] * far,
+                                        hull, input_set)
         ranges.output = ranges.values[-1]
-    return ranges, torch.nan_to_num(bound[len(program.steps)], nan=math.inf)
+    autolip = torch.nan_to_num(bound[len(program.steps)], nan=math.inf)
+    return ranges, autolip, hulls.bound(input_set.batch)
 
 
 def smooth_bounds(program: Program, input_set: InputSet
                   ) -> tuple[ValueRanges, dict[str, torch.Tensor]]:
     """The ranges and the certified upper bounds (B,) of a program with smooth steps."""
-    ranges, bound = smooth_autolip(program, input_set)
-    if not bool(torch.isfinite(bound).all()):
+    ranges, bound, hull = smooth_autolip(program, input_set)
+    if not bool(torch.isfinite(torch.minimum(bound, hull)).all()):
         raise UnsupportedLocal("local bounds: no finite bound on the set (the ranges are "
                                "not finite: an infinite constant such as a -inf mask)")
-    return ranges, {"masked-autolip": bound}
+    return ranges, {"masked-autolip": bound, "interval-jacobian": hull}

@@ -131,14 +131,19 @@ def _normalised_bound(c: torch.Tensor, sq_near: torch.Tensor, sq_far: torch.Tens
     return c / ((c * c + others.clamp(min=0)) / d + eps).sqrt()
 
 
-def norm_range(step: Norm, x: Bounds) -> Bounds:
+def normalised_range(step: Norm, x: Bounds) -> Bounds:
+    """(B, groups, d) ranges of t = c / sqrt(mean(c^2) + eps), before scale and bias."""
     c_lo, c_hi = centred_range(step, x)
     near = torch.where(c_lo > 0, c_lo, torch.where(c_hi < 0, -c_hi, torch.zeros_like(c_lo)))
     far = torch.maximum(c_lo.abs(), c_hi.abs())
     t_lo = _normalised_bound(c_lo, near * near, far * far, False, step.eps)
     t_hi = _normalised_bound(c_hi, near * near, far * far, True, step.eps)
     cap = (step.group - 1 if step.centred else step.group) ** 0.5
-    t_lo, t_hi = t_lo.clamp(min=-cap), t_hi.clamp(max=cap)
+    return t_lo.clamp(min=-cap), t_hi.clamp(max=cap)
+
+
+def norm_range(step: Norm, x: Bounds) -> Bounds:
+    t_lo, t_hi = normalised_range(step, x)
     g = step.scale
     lo = torch.where(g >= 0, g * t_lo, g * t_hi) + step.bias
     hi = torch.where(g >= 0, g * t_hi, g * t_lo) + step.bias
