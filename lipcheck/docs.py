@@ -30,12 +30,14 @@ def operators_markdown() -> str:
 
 def local_markdown() -> str:
     """The local rules (on input ranges) of the ops that are not globally Lipschitz."""
-    from lipcheck.propagation import smooth_lipschitz, smooth_ranges
+    from lipcheck.propagation import pointwise, smooth_jacobian, smooth_lipschitz, smooth_ranges
     parts = [f"\n### {title}\n\n```text\n{(module.__doc__ or '').strip()}\n```\n"
              for title, module in (("Ranges (interval rules)", smooth_ranges),
-                                   ("Local Lipschitz factors", smooth_lipschitz))]
+                                   ("Elementwise steps", pointwise),
+                                   ("Local Lipschitz factors", smooth_lipschitz),
+                                   ("Jacobian hull", smooth_jacobian))]
     return ("\n## Local rules on a range (MatMul of two inputs, Softmax, LayerNorm, "
-            "RMSNorm)\n\nUsed by `estimate --input-range` / `--around` "
+            "RMSNorm, elementwise)\n\nUsed by `estimate --input-range` / `--around` "
             "(docs/methods/local.md): finite local bounds where the global one is not.\n"
             + "".join(parts))
 

@@ -37,7 +37,10 @@ v with respect to the input, step by step (L(input) = 1):
   product / quotient rule with the broadcast counts.
 Ranges and bounds are computed together: every value's interval range is intersected with
 v(centre) +- L(v) R, R the set's largest distance from its centre (mean value inequality
-per entry: each row of J_v has norm <= ||J_v||), which keeps small sets tight. Every factor
+per entry: each row of J_v has norm <= ||J_v||), and with the range of
+v(centre) + J (x - centre) over the set for J in the Jacobian hull of v (`smooth_jacobian`,
+computed in the same pass; per entry |v_k(x) - v_k(c)| <= sum_j max|J_kj| |x_j - c_j|),
+which keeps small sets tight. Every factor
 is inflated by 1e-9 relative against float64 rounding; a NaN becomes inf.
 """
 from __future__ import annotations
