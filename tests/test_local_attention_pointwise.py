@@ -22,7 +22,7 @@ from lipcheck.propagation.pointwise import (
     pointwise_slope,
 )
 from lipcheck.propagation.program import Affine, Program
-from lipcheck.propagation.smooth import Binary, Pointwise
+from lipcheck.propagation.smooth import Binary, Pointwise, Product
 from lipcheck.propagation.smooth_lipschitz import smooth_bounds
 
 OPS = [(OpKind.EXP, "none", False), (OpKind.TANH, "none", False),
@@ -146,3 +146,37 @@ def test_the_jacobian_hull_of_a_binary_step_is_exact_on_a_point(op: str) -> None
     x = torch.rand(1, 5, generator=gen, dtype=torch.float64) * 0.2
     hull = smooth_bounds(program, InputSet.box(x, x))[1]["interval-jacobian"]
     torch.testing.assert_close(hull, _jacobian_norms(program.run, x), rtol=1e-6, atol=0)
+
+
+def test_a_sigmoid_mlp_now_gets_a_local_section_above_its_jacobians() -> None:
+    """Smooth activations go through the same path (they were skipped before)."""
+    from graphs import mlp
+
+    from lipcheck.local_estimate import local_section
+    from lipcheck.local_set import LocalSet
+    graph = mlp([4, 6, 2], OpKind.SIGMOID, seed=5)
+    local = local_section(graph, LocalSet(input_range=(0.0, 1.0)), 10.0, points=16)
+    assert "skipped" not in local and local["lower_bound"] <= local["upper_bound"] <= 10.0
+    program = build_program(graph, smooth=True)
+    gen = torch.Generator().manual_seed(2)
+    points = torch.rand(200, 4, generator=gen, dtype=torch.float64)
+    assert float(_jacobian_norms(program.run, points).max()) <= local["upper_bound"]
+    assert local["upper_bound"] <= 1.5 * local["lower_bound"]      # near-tight on this MLP
+
+
+@pytest.mark.parametrize("shape_a, shape_b", [((2, 3, 4), (2, 4, 2)), ((1, 2, 3, 2), (2, 2, 3)),
+                                              ((3, 2), (2, 2, 3))])
+def test_the_jacobian_hull_of_a_broadcast_product_is_exact_on_a_point(shape_a, shape_b) -> None:
+    gen = torch.Generator().manual_seed(9)
+    na, nb = math.prod(shape_a), math.prod(shape_b)
+    steps = [Affine(torch.randn(na, 5, generator=gen, dtype=torch.float64),
+                    torch.zeros(na, dtype=torch.float64), src=(0,)),
+             Affine(torch.randn(nb, 5, generator=gen, dtype=torch.float64),
+                    torch.ones(nb, dtype=torch.float64), src=(0,)),
+             Product(shape_a, shape_b, src=(1, 2))]
+    program = Program(steps, 5, 0)
+    x = torch.rand(1, 5, generator=gen, dtype=torch.float64)
+    bounds = smooth_bounds(program, InputSet.box(x, x))[1]
+    at_x = _jacobian_norms(program.run, x)
+    torch.testing.assert_close(bounds["interval-jacobian"], at_x, rtol=1e-6, atol=0)
+    assert bool((at_x <= bounds["masked-autolip"]).all())

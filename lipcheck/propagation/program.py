@@ -11,7 +11,8 @@ each single-input node one of
   (found by running the node on one-hot inputs, so padding and dilation are the rule's);
   an activation right before a max pool moves after it (the same function).
 With `smooth=True` also the steps of `smooth` (products of two dynamic inputs, softmax,
-LayerNorm / RMSNorm), which only `smooth_ranges` / `smooth_lipschitz` handle.
+LayerNorm / RMSNorm, elementwise functions and binary ops), which only the smooth_* modules
+handle.
 Anything else raises `UnsupportedLocal` naming the node.
 """
 from __future__ import annotations
@@ -192,8 +193,9 @@ def _step(graph: Graph, node: Node, smooth: bool = False) -> Step:
         found = lower(graph, node) if smooth else None
         if found is not None:
             return found
+    more = ", MatMul, Softmax, LayerNorm, RMSNorm, Exp, Tanh, ..." if smooth else ""
     raise UnsupportedLocal(f"local bounds: node {node.name!r} ({node.op.value}) is not "
-                           "supported yet (affine ops, ReLU, LeakyReLU, MaxPool are)")
+                           f"supported yet (affine ops, ReLU, LeakyReLU, MaxPool{more} are)")
 
 
 Entry = tuple[Step, list[str], str]     # a step, the values it reads, the value it writes
