@@ -95,8 +95,9 @@ def test_the_local_section_is_finite_and_names_the_global_as_unbounded() -> None
     assert local["propagation"] == "interval" and local["certified"]
     assert math.isfinite(local["upper_bound"]) and local["lower_bound"] <= local["upper_bound"]
     # the centre (a constant input: LayerNorm at its steepest) is searched first
+    truth = _truth()
     centre = float(torch.linalg.matrix_norm(
-        torch.func.jacrev(lambda v: _truth()(v[None])[0])(torch.zeros(N, dtype=torch.float64)),
+        torch.func.jacrev(lambda v: truth(v[None])[0])(torch.zeros(N, dtype=torch.float64)),
         ord=2))
     assert local["lower_bound"] >= centre * (1 - 1e-6)
     line = local_line(local)

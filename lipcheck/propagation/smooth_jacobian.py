@@ -181,8 +181,12 @@ class HullPass:
         """(B,): the bound of sup ||J||_2 from the output's hull (inf when disabled)."""
         if not self.enabled:
             return torch.full((batch,), math.inf, dtype=torch.float64)
-        c, r = self.jac[self.last]
-        norm = torch.minimum(torch.linalg.matrix_norm(c.abs() + r, ord=2),
-                             torch.linalg.matrix_norm(c, ord=2)
-                             + torch.linalg.matrix_norm(r, ord=2))
-        return torch.nan_to_num(norm * SAFETY ** self.last, nan=math.inf)
+        return hull_norm(self.jac[self.last], self.last)
+
+
+def hull_norm(hull: Hull, steps: int) -> torch.Tensor:
+    """(B,): a bound of the largest ||J||_2 over the hull, after `steps` steps of rounding."""
+    c, r = hull
+    norm = torch.minimum(torch.linalg.matrix_norm(c.abs() + r, ord=2),
+                         torch.linalg.matrix_norm(c, ord=2) + torch.linalg.matrix_norm(r, ord=2))
+    return torch.nan_to_num(norm * SAFETY ** steps, nan=math.inf)

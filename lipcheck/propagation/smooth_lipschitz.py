@@ -33,6 +33,8 @@ v with respect to the input, step by step (L(input) = 1):
   the set and S_i = max |slope|, its Jacobian is S D' with ||D'|| <= 1, so
   ||W S|| L(input of a) (units dead on the set drop out, as in `masked.graph_masked`).
   Activations max S L, max pools their window factor, sums L(a) + L(b).
+- Each value's L(v) is then the smaller of that step and the norm of v's Jacobian hull
+  (`smooth_jacobian`: it bounds the same sup ||J_v||), so the next steps start from it.
 - Elementwise steps (`pointwise`): max |f'| on the range times L; a (op) b by the
   product / quotient rule with the broadcast counts.
 Ranges and bounds are computed together: every value's interval range is intersected with
@@ -64,7 +66,7 @@ from lipcheck.propagation.program import (
 )
 from lipcheck.propagation.ranges import Bounds, widen
 from lipcheck.propagation.smooth import Binary, Norm, Pointwise, Product, Softmax
-from lipcheck.propagation.smooth_jacobian import Hull, HullPass
+from lipcheck.propagation.smooth_jacobian import Hull, HullPass, hull_norm
 from lipcheck.propagation.smooth_ranges import (
     Composed,
     ValueRanges,
@@ -190,6 +192,8 @@ def smooth_autolip(program: Program, input_set: InputSet
         add_range(program, maps, i, ranges, input_set)
         bound[i + 1] = _step_bound(program, ranges, maps, i, bound) * SAFETY
         hull = hulls.step(ranges, i)
+        if hull is not None:      # the hull's norm bounds the same sup ||J_v||: keep the less
+            bound[i + 1] = torch.minimum(bound[i + 1], hull_norm(hull, i + 1))
         ranges.values[-1] = _mean_value(ranges.values[-1], centre[i + 1], bound[i + 1] * far,
                                         hull, input_set)
         ranges.output = ranges.values[-1]
