@@ -25,7 +25,21 @@ def operators_markdown() -> str:
     rows = sorted(RULES.values(), key=lambda r: (r.family, r.op.value))
     lines = [f"| {r.op.value} | {r.family} | {'yes' if r.affine else ''} | "
              f"{r.summary.replace('|', '&#124;')} |" for r in rows]
-    return HEADER + "\n".join(lines) + "\n" + derivations_markdown(rows)
+    return HEADER + "\n".join(lines) + "\n" + derivations_markdown(rows) + local_markdown()
+
+
+def local_markdown() -> str:
+    """The local rules (on input ranges) of the ops that are not globally Lipschitz."""
+    from lipcheck.propagation import pointwise, smooth_jacobian, smooth_lipschitz, smooth_ranges
+    parts = [f"\n### {title}\n\n```text\n{(module.__doc__ or '').strip()}\n```\n"
+             for title, module in (("Ranges (interval rules)", smooth_ranges),
+                                   ("Elementwise steps", pointwise),
+                                   ("Local Lipschitz factors", smooth_lipschitz),
+                                   ("Jacobian hull", smooth_jacobian))]
+    return ("\n## Local rules on a range (MatMul of two inputs, Softmax, LayerNorm, "
+            "RMSNorm, elementwise)\n\nUsed by `estimate --input-range` / `--around` "
+            "(docs/methods/local.md): finite local bounds where the global one is not.\n"
+            + "".join(parts))
 
 
 def derivations_markdown(rules: list) -> str:

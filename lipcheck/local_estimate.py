@@ -7,6 +7,9 @@ sup ||J(x)||_2 over the set: the masked AutoLip product (dead units removed), th
 hull of the Jacobians, exact enumeration of the slope vertices when they are few, and on
 MLP chains ECLipsE-Fast and LipSDP-Neuron on the weights with the dead units removed. The
 global certified bound also holds on the set, so the reported value is never above it.
+Graphs with products of two dynamic inputs, softmax or LayerNorm / RMSNorm (attention,
+transformer encoders) get interval ranges and masked AutoLip with local factors for those
+steps (`propagation.smooth_lipschitz`): finite where the global bound is not.
 Lower side (certified, per set): the largest Jacobian norm found at points of the set
 (`points` random points, count-based and seeded), each a derivative inside the set.
 With several balls each gets its own interval: the constant on their union can be larger.
@@ -28,11 +31,13 @@ from lipcheck.local_set import LocalSet
 from lipcheck.propagation import (
     InputSet,
     Program,
+    Ranges,
     build_program,
     local_lipschitz,
     propagate,
 )
 from lipcheck.propagation.masked import masked_product
+from lipcheck.propagation.smooth_lipschitz import smooth_bounds
 from lipcheck.propagation.vertices import vertex_lipschitz
 
 POINTS = 64
@@ -63,13 +68,15 @@ def input_set(spec: LocalSet, n_in: int) -> InputSet:
 
 
 def sampled_lower(program: Program, s: InputSet, points: int, seed: int) -> torch.Tensor:
-    """(B,): the largest ||J(x)||_2 at `points` random points strictly inside each set."""
+    """(B,): the largest ||J(x)||_2 at each set's centre and `points` - 1 random points
+    strictly inside it (the centre is often special: a constant input to a LayerNorm)."""
     gen = torch.Generator().manual_seed(seed)
     b, n = s.center.shape
     d = torch.rand(b, points, n, generator=gen, dtype=torch.float64) * 2 - 1
     if s.kind == "l2":
         d = d / torch.linalg.vector_norm(d, dim=2, keepdim=True).clamp(min=1e-300)
         d = d * torch.rand(b, points, 1, generator=gen, dtype=torch.float64) ** (1 / n)
+    d[:, 0] = 0
     # a box's radius is its half-widths (B, n), a ball's one float
     scale = s.radius[:, None, :] if isinstance(s.radius, torch.Tensor) else s.radius
     x = (s.center[:, None, :] + 0.999 * d * scale).reshape(-1, n)
@@ -81,16 +88,13 @@ def local_section(graph: Graph, spec: LocalSet, global_upper: float | None,
                   seed: int = 0, points: int = POINTS) -> dict[str, Any]:
     """The report's `local` object (schema: `local`)."""
     start = time.perf_counter()
-    program = build_program(graph)
+    program = build_program(graph, smooth=True)
     s = input_set(spec, program.n_in)
-    ranges = propagate(program, s)
-    hull = local_lipschitz(program, ranges)
-    # off chains vertex_lipschitz is this same interval hull: not computed twice
-    vertices = vertex_lipschitz(program, ranges) if program.is_chain else hull
-    candidates = {"masked-autolip": masked_product(program, ranges),
-                  "interval-jacobian": hull,
-                  "slope-vertices": vertices,
-                  **chain_bounds(program, ranges)}
+    ranges: Ranges
+    if program.smooth:    # products, softmax, norms: interval ranges, masked AutoLip
+        ranges, candidates = smooth_bounds(program, s)
+    else:
+        ranges, candidates = _relu_bounds(program, s)
     names = list(candidates)
     stacked = torch.stack([candidates[k] for k in names])
     best, which = stacked.min(dim=0)
@@ -103,13 +107,30 @@ def local_section(graph: Graph, spec: LocalSet, global_upper: float | None,
     lower = sampled_lower(program, s, points, seed).tolist()
     return {"set": _describe(spec, s), "kind": s.kind, "sets": s.batch,
             "upper_bound": max(values), "lower_bound": max(lower), "certified": True,
-            "global_upper_bound": global_upper, "propagation": "crown",
+            "global_upper_bound": global_upper if _finite(global_upper) else None,
+            "global_unbounded": global_upper is not None and math.isinf(global_upper),
+            "propagation": "interval" if program.smooth else "crown",
             "unstable_units": ranges.unstable(program), "points_searched": points,
             "per_set": [{"upper_bound": v, "method": m, "lower_bound": lo}
                         for v, m, lo in zip(values, methods, lower, strict=True)],
             "methods": {k: [float(v) if math.isfinite(v) else None for v in candidates[k]]
                         for k in names},
             "seconds": round(time.perf_counter() - start, 6)}
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _relu_bounds(program: Program, s: InputSet) -> tuple[Ranges, dict[str, torch.Tensor]]:
+    ranges = propagate(program, s)
+    hull = local_lipschitz(program, ranges)
+    # off chains vertex_lipschitz is this same interval hull: not computed twice
+    vertices = vertex_lipschitz(program, ranges) if program.is_chain else hull
+    return ranges, {"masked-autolip": masked_product(program, ranges),
+                    "interval-jacobian": hull,
+                    "slope-vertices": vertices,
+                    **chain_bounds(program, ranges)}
 
 
 def _describe(spec: LocalSet, s: InputSet) -> str:

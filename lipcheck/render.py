@@ -90,6 +90,8 @@ def local_line(local: dict[str, Any]) -> str:
     """'local on box [0, 1]: A <= Lipschitz constant <= B (global <= C)'."""
     glob = local.get("global_upper_bound")
     beside = "" if glob is None else f" (global <= {fmt(glob)})"
+    if local.get("global_unbounded"):
+        beside = " (global: no finite bound)"
     per = " (max over the balls, each on its own)" if local["sets"] > 1 else ""
     return (f"local on {local['set']}: {fmt(local['lower_bound'])} <= Lipschitz constant <= "
             f"{fmt(local['upper_bound'])}{per}{beside}")

@@ -10,6 +10,9 @@ each single-input node one of
 - MaxPool / GlobalMaxPool: `MaxPool(windows)`, the input entries each output reads
   (found by running the node on one-hot inputs, so padding and dilation are the rule's);
   an activation right before a max pool moves after it (the same function).
+With `smooth=True` also the steps of `smooth` (products of two dynamic inputs, softmax,
+LayerNorm / RMSNorm, elementwise functions and binary ops), which only the smooth_* modules
+handle.
 Anything else raises `UnsupportedLocal` naming the node.
 """
 from __future__ import annotations
@@ -22,6 +25,15 @@ import torch
 from lipcheck.errors import UserError
 from lipcheck.graph import Graph, Node, OpKind
 from lipcheck.interpreter import run_node
+from lipcheck.propagation.smooth import (
+    SMOOTH,
+    Binary,
+    Norm,
+    Pointwise,
+    Product,
+    Softmax,
+    lower,
+)
 from lipcheck.rules import get_rule
 
 SHAPE_ONLY = {OpKind.FLATTEN, OpKind.RESHAPE, OpKind.IDENTITY, OpKind.DROPOUT,
@@ -65,7 +77,7 @@ class Add:
     src: tuple[int, ...] = ()
 
 
-Step = Affine | Act | MaxPool | Add
+Step = Affine | Act | MaxPool | Add | Product | Softmax | Norm | Binary | Pointwise
 
 
 def sources(steps: list[Step], i: int) -> tuple[int, ...]:
@@ -74,6 +86,8 @@ def sources(steps: list[Step], i: int) -> tuple[int, ...]:
 
 
 def apply(step: Step, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
+    if isinstance(step, SMOOTH):
+        return step.run(x, *more)
     if isinstance(step, Affine):
         return x @ step.weight.T + step.bias
     if isinstance(step, Act):
@@ -89,6 +103,11 @@ class Program:
     steps: list[Step]
     n_in: int
     n_out: int
+
+    @property
+    def smooth(self) -> bool:
+        """Whether a step is one of `smooth`'s (only the smooth_* modules handle those)."""
+        return any(isinstance(s, SMOOTH) for s in self.steps)
 
     @property
     def is_chain(self) -> bool:
@@ -157,7 +176,7 @@ def _pool(graph: Graph, node: Node) -> MaxPool:
     return MaxPool(windows, n, [node.name])
 
 
-def _step(graph: Graph, node: Node) -> Step:
+def _step(graph: Graph, node: Node, smooth: bool = False) -> Step:
     if node.op in (OpKind.RELU, OpKind.LEAKY_RELU):
         alpha = float(node.attrs.get("alpha", 0.01)) if node.op == OpKind.LEAKY_RELU else 0.0
         if 0.0 <= alpha <= 1.0:
@@ -171,8 +190,12 @@ def _step(graph: Graph, node: Node) -> Step:
             affine = False
         if affine or node.op in SHAPE_ONLY:
             return _affine(graph, node)
+        found = lower(graph, node) if smooth else None
+        if found is not None:
+            return found
+    more = ", MatMul, Softmax, LayerNorm, RMSNorm, Exp, Tanh, ..." if smooth else ""
     raise UnsupportedLocal(f"local bounds: node {node.name!r} ({node.op.value}) is not "
-                           "supported yet (affine ops, ReLU, LeakyReLU, MaxPool are)")
+                           f"supported yet (affine ops, ReLU, LeakyReLU, MaxPool{more} are)")
 
 
 Entry = tuple[Step, list[str], str]     # a step, the values it reads, the value it writes
@@ -209,13 +232,16 @@ def _pool_first(entries: list[Entry], output: str) -> list[Entry]:
     return out
 
 
-def _entry(graph: Graph, node: Node, known: set[str]) -> Entry:
+def _entry(graph: Graph, node: Node, known: set[str], smooth: bool = False) -> Entry:
     dynamic = [node.inputs[i] for i in graph.dynamic_inputs(node)]
     if any(v not in known for v in dynamic) or len(node.outputs) != 1:
         raise UnsupportedLocal(f"local bounds: node {node.name!r} ({node.op.value}) reads a "
                                "value they cannot follow")
     if len(dynamic) == 1:
-        return _step(graph, node), dynamic, node.outputs[0]
+        return _step(graph, node, smooth), dynamic, node.outputs[0]
+    product = lower(graph, node) if smooth else None
+    if product is not None:
+        return product, dynamic, node.outputs[0]
     shapes = {tuple(s) for s in node.input_shapes}
     if node.op == OpKind.ADD and len(dynamic) == 2 and len(shapes) == 1:
         return Add([node.name]), dynamic, node.outputs[0]
@@ -234,14 +260,15 @@ def _numbered(entries: list[Entry], first: str) -> list[Step]:
     return steps
 
 
-def build_program(graph: Graph) -> Program:
-    """The graph as dense steps, or UnsupportedLocal naming what is in the way."""
+def build_program(graph: Graph, smooth: bool = False) -> Program:
+    """The graph as dense steps, or UnsupportedLocal naming what is in the way; `smooth`
+    admits the steps of `smooth` too."""
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise UnsupportedLocal("local bounds need one graph input and one graph output")
     first, output = graph.inputs[0].name, graph.outputs[0]
     known, entries = {first}, []
     for node in graph.nodes:
-        entries.append(_entry(graph, node, known))
+        entries.append(_entry(graph, node, known, smooth))
         known.add(entries[-1][2])
     if not entries or entries[-1][2] != output:
         raise UnsupportedLocal("local bounds need the graph output to be the last node's")
