@@ -66,7 +66,7 @@ def pooled_net(size: tuple[int, int], convs: list[tuple[int, int, int]], pools: 
 
 
 def pooled_of(g: Graph) -> tuple[PooledChain, Settings]:
-    s = Settings(extra={"sdp_conv_dense": False})
+    s = Settings(extra={"sdp_conv_dense": False, "sdp_conv_pool_steps": 40})
     nb = bound_nodes(g, s)
     (chain,) = [c for c in find_pooled(g, nb, s, find_chains(g, nb, s))
                 if isinstance(c, PooledChain)]
@@ -172,7 +172,7 @@ def test_certificate_on_the_boundary_is_refused_with_the_margin_only() -> None:
 
 def test_sdp_conv_runs_through_the_pool_and_reports_it() -> None:
     g = pooled_net((6, 6), [(3, 3, 1), (2, 3, 1)], [(2, 2), None], seed=1)
-    s = Settings(extra={"sdp_conv_dense": False})
+    s = Settings(extra={"sdp_conv_dense": False, "sdp_conv_pool_steps": 40})
     bounds = global_bounds(g, bound_nodes(g, s), ["autolip", "sdp-conv"], s)
     conv = next(b for b in bounds if b.method == "sdp-conv")
     auto = next(b for b in bounds if b.method == "autolip")
