@@ -293,8 +293,8 @@ def sdp_conv_pooled(chain: Chain, settings: Settings, deadline: float) -> ChainB
     if not isinstance(chain, PooledChain):
         return sdp_conv(chain, settings, deadline)
     start = time.monotonic()
+    split = _split(chain, settings, deadline)   # the pieces first: the fallback is kept
     joint = _joint(chain, settings, deadline)
-    split = _split(chain, settings, deadline)
     best = joint if joint.certified and (not split.certified or joint.value <= split.value) \
         else split
     detail = (f"through the MaxPool(s): {joint.detail}" if best is joint else
@@ -315,8 +315,9 @@ def _joint(chain: PooledChain, settings: Settings, deadline: float) -> ChainBoun
                           cut_by_budget=True)
     layers, evals, cut = optimise(model, int(settings.extra.get("sdp_conv_pool_steps", STEPS)),
                                   deadline, reserve)
+    begun = time.monotonic()
     cert = certify(model, layers, deadline=deadline)
-    cert = _interior(model, layers, cert, deadline)
+    cert = _interior(model, layers, cert, deadline, time.monotonic() - begun)
     head = (f"{model.base.grid}x{model.base.grid} frequencies, blocks of "
             f"{sum(_node_sizes(model))}, channel-wise multipliers, {evals} evaluations"
             f"{' (cut by the deadline)' if cut else ''}")
@@ -328,14 +329,16 @@ def _joint(chain: PooledChain, settings: Settings, deadline: float) -> ChainBoun
                       time.monotonic() - start, cut)
 
 
-def _interior(model: PooledModel, layers, cert: Certificate, deadline: float) -> Certificate:
+def _interior(model: PooledModel, layers, cert: Certificate, deadline: float,
+              took: float) -> Certificate:
     """Where the optimum sits too near the boundary for the float64 check: the LMI is
     affine in the multipliers (for fixed rho) and strictly feasible at the start, so a
     convex combination theta * start + (1 - theta) * best is feasible with room
-    proportional to theta, at a value at most theta * rho_start + (1 - theta) rho_best."""
+    proportional to theta, at a value at most theta * rho_start + (1 - theta) rho_best.
+    A try starts only if it ends before the deadline (predicted: as long as the first)."""
     start = _numpy(fast_start(_Data(model), model.base.slope))
     for theta in MIX:
-        if cert.verified or time.monotonic() >= deadline:
+        if cert.verified or time.monotonic() + took > deadline:
             break
         mixed = [tuple(theta * a + (1 - theta) * b for a, b in zip(s, m, strict=True))
                  for s, m in zip(start, layers, strict=True)]
