@@ -244,7 +244,8 @@ def _node_sizes(model: PooledModel) -> list[int]:
     return sizes
 
 
-def link_formation_error(model: PooledModel, layers: list[tuple[np.ndarray, ...]]) -> float:
+def link_formation_error(model: PooledModel, layers: list[tuple[np.ndarray, ...]],
+                         border_scale: float = 1.0) -> float:
     """Bound on the spectral norm of (computed - exact) arrow. A pool's node block holds
     sums of at most three multiplier terms (their halves exact), at most 2m + 2 nonzeros a
     row: gamma(4) relative each, bounded by Gershgorin; a link A_i(w) R is a copy of A_i(w)'s
@@ -260,7 +261,7 @@ def link_formation_error(model: PooledModel, layers: list[tuple[np.ndarray, ...]
             m = model.pools[i][0] * model.pools[i][1]
             size = float(np.max(mult[0])) + float(np.max(mult[1])) + 2 * float(np.max(mult[2]))
             total += gamma(4) * (2 * m + 2) * size
-    total += model.base.border_error() * _spread(model, len(layers) - 1)
+    total += model.base.border_error() * border_scale * _spread(model, len(layers) - 1)
     return total * (1 + 1e-6)
 
 
@@ -272,19 +273,35 @@ def _spread(model: PooledModel, i: int) -> float:
 def certify(model: PooledModel, layers: list[tuple[np.ndarray, ...]], rho: float | None = None,
             margin: bool = True, deadline: float = math.inf) -> Certificate:
     """sdp_conv_cert's shifted arrow Cholesky on the pooled blocks (same rules, same
-    second attempt); margin=False drops the allowances (tests only)."""
+    second attempt); margin=False drops the allowances (tests only). The border is first
+    scaled by a power of two s ~ 1 / sqrt(rho): [[H, s B^H], [s B, s^2 rho I]] >= 0 iff the
+    arrow is (a congruence; exact in floating point), and the Cholesky's rounding, which
+    grows with |Z|_F^2 ~ trace S, then stays small next to the small multipliers."""
     start = time.monotonic()
     h, border = blocks(model, layers)
-    form = link_formation_error(model, layers) if margin else 0.0
+    scale = _border_scale(model, layers)
+    border = border * scale
+    form = link_formation_error(model, layers, scale) if margin else 0.0
     diagonal = [np.abs(np.diagonal(h[0]).real)]
     trace = model.freqs * float(np.sum(diagonal[0]))
     g = gamma(h.shape[0] * h.shape[1] + border.shape[1] + 4)
     shift = 1.25 * (2 * g * trace + form) if margin else 0.0
-    result = _attempt(h, border, diagonal, rho, shift, form, margin)
+    scaled = None if rho is None else rho * scale * scale
+    result = _attempt(h, border, diagonal, scaled, shift, form, margin)
     took = time.monotonic() - start
     if margin and not result.verified and result.need > 0 and time.monotonic() + took <= deadline:
-        result = _attempt(h, border, diagonal, rho, 1.25 * result.need, form, margin)
+        result = _attempt(h, border, diagonal, scaled, 1.25 * result.need, form, margin)
+    result.rho /= scale * scale
+    result.detail += f" (border scaled by 2^{round(math.log2(scale))}: rho {result.rho:.9g})"
     return result
+
+
+def _border_scale(model: PooledModel, layers: list[tuple[np.ndarray, ...]]) -> float:
+    """A power of two near 1 / sqrt(rho(layers)) (1 where the multipliers are infeasible)."""
+    ev = spectrum(_Data(model), [tuple(torch.from_numpy(v) for v in layer) for layer in layers])
+    if ev is None or not float(ev[-1]) > 0:
+        return 1.0
+    return 2.0 ** round(-0.5 * math.log2(float(ev[-1])))
 
 
 def sdp_conv_pooled(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
