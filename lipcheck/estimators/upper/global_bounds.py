@@ -22,9 +22,10 @@ from lipcheck.estimators.exact.pairmax import MAX_NODES
 from lipcheck.estimators.upper.autolip import autolip
 from lipcheck.estimators.upper.chain_cost import too_slow
 from lipcheck.estimators.upper.chains import Chain, find_chains
+from lipcheck.estimators.upper.conv_pool import find_pooled
 from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
-from lipcheck.estimators.upper.sdp_conv import sdp_conv
+from lipcheck.estimators.upper.sdp_conv_pool import sdp_conv_pooled
 from lipcheck.estimators.upper.sdp_cost import warm_optimiser
 from lipcheck.estimators.upper.sdp_schur import lipsdp_descent
 from lipcheck.estimators.upper.sdp_solver import require_cvxpy
@@ -160,7 +161,7 @@ CHAIN_METHODS: dict[str, ChainMethod] = {
     "seqlip-greedy": _seqlip_greedy, "seqlip-lowrank": _seqlip_lowrank,
     "sdp": _sdp(False), "sdp" + QUICK: _sdp(True),
     "eclipse-fast": _eclipse(True), "eclipse": _eclipse(False),
-    "sdp-conv": sdp_conv,
+    "sdp-conv": sdp_conv_pooled,   # sdp_conv, and chains through MaxPools (conv_pool)
 }
 
 
@@ -292,7 +293,8 @@ def global_bounds(graph: Graph, node_bounds: dict[str, NodeBound],
                                    extra={"cut_by_budget": True}))
             continue
         deadline = time.monotonic() + remaining / (len(chain_names) - i)
-        bound = _run_method(name, graph, node_bounds, chains, settings, deadline)
+        own = find_pooled(graph, node_bounds, settings, chains) if name == "sdp-conv" else chains
+        bound = _run_method(name, graph, node_bounds, own, settings, deadline)
         if bound is not None:
             out.append(bound)
     return sorted(out, key=lambda b: b.value)

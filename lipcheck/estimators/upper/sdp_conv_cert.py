@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,18 @@ def blocks(model: CircularChain, ts: list[np.ndarray], symbols: list[np.ndarray]
     return out
 
 
+@dataclass
+class Arrow:
+    """The arrow's frequency blocks, formed a chunk at a time (`blocks(part)`: H_w for the
+    frequencies in `part`), its border B (F, n_out, d_last) and the diagonals of its
+    multiplier blocks (for the diagonal's rounding)."""
+    freqs: int
+    dim: int
+    blocks: Callable[[slice], np.ndarray]
+    border: np.ndarray
+    diagonals: list[np.ndarray]
+
+
 def formation_error(model: CircularChain, ts: list[np.ndarray]) -> float:
     """Bound on the spectral norm of (computed - exact) arrow: every H_w's off-diagonal
     blocks plus the border."""
@@ -79,19 +92,18 @@ def _chunks(freqs: int, dim: int):
     return [slice(lo, min(freqs, lo + step)) for lo in range(0, freqs, step)]
 
 
-def _shifted_sums(model: CircularChain, ts: list[np.ndarray], shift: float, deadline: float):
+def _shifted_sums(arrow: Arrow, shift: float, deadline: float):
     """sum_w Z_w^H Z_w and sum_w |L_w|^2 + |Z_w|^2 of the shifted arrow, its blocks formed
     and factored a chunk of frequencies at a time (the clock is read before each chunk:
     _Stopped once the deadline has passed); None where a block is not definite."""
-    symbols = [model.symbol(i) for i in range(len(ts))]
-    border = model.border()
-    d, n_out = sum(model.dims), border.shape[1]
+    border, d = arrow.border, arrow.dim
+    n_out = border.shape[1]
     gram = np.zeros((n_out, n_out), dtype=np.complex128)
     squares = 0.0
-    for part in _chunks(model.freqs, d):
+    for part in _chunks(arrow.freqs, d):
         if time.monotonic() > deadline:
             raise _Stopped
-        block = blocks(model, ts, symbols, part)
+        block = arrow.blocks(part).copy()
         block[:, np.arange(d), np.arange(d)] -= shift
         try:
             low = np.linalg.cholesky(block)
@@ -115,29 +127,40 @@ def certify(model: CircularChain, ts: list[np.ndarray], rho: float | None = None
     and factored a chunk at a time and the work stops (not verified) once `deadline` has
     passed; a second attempt (larger shift) starts only if it ends before `deadline`
     (predicted: as long as the first)."""
-    start = time.monotonic()
+    symbols = [model.symbol(i) for i in range(len(ts))]
+    arrow = Arrow(model.freqs, sum(model.dims),
+                  lambda part: blocks(model, ts, symbols, part), model.border(), list(ts))
     form = formation_error(model, ts) if margin else 0.0
     trace = model.freqs * (model.dims[0] + sum(float(np.sum(t)) for t in ts))
-    g = gamma(model.freqs * sum(model.dims) + model.close.shape[0] + 4)
+    return check_arrow(arrow, rho, form, trace, margin, deadline)
+
+
+def check_arrow(arrow: Arrow, rho: float | None, form: float, trace: float, margin: bool,
+                deadline: float = math.inf) -> Certificate:
+    """The shifted arrow Cholesky with its margins: the shift from the trace of the
+    blocks' diagonal and the formation error `form`, a second attempt with a larger shift
+    if the first one's rounding bound exceeded it and it fits before the deadline."""
+    start = time.monotonic()
+    g = gamma(arrow.freqs * arrow.dim + arrow.border.shape[1] + 4)
     shift = 1.25 * (2 * g * trace + form) if margin else 0.0
     try:
-        result = _attempt(model, ts, rho, shift, form, margin, deadline)
+        result = _attempt(arrow, rho, shift, form, margin, deadline)
         took = time.monotonic() - start
         if margin and not result.verified and result.need > 0 \
                 and time.monotonic() + took <= deadline:
-            result = _attempt(model, ts, rho, 1.25 * result.need, form, margin, deadline)
+            result = _attempt(arrow, rho, 1.25 * result.need, form, margin, deadline)
     except _Stopped:
         return Certificate(math.inf, False, 0.0, 0.0, "stopped by the deadline before it ended",
                            stopped=True)
     return result
 
 
-def _attempt(model: CircularChain, ts: list[np.ndarray], rho: float | None, shift: float,
-             form: float, margin: bool, deadline: float) -> Certificate:
-    n_out, d = model.close.shape[0], sum(model.dims)
-    g = gamma(model.freqs * d + n_out + 4)
-    diag_max = max([1.0] + [float(np.max(t)) for t in ts])
-    sums = _shifted_sums(model, ts, shift, deadline)
+def _attempt(arrow: Arrow, rho: float | None, shift: float, form: float, margin: bool,
+             deadline: float) -> Certificate:
+    n_out, d = arrow.border.shape[1], arrow.dim
+    g = gamma(arrow.freqs * d + n_out + 4)
+    diag_max = max([1.0] + [float(np.max(t)) for t in arrow.diagonals])
+    sums = _shifted_sums(arrow, shift, deadline)
     if sums is None:
         return Certificate(math.inf, False, shift, 0.0,
                            "a frequency block is not positive definite")
@@ -152,7 +175,7 @@ def _attempt(model: CircularChain, ts: list[np.ndarray], rho: float | None, shif
     except np.linalg.LinAlgError:
         return Certificate(rho, False, shift, 0.0,
                            "the closing Schur complement is not positive definite")
-    terms = model.freqs * d * (d + n_out) + r_s.size   # squares summed, in any order
+    terms = arrow.freqs * d * (d + n_out) + r_s.size   # squares summed, in any order
     squares = factor_squares + float(np.sum(np.abs(r_s) ** 2))
     frob = squares * (1 + gamma(terms + 2))
     need = g * frob + form + 4 * UNIT_ROUNDOFF * (diag_max + abs(rho) + shift) if margin else 0.0
