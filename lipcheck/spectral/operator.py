@@ -1,7 +1,8 @@
 """A node's linear part as an operator, and generic ways to take its norm.
 
 `node_operator` turns an affine node into x -> A x (the node's output minus its
-output at zero) on the exact input shape, so padding, stride, dilation and groups
+output at zero, computed at the first application: a certifier that reads the weights never
+runs the layer) on the exact input shape, so padding, stride, dilation and groups
 are those the model applies. `dense_norm` builds the Jacobian and takes its largest
 singular value in float64 (certified, with a rounding margin); `power_norm` runs
 autograd power iteration (an estimate from below).
@@ -77,10 +78,17 @@ def node_operator(node: Node, ctx: BoundContext, dtype: torch.dtype = torch.floa
         # absent optional inputs stay None: RunFn's contract (rules.registry docstring)
         return rule.run(node, args)[0]  # type: ignore[arg-type]
 
-    with torch.no_grad():
-        offset = affine(torch.zeros(in_shape, dtype=dtype, device=device))
-    return LinearOperator(lambda x: affine(x) - offset, in_shape, tuple(offset.shape), dtype,
-                          device)
+    offset: list[torch.Tensor] = []   # the output at zero, computed at the first application
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        if not offset:
+            with torch.no_grad():
+                offset.append(affine(torch.zeros(in_shape, dtype=dtype, device=device)))
+        return affine(x) - offset[0]
+    if not node.output_shapes:   # no recorded shape: apply it once now
+        linear(torch.zeros(in_shape, dtype=dtype, device=device))
+    out_shape = tuple(offset[0].shape) if offset else tuple(node.output_shapes[0])
+    return LinearOperator(linear, in_shape, out_shape, dtype, device)
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
