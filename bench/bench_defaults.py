@@ -2,8 +2,11 @@
 one process each (peak memory is per model), with the report's phase timings and the
 peak resident memory of each phase (VmHWM, reset at each phase start; Linux).
 
-Run: .venv/bin/python bench/bench_defaults.py [name ...]   (names: bench/archs.py NETS,
-or paths to model files such as models/*.onnx and LipSDP's nets)
+Run: .venv/bin/python bench/bench_defaults.py [--before DIR] [name ...]   (names:
+bench/archs.py NETS, or paths to model files such as models/*.onnx and LipSDP's nets).
+With --before DIR (another checkout, e.g. a `git worktree` of main) each model runs first
+with DIR's lipcheck, then with this one: a before/after table from one run, where the
+box's load drifts less between the two than between two runs.
 """
 from __future__ import annotations
 
@@ -55,30 +58,42 @@ print(json.dumps({"total": total, "rss_gb": max(peaks.values()), "peaks": peaks,
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def main(names: list[str]) -> None:
+def main(names: list[str], before: str | None = None) -> None:
     from archs import NETS
     names = names or list(NETS)
     print(f"{'model':22s} {'total s':>8s} {'peak GB':>8s}  {'lower':>10s} {'upper':>10s}  "
           "phases (s)")
+    here = str(Path(__file__).resolve().parents[1])
     for name in names:
-        load = Path("/proc/loadavg").read_text().split()[0]
-        start = time.perf_counter()
-        env = {**os.environ, **{v: "1" for v in THREAD_VARS}}   # one thread, as the CLI sets
-        done = subprocess.run([sys.executable, "-c", ONE, name], capture_output=True, text=True,
-                              env=env)
-        if done.returncode:
-            print(f"{name:22s} failed after {time.perf_counter() - start:.1f} s: "
-                  f"{done.stderr.strip().splitlines()[-1:]}")
-            continue
-        r = json.loads(done.stdout.strip().splitlines()[-1])
-        phases = " ".join(f"{k}={v:.2f}" for k, v in r["timings"].items())
-        fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
-        print(f"{name:22s} {r['total']:8.1f} {r['rss_gb']:8.2f}  {fmt(r['lower']):>10s} "
-              f"{fmt(r['upper']):>10s}  {phases} [load {load}]", flush=True)
-        peaks = ", ".join(f"{k} {v:.2f}" for k, v in r["peaks"].items() if k != "start")
-        print(f"{'':22s} peak GB by phase: {peaks}", flush=True)
+        for label, code in ([("before", before)] if before else []) + [("", here)]:
+            run_one(name, code, f"{name} {label}".strip())
+
+
+def run_one(name: str, code: str, label: str) -> None:
+    """One model in a fresh process with the lipcheck found at `code`."""
+    load = Path("/proc/loadavg").read_text().split()[0]
+    start = time.perf_counter()
+    env = {**os.environ, **{v: "1" for v in THREAD_VARS}}   # one thread, as the CLI sets
+    env["PYTHONPATH"] = os.pathsep.join([code, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    done = subprocess.run([sys.executable, "-P", "-c", ONE, name], capture_output=True, text=True,
+                          env=env, cwd=str(Path(__file__).resolve().parents[1]))
+    if done.returncode:
+        print(f"{label:22s} failed after {time.perf_counter() - start:.1f} s: "
+              f"{done.stderr.strip().splitlines()[-1:]}")
+        return
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    phases = " ".join(f"{k}={v:.2f}" for k, v in r["timings"].items())
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    print(f"{label:22s} {r['total']:8.1f} {r['rss_gb']:8.2f}  {fmt(r['lower']):>10s} "
+          f"{fmt(r['upper']):>10s}  {phases} [load {load}]", flush=True)
+    peaks = ", ".join(f"{k} {v:.2f}" for k, v in r["peaks"].items() if k != "start")
+    print(f"{'':22s} peak GB by phase: {peaks}", flush=True)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    previous = None
+    if args[:1] == ["--before"]:
+        previous, args = args[1], args[2:]
+    main(args, previous)

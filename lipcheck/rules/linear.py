@@ -14,7 +14,7 @@ from lipcheck.rules.registry import (
     unbounded,
 )
 from lipcheck.spectral.affine import affine_bound
-from lipcheck.spectral.operator import NormResult, bounded_matrix_norm
+from lipcheck.spectral.operator import GRAM_FROM, NormResult, bounded_matrix_norm
 
 FAMILY = "linear"
 NEAR_ZERO_VARIANCE = 1e-6
@@ -41,7 +41,15 @@ def _gemm_bound(node: Node, ctx: BoundContext) -> NodeBound:
     if len(dynamic) != 1 or 2 in dynamic:
         return unbounded("Gemm of two input-dependent operands is bilinear")
     other = constant_input(node, ctx, 1 - dynamic[0])
-    return _exact(bounded_matrix_norm(other), abs(alpha))
+    return _exact(_dense_norm(other, ctx), abs(alpha))
+
+
+def _dense_norm(matrix: torch.Tensor, ctx: BoundContext) -> NormResult:
+    """bounded_matrix_norm; before a float64 Gram of its own (VGG's 4096 x 4096: 128 MB and a
+    copy) the convolutions' work buffers are released (ctx.scratch: ~350 MB on VGG-11)."""
+    if min(matrix.shape[-2:], default=0) > GRAM_FROM:
+        ctx.scratch.clear()
+    return bounded_matrix_norm(matrix)
 
 
 def _exact(norm: NormResult, scale: float = 1.0) -> NodeBound:
@@ -63,7 +71,7 @@ def _matmul_bound(node: Node, ctx: BoundContext) -> NodeBound:
         return unbounded("MatMul of two input-dependent operands is bilinear (as in attention)")
     other = constant_input(node, ctx, 1 - dynamic[0])
     if other.dim() == 2:
-        return _exact(bounded_matrix_norm(other))
+        return _exact(_dense_norm(other, ctx))
     return affine_bound(node, ctx)
 
 

@@ -1,7 +1,8 @@
 """A node's linear part as an operator, and generic ways to take its norm.
 
 `node_operator` turns an affine node into x -> A x (the node's output minus its
-output at zero) on the exact input shape, so padding, stride, dilation and groups
+output at zero, computed at the first application: a certifier that reads the weights never
+runs the layer) on the exact input shape, so padding, stride, dilation and groups
 are those the model applies. `dense_norm` builds the Jacobian and takes its largest
 singular value in float64 (certified, with a rounding margin); `power_norm` runs
 autograd power iteration (an estimate from below).
@@ -77,10 +78,17 @@ def node_operator(node: Node, ctx: BoundContext, dtype: torch.dtype = torch.floa
         # absent optional inputs stay None: RunFn's contract (rules.registry docstring)
         return rule.run(node, args)[0]  # type: ignore[arg-type]
 
-    with torch.no_grad():
-        offset = affine(torch.zeros(in_shape, dtype=dtype, device=device))
-    return LinearOperator(lambda x: affine(x) - offset, in_shape, tuple(offset.shape), dtype,
-                          device)
+    offset: list[torch.Tensor] = []   # the output at zero, computed at the first application
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        if not offset:
+            with torch.no_grad():
+                offset.append(affine(torch.zeros(in_shape, dtype=dtype, device=device)))
+        return affine(x) - offset[0]
+    if not node.output_shapes:   # no recorded shape: apply it once now
+        linear(torch.zeros(in_shape, dtype=dtype, device=device))
+    out_shape = tuple(offset[0].shape) if offset else tuple(node.output_shapes[0])
+    return LinearOperator(linear, in_shape, out_shape, dtype, device)
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
@@ -122,33 +130,6 @@ def matrix_norm(matrix: np.ndarray | torch.Tensor) -> float:
     return _gram_certified_norm(m)
 
 
-GRAM_CHUNK_ENTRIES = 1 << 23   # float64 entries of one column chunk (64 MB)
-
-
-def _float64_gram(m: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
-    """(fl(M M^T) or fl(M^T M), the smaller, in float64; ||M||_F^2), summed over column
-    chunks converted to float64 one at a time. The rounding bound gamma_k ||M||_F^2 (k the
-    inner dimension) holds for any order of the k products' summation."""
-    t = torch.as_tensor(m)
-    t = t if t.shape[0] <= t.shape[1] else t.T
-    n, k = t.shape
-    gram = torch.zeros(n, n, dtype=torch.float64)
-    frobenius = 0.0
-    step = max(1, GRAM_CHUNK_ENTRIES // max(n, 1))
-    if layer_clock.current() is not None:  # under --layer-budget: chunks of ~CLOCKED_CHUNK_S
-        flops = CLOCKED_CHUNK_S * layer_clock.machine_rate()
-        step = max(64, min(step, int(flops // max(1, 2 * n * n))))
-    for j in range(0, k, step):
-        layer_clock.check("Gram of the matrix")
-        part = t[:, j:j + step].to(torch.float64)
-        gram.addmm_(part, part.T)
-        frobenius += float(torch.einsum("ij,ij->", part, part))
-    return gram.numpy(), frobenius
-
-
-CLOCKED_CHUNK_S = 0.25  # predicted seconds of one Gram chunk under a layer clock
-
-
 # Above this many rows and columns, ||M|| comes from the float64 Gram matrix with a
 # Cholesky certificate (block_bounds), several times faster than an SVD (2048 x 512: 42 ms
 # against 151 ms; a ResNet-50's 1x1 convs took 11 s of SVDs).
@@ -158,19 +139,16 @@ GRAM_FROM = 128
 def _gram_certified_norm(m: np.ndarray | torch.Tensor) -> float:
     """sigma^2 <= tau + gamma_k ||M||_F^2, where tau I - fl(M M^T) is proven positive definite
     (Cholesky certificate) and gamma_k ||M||_F^2 bounds the Gram's rounding error. Above
-    EIGH_MAX rows of the Gram, tau comes from a Lanczos estimate (top_eig.max_eig_bound:
-    its float32 Lanczos leaves tau ~1e-5 relative above the top eigenvalue) instead of a
-    dense eigvalsh (VGG's 4096-wide layers: seconds each)."""
+    EIGH_MAX rows of the Gram, dense_gram.gram_norm: tau from Lanczos, one Cholesky in place
+    (VGG's 4096-wide layers: no eigvalsh, no second copy)."""
     from lipcheck.spectral.block_bounds import cholesky_certify
+    from lipcheck.spectral.dense_gram import float64_gram, gram_norm
     from lipcheck.spectral.freq_gram import gamma
 
-    inner = max(m.shape)
-    gram, frobenius = _float64_gram(m)
-    error = gamma(inner) * frobenius
-    if gram.shape[0] > EIGH_MAX:
-        from lipcheck.spectral.top_eig import max_eig_bound
-        tau = max_eig_bound(torch.from_numpy(gram)[None], eta=LANCZOS_ETA).tau
-        return math.sqrt(tau + error) * (1 + 1e-15)
+    if min(m.shape) > EIGH_MAX:
+        return gram_norm(m)
+    gram, frobenius = float64_gram(m)
+    error = gamma(max(m.shape)) * frobenius
     last = gram.shape[0] - 1
     # measured: 2.2 s at n = 2048 where a matmul runs 9.7 GFLOP/s: 2.5 n^3 matmul flops
     layer_clock.require(4 * gram.shape[0] ** 3, "eigvalsh of the Gram", efficiency=1.0)
@@ -185,7 +163,6 @@ def _gram_certified_norm(m: np.ndarray | torch.Tensor) -> float:
 
 
 EIGH_MAX = 2048       # larger Grams: Lanczos threshold + Cholesky certificate, no eigvalsh
-LANCZOS_ETA = 1e-6    # tau = Ritz value x (1 + eta), raised until the certificate holds
 
 
 def dense_norm(op: LinearOperator) -> NormResult:

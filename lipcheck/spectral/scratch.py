@@ -23,3 +23,7 @@ class Scratch:
             buffer = torch.empty(numel, dtype=dtype, device=device)
             self._buffers[name] = buffer
         return buffer[:numel].view(shape)
+
+    def clear(self) -> None:
+        """Release every buffer (before a step that needs the memory for itself)."""
+        self._buffers.clear()

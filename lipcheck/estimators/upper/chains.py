@@ -147,13 +147,24 @@ def _paths(graph: Graph, bounds: dict[str, NodeBound]) -> list[list[Node]]:
 
 
 def _compose(nodes: list[Node], ctx: BoundContext) -> LinearOperator:
-    ops = [node_operator(n, ctx) for n in nodes]
+    """The linear part of `nodes` (float64). The nodes' operators, which hold float64 copies
+    of their weights, are built at the first application and live as long as the chain:
+    finding the chains copies no weights (VGG-11: 0.94 GB, where no method applied them)."""
+    ops: list[LinearOperator] = []
 
     def apply(x: torch.Tensor) -> torch.Tensor:
+        if not ops:
+            ops.extend(node_operator(n, ctx) for n in nodes)
         for op in ops:
             x = op.apply(x.reshape(op.in_shape))
         return x
-    return LinearOperator(apply, ops[0].in_shape, ops[-1].out_shape, ops[0].dtype, ops[0].device)
+    (position,) = ctx.dynamic(nodes[0])
+    if not nodes[-1].output_shapes:   # no recorded shape: build the operators now
+        apply(torch.zeros(nodes[0].input_shapes[position], dtype=torch.float64,
+                          device=torch.device(ctx.settings.device)))
+    out_shape = tuple(ops[-1].out_shape) if ops else tuple(nodes[-1].output_shapes[0])
+    return LinearOperator(apply, tuple(nodes[0].input_shapes[position]), out_shape,
+                          torch.float64, torch.device(ctx.settings.device))
 
 
 def _split(path: list[Node], graph: Graph, bounds: dict[str, NodeBound],
