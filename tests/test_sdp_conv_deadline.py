@@ -83,3 +83,20 @@ def test_one_time_imports_are_timed_apart_from_the_budget() -> None:
     report = estimate(mlp([4, 6, 3]), settings=Settings(time_budget=5.0),
                       options=EstimateOptions(methods=("eclipse",), lower_budget=0))
     assert "imports" in report.timings and "global_bounds" in report.timings
+
+
+def test_auto_leaves_conv_sdps_above_its_quick_limit_to_the_explicit_method() -> None:
+    """`--method auto` runs sdp-conv only where one evaluation is at most QUICK_CONV_WORK
+    (frequencies x block size^3, a count: reproducible); `--method sdp-conv` runs it all."""
+    from test_time_caps import slow_conv
+
+    from lipcheck.estimators.upper.global_bounds import QUICK_CONV_WORK
+    small, large = convnet(CONVS[0], 8), slow_conv(16, 32, outputs=10)
+    for graph, in_auto in ((small, True), (large, False)):
+        chain, settings = chain_of(graph)
+        model, _ = circular_chain(chain, graph)
+        assert (model.freqs * sum(model.dims) ** 3 <= QUICK_CONV_WORK) == in_auto
+        quick = Settings(time_budget=60, extra={"sdp_conv_dense": False})
+        report = estimate(graph, settings=quick,
+                          options=EstimateOptions(methods=("auto",), lower_budget=0))
+        assert any(b.method == "sdp-conv" for b in report.bounds) == in_auto

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from itertools import pairwise
 
 import numpy as np
@@ -46,11 +47,15 @@ METHODS = ("autolip", "seqlip-exact", "seqlip-greedy", "seqlip-lowrank", "sdp", 
            "sdp-conv")
 # `--method auto`: what is cheap (< ~2 s a chain here) and useful; "quick" variants are
 # the same methods with smaller count limits and size gates, reported under their names.
-DEFAULT_METHODS = ("autolip", "eclipse-fast", "seqlip-exact:quick", "sdp:quick", "sdp-conv")
+DEFAULT_METHODS = ("autolip", "eclipse-fast", "seqlip-exact:quick", "sdp:quick",
+                   "sdp-conv:quick")
 QUICK = ":quick"
 SDP_MAX_DIM = 1100       # reduced LipSDP-Neuron matrix size for the barrier method
 CONIC_MAX_DIM = 400      # ... for cvxpy (slopes the barrier's ECLipsE-Fast start refuses)
 QUICK_SDP_DIM = 200      # barrier only, in the default set
+QUICK_CONV_WORK = 1e9    # sdp-conv in the default set: frequencies x block size^3 of one
+                         # evaluation at most (the first-row CNN 2e8; ResNet-18 @224's
+                         # residual blocks 3e9-2e10: each would take the whole budget)
 # larger LipSDP-Neuron matrices (barrier slopes): first-order descent on the multipliers
 # (sdp_schur), a count of steps; the float64 check limits the size
 DESCENT_MAX_DIM, QUICK_DESCENT_DIM = 4000, 2000
@@ -156,12 +161,22 @@ def _eclipse(fast: bool) -> ChainMethod:
     return run
 
 
+def _sdp_conv(quick: bool) -> ChainMethod:
+    def run(chain: Chain, settings: Settings, deadline: float) -> ChainBound | None:
+        if quick:   # a count-based size gate (settings.extra may set its own)
+            settings = replace(settings, extra={"sdp_conv_max_work": QUICK_CONV_WORK,
+                                                **settings.extra})
+        return sdp_conv_pooled(chain, settings, deadline)
+    return run
+
+
 CHAIN_METHODS: dict[str, ChainMethod] = {
     "seqlip-exact": _seqlip_exact(False), "seqlip-exact" + QUICK: _seqlip_exact(True),
     "seqlip-greedy": _seqlip_greedy, "seqlip-lowrank": _seqlip_lowrank,
     "sdp": _sdp(False), "sdp" + QUICK: _sdp(True),
     "eclipse-fast": _eclipse(True), "eclipse": _eclipse(False),
-    "sdp-conv": sdp_conv_pooled,   # sdp_conv, and chains through MaxPools (conv_pool)
+    # sdp_conv, and chains through MaxPools (conv_pool)
+    "sdp-conv": _sdp_conv(False), "sdp-conv" + QUICK: _sdp_conv(True),
 }
 
 
@@ -225,7 +240,7 @@ def _run_method(name: str, graph: Graph, node_bounds: dict[str, NodeBound], chai
 def _share(name: str, deadline: float, left: int) -> float:
     """sdp-conv's deadline for the next of `left` chains: an equal share of the time left
     (what a chain does not use goes to the later ones); other methods: the whole."""
-    if name != "sdp-conv" or left <= 1:
+    if name.removesuffix(QUICK) != "sdp-conv" or left <= 1:
         return deadline
     now = time.monotonic()
     return now + max(deadline - now, 0.0) / left
@@ -267,7 +282,7 @@ def prepare(methods: list[str] | tuple[str, ...]) -> None:
             require_cvxpy()
         except UserError:
             pass    # the method itself reports the missing extra
-    if "sdp-conv" in names:
+    if any(n.removesuffix(QUICK) == "sdp-conv" for n in names):
         warm_optimiser()
 
 
@@ -293,7 +308,8 @@ def global_bounds(graph: Graph, node_bounds: dict[str, NodeBound],
                                    extra={"cut_by_budget": True}))
             continue
         deadline = time.monotonic() + remaining / (len(chain_names) - i)
-        own = find_pooled(graph, node_bounds, settings, chains) if name == "sdp-conv" else chains
+        own = (find_pooled(graph, node_bounds, settings, chains)
+               if name.removesuffix(QUICK) == "sdp-conv" else chains)
         bound = _run_method(name, graph, node_bounds, own, settings, deadline)
         if bound is not None:
             out.append(bound)

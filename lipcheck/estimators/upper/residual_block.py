@@ -28,6 +28,7 @@ from lipcheck.estimators.upper.conv_chain import (
     apply_layer,
     conv_layers,
 )
+from lipcheck.estimators.upper.sdp_cost import over_work
 from lipcheck.graph import Graph, Node, OpKind
 from lipcheck.rules import BoundContext, Merge, get_rule
 from lipcheck.settings import Settings
@@ -132,6 +133,8 @@ def residual_model(block: Block, settings: Settings) -> ResidualModel | None:
     s = first.strides
     grid = _grid([first, second, short], [s, (1, 1), s])
     dims = [first.weight.shape[1] * s[0] * s[1], first.weight.shape[0], second.weight.shape[0]]
+    if over_work(settings.extra, (grid * grid + 2) // 2, dims[0] + dims[1]):
+        return None   # above --method auto's quick limits: not even checked (seconds at 224)
     empty = np.zeros((0, dims[2]) + second.out_size)
     branch = CircularChain(grid, [s, (1, 1), (1, 1)], dims,
                            [_taps(first, s, (1, 1)), _taps(second, (1, 1), (1, 1))], empty,

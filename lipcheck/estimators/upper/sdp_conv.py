@@ -31,6 +31,7 @@ from lipcheck.estimators.upper.sdp_cost import (
     Budget,
     certificate_seconds,
     may_start,
+    over_work,
     warm_optimiser,
 )
 from lipcheck.estimators.upper.sdp_residual import sdp_residual
@@ -170,7 +171,8 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
     model, _ = circular_chain(chain, chain.graph)
     if model is None:
         return None
-    if model.freqs * sum(model.dims) ** 2 > MAX_BLOCK_ENTRIES:
+    if model.freqs * sum(model.dims) ** 2 > MAX_BLOCK_ENTRIES \
+            or over_work(settings.extra, model.freqs, sum(model.dims)):
         return None
     steps = int(settings.extra.get("sdp_conv_steps", STEPS))
     warm_optimiser()

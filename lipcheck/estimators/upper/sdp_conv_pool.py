@@ -30,7 +30,12 @@ from lipcheck.estimators.upper.sdp_conv import (
     sdp_conv,
 )
 from lipcheck.estimators.upper.sdp_conv_cert import Arrow, Certificate, check_arrow
-from lipcheck.estimators.upper.sdp_cost import certificate_seconds, may_start, warm_optimiser
+from lipcheck.estimators.upper.sdp_cost import (
+    certificate_seconds,
+    may_start,
+    over_work,
+    warm_optimiser,
+)
 from lipcheck.estimators.upper.seqlip import ChainBound
 from lipcheck.settings import Settings
 from lipcheck.spectral.freq_gram import gamma
@@ -322,6 +327,9 @@ def _joint(chain: PooledChain, settings: Settings, deadline: float) -> ChainBoun
     model, why = pooled_model(chain)
     if model is None or model.freqs * sum(_node_sizes(model)) ** 2 > MAX_BLOCK_ENTRIES:
         return ChainBound(math.inf, False, False, why or "blocks too large")
+    if over_work(settings.extra, model.freqs, sum(_node_sizes(model))):
+        return ChainBound(math.inf, False, False, "not run: above the quick limits of "
+                          "--method auto (--method sdp-conv runs it)")
     warm_optimiser()
     reserve = certificate_seconds(model.freqs, sum(_node_sizes(model)))
     if not may_start(deadline, reserve, reserve):

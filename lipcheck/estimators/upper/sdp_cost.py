@@ -69,6 +69,13 @@ class Budget:
         return may_start(self.deadline, cost, self.reserve)
 
 
+def over_work(extra: dict, freqs: int, dim: int) -> bool:
+    """Whether one evaluation (freqs blocks of dim x dim: about freqs * dim^3 flops) is above
+    the count-based limit settings.extra["sdp_conv_max_work"] (`--method auto`'s quick
+    gate; none by default): decided by sizes, so reproducible."""
+    return freqs * float(dim) ** 3 > float(extra.get("sdp_conv_max_work", math.inf))
+
+
 def may_start(deadline: float, eval_seconds: float, reserve: float) -> bool:
     """Whether one more evaluation and then the certificate end before the deadline."""
     return time.monotonic() + eval_seconds + reserve <= deadline

@@ -22,8 +22,13 @@ from lipcheck.estimators.upper.residual_block import (
     dense_model,
     residual_model,
 )
-from lipcheck.estimators.upper.sdp_cost import certificate_seconds, may_start, warm_optimiser
-from lipcheck.estimators.upper.sdp_residual_cert import certify_residual, symbols
+from lipcheck.estimators.upper.sdp_cost import (
+    certificate_seconds,
+    may_start,
+    over_work,
+    warm_optimiser,
+)
+from lipcheck.estimators.upper.sdp_residual_cert import STOPPED, certify_residual, symbols
 from lipcheck.estimators.upper.segments import Segment
 from lipcheck.estimators.upper.seqlip import ChainBound
 from lipcheck.settings import Settings
@@ -149,6 +154,9 @@ def bound_model(model: ResidualModel, settings: Settings, deadline: float, label
     blocks = model.branch.dims[0] + model.branch.dims[1]
     reserve = 2 * certificate_seconds((model.grid * model.grid + 2) // 2, blocks)
     head = f"{label}: {model.grid}x{model.grid} frequencies, blocks of {blocks}"
+    if over_work(settings.extra, (model.grid * model.grid + 2) // 2, blocks):
+        return None, f"{head}: not run (above the quick limits of --method auto; " \
+                     "--method sdp-conv runs it)", False
     if not may_start(deadline, reserve, reserve):
         return None, f"{head}: not run (its certificate, predicted {reserve:.2g} s, does not " \
                      "fit in the time left)", True
@@ -156,12 +164,13 @@ def bound_model(model: ResidualModel, settings: Settings, deadline: float, label
                              deadline, reserve)
     head += f", {evals} evaluations{' (cut by the deadline)' if cut else ''}"
     took = time.monotonic()
-    rho, ok, detail = certify_residual(model, t)
+    rho, ok, detail = certify_residual(model, t, deadline=deadline)
     took = time.monotonic() - took
-    if not ok and time.monotonic() + took <= deadline:   # the first shift may have been too small
-        rho, ok, detail = certify_residual(model, t, shift_scale=8.0)
+    if not ok and detail != STOPPED and time.monotonic() + took <= deadline:
+        # the first shift may have been too small
+        rho, ok, detail = certify_residual(model, t, shift_scale=8.0, deadline=deadline)
     if not ok:
-        return None, f"{head}: certificate refused ({detail})", cut
+        return None, f"{head}: certificate refused ({detail})", cut or detail == STOPPED
     value = math.sqrt(rho) * (1 + 1e-9)
     return value, f"{head}: {value:.9g} (float64 Cholesky per frequency: {detail})", cut
 

@@ -13,6 +13,7 @@ rounding, must stay below c. Then every exact Q_w(rho) is positive definite.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,11 +94,16 @@ def top_value(sym: Symbols, t: np.ndarray, slope: float, shift: float = 0.0) -> 
     return float(np.linalg.eigvalsh((m + m.conj().transpose(0, 2, 1)) / 2)[:, -1].max())
 
 
+STOPPED = "stopped by the deadline before it ended"
+
+
 def certify_residual(model: ResidualModel, t: np.ndarray, rho: float | None = None,
-                     margin: bool = True, shift_scale: float = 1.25
-                     ) -> tuple[float, bool, str]:
+                     margin: bool = True, shift_scale: float = 1.25,
+                     deadline: float = math.inf) -> tuple[float, bool, str]:
     """Prove Q_w(rho, T) > 0 at every frequency in float64; rho None: the smallest the
-    shifted blocks allow (plus RHO_SLACK). margin=False drops the allowances (tests)."""
+    shifted blocks allow (plus RHO_SLACK). margin=False drops the allowances (tests).
+    The clock is read before each all-frequency step and each frequency's Cholesky: past
+    `deadline` the check stops, not verified (detail STOPPED)."""
     sym, slope = symbols(model), model.branch.slope
     d0 = sym.s.shape[2]
     n = d0 + sym.a2.shape[2]
@@ -108,14 +114,18 @@ def certify_residual(model: ResidualModel, t: np.ndarray, rho: float | None = No
         return math.inf, False, "T - A2^H A2 is not positive definite"
     frob_guess = d0 * estimate * 2 + float(t.sum()) + 1.0
     shift = shift_scale * (gm * frob_guess + form) if margin else 0.0
+    if time.monotonic() > deadline:
+        return math.inf, False, STOPPED
     top = top_value(sym, t, slope, shift)
     if not math.isfinite(top):
         return math.inf, False, "T - A2^H A2 - shift is not positive definite"
     if rho is None:
         rho = shift + top * (1 + RHO_SLACK) + 1e-300
-    frob = _factor_all(sym, t, slope, rho, shift)
+    frob = _factor_all(sym, t, slope, rho, shift, deadline)
     if frob is None:
         return rho, False, "a frequency block is not positive definite"
+    if not math.isfinite(frob):
+        return math.inf, False, STOPPED
     big = _size(model.short, 0) ** 2 + _size(model.branch, 1) ** 2
     rounding = 4 * UNIT_ROUNDOFF * (abs(rho) + shift + float(t.max()) + big)
     need = gm * frob * (1 + gamma(n * n + 2)) + form + rounding if margin else 0.0
@@ -125,14 +135,16 @@ def certify_residual(model: ResidualModel, t: np.ndarray, rho: float | None = No
         else f"shift {shift:.3g} below the rounding + formation bound {need:.3g}")
 
 
-def _factor_all(sym: Symbols, t: np.ndarray, slope: float, rho: float, shift: float
-                ) -> float | None:
+def _factor_all(sym: Symbols, t: np.ndarray, slope: float, rho: float, shift: float,
+                deadline: float = math.inf) -> float | None:
     """Cholesky of every shifted Q_w (one frequency at a time: memory stays one block);
-    the largest ||R||_F^2, or None where one fails."""
+    the largest ||R||_F^2, None where one fails, inf once the deadline has passed."""
     g, ss, k = _pieces(sym, t, slope)
     d0, h = g.shape[1], g.shape[2]
     frob = 0.0
     for w in range(g.shape[0]):
+        if time.monotonic() > deadline:
+            return math.inf
         q = np.empty((d0 + h, d0 + h), dtype=np.complex128)
         q[:d0, :d0] = (rho - shift) * np.eye(d0) - ss[w]
         q[:d0, d0:] = -g[w]
