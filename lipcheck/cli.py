@@ -49,7 +49,7 @@ def estimate(
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
     time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
     layer_budget: float = typer.Option(
-        5.0, help="cap, in seconds, on each layer's certified norm: auto picks the tightest "
+        30.0, help="cap, in seconds, on each layer's certified norm: auto picks the tightest "
         "method predicted to fit, and a method that runs past it stops and the layer keeps a "
         "cheaper certified bound (marked cut_by_budget); the per-layer phase takes at most "
         "about layers x this"),

@@ -161,7 +161,7 @@ def run_config(*, seed: int, device: str, layer_method: str, time_budget: float,
                lower_budget: float, lower_rounds: int | None, input_range: str | None,
                arch: str | None, unsafe_pickle: bool, max_iter: int = 500, tol: float = 1e-6,
                dtype: str = "float32", timeout: float | None = None,
-               layer_budget: float = 5.0):
+               layer_budget: float = 30.0):
     """Validated Settings and EstimateOptions from the options estimate and check share
     (every check runs before torch is imported)."""
     check_choice(layer_method, LAYER_METHODS, "--layer-method")

@@ -17,7 +17,7 @@ class Settings:
     exact_max_entries: int = 2**23  # ... and n_in * n_out is at most this
     layer_method: str = "auto"   # per-layer operator-norm method (see LAYER_METHODS)
     time_budget: float = 60.0    # seconds, for the global methods (SeqLip, SDP, ...)
-    layer_budget: float = 5.0    # cap (s) on a layer's certified norm: `auto` chooses within it,
+    layer_budget: float = 30.0   # cap (s) on a layer's certified norm: `auto` chooses within it,
                                  # a method past it keeps a cheaper certified bound (layer_clock)
     dtype: str = "float32"       # working precision of estimates; certificates are always float64
     timeout: float | None = None  # seconds for the whole run (lipcheck.limits.time_limit)
