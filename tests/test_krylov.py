@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from test_spectral_conv import conv_graph
 
+from lipcheck.spectral.dense_gram import top_eigenvalue
 from lipcheck.spectral.krylov import ResidualBelow, RitzSettled, lanczos
-from lipcheck.spectral.padded_gram import input_gram, real_entries, top_eigenvalue
+from lipcheck.spectral.padded_gram import input_gram, real_entries
 from lipcheck.spectral.polyphase import conv_spec, phase_kernel
 
 

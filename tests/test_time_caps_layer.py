@@ -33,7 +33,7 @@ from lipcheck.interpreter import infer_shapes
 from lipcheck.limits import RunTimeout
 from lipcheck.report import load_schema
 from lipcheck.settings import Settings
-from lipcheck.spectral import conv_norm, layer_clock, padded_gram, top_eig
+from lipcheck.spectral import conv_norm, dense_gram, layer_clock, top_eig
 from lipcheck.spectral.cheap_bounds import matrix_cheap_bound, taps_bound
 from lipcheck.spectral.polyphase import conv_spec, phase_kernel
 from lipcheck.worker import run_with_deadline
@@ -138,14 +138,14 @@ def test_a_slow_fft_bound_falls_back_to_the_tap_sum(monkeypatch) -> None:
 def test_a_mispredicted_exact_gram_falls_back_to_the_fft_bound(monkeypatch) -> None:
     """The exact Gram is predicted free and its Lanczos made 20 ms a product (<= 300)."""
     monkeypatch.setattr(conv_norm, "predicted_seconds", lambda pk, dim: 0.0)
-    lanczos = padded_gram.lanczos
+    lanczos = dense_gram.lanczos
 
     def slow_lanczos(matvec, *args, **kwargs):
         def product(v):
             time.sleep(0.02)
             return matvec(v)
         return lanczos(product, *args, **kwargs)
-    monkeypatch.setattr(padded_gram, "lanczos", slow_lanczos)
+    monkeypatch.setattr(dense_gram, "lanczos", slow_lanczos)
     graph = conv_graph(12, 12)
     bound, seconds = timed_bound(graph, layer_budget=1.0)
     assert seconds <= 1.0 + slack(1.0)

@@ -105,18 +105,19 @@ def certified_top(gram: np.ndarray) -> float | None:
     return None
 
 
-def top_eigenvalue(gram: np.ndarray) -> float | None:
+def top_eigenvalue(gram: np.ndarray, label: str = "Gram Lanczos") -> float | None:
     """Lanczos (krylov.lanczos) on a float32 copy (half the memory traffic per product) until
     the Ritz residual is below RESIDUAL of the Ritz value (at most LANCZOS_STEPS steps), then
     the float64 Rayleigh quotient of its vector: accurate to O(residual^2), an estimate only
-    (the certificate proves the bound). Small matrices: a dense eigvalsh."""
+    (the certificate proves the bound). Small matrices: a dense eigvalsh. `label`: what the
+    layer clock reports if it stops the run (dense or padded conv Gram)."""
     if gram.shape[0] <= 256:
         return float(np.linalg.eigvalsh(gram)[-1])
     work = gram.astype(np.float32)
     start = np.random.default_rng(0).standard_normal(int(gram.shape[0])).astype(np.float32)
 
     def product(v: np.ndarray) -> np.ndarray:
-        layer_clock.check("Gram Lanczos")
+        layer_clock.check(label)
         return work @ v
     run = lanczos(product, start, min(gram.shape[0], LANCZOS_STEPS), ResidualBelow(RESIDUAL))
     vector = run.top()[2].astype(np.float64)

@@ -13,8 +13,8 @@ A run also ends at a breakdown: a non-finite alpha (dropped), or beta <= 1e-30 |
 Results are estimates from below (a Ritz value is at most lambda_max up to rounding);
 callers that certify prove their bound some other way. Front ends: `top_eig.lanczos_top`
 (a matrix), `operator.lanczos_estimate` (A^T A of an autograd operator),
-`padded_gram.top_eigenvalue` and `dense_gram.top_eigenvalue` (a float64 Gram, run on a
-float32 copy).
+`dense_gram.top_eigenvalue` (a float64 Gram, dense or a padded conv's, run on a float32
+copy).
 """
 from __future__ import annotations
 

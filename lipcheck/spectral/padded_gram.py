@@ -22,8 +22,8 @@ import numpy as np
 
 from lipcheck.spectral import layer_clock
 from lipcheck.spectral.block_bounds import certify_dense
+from lipcheck.spectral.dense_gram import top_eigenvalue
 from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, gamma
-from lipcheck.spectral.krylov import ResidualBelow, lanczos
 from lipcheck.spectral.polyphase import PhaseKernel
 
 # One thread, measured on this project's shared 2-core box (load average 8-10): a Gram of
@@ -37,7 +37,6 @@ ETA = 1e-6
 # Lanczos for tau, against ARPACK (scipy eigsh on the same float32 copy, tol 1e-6), on 10
 # conv Grams of 512-6400 rows (load 7-8): 0.7-1.2x its time (0.2-2.6 s), Rayleigh quotient
 # within 1e-10 of lambda_max where ARPACK's was within 2e-8 (one Gram: 7e-7 for both).
-RESIDUAL, LANCZOS_STEPS = 1e-7, 300
 
 
 def real_entries(pk: PhaseKernel) -> np.ndarray:
@@ -123,7 +122,7 @@ def _certified_top(build: Callable[[], np.ndarray]) -> float | None:
     gram = build()
     if gram.size == 0 or not np.any(gram):
         return 0.0
-    top = top_eigenvalue(gram)
+    top = top_eigenvalue(gram, "padded Gram Lanczos")   # None: the caller uses the FFT bound
     if top is None:
         return None
     tau = max(top, 0.0) * (1 + ETA) + 1e-300
@@ -133,22 +132,3 @@ def _certified_top(build: Callable[[], np.ndarray]) -> float | None:
         if certify_dense(gram, tau):
             return tau
     return None
-
-
-def top_eigenvalue(gram: np.ndarray) -> float | None:
-    """Lanczos (krylov.lanczos) on a float32 copy (half the memory traffic per product) until
-    the Ritz residual is below RESIDUAL of the Ritz value (at most LANCZOS_STEPS steps), then
-    the float64 Rayleigh quotient of its vector: accurate to O(residual^2), an estimate only
-    (the certificate proves the bound). Small matrices: a dense eigvalsh."""
-    if gram.shape[0] <= 256:
-        return float(np.linalg.eigvalsh(gram)[-1])
-    work = gram.astype(np.float32)
-    start = np.random.default_rng(0).standard_normal(int(gram.shape[0])).astype(np.float32)
-    def product(v: np.ndarray) -> np.ndarray:
-        layer_clock.check("padded Gram Lanczos")
-        return work @ v
-    run = lanczos(product, start, min(gram.shape[0], LANCZOS_STEPS),
-                  ResidualBelow(RESIDUAL))
-    vector = run.top()[2].astype(np.float64)
-    value = float(vector @ (gram @ vector)) / float(vector @ vector)
-    return value if math.isfinite(value) else None  # no tight tau: the caller uses the FFT bound

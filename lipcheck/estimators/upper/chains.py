@@ -125,18 +125,20 @@ def _kind(node: Node, graph: Graph, bounds: dict[str, NodeBound]) -> str | None:
     return None
 
 
-def _paths(graph: Graph, bounds: dict[str, NodeBound]) -> list[list[Node]]:
+def _paths(graph: Graph, bounds: dict[str, NodeBound], kind=None) -> list[list[Node]]:
+    """Maximal single-consumer paths of nodes that `kind` (default: _kind) classifies."""
+    kind = kind or _kind
     consumers, outputs = graph.consumers(), set(graph.outputs)
     seen: set[str] = set()
     paths = []
     for node in graph.nodes:
-        if node.name in seen or _kind(node, graph, bounds) is None:
+        if node.name in seen or kind(node, graph, bounds) is None:
             continue
         path = [node]
         while True:
             out = path[-1].outputs[0]
             nxt = consumers.get(out, [])
-            if out in outputs or len(nxt) != 1 or _kind(nxt[0], graph, bounds) is None:
+            if out in outputs or len(nxt) != 1 or kind(nxt[0], graph, bounds) is None:
                 break
             if graph.dynamic_inputs(nxt[0]) != [nxt[0].inputs.index(out)]:
                 break

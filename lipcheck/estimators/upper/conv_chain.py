@@ -251,3 +251,16 @@ def _agrees(model: CircularChain, chain: Chain) -> bool:
         if not err <= CHECK_TOLERANCE * scale:
             return False
     return True
+
+
+def half_frequencies(grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """One frequency of each conjugate pair {w, -w} of the G x G grid (flat indices) and
+    its weight (2, or 1 where w = -w): blocks at -w are the conjugates of those at w."""
+    keep, weight = [], []
+    for a in range(grid):
+        for b in range(grid):
+            ma, mb = (-a) % grid, (-b) % grid
+            if (a, b) <= (ma, mb):
+                keep.append(a * grid + b)
+                weight.append(1.0 if (a, b) == (ma, mb) else 2.0)
+    return np.array(keep), np.array(weight)

@@ -26,6 +26,7 @@ from lipcheck.estimators.upper.chains import (
     _compose,
     _hull,
     _kind,
+    _paths,
     _slopes,
 )
 from lipcheck.estimators.upper.conv_chain import (
@@ -77,26 +78,9 @@ def _kind_p(node: Node, graph: Graph, bounds: dict[str, NodeBound]) -> str | Non
     return _kind(node, graph, bounds)
 
 
-def _paths(graph: Graph, bounds: dict[str, NodeBound]) -> list[list[Node]]:
+def _pooled_paths(graph: Graph, bounds: dict[str, NodeBound]) -> list[list[Node]]:
     """Maximal single-consumer paths of linear, activation and pool nodes."""
-    consumers, outputs = graph.consumers(), set(graph.outputs)
-    seen: set[str] = set()
-    paths = []
-    for node in graph.nodes:
-        if node.name in seen or _kind_p(node, graph, bounds) is None:
-            continue
-        path = [node]
-        while True:
-            out = path[-1].outputs[0]
-            nxt = consumers.get(out, [])
-            if out in outputs or len(nxt) != 1 or _kind_p(nxt[0], graph, bounds) is None:
-                break
-            if graph.dynamic_inputs(nxt[0]) != [nxt[0].inputs.index(out)]:
-                break
-            path.append(nxt[0])
-        seen.update(n.name for n in path)
-        paths.append(path)
-    return paths
+    return _paths(graph, bounds, _kind_p)
 
 
 def _gap(nodes: list[Node], graph: Graph) -> tuple[tuple[float, float], tuple | None] | None:
@@ -149,7 +133,7 @@ def find_pooled(graph: Graph, bounds: dict[str, NodeBound], settings: Settings,
     """`chains` with every pooled chain that has a circular model in place of its pieces."""
     ctx = BoundContext(graph, settings)
     out = list(chains)
-    for path in _paths(graph, bounds):
+    for path in _pooled_paths(graph, bounds):
         pooled = _pooled_chain(path, graph, bounds, ctx)
         if pooled is None or pooled_model(pooled)[0] is None:
             continue

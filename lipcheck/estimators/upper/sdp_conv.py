@@ -23,7 +23,7 @@ import torch
 
 from lipcheck.estimators.upper.chain_cost import too_slow
 from lipcheck.estimators.upper.chains import Chain
-from lipcheck.estimators.upper.conv_chain import CircularChain, circular_chain
+from lipcheck.estimators.upper.conv_chain import CircularChain, circular_chain, half_frequencies
 from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.upper.residual_block import find_block
 from lipcheck.estimators.upper.sdp_conv_cert import certify
@@ -44,19 +44,6 @@ HISTORY = 20
 INFEASIBLE = 1e3     # log rho given to multipliers that make some X_i indefinite
 DENSE_MAX_WIDTH = 4096      # hidden width up to which ECLipsE-Fast is tried as well
 MAX_BLOCK_ENTRIES = 2**24   # F * D^2 of the certificate's blocks (complex128: 256 MB)
-
-
-def half_frequencies(grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """One frequency of each conjugate pair {w, -w} of the G x G grid (flat indices) and
-    its weight (2, or 1 where w = -w): blocks at -w are the conjugates of those at w."""
-    keep, weight = [], []
-    for a in range(grid):
-        for b in range(grid):
-            ma, mb = (-a) % grid, (-b) % grid
-            if (a, b) <= (ma, mb):
-                keep.append(a * grid + b)
-                weight.append(1.0 if (a, b) == (ma, mb) else 2.0)
-    return np.array(keep), np.array(weight)
 
 
 def _symbols(model: CircularChain) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:

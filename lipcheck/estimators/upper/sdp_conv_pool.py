@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from lipcheck.estimators.upper.chains import Chain
+from lipcheck.estimators.upper.conv_chain import half_frequencies
 from lipcheck.estimators.upper.conv_pool import PooledChain, PooledModel, pooled_model
 from lipcheck.estimators.upper.sdp_conv import (
     HISTORY,
     INFEASIBLE,
     MAX_BLOCK_ENTRIES,
-    half_frequencies,
     sdp_conv,
 )
 from lipcheck.estimators.upper.sdp_conv_cert import Arrow, Certificate, check_arrow

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipcheck.estimators.upper.conv_chain import CircularChain
+from lipcheck.estimators.upper.conv_chain import CircularChain, half_frequencies
 from lipcheck.estimators.upper.residual_block import ResidualModel
 from lipcheck.spectral.freq_gram import UNIT_ROUNDOFF, gamma
 
@@ -32,18 +32,6 @@ class Symbols:
     s: np.ndarray       # (F, c, d0)
     keep: np.ndarray    # the frequencies (one of each conjugate pair)
     weight: np.ndarray
-
-
-def half_frequencies(grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """One frequency of each conjugate pair {w, -w} of the G x G grid, and its weight."""
-    keep, weight = [], []
-    for a in range(grid):
-        for b in range(grid):
-            ma, mb = (-a) % grid, (-b) % grid
-            if (a, b) <= (ma, mb):
-                keep.append(a * grid + b)
-                weight.append(1.0 if (a, b) == (ma, mb) else 2.0)
-    return np.array(keep), np.array(weight)
 
 
 def symbols(model: ResidualModel) -> Symbols:
