@@ -191,3 +191,24 @@ def test_pools_that_cannot_join_are_refused() -> None:
         odd = Node(pool.name, pool.op, pool.inputs, pool.outputs, {**pool.attrs, **change})
         odd.input_shapes, odd.output_shapes = pool.input_shapes, pool.output_shapes
         assert pool_window(odd) is None
+
+
+def test_the_start_certificate_is_kept_when_the_final_one_is_stopped(monkeypatch) -> None:
+    """As for plain chains (test_sdp_conv_deadline): the start's multipliers are certified
+    first, so a final certificate stopped by the deadline leaves a certified joint bound."""
+    import lipcheck.estimators.upper.sdp_conv_pool as pool_module
+    g = pooled_net((6, 6), [(3, 3, 1), (2, 3, 1)], [(2, 2), None], seed=1)
+    chain, s = pooled_of(g)
+    full = _joint(chain, s, math.inf)
+    calls = []
+
+    def stop_after_the_first(model, layers, rho=None, margin=True, deadline=math.inf):
+        calls.append(1)
+        return certify(model, layers, rho, margin, -math.inf if len(calls) > 1 else deadline)
+
+    monkeypatch.setattr(pool_module, "certify", stop_after_the_first)
+    kept = _joint(chain, s, math.inf)
+    assert len(calls) >= 2 and kept.certified and kept.cut_by_budget
+    assert "start's certificate is kept" in kept.detail
+    assert full.certified and full.value <= kept.value * (1 + 1e-9)
+    assert searched_norm(g) <= kept.value

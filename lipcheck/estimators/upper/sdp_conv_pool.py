@@ -31,6 +31,7 @@ from lipcheck.estimators.upper.sdp_conv import (
 )
 from lipcheck.estimators.upper.sdp_conv_cert import Arrow, Certificate, check_arrow
 from lipcheck.estimators.upper.sdp_cost import (
+    Budget,
     certificate_seconds,
     may_start,
     over_work,
@@ -331,10 +332,13 @@ def _joint(chain: PooledChain, settings: Settings, deadline: float) -> ChainBoun
         return ChainBound(math.inf, False, False, "not run: above the quick limits of "
                           "--method auto (--method sdp-conv runs it)")
     warm_optimiser()
-    reserve = certificate_seconds(model.freqs, sum(_node_sizes(model)))
-    if not may_start(deadline, reserve, reserve):
+    predicted = certificate_seconds(model.freqs, sum(_node_sizes(model)))
+    if not may_start(deadline, predicted, predicted):
         return ChainBound(math.inf, False, False, "not run: no time for its certificate",
                           cut_by_budget=True)
+    begun = time.monotonic()   # the start's certificate: the fallback, and the reserve's measure
+    first = certify(model, _numpy(fast_start(_Data(model), model.base.slope)), deadline=deadline)
+    reserve = Budget.measured(deadline, predicted, time.monotonic() - begun).reserve
     layers, evals, cut = optimise(model, int(settings.extra.get("sdp_conv_pool_steps", STEPS)),
                                   deadline, reserve)
     begun = time.monotonic()
@@ -343,6 +347,9 @@ def _joint(chain: PooledChain, settings: Settings, deadline: float) -> ChainBoun
     head = (f"{model.base.grid}x{model.base.grid} frequencies, blocks of "
             f"{sum(_node_sizes(model))}, channel-wise multipliers, {evals} evaluations"
             f"{' (cut by the deadline)' if cut else ''}")
+    cut = cut or cert.stopped
+    if first.verified and (not cert.verified or first.rho < cert.rho):
+        cert, head = first, f"{head}; the start's certificate is kept"
     if not cert.verified:
         return ChainBound(math.inf, False, False, f"{head}; certificate refused ({cert.detail})",
                           time.monotonic() - start, cut)
