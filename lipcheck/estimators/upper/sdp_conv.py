@@ -26,7 +26,7 @@ from lipcheck.estimators.upper.chains import Chain
 from lipcheck.estimators.upper.conv_chain import CircularChain, circular_chain, half_frequencies
 from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.upper.residual_block import find_block
-from lipcheck.estimators.upper.sdp_conv_cert import certify
+from lipcheck.estimators.upper.sdp_conv_cert import certify, final_or_start
 from lipcheck.estimators.upper.sdp_cost import (
     Budget,
     certificate_seconds,
@@ -180,8 +180,7 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
             f"channel-wise multipliers, {evals} evaluations"
             f"{' (cut by the deadline)' if cut else ''}")
     cut = cut or cert.stopped
-    if first.verified and (not cert.verified or first.rho < cert.rho):
-        cert, head = first, f"{head}; the start's certificate is kept"
+    cert, head = final_or_start(first, cert, head)
     if not cert.verified:
         return ChainBound(chain.autolip_product, chain.autolip_certified, False,
                           f"{head}; certificate refused ({cert.detail}): AutoLip product kept",

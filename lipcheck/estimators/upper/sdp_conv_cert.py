@@ -135,6 +135,16 @@ def certify(model: CircularChain, ts: list[np.ndarray], rho: float | None = None
     return check_arrow(arrow, rho, form, trace, margin, deadline)
 
 
+def final_or_start(first: Certificate, final: Certificate, head: str
+                   ) -> tuple[Certificate, str]:
+    """What a multiplier search reports: its final certificate, or the one of its start
+    (certified before the search) where that is verified and the final one is not (e.g.
+    stopped by the deadline) or proves a smaller rho; `head` says which."""
+    if first.verified and (not final.verified or first.rho < final.rho):
+        return first, f"{head}; the start's certificate is kept"
+    return final, head
+
+
 def check_arrow(arrow: Arrow, rho: float | None, form: float, trace: float, margin: bool,
                 deadline: float = math.inf) -> Certificate:
     """The shifted arrow Cholesky with its margins: the shift from the trace of the

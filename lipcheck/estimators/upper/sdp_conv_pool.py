@@ -29,7 +29,12 @@ from lipcheck.estimators.upper.sdp_conv import (
     MAX_BLOCK_ENTRIES,
     sdp_conv,
 )
-from lipcheck.estimators.upper.sdp_conv_cert import Arrow, Certificate, check_arrow
+from lipcheck.estimators.upper.sdp_conv_cert import (
+    Arrow,
+    Certificate,
+    check_arrow,
+    final_or_start,
+)
 from lipcheck.estimators.upper.sdp_cost import (
     Budget,
     certificate_seconds,
@@ -163,13 +168,15 @@ class _Stop(Exception):
     pass
 
 
-def optimise(model: PooledModel, steps: int, deadline: float, reserve: float = 0.0
+def optimise(model: PooledModel, steps: int, deadline: float, reserve: float = 0.0,
+             data: _Data | None = None, start: list[Layer] | None = None
              ) -> tuple[list[tuple[np.ndarray, ...]], int, bool]:
     """Multipliers by L-BFGS on a smooth maximum of log eig S over their logs, as
     sdp_conv.optimise (same stages, same deadline rule). Returns the best feasible
-    multipliers seen, the evaluations used and whether the deadline cut the search."""
-    data = _Data(model)
-    start = fast_start(data, model.base.slope)
+    multipliers seen, the evaluations used and whether the deadline cut the search.
+    `data` (_Data(model)) and `start` (fast_start) if at hand."""
+    data = data if data is not None else _Data(model)
+    start = start if start is not None else fast_start(data, model.base.slope)
     logs = [torch.log(v).requires_grad_(True) for layer in start for v in layer]
     shape = [len(layer) for layer in start]
     state: dict[str, Any] = {"value": math.inf, "best": start, "evals": 0, "reserve": reserve}
@@ -336,20 +343,21 @@ def _joint(chain: PooledChain, settings: Settings, deadline: float) -> ChainBoun
     if not may_start(deadline, predicted, predicted):
         return ChainBound(math.inf, False, False, "not run: no time for its certificate",
                           cut_by_budget=True)
+    data = _Data(model)
+    begin = fast_start(data, model.base.slope)
     begun = time.monotonic()   # the start's certificate: the fallback, and the reserve's measure
-    first = certify(model, _numpy(fast_start(_Data(model), model.base.slope)), deadline=deadline)
+    first = certify(model, _numpy(begin), deadline=deadline)
     reserve = Budget.measured(deadline, predicted, time.monotonic() - begun).reserve
     layers, evals, cut = optimise(model, int(settings.extra.get("sdp_conv_pool_steps", STEPS)),
-                                  deadline, reserve)
+                                  deadline, reserve, data, begin)
     begun = time.monotonic()
     cert = certify(model, layers, deadline=deadline)
-    cert = _interior(model, layers, cert, deadline, time.monotonic() - begun)
+    cert = _interior(model, layers, cert, deadline, time.monotonic() - begun, _numpy(begin))
     head = (f"{model.base.grid}x{model.base.grid} frequencies, blocks of "
             f"{sum(_node_sizes(model))}, channel-wise multipliers, {evals} evaluations"
             f"{' (cut by the deadline)' if cut else ''}")
     cut = cut or cert.stopped
-    if first.verified and (not cert.verified or first.rho < cert.rho):
-        cert, head = first, f"{head}; the start's certificate is kept"
+    cert, head = final_or_start(first, cert, head)
     if not cert.verified:
         return ChainBound(math.inf, False, False, f"{head}; certificate refused ({cert.detail})",
                           time.monotonic() - start, cut)
@@ -359,13 +367,13 @@ def _joint(chain: PooledChain, settings: Settings, deadline: float) -> ChainBoun
 
 
 def _interior(model: PooledModel, layers, cert: Certificate, deadline: float,
-              took: float) -> Certificate:
+              took: float, start: list[tuple[np.ndarray, ...]]) -> Certificate:
     """Where the optimum sits too near the boundary for the float64 check: the LMI is
     affine in the multipliers (for fixed rho) and strictly feasible at the start, so a
     convex combination theta * start + (1 - theta) * best is feasible with room
     proportional to theta, at a value at most theta * rho_start + (1 - theta) rho_best.
-    A try starts only if it ends before the deadline (predicted: as long as the first)."""
-    start = _numpy(fast_start(_Data(model), model.base.slope))
+    A try starts only if it ends before the deadline (predicted: as long as the first).
+    `start`: fast_start's multipliers (numpy)."""
     for theta in MIX:
         if cert.verified or time.monotonic() + took > deadline:
             break
