@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lipcheck.calibrate import matmul_seconds
+
 CALIBRATION_N = 256
 MAX_SLOWDOWN = 8.0
 _rate: list[float] = []
@@ -176,11 +178,6 @@ def warm_up() -> None:
 def machine_rate() -> float:
     """float64 flops per CPU second of one matmul on this thread, measured once per process."""
     if not _rate:
-        a = torch.ones(CALIBRATION_N, CALIBRATION_N, dtype=torch.float64)
-        a @ a
-        start = time.process_time()
-        for _ in range(5):
-            a @ a
-        seconds = max(time.process_time() - start, 1e-6) / 5
-        _rate.append(2 * CALIBRATION_N ** 3 / seconds)
+        _rate.append(2 * CALIBRATION_N ** 3
+                     / matmul_seconds(CALIBRATION_N, 5, time.process_time))
     return _rate[0]

@@ -12,8 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import torch
-
+from lipcheck.calibrate import matmul_seconds
 from lipcheck.graph import Graph, OpKind
 
 SLOWDOWN = 10.0         # float64 convolutions (ResNet-18: 2.5 G multiply-adds/s against a
@@ -46,13 +45,7 @@ def multiply_adds(graph: Graph) -> int:
 def machine_rate() -> float:
     """float64 multiply-adds per second of one matmul on this thread, now."""
     if not _rate:
-        a = torch.ones(CALIBRATION_N, CALIBRATION_N, dtype=torch.float64)
-        a @ a
-        start = time.perf_counter()
-        for _ in range(3):
-            a @ a
-        seconds = max(time.perf_counter() - start, 1e-6) / 3
-        _rate.append(CALIBRATION_N ** 3 / seconds)
+        _rate.append(CALIBRATION_N ** 3 / matmul_seconds(CALIBRATION_N, 3))
     return _rate[0]
 
 
