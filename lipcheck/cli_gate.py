@@ -40,6 +40,9 @@ def check(
     eps: float | None = typer.Option(None, help="L2 radius for the certified accuracy"),
     min_certified_accuracy: str | None = typer.Option(
         None, help="fraction or percentage of samples certified at --eps"),
+    bab_domains: int | None = typer.Option(
+        None, help="branch and bound on the margins the local bounds leave at --eps: "
+                   "domains per margin (a count; default 0: off)"),
     config: Path | None = typer.Option(None, help="TOML file with the thresholds (default: "
                                           "./lipcheck.toml, else [tool.lipcheck] in "
                                           "./pyproject.toml)"),
@@ -82,7 +85,7 @@ def check(
             input_shapes=shapes, settings=settings, options=options,
             max_lipschitz=max_lipschitz, max_layer=max_layer, baseline=baseline,
             max_increase=max_increase, require_certified=require_certified, data=data, eps=eps,
-            min_certified_accuracy=min_certified_accuracy)
+            min_certified_accuracy=min_certified_accuracy, bab_domains=bab_domains)
         write_outputs(verdict, junit, markdown, json_path)
         print_verdict(verdict, quiet)
         return verdict.exit_code

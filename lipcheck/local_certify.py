@@ -27,8 +27,10 @@ import torch
 from lipcheck.graph import Graph
 from lipcheck.local_shells import Shells, certificate, collect, shell_radius
 from lipcheck.propagation import InputSet, Program, UnsupportedLocal, build_program, propagate
+from lipcheck.propagation.bab import Limits, verify
 from lipcheck.propagation.jacobian import row_norm_bounds
 from lipcheck.propagation.ranges import back_substitute
+from lipcheck.propagation.relu_net import relu_form
 from lipcheck.propagation.vertices import vertex_bounds
 
 SHELLS = 4    # nested balls for the samples the whole ball leaves (count-based)
@@ -49,6 +51,7 @@ class LocalRobustness:
     seconds: float = 0.0
     skipped: str | None = None          # why no local certification was made
     shells: int = 1                     # nested balls used (1: the whole ball only)
+    bab: dict[str, Any] | None = None   # branch and bound on the margins left (bab_domains > 0)
 
     @property
     def certified_accuracy(self) -> float | None:
@@ -63,7 +66,8 @@ class LocalRobustness:
                 "median_lipschitz": float(np.median(self.lipschitz)),
                 "unstable_units": self.unstable, "seconds": round(self.seconds, 6),
                 "lipschitz": [round(float(v), 8) for v in self.lipschitz],
-                "radii": [round(float(r), 8) for r in self.radii]}
+                "radii": [round(float(r), 8) for r in self.radii],
+                **({} if self.bab is None else {"branch_and_bound": self.bab})}
 
 
 def margin_rows(pred: torch.Tensor, classes: int) -> torch.Tensor:
@@ -89,9 +93,11 @@ def margin_bounds(program: Program, centers: torch.Tensor, eps: float,
 
 
 def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray,
-                  eps: float, shells: int = SHELLS, lower: bool = True) -> LocalRobustness:
+                  eps: float, shells: int = SHELLS, lower: bool = True,
+                  bab_domains: int = 0) -> LocalRobustness:
     """Which samples keep their (correct) class on all of B(x, eps), from local bounds
-    on the ball and, for the samples it leaves, on `shells` nested balls (local_shells).
+    on the ball and, for the samples it leaves, on `shells` nested balls (local_shells),
+    then (`bab_domains` > 0) branch and bound on the margins still open (`bab_margins`).
     `lower=False` drops the margins' CROWN lower bounds (constants only: for comparisons)."""
     start = time.perf_counter()
     pred = logits.argmax(axis=1)
@@ -116,10 +122,41 @@ def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray
     candidates = correct & np.all(margins > 0, axis=1) & ~np.all(
         certificate(whole, margins, eps) > 0, axis=1)
     found = collect(bounds, (k, low), margins, candidates, eps, max(1, shells))
-    certified = correct & np.all(certificate(found, margins, eps) > 0, axis=1)
+    shown = certificate(found, margins, eps) > 0
+    certified = correct & np.all(shown, axis=1)
+    bab = None
+    if bab_domains > 0:
+        open_rows = (correct & np.all(margins > 0, axis=1) & ~certified)[:, None] & ~shown
+        bab = bab_margins(program, centers, eps, rows, open_rows, bab_domains)
+        certified = certified | bab.pop("certified")
     radii = np.where(certified, eps, np.where(correct, _radius(found, margins, eps), 0.0))
     return LocalRobustness(eps, certified, k.max(axis=1), radii, unstable,
-                           time.perf_counter() - start, shells=max(1, shells))
+                           time.perf_counter() - start, shells=max(1, shells), bab=bab)
+
+
+def bab_margins(program: Program, centers: torch.Tensor, eps: float, rows: torch.Tensor,
+                open_rows: np.ndarray, domains: int) -> dict[str, Any]:
+    """Branch and bound (`propagation.bab`) on the margins `open_rows` (N, C) of samples
+    nothing else certified: `certified` (N,) where every open margin of a sample with
+    some is proved, with counts for the report (or `skipped` and why)."""
+    start = time.perf_counter()
+    none = np.zeros(len(open_rows), dtype=bool)
+    try:
+        net = relu_form(program)
+    except UnsupportedLocal as exc:
+        return {"certified": none, "domains": domains, "skipped": str(exc)}
+    sample, row = np.nonzero(open_rows)
+    outcome = verify(net, centers, eps, torch.from_numpy(sample), rows[sample, row],
+                     Limits(domains=domains))
+    proved = none.copy()
+    tried = np.unique(sample)
+    failed = np.unique(sample[~outcome.certified.numpy()])
+    proved[np.setdiff1d(tried, failed)] = True
+    return {"certified": proved, "domains": domains, "samples_tried": int(len(tried)),
+            "samples_certified": int(proved.sum()), "margins_tried": int(len(sample)),
+            "margins_certified": int(outcome.certified.sum()),
+            "margins_attacked": int(outcome.attacked.sum()),
+            "seconds": round(time.perf_counter() - start, 6)}
 
 
 def _radius(found: Shells, margins: np.ndarray, eps: float) -> np.ndarray:
