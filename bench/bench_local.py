@@ -132,15 +132,42 @@ def zonotope_table(data: Path, eps_list: list[float], points: int) -> None:
               f"{1000 * (end - mid) / points:.1f} |")
 
 
+def bab_table(data: Path, eps_list: list[float], counts: list[int]) -> None:
+    """The gate's local rule without and with branch and bound on the margins it leaves
+    (`check --bab-domains N`): certified accuracy, margins proved / tried / attacked."""
+    archive = np.load(data)
+    x, y = archive["x"].astype(np.float64), archive["y"]
+    print(f"\nload {os.getloadavg()[0]:.1f}")
+    print("| model | eps | domains | certified | samples tried -> certified | margins tried "
+          "-> proved (attacked) | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for name in ("digits_mlp", "digits_cnn"):
+        graph = load_model(ROOT / "models" / f"{name}.onnx")
+        logits = predict(graph, x).numpy()
+        for eps in eps_list:
+            for count in [0, *counts]:
+                local = certify_local(graph, x, y, logits, eps, bab_domains=count)
+                b = local.bab or {}
+                print(f"| {name} | {eps:g} | {count} | {local.certified_accuracy:.2%} | "
+                      f"{b.get('samples_tried', '-')} -> {b.get('samples_certified', '-')} | "
+                      f"{b.get('margins_tried', '-')} -> {b.get('margins_certified', '-')} "
+                      f"({b.get('margins_attacked', '-')}) | {local.seconds:.1f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data")
     parser.add_argument("--eps", default="0.02,0.05,0.1")
     parser.add_argument("--points", type=int, default=20)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--bab", default="", help="comma-separated --bab-domains counts: "
+                        "only the branch-and-bound table, for these counts")
     args = parser.parse_args()
     torch.set_num_threads(1)
     eps_list = [float(e) for e in args.eps.split(",")]
+    if args.bab:
+        bab_table(Path(args.data), eps_list, [int(d) for d in args.bab.split(",")])
+        return
     if not args.skip_accuracy:
         accuracy_table(Path(args.data), eps_list)
     zonotope_table(Path(args.data), eps_list, args.points)

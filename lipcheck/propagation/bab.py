@@ -28,8 +28,8 @@ from lipcheck.propagation.relu_bounds import (
     backward,
     clamp_split,
     crown_ranges,
-    refine_ranges,
     default_alpha,
+    refine_ranges,
 )
 from lipcheck.propagation.relu_net import ReluNet
 
@@ -42,6 +42,8 @@ class Limits:
     root_iters: int = 20
     iters: int = 10
     lr: float = 0.1
+    candidates: int = 3       # units compared per split (1: the score alone)
+    refine: bool = False      # re-bound every layer's ranges on each new domain (slow)
     attack_steps: int = 30
     attack_restarts: int = 3
 
@@ -73,11 +75,11 @@ class Domains:
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
         return Domains(torch.cat([p.prop for p in parts]),
-                       [torch.cat(x) for x in zip(*[p.splits for p in parts])],
-                       [torch.cat(x) for x in zip(*[p.alphas for p in parts])],
-                       [torch.cat(x) for x in zip(*[p.betas for p in parts])],
+                       [torch.cat(x) for x in zip(*[p.splits for p in parts], strict=True)],
+                       [torch.cat(x) for x in zip(*[p.alphas for p in parts], strict=True)],
+                       [torch.cat(x) for x in zip(*[p.betas for p in parts], strict=True)],
                        [(torch.cat([lo for lo, _ in x]), torch.cat([hi for _, hi in x]))
-                        for x in zip(*[p.ranges for p in parts])],
+                        for x in zip(*[p.ranges for p in parts], strict=True)],
                        torch.cat([p.lower for p in parts]))
 
 
@@ -85,11 +87,11 @@ class _Problem:
     """The net, the balls' ranges and the properties (sample index, row) being proved."""
 
     def __init__(self, net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor,
-                 rows: torch.Tensor, slack: float) -> None:
+                 rows: torch.Tensor, slack: float, refine: bool = False) -> None:
         self.net, self.eps, self.slack = net, eps, slack
         self.centers, self.sample, self.rows = centers, sample, rows
         self.ranges = crown_ranges(net, centers, eps)
-        self.refine = False
+        self.refine = refine
 
     def bound(self, dom: Domains, keep: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(certified lower bound, raw bound) of each domain's r . f (the first is
@@ -135,9 +137,26 @@ class _Problem:
         with torch.no_grad():
             return self.bound(dom)
 
-    def split(self, dom: Domains) -> tuple[Domains, Domains]:
-        """(two children of each domain, on the unit with the largest estimated loss;
-        the domains with no unit left to split, unchanged)."""
+    def split(self, dom: Domains, candidates: int = 1) -> tuple[Domains, Domains]:
+        """(two children of each domain, on one unit; the domains with no unit left to
+        split, unchanged). The unit: of the `candidates` with the largest estimated
+        loss (BaBSR-style), the one whose worse child has the larger bound at the
+        parent's parameters (filtered smart branching, De Palma et al. 2021)."""
+        flat = self._scores(dom)
+        top = flat.topk(min(candidates, flat.shape[1]), dim=1)
+        ok = top.values[:, 0] > 0
+        stuck = dom.take((~ok).nonzero()[:, 0])
+        dom = dom.take(ok.nonzero()[:, 0])
+        units, valid = top.indices[ok], top.values[ok] > 0
+        if units.shape[1] > 1:
+            units = units.gather(1, self._pick(dom, units, valid)[:, None])
+        children = Domains.cat([_with_split(dom, units[:, 0], sign) for sign in (1, -1)])
+        if self.refine:
+            children.ranges = refine_ranges(self.net, children.ranges, children.splits,
+                                            self.centers[self.sample[children.prop]], self.eps)
+        return children, stuck
+
+    def _scores(self, dom: Domains) -> torch.Tensor:
         keep: list[torch.Tensor] = []
         with torch.no_grad():
             self.bound(dom, keep)
@@ -147,31 +166,30 @@ class _Problem:
             lo, hi = lo.clone(), hi.clone()
             lo[:, self.net.linear[k]] = 0.0
             scores.append(_loss(lam[:, 0], lo, hi, dom.alphas[k][:, 0].clamp(0, 1)))
-        flat = torch.cat(scores, dim=1)
-        unit = flat.argmax(dim=1)
-        ok = flat.gather(1, unit[:, None])[:, 0] > 0
-        stuck = dom.take((~ok).nonzero()[:, 0])
-        dom = dom.take(ok.nonzero()[:, 0])
-        unit = unit[ok]
-        children = []
-        for sign in (1, -1):
-            child = dom.take(torch.arange(len(dom.prop)))
-            child.splits = [s.clone() for s in child.splits]
-            child.betas = [b.clone() for b in child.betas]
-            start = 0
-            for k, sk in enumerate(child.splits):
-                n = sk.shape[1]
-                here = (unit >= start) & (unit < start + n)
-                rows = here.nonzero()[:, 0]
-                sk[rows, unit[rows] - start] = sign
-                child.betas[k][rows, 0, unit[rows] - start] = 0.0
-                start += n
-            children.append(child)
-        children = Domains.cat(children)
-        if self.refine:
-            children.ranges = refine_ranges(self.net, children.ranges, children.splits,
-                                            self.centers[self.sample[children.prop]], self.eps)
-        return children, stuck
+        return torch.cat(scores, dim=1)
+
+    def _pick(self, dom: Domains, units: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(D,) which column of `units` to split on: the best worse child."""
+        worst = []
+        for c in range(units.shape[1]):
+            both = [self._evaluate(_with_split(dom, units[:, c], sign))[1] for sign in (1, -1)]
+            worst.append(torch.where(valid[:, c], torch.minimum(*both), -torch.inf))
+        return torch.stack(worst, dim=1).argmax(dim=1)
+
+
+def _with_split(dom: Domains, unit: torch.Tensor, sign: int) -> Domains:
+    """A copy of the domains with flat unit `unit` (D,) split to `sign`, its beta 0."""
+    child = dom.take(torch.arange(len(dom.prop)))
+    child.splits = [s.clone() for s in child.splits]
+    child.betas = [b.clone() for b in child.betas]
+    start = 0
+    for k, sk in enumerate(child.splits):
+        n = sk.shape[1]
+        rows = ((unit >= start) & (unit < start + n)).nonzero()[:, 0]
+        sk[rows, unit[rows] - start] = sign
+        child.betas[k][rows, 0, unit[rows] - start] = 0.0
+        start += n
+    return child
 
 
 def _loss(lam, lo, hi, alpha):
@@ -189,8 +207,8 @@ def _better(a: Domains, b: Domains) -> Domains:
 
     def mix(x, y):
         return torch.where(pick.view(-1, *([1] * (x.dim() - 1))), y, x)
-    out = Domains(a.prop, a.splits, [mix(x, y) for x, y in zip(a.alphas, b.alphas)],
-                  [mix(x, y) for x, y in zip(a.betas, b.betas)], a.ranges)
+    out = Domains(a.prop, a.splits, [mix(x, y) for x, y in zip(a.alphas, b.alphas, strict=True)],
+                  [mix(x, y) for x, y in zip(a.betas, b.betas, strict=True)], a.ranges)
     out.lower = torch.maximum(a.lower, b.lower)
     return out
 
@@ -235,7 +253,7 @@ def verify(net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor
     if not len(live):
         return outcome
     used, local_sample = torch.unique(sample[live], return_inverse=True)
-    problem = _Problem(net, centers[used], eps, local_sample, rows[live], slack)
+    problem = _Problem(net, centers[used], eps, local_sample, rows[live], slack, limits.refine)
     dom = _roots(problem, len(live))
     dom = problem.optimise(dom, limits.root_iters, limits.lr)
     local_created = torch.ones(len(live), dtype=torch.long)
@@ -248,7 +266,7 @@ def verify(net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor
             outcome.stopped = bool(len(dom.prop))
             break
         chosen, rest = _choose(dom, limits.batch)
-        children, stuck = problem.split(dom.take(chosen))
+        children, stuck = problem.split(dom.take(chosen), limits.candidates)
         local_created += torch.bincount(children.prop, minlength=len(live))
         children = problem.optimise(children, limits.iters, limits.lr)
         dom = Domains.cat([dom.take(rest), stuck, children])
@@ -271,13 +289,11 @@ def _roots(problem: _Problem, count: int) -> Domains:
 
 def _choose(dom: Domains, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to `batch` domains, spread over the properties (each property's worst first)."""
-    order = torch.argsort(dom.lower)
+    order = torch.argsort(dom.lower, stable=True)
+    order = order[torch.argsort(dom.prop[order], stable=True)]   # by property, worst first
     props = dom.prop[order]
-    rank = torch.zeros_like(props)
-    seen: dict[int, int] = {}
-    for i, p in enumerate(props.tolist()):
-        rank[i] = seen.get(p, 0)
-        seen[p] = rank[i].item() + 1
+    first = torch.searchsorted(props, props)                       # each group's start
+    rank = torch.arange(len(props)) - first
     pick = order[torch.argsort(rank, stable=True)][:batch]
     mask = torch.zeros(len(dom.prop), dtype=torch.bool)
     mask[pick] = True

@@ -90,7 +90,7 @@ def crown_ranges(net: ReluNet, center: torch.Tensor, eps: float) -> list[Range]:
     bounds, widened against rounding."""
     ranges: list[Range] = []
     lo = hi = center
-    for k, (w, b) in enumerate(zip(net.weights[:-1], net.biases[:-1])):
+    for k, (w, b) in enumerate(zip(net.weights[:-1], net.biases[:-1], strict=True)):
         mid, rad = (lo + hi) / 2, (hi - lo) / 2
         if k == 0:
             rad = eps * torch.ones_like(center)

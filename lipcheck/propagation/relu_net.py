@@ -38,7 +38,7 @@ class ReluNet:
     def pre_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """z_1 .. z_L on flat inputs (B, n): each hidden layer's input, then the output."""
         out, a = [], x
-        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for k, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             z = a @ w.T + b
             out.append(z)
             if k < len(self.linear):
