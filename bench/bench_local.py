@@ -49,16 +49,20 @@ def _local(local) -> tuple[str, str]:
     return f"{local.certified_accuracy:.2%}", f"{1000 * local.seconds / len(local.radii):.1f}"
 
 
+def _table(data: Path, header: str) -> tuple[np.ndarray, np.ndarray]:
+    """The data set (x float64, y), after printing the load and a table's header."""
+    archive = np.load(data)
+    print(f"\nload {os.getloadavg()[0]:.1f}\n{header}")
+    print("|---" * (header.count("|") - 1) + "|")
+    return archive["x"].astype(np.float64), archive["y"]
+
+
 def accuracy_table(data: Path, eps_list: list[float]) -> None:
     """Certified accuracy from the global constants, from the local ones on the whole ball
     only (the rule before nested balls and margin lower bounds), and from the gate's local
     rule (shells + CROWN margin bounds), with the time per sample of each local rule."""
-    archive = np.load(data)
-    x, y = archive["x"].astype(np.float64), archive["y"]
-    print(f"load {os.getloadavg()[0]:.1f}")
-    print("| model | eps | clean | global | local, one ball (ms/sample) | "
-          "local, shells + CROWN (ms/sample) | gate (global or local) |")
-    print("|---|---|---|---|---|---|---|")
+    x, y = _table(data, "| model | eps | clean | global | local, one ball (ms/sample) | "
+                  "local, shells + CROWN (ms/sample) | gate (global or local) |")
     for name in ("digits_mlp", "digits_spectral", "digits_cnn", "digits_resnet"):
         graph, report = load(name)
         logits = predict(graph, x).numpy()
@@ -135,12 +139,8 @@ def zonotope_table(data: Path, eps_list: list[float], points: int) -> None:
 def bab_table(data: Path, eps_list: list[float], counts: list[int]) -> None:
     """The gate's local rule without and with branch and bound on the margins it leaves
     (`check --bab-domains N`): certified accuracy, margins proved / tried / attacked."""
-    archive = np.load(data)
-    x, y = archive["x"].astype(np.float64), archive["y"]
-    print(f"\nload {os.getloadavg()[0]:.1f}")
-    print("| model | eps | domains | certified | samples tried -> certified | margins tried "
-          "-> proved (attacked) | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    x, y = _table(data, "| model | eps | domains | certified | samples tried -> certified | "
+                  "margins tried -> proved (attacked) | seconds |")
     for name in ("digits_mlp", "digits_cnn"):
         graph = load_model(ROOT / "models" / f"{name}.onnx")
         logits = predict(graph, x).numpy()

@@ -33,6 +33,8 @@ from lipcheck.propagation.relu_bounds import (
 )
 from lipcheck.propagation.relu_net import ReluNet
 
+CHUNK = 32    # balls whose CROWN ranges are formed together (memory: CHUNK x width^2)
+
 
 @dataclass
 class Limits:
@@ -90,7 +92,10 @@ class _Problem:
                  rows: torch.Tensor, slack: float, refine: bool = False) -> None:
         self.net, self.eps, self.slack = net, eps, slack
         self.centers, self.sample, self.rows = centers, sample, rows
-        self.ranges = crown_ranges(net, centers, eps)
+        parts = [crown_ranges(net, centers[i:i + CHUNK], eps)
+                 for i in range(0, len(centers), CHUNK)]
+        self.ranges = [(torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts]))
+                       for k in range(len(parts[0]))]
         self.refine = refine
 
     def bound(self, dom: Domains, keep: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
