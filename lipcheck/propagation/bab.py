@@ -115,15 +115,21 @@ class _Problem:
         return torch.where(safe > 0, safe, low.detach().clamp(max=0) - 1.0), low
 
     def optimise(self, dom: Domains, iters: int, lr: float) -> Domains:
-        """Adam on alpha and beta; each domain keeps its best certified bound."""
+        """Adam on alpha and beta; each domain keeps its best certified bound (each
+        pass's bound is that of the parameters it ran with, before the step)."""
         params = [t.clone().requires_grad_(True) for t in dom.alphas + dom.betas]
         n = len(dom.alphas)
         best = dom
-        best.lower, _ = self._evaluate(dom)
         opt = torch.optim.Adam(params, lr=lr)
-        for _ in range(iters):
+        for step in range(iters + 1):
+            current = Domains(dom.prop, dom.splits, [p.detach().clone() for p in params[:n]],
+                              [p.detach().clone() for p in params[n:]], dom.ranges)
             trial = Domains(dom.prop, dom.splits, params[:n], params[n:], dom.ranges)
-            _, raw = self.bound(trial)
+            safe, raw = self.bound(trial)
+            current.lower = safe.detach()
+            best = current if step == 0 else _better(best, current)
+            if step == iters:
+                break
             opt.zero_grad()
             (-raw.sum()).backward()
             opt.step()
@@ -132,10 +138,6 @@ class _Problem:
                     p.clamp_(0, 1)
                 for p in params[n:]:
                     p.clamp_(min=0)
-            current = Domains(dom.prop, dom.splits, [p.detach().clone() for p in params[:n]],
-                              [p.detach().clone() for p in params[n:]], dom.ranges)
-            current.lower, _ = self._evaluate(current)
-            best = _better(best, current)
         return best
 
     def _evaluate(self, dom: Domains) -> tuple[torch.Tensor, torch.Tensor]:
