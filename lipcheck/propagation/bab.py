@@ -6,7 +6,7 @@ maximised over alpha in [0, 1] and beta >= 0 by Adam (every iterate is a valid b
 best is kept); domains whose bound is positive are done, the others are split on one
 unstable unit (the largest estimated relaxation loss, BaBSR-style) into z >= 0 and z <= 0,
 which together cover the domain. A property is certified when no domain is left. The
-limits are counts (domains per property, rounds, iterations), so results are
+limits are counts (domains per property, optionally rounds, iterations), so results are
 reproducible; an optional deadline only stops early (what is unfinished is not
 certified). A short PGD attack first drops samples that are not robust (a point of the
 ball with a negative margin: no bound can certify those).
@@ -40,7 +40,7 @@ CHUNK = 32    # balls whose CROWN ranges are formed together (memory: CHUNK x wi
 class Limits:
     domains: int = 400        # domains created per property before it is given up
     batch: int = 256          # domains bounded together per round
-    rounds: int = 40
+    rounds: int | None = None  # rounds of splitting (None: until every margin is done)
     root_iters: int = 20
     iters: int = 10
     lr: float = 0.1
@@ -265,18 +265,21 @@ def verify(net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor
     dom = problem.optimise(dom, limits.root_iters, limits.lr)
     local_created = torch.ones(len(live), dtype=torch.long)
     failed = torch.zeros(len(live), dtype=torch.bool)
-    for outcome.rounds in range(1, limits.rounds + 1):
+    while True:
         dom = dom.take((dom.lower <= 0).nonzero()[:, 0])
         failed[dom.prop[local_created[dom.prop] >= limits.domains]] = True
         dom = dom.take((~failed[dom.prop]).nonzero()[:, 0])
-        if not len(dom.prop) or (deadline is not None and time.perf_counter() > deadline):
-            outcome.stopped = bool(len(dom.prop))
+        if not len(dom.prop) or outcome.rounds == limits.rounds or (
+                deadline is not None and time.perf_counter() > deadline):
+            outcome.stopped = bool(len(dom.prop)) and outcome.rounds != limits.rounds
             break
+        outcome.rounds += 1
         chosen, rest = _choose(dom, limits.batch)
         children, stuck = problem.split(dom.take(chosen), limits.candidates)
+        failed[stuck.prop] = True          # no unit left to split: nothing more to try
         local_created += torch.bincount(children.prop, minlength=len(live))
         children = problem.optimise(children, limits.iters, limits.lr)
-        dom = Domains.cat([dom.take(rest), stuck, children])
+        dom = Domains.cat([dom.take(rest), children])
     failed[dom.prop[dom.lower <= 0]] = True
     certified[live] = ~failed
     created[live] = local_created
