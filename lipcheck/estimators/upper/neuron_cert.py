@@ -48,16 +48,22 @@ def schur_parts(chain: NeuronChain, t1: np.ndarray, t2: np.ndarray):
     g_abs = (a2 @ a1).toarray()
     ct = -q * t2[:, None] * g
     ct_abs = q * t2[:, None] * g_abs
-    m = (w2 @ w2.multiply(inv[None, :]).T).toarray()
-    m_abs = (a2 @ a2.multiply(inv[None, :]).T).toarray()
-    d = -q * (t2[:, None] * m * t2[None, :]) - w3.T @ w3
-    d[np.diag_indices_from(d)] += t2
-    d_abs = q * (t2[:, None] * m_abs * t2[None, :]) + np.abs(w3).T @ np.abs(w3)
+    w3_abs = np.abs(w3).T @ np.abs(w3)
+    d_abs = (a2 @ a2.multiply(inv[None, :]).T).toarray()     # in place: blocks of d2^2
+    d_abs *= q * t2[:, None]
+    d_abs *= t2[None, :]
+    d_abs += w3_abs
     d_abs[np.diag_indices_from(d_abs)] += t2
+    d_squares = float(np.einsum("ij,ij->", d_abs, d_abs))
+    del d_abs
+    d = (w2 @ w2.multiply(inv[None, :]).T).toarray()
+    d *= -q * t2[:, None]
+    d *= t2[None, :]
+    d -= w3.T @ w3
+    d[np.diag_indices_from(d)] += t2
     terms = max(np.diff(w1.tocsc().indptr).max(), np.diff(w2.tocsc().indptr).max()) \
         * max(np.diff(w2.indptr).max(), 1) + w3.shape[0] + 8
-    size = math.sqrt(float(np.sum(p_abs ** 2)) + 2 * float(np.sum(ct_abs ** 2))
-                     + float(np.sum(d_abs ** 2)))
+    size = math.sqrt(float(np.sum(p_abs ** 2)) + 2 * float(np.sum(ct_abs ** 2)) + d_squares)
     form = 2 * gamma(terms) * size * (1 + 1e-6)
     return p, ct, d, form
 
@@ -89,11 +95,10 @@ def _attempt(p, ct, d, form, shift, margin, rho, diag_max) -> NeuronCertificate:
     block = d.copy()
     block[np.diag_indices_from(block)] -= shift
     try:
-        low = scipy.linalg.cholesky(block, lower=True, check_finite=False)
+        low = scipy.linalg.cholesky(block, lower=True, overwrite_a=True, check_finite=False)
     except np.linalg.LinAlgError:
         return NeuronCertificate(math.inf, False, shift, 0.0,
                                  "the second layer's block is not positive definite")
-    del block
     z = scipy.linalg.solve_triangular(low, ct, lower=True, check_finite=False)
     head = p + z.T @ z    # LAPACK below reads its lower triangle only: no symmetrising
     top = float(scipy.linalg.eigvalsh((head + head.T) / 2,

@@ -15,12 +15,13 @@ matrix-vector products read G and the factors from memory each time.)
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 import torch
 
 from lipcheck.estimators.upper.neuron_conv import NeuronChain
 
 
-def _pairs(w: "np.ndarray | object") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pairs(w: scipy.sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For a CSR matrix W: (row j, flat index a * n + b, W[j, a] W[j, b]) over all pairs of
     entries of each row, so that W^T diag(t) W = sum over pairs of t_j * product."""
     n = w.shape[1]
@@ -38,6 +39,13 @@ def _pairs(w: "np.ndarray | object") -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.concatenate(rows), np.concatenate(flat), np.concatenate(prod)
 
 
+def _coo(a) -> tuple[torch.Tensor, torch.Tensor]:
+    """A scipy sparse matrix's (2, nnz) indices and values as torch tensors."""
+    coo = a.tocoo()
+    idx = np.stack([coo.row, coo.col]).astype(np.int64)
+    return torch.from_numpy(idx), torch.from_numpy(coo.data.astype(np.float64))
+
+
 class NeuronProblem:
     """The fixed data of rho(T) for one chain, as torch float64 tensors."""
 
@@ -52,6 +60,8 @@ class NeuronProblem:
         self.close_t = torch.from_numpy(np.ascontiguousarray(chain.close.T))   # (d2, n_out)
         self.a = [torch.from_numpy(chain.w2[lo:hi, r0:r1].toarray())
                   for (lo, hi), (r0, r1) in zip(chain.slabs, chain.reads, strict=True)]
+        self.sparse = [_coo(chain.w2[lo:hi, r0:r1])
+                       for (lo, hi), (r0, r1) in zip(chain.slabs, chain.reads, strict=True)]
 
     def head_p(self, t1: torch.Tensor) -> torch.Tensor:
         n0 = self.chain.dims[0]
@@ -65,7 +75,10 @@ class NeuronProblem:
         reads = self.chain.reads
         for k, a in enumerate(self.a):
             r0, r1 = reads[k]
-            diag.append((a * s[r0:r1]) @ a.T)
+            idx, vals = self.sparse[k]
+            scaled = torch.sparse_coo_tensor(idx, vals * s[r0:r1][idx[1]], a.shape,
+                                             check_invariants=False)
+            diag.append(torch.sparse.mm(scaled, a.T))    # (A diag(s) A^T), A sparse
             if k:
                 p0, p1 = reads[k - 1]
                 ov = p1 - r0
@@ -80,8 +93,8 @@ class NeuronProblem:
         q, n0 = self.q, self.chain.dims[0]
         diag, low = self.m_blocks(1.0 / t1)
         edge = torch.cat([-q * t2[:, None] * self.g, self.close_t], dim=1)
-        gram = None
-        prev_l = prev_z = None
+        gram = torch.zeros(edge.shape[1], edge.shape[1], dtype=torch.float64)
+        prev_l = prev_z = edge
         for k, (lo, hi) in enumerate(self.chain.slabs):
             tk = t2[lo:hi]
             block = torch.diag(tk) - q * tk[:, None] * diag[k] * tk[None, :]
@@ -96,7 +109,7 @@ class NeuronProblem:
             if int(info) != 0:
                 return None
             z = torch.linalg.solve_triangular(chol, rhs, upper=False)
-            gram = z.T @ z if gram is None else gram + z.T @ z
+            gram = gram + z.T @ z
             prev_l, prev_z = chol, z
         z11, z12, z22 = gram[:n0, :n0], gram[:n0, n0:], gram[n0:, n0:]
         small = torch.eye(z22.shape[0], dtype=torch.float64) - z22

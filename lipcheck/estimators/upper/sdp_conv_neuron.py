@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from lipcheck.estimators.upper.sdp_cost import SAFETY, cholesky_seconds, may_sta
 from lipcheck.settings import Settings
 
 STEPS = 60                 # evaluations of rho(T), at most
+QUICK_STEPS = 12           # in --method auto (sdp-conv:quick): ~30 s on the first-row CNN
 SHARPNESS = (300.0, 3000.0)
 HISTORY = 20
 INFEASIBLE = 1e3
@@ -63,8 +65,8 @@ def search(problem: NeuronProblem, start: list[np.ndarray], steps: int, deadline
     deadline stopped the search (no evaluation starts unless it and `reserve` seconds
     end before the deadline; an evaluation is predicted at the slowest so far)."""
     logs = [torch.log(torch.from_numpy(t)).requires_grad_(True) for t in start]
-    best = {"rho": math.inf, "ts": [t.copy() for t in start], "evals": 0, "slowest": 0.0,
-            "cut": False}
+    best: dict[str, Any] = {"rho": math.inf, "ts": [t.copy() for t in start], "evals": 0,
+                            "slowest": 0.0, "cut": False}
     for sharpness in SHARPNESS:
         opt = torch.optim.LBFGS(logs, lr=1, max_iter=steps, history_size=HISTORY,
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-12,
@@ -119,8 +121,10 @@ def improve(model: CircularChain, ts: list, rho: float, settings: Settings,
     """sdp-conv's hook: the certified per-neuron bound, its detail and whether the deadline
     cut its search, where it applies, fits before the deadline and proves a smaller rho
     than the channel-wise certificate's `rho` (multipliers `ts`); else None.
-    settings.extra["sdp_conv_neuron_steps"] (default STEPS; 0 turns it off)."""
-    steps = int(settings.extra.get("sdp_conv_neuron_steps", STEPS))
+    settings.extra["sdp_conv_neuron_steps"] (default STEPS, QUICK_STEPS under the quick
+    limits of --method auto; 0 turns it off)."""
+    quick = "sdp_conv_max_work" in settings.extra
+    steps = int(settings.extra.get("sdp_conv_neuron_steps", QUICK_STEPS if quick else STEPS))
     if steps <= 0:
         return None
     found = refine(model, [np.asarray(t, dtype=np.float64) for t in ts], rho, steps, deadline)
@@ -149,4 +153,4 @@ def refine(model: CircularChain, ts: list[np.ndarray], rho: float,
     problem = NeuronProblem(chain)
     found, _, evals, cut = search(problem, start_point(model, ts, rho), steps, deadline,
                                   reserve)
-    return certify(chain, *found), evals, cut
+    return certify(chain, found[0], found[1]), evals, cut
