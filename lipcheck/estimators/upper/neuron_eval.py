@@ -39,33 +39,33 @@ def _pairs(w: scipy.sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.concatenate(rows), np.concatenate(flat), np.concatenate(prod)
 
 
-def _coo(a) -> tuple[torch.Tensor, torch.Tensor]:
+def _coo(a, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """A scipy sparse matrix's (2, nnz) indices and values as torch tensors."""
     coo = a.tocoo()
     idx = np.stack([coo.row, coo.col]).astype(np.int64)
-    return torch.from_numpy(idx), torch.from_numpy(coo.data.astype(np.float64))
+    return torch.from_numpy(idx), torch.from_numpy(coo.data.astype(np.float64)).to(dtype)
 
 
 class NeuronProblem:
-    """The fixed data of rho(T) for one chain, as torch float64 tensors."""
+    """The fixed data of rho(T) for one chain, as torch tensors of `dtype`."""
 
-    def __init__(self, chain: NeuronChain):
-        self.chain = chain
+    def __init__(self, chain: NeuronChain, dtype: torch.dtype = torch.float64):
+        self.chain, self.dtype = chain, dtype
         self.q = chain.slope ** 2 / 4
         n0, d1, d2 = chain.dims
         rows, flat, prod = _pairs(chain.w1)
         self.p_rows, self.p_flat = torch.from_numpy(rows), torch.from_numpy(flat)
-        self.p_prod = torch.from_numpy(prod)
-        self.g = torch.from_numpy((chain.w2 @ chain.w1).toarray())            # (d2, n0)
-        self.close_t = torch.from_numpy(np.ascontiguousarray(chain.close.T))   # (d2, n_out)
-        self.a = [torch.from_numpy(chain.w2[lo:hi, r0:r1].toarray())
+        self.p_prod = torch.from_numpy(prod).to(dtype)
+        self.g = torch.from_numpy((chain.w2 @ chain.w1).toarray()).to(dtype)   # (d2, n0)
+        self.close_t = torch.from_numpy(np.ascontiguousarray(chain.close.T)).to(dtype)
+        self.a = [torch.from_numpy(chain.w2[lo:hi, r0:r1].toarray()).to(dtype)
                   for (lo, hi), (r0, r1) in zip(chain.slabs, chain.reads, strict=True)]
-        self.sparse = [_coo(chain.w2[lo:hi, r0:r1])
+        self.sparse = [_coo(chain.w2[lo:hi, r0:r1], dtype)
                        for (lo, hi), (r0, r1) in zip(chain.slabs, chain.reads, strict=True)]
 
     def head_p(self, t1: torch.Tensor) -> torch.Tensor:
         n0 = self.chain.dims[0]
-        flat = torch.zeros(n0 * n0, dtype=torch.float64)
+        flat = torch.zeros(n0 * n0, dtype=self.dtype)
         flat = flat.index_add(0, self.p_flat, t1[self.p_rows] * self.p_prod)
         return self.q * flat.reshape(n0, n0)
 
@@ -84,16 +84,17 @@ class NeuronProblem:
                 ov = p1 - r0
                 low.append((a[:, :ov] * s[r0:p1]) @ self.a[k - 1][:, -ov:].T if ov > 0
                            else torch.zeros(a.shape[0], self.a[k - 1].shape[0],
-                                            dtype=torch.float64))
+                                            dtype=self.dtype))
         return diag, low
 
     def spectrum(self, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor | None:
         """The eigenvalues of P + C D^{-1} C^T (rho(T) is the last), or None where D (or
         the border's I - Z2^T Z2) is not positive definite."""
         q, n0 = self.q, self.chain.dims[0]
+        t1, t2 = t1.to(self.dtype), t2.to(self.dtype)
         diag, low = self.m_blocks(1.0 / t1)
         edge = torch.cat([-q * t2[:, None] * self.g, self.close_t], dim=1)
-        gram = torch.zeros(edge.shape[1], edge.shape[1], dtype=torch.float64)
+        gram = torch.zeros(edge.shape[1], edge.shape[1], dtype=self.dtype)
         prev_l = prev_z = edge
         for k, (lo, hi) in enumerate(self.chain.slabs):
             tk = t2[lo:hi]
@@ -112,7 +113,7 @@ class NeuronProblem:
             gram = gram + z.T @ z
             prev_l, prev_z = chol, z
         z11, z12, z22 = gram[:n0, :n0], gram[:n0, n0:], gram[n0:, n0:]
-        small = torch.eye(z22.shape[0], dtype=torch.float64) - z22
+        small = torch.eye(z22.shape[0], dtype=self.dtype) - z22
         chol, info = torch.linalg.cholesky_ex(small)
         if int(info) != 0:
             return None
