@@ -16,6 +16,7 @@ L <= sqrt(rho). rho is set just above the top eigenvalue of the computed P + Z^T
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,10 +70,12 @@ def schur_parts(chain: NeuronChain, t1: np.ndarray, t2: np.ndarray):
 
 
 def certify(chain: NeuronChain, t1: np.ndarray, t2: np.ndarray, margin: bool = True,
-            rho: float | None = None) -> NeuronCertificate:
+            rho: float | None = None, deadline: float = math.inf) -> NeuronCertificate:
     """Prove Q(rho, T) >= 0 in float64; rho None: the smallest the shifted factorisation
     allows (plus RHO_SLACK). margin=False drops the rounding and formation allowances
-    (for tests: such a check must not be trusted)."""
+    (for tests: such a check must not be trusted). A second attempt (larger shift) starts
+    only if, predicted to take as long as the first, it ends before `deadline`."""
+    began = time.monotonic()
     t1, t2 = np.asarray(t1, dtype=np.float64), np.asarray(t2, dtype=np.float64)
     if not (np.all(t1 > 0) and np.all(t2 > 0) and np.all(np.isfinite(t1))
             and np.all(np.isfinite(t2))):
@@ -85,7 +88,9 @@ def certify(chain: NeuronChain, t1: np.ndarray, t2: np.ndarray, margin: bool = T
         np.abs(np.diag(p)).max())
     shift = 1.25 * (2 * gamma(n + 4) * trace + form) if margin else 0.0
     result = _attempt(p, ct, d, form, shift, margin, rho, float(np.max(t2)))
-    if margin and not result.verified and result.need > 0:
+    took = time.monotonic() - began
+    if margin and not result.verified and result.need > 0 \
+            and time.monotonic() + took <= deadline:
         result = _attempt(p, ct, d, form, 1.25 * result.need, margin, rho, float(np.max(t2)))
     return result
 

@@ -58,8 +58,10 @@ def slab_height(layer: ConvLayer) -> int:
     return max(1, -(-need // layer.strides[0]))
 
 
-def neuron_chain(layers: list[ConvLayer], close: np.ndarray, slope: float) -> NeuronChain:
-    """close: (n_out, C, m_h, m_w), the dense last part on the second conv's output."""
+def neuron_chain(layers: list[ConvLayer], close: np.ndarray, slope: float) -> NeuronChain | None:
+    """close: (n_out, C, m_h, m_w), the dense last part on the second conv's output. None
+    where a slab reads nothing or slabs two apart share an input (M is then not block
+    tridiagonal over the slabs)."""
     first, second = layers
     w1, w2 = conv_matrix(first), conv_matrix(second)
     n_out = close.shape[0]
@@ -69,9 +71,11 @@ def neuron_chain(layers: list[ConvLayer], close: np.ndarray, slope: float) -> Ne
     slabs, reads = [], []
     for lo in range(0, second.out_size[0], height):
         hi = min(second.out_size[0], lo + height)
-        slabs.append((lo * row, hi * row))
         cols = w2[lo * row:hi * row].indices
+        if cols.size == 0:
+            return None
+        slabs.append((lo * row, hi * row))
         reads.append((int(cols.min()), int(cols.max()) + 1))
-    for q in range(2, len(reads)):
-        assert reads[q - 2][1] <= reads[q][0], "slabs two apart must not share inputs"
+    if any(reads[q - 2][1] > reads[q][0] for q in range(2, len(reads))):
+        return None
     return NeuronChain(w1, w2, close, slope, slabs, reads)

@@ -23,17 +23,18 @@ from lipcheck.estimators.upper.conv_chain import CircularChain
 from lipcheck.estimators.upper.neuron_cert import NeuronCertificate, certify
 from lipcheck.estimators.upper.neuron_conv import NeuronChain, neuron_chain
 from lipcheck.estimators.upper.neuron_eval import NeuronProblem
-from lipcheck.estimators.upper.sdp_cost import SAFETY, cholesky_seconds, may_start
+from lipcheck.estimators.upper.sdp_cost import SAFETY, may_start
 from lipcheck.settings import Settings
 
 STEPS = 60                 # evaluations of rho(T), at most
-QUICK_STEPS = 20           # in --method auto (sdp-conv:quick): ~25 s on the first-row CNN
+QUICK_STEPS = 16           # in --method auto (sdp-conv:quick): ~20-30 s on the first-row CNN
 SHARPNESS = (300.0, 3000.0)
 HISTORY = 20
 INFEASIBLE = 1e3
 MAX_SECOND = 6000          # second-layer neurons (the certificate's dense block)
 MAX_INPUT = 3000           # input entries (the certificate's head)
 CERT_FACTOR = 4.0          # certificate / one Cholesky of the second layer's block
+PROBE_SIZE = 1024          # rows of the Cholesky timed to predict the certificate
 SEARCH_DTYPE = torch.float32   # the search's arithmetic (the certificate is float64): on the
                                # first-row CNN rho agrees to 3e-8, the gradient to 5e-5, 1.7x faster
 
@@ -113,9 +114,15 @@ def _closure(opt, logs, problem, sharpness, best, steps, deadline, reserve):
 
 def certificate_seconds(chain: NeuronChain) -> float:
     """Predicted seconds of the float64 certificate: CERT_FACTOR dense Choleskys of the
-    second layer's block, timed on this machine now (cholesky_seconds is complex:
-    about 4x a real one)."""
-    return CERT_FACTOR * cholesky_seconds(1, chain.dims[2]) / 4 + 0.1
+    second layer's block, from one timed Cholesky of at most PROBE_SIZE rows on this
+    machine now, scaled by the cube of the sizes."""
+    size = min(PROBE_SIZE, chain.dims[2])
+    probe = np.eye(size) * 2.0
+    probe[0, -1] = probe[-1, 0] = 0.5
+    began = time.perf_counter()
+    np.linalg.cholesky(probe)
+    took = time.perf_counter() - began
+    return CERT_FACTOR * took * (chain.dims[2] / size) ** 3 + 0.1
 
 
 def improve(model: CircularChain, ts: list, rho: float, settings: Settings,
@@ -149,10 +156,12 @@ def refine(model: CircularChain, ts: list[np.ndarray], rho: float,
     if not applies(model):
         return None
     chain = neuron_chain(model.layers, model.close, model.slope)
+    if chain is None:
+        return None
     reserve = SAFETY * certificate_seconds(chain)
     if not may_start(deadline, reserve, reserve):   # an evaluation costs about a certificate
         return None
     problem = NeuronProblem(chain, SEARCH_DTYPE)
     found, _, evals, cut = search(problem, start_point(model, ts, rho), steps, deadline,
                                   reserve)
-    return certify(chain, found[0], found[1]), evals, cut
+    return certify(chain, found[0], found[1], deadline=deadline), evals, cut
