@@ -33,8 +33,11 @@ HISTORY = 20
 INFEASIBLE = 1e3
 MAX_SECOND = 6000          # second-layer neurons (the certificate's dense block)
 MAX_INPUT = 3000           # input entries (the certificate's head)
-CERT_FACTOR = 4.0          # certificate / one Cholesky of the second layer's block
+CERT_FACTOR = 3.0          # certificate / one Cholesky of the second layer's block (2-2.8
+                           # measured on the first-row CNN: forming, LAPACK, Z, the head)
 PROBE_SIZE = 1024          # rows of the Cholesky timed to predict the certificate
+CERT_PER_EVAL = 3.0        # certificate / one float32 evaluation with its gradient (1.7-3
+                           # measured on the first-row CNN)
 SEARCH_DTYPE = torch.float32   # the search's arithmetic (the certificate is float64): on the
                                # first-row CNN rho agrees to 3e-8, the gradient to 5e-5, 1.7x faster
 
@@ -65,8 +68,10 @@ def start_point(model: CircularChain, ts: list[np.ndarray], rho: float) -> list[
 def search(problem: NeuronProblem, start: list[np.ndarray], steps: int, deadline: float,
            reserve: float) -> tuple[list[np.ndarray], float, int, bool]:
     """The best multipliers seen (by rho), rho there, evaluations used, and whether the
-    deadline stopped the search (no evaluation starts unless it and `reserve` seconds
-    end before the deadline; an evaluation is predicted at the slowest so far)."""
+    deadline stopped the search (no evaluation starts unless it and the certificate end
+    before the deadline; an evaluation is predicted at the slowest so far, the certificate
+    at `reserve` seconds or, once an evaluation was timed, SAFETY * CERT_PER_EVAL times
+    the slowest where that is smaller)."""
     logs = [torch.log(torch.from_numpy(t)).requires_grad_(True) for t in start]
     best: dict[str, Any] = {"rho": math.inf, "ts": [t.copy() for t in start], "evals": 0,
                             "slowest": 0.0, "cut": False}
@@ -89,7 +94,11 @@ def _closure(opt, logs, problem, sharpness, best, steps, deadline, reserve):
     def closure():
         if best["evals"] >= steps:
             raise _Stop
-        if best["evals"] and not may_start(deadline, best["slowest"], reserve):
+        # the certificate's time: predicted from a timed Cholesky until an evaluation
+        # was measured, then CERT_PER_EVAL times the slowest (same load), if smaller
+        held = min(reserve, SAFETY * CERT_PER_EVAL * best["slowest"]) if best["evals"] \
+            else reserve
+        if best["evals"] and not may_start(deadline, best["slowest"], held):
             best["cut"] = True
             raise _Stop
         began = time.monotonic()
@@ -114,14 +123,17 @@ def _closure(opt, logs, problem, sharpness, best, steps, deadline, reserve):
 
 def certificate_seconds(chain: NeuronChain) -> float:
     """Predicted seconds of the float64 certificate: CERT_FACTOR dense Choleskys of the
-    second layer's block, from one timed Cholesky of at most PROBE_SIZE rows on this
-    machine now, scaled by the cube of the sizes."""
+    second layer's block, from a Cholesky of at most PROBE_SIZE rows timed on this machine
+    now (the faster of two: the first call also pays for LAPACK's start), scaled by the
+    cube of the sizes."""
     size = min(PROBE_SIZE, chain.dims[2])
     probe = np.eye(size) * 2.0
     probe[0, -1] = probe[-1, 0] = 0.5
-    began = time.perf_counter()
-    np.linalg.cholesky(probe)
-    took = time.perf_counter() - began
+    took = math.inf
+    for _ in range(2):
+        began = time.perf_counter()
+        np.linalg.cholesky(probe)
+        took = min(took, time.perf_counter() - began)
     return CERT_FACTOR * took * (chain.dims[2] / size) ** 3 + 0.1
 
 
