@@ -22,7 +22,7 @@ from lipcheck.estimators.upper.neuron_conv import neuron_chain
 from lipcheck.estimators.upper.neuron_eval import NeuronProblem
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
 from lipcheck.estimators.upper.sdp_conv import sdp_conv
-from lipcheck.estimators.upper.sdp_conv_neuron import improve
+from lipcheck.estimators.upper.sdp_conv_neuron import improve, search
 
 
 def model_of(g):
@@ -149,3 +149,16 @@ def test_step_is_skipped_without_time_or_when_turned_off() -> None:
     assert improve(model, ts, 10.0, settings, time.monotonic() - 1) is None
     settings.extra["sdp_conv_neuron_steps"] = 0
     assert improve(model, ts, 10.0, settings, math.inf) is None
+
+
+def test_search_is_limited_by_its_count() -> None:
+    """The evaluation count decides the value (reproducible): the same count twice gives
+    the same multipliers, and never more evaluations than the count."""
+    g = convnet(CONVS[0], 7, seed=4)
+    _, _, model = model_of(g)
+    nc = neuron_chain(model.layers, model.close, model.slope)
+    start = [np.full(d, 5.0) for d in nc.dims[1:]]
+    runs = [search(NeuronProblem(nc), start, 4, math.inf, 0.0) for _ in range(2)]
+    assert all(r[2] == 4 and not r[3] for r in runs)
+    for a, b in zip(runs[0][0], runs[1][0], strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -33,8 +33,9 @@ HISTORY = 20
 INFEASIBLE = 1e3
 MAX_SECOND = 6000          # second-layer neurons (the certificate's dense block)
 MAX_INPUT = 3000           # input entries (the certificate's head)
-CERT_FACTOR = 3.0          # certificate / one Cholesky of the second layer's block (2-2.8
-                           # measured on the first-row CNN: forming, LAPACK, Z, the head)
+CERT_FACTOR = 2.0          # certificate / one Cholesky of the second layer's block as
+                           # extrapolated from the probe (which over-predicts a 4608-row one
+                           # 1.5-2x): 3.3 s measured against 2 x 2.6 s on the first-row CNN
 PROBE_SIZE = 1024          # rows of the Cholesky timed to predict the certificate
 CERT_PER_EVAL = 3.0        # certificate / one float32 evaluation with its gradient (1.7-3
                            # measured on the first-row CNN)
@@ -171,8 +172,8 @@ def refine(model: CircularChain, ts: list[np.ndarray], rho: float,
     if chain is None:
         return None
     reserve = SAFETY * certificate_seconds(chain)
-    if not may_start(deadline, reserve, reserve):   # an evaluation costs about a certificate
-        return None
+    if not may_start(deadline, reserve / CERT_PER_EVAL, reserve):   # one evaluation and
+        return None                                                # the certificate
     problem = NeuronProblem(chain, SEARCH_DTYPE)
     found, _, evals, cut = search(problem, start_point(model, ts, rho), steps, deadline,
                                   reserve)
