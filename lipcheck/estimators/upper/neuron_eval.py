@@ -119,4 +119,9 @@ class NeuronProblem:
             return None
         y = torch.linalg.solve_triangular(chol, z12.T, upper=False)
         total = self.head_p(t1) + z11 + y.T @ y
-        return torch.linalg.eigvalsh((total + total.T) / 2)
+        if not bool(torch.isfinite(total.detach()).all()):
+            return None
+        try:
+            return torch.linalg.eigvalsh((total + total.T) / 2)
+        except torch.linalg.LinAlgError:   # eigh did not converge (float32, ill-conditioned)
+            return None
