@@ -8,7 +8,9 @@ diagonal in frequency:
 and the dense closing layer gives rho(T) = lambda_max(sum_w B(w) X_{k-1}(w)^{-1} B(w)^H)
 (every X_i positive definite). The multipliers start at ECLipsE-Fast's scalars and are
 improved by a fixed number of L-BFGS iterations on log rho (autograd through batched complex
-Cholesky); then sdp_conv_cert proves the final (rho, T) in float64. Iteration counts
+Cholesky); then sdp_conv_cert proves the final (rho, T) in float64. On chains of two
+hidden convs, sdp_conv_neuron then continues with one multiplier per real neuron (its own
+float64 certificate; kept where smaller). Iteration counts
 decide the value; the deadline only cuts it short (reported): an evaluation starts only
 if it and the certificate (its cost predicted by sdp_cost) end before the deadline.
 """
