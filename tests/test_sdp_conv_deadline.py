@@ -49,7 +49,7 @@ def test_certificate_stops_at_a_passed_deadline() -> None:
 def test_the_start_certificate_is_kept_when_the_final_one_is_stopped(monkeypatch) -> None:
     """The first certificate (ECLipsE-Fast's channel-wise start) is the fallback: the final
     one stopped by the deadline leaves a certified bound, reported as cut."""
-    chain, settings = chain_of(convnet(CONVS[0], 8))
+    chain, settings = chain_of(convnet(CONVS[0], 8), neuron=False)
     full = sdp_conv(chain, settings, math.inf)
     calls = []
 

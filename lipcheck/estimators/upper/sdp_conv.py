@@ -8,7 +8,9 @@ diagonal in frequency:
 and the dense closing layer gives rho(T) = lambda_max(sum_w B(w) X_{k-1}(w)^{-1} B(w)^H)
 (every X_i positive definite). The multipliers start at ECLipsE-Fast's scalars and are
 improved by a fixed number of L-BFGS iterations on log rho (autograd through batched complex
-Cholesky); then sdp_conv_cert proves the final (rho, T) in float64. Iteration counts
+Cholesky); then sdp_conv_cert proves the final (rho, T) in float64. On chains of two
+hidden convs, sdp_conv_neuron then continues with one multiplier per real neuron (its own
+float64 certificate; kept where smaller). Iteration counts
 decide the value; the deadline only cuts it short (reported): an evaluation starts only
 if it and the certificate (its cost predicted by sdp_cost) end before the deadline.
 """
@@ -27,6 +29,7 @@ from lipcheck.estimators.upper.conv_chain import CircularChain, circular_chain, 
 from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.upper.residual_block import find_block
 from lipcheck.estimators.upper.sdp_conv_cert import certify, final_or_start
+from lipcheck.estimators.upper.sdp_conv_neuron import improve
 from lipcheck.estimators.upper.sdp_cost import (
     Budget,
     certificate_seconds,
@@ -186,10 +189,15 @@ def sdp_conv(chain: Chain, settings: Settings, deadline: float) -> ChainBound | 
                           f"{head}; certificate refused ({cert.detail}): AutoLip product kept",
                           seconds, cut)
     value = math.sqrt(cert.rho) * (1 + 1e-9)
+    detail = f"{head}; float64 arrow Cholesky: {cert.detail}"
+    neuron = improve(model, begin if cert is first else ts, cert.rho, settings, deadline)
+    if neuron is not None:
+        value, cut = neuron[0], cut or neuron[2]
+        detail = f"{detail}; then {neuron[1]}"
+    seconds = time.monotonic() - start
     if chain.autolip_certified:
         value = min(value, chain.autolip_product)
-    found = ChainBound(value, True, True, f"{head}; float64 arrow Cholesky: {cert.detail}",
-                       seconds, cut)
+    found = ChainBound(value, True, True, detail, seconds, cut)
     return _with_dense(found, chain, settings, deadline)
 
 
