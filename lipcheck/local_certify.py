@@ -146,10 +146,16 @@ def bab_margins(program: Program, centers: torch.Tensor, eps: float, rows: torch
     except UnsupportedLocal as exc:
         return {"certified": none, "domains": domains, "skipped": str(exc)}
     sample, row = np.nonzero(open_rows)
-    outcome = verify(net, centers, eps, torch.from_numpy(sample), rows[sample, row],
-                     Limits(domains=domains))
-    proved = none.copy()
+    if not len(sample):
+        return {"certified": none, "domains": domains, "samples_tried": 0, "samples_certified": 0,
+                "margins_tried": 0, "margins_certified": 0, "margins_attacked": 0, "seconds": 0.0}
     tried = np.unique(sample)
+    balls = centers[tried]
+    ranges = propagate(program, InputSet.ball(balls, eps, "2")).pre   # tighter on pools
+    outcome = verify(net, balls, eps, torch.from_numpy(np.searchsorted(tried, sample)),
+                     rows[sample, row], Limits(domains=domains),
+                     prior=[None if k is None else ranges[k] for k in net.origin])
+    proved = none.copy()
     failed = np.unique(sample[~outcome.certified.numpy()])
     proved[np.setdiff1d(tried, failed)] = True
     return {"certified": proved, "domains": domains, "samples_tried": int(len(tried)),

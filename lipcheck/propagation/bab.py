@@ -89,10 +89,11 @@ class _Problem:
     """The net, the balls' ranges and the properties (sample index, row) being proved."""
 
     def __init__(self, net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor,
-                 rows: torch.Tensor, slack: float, refine: bool = False) -> None:
+                 rows: torch.Tensor, slack: float, refine: bool = False,
+                 prior: list[Range | None] | None = None) -> None:
         self.net, self.eps, self.slack = net, eps, slack
         self.centers, self.sample, self.rows = centers, sample, rows
-        parts = [crown_ranges(net, centers[i:i + CHUNK], eps)
+        parts = [crown_ranges(net, centers[i:i + CHUNK], eps, _rows(prior, i, i + CHUNK))
                  for i in range(0, len(centers), CHUNK)]
         self.ranges = [(torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts]))
                        for k in range(len(parts[0]))]
@@ -245,10 +246,11 @@ def attack(net: ReluNet, centers: torch.Tensor, eps: float, rows: torch.Tensor,
 
 def verify(net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor,
            rows: torch.Tensor, limits: Limits | None = None, slack: float = 1e-9,
-           deadline: float | None = None) -> Outcome:
+           deadline: float | None = None, prior: list[Range | None] | None = None) -> Outcome:
     """Which properties rows_p . f > 0 hold on all of B(centers[sample_p], eps): centers
     (N, n), sample (P,), rows (P, n_out). Certified ones are proved; the others are
-    unknown (or attacked: a point with a negative margin was found)."""
+    unknown (or attacked: a point with a negative margin was found). `prior`: other
+    sound ranges (N, n_k) of hidden layers' inputs on the balls, intersected with CROWN's."""
     limits = limits or Limits()
     start = time.perf_counter()
     count = len(sample)
@@ -260,7 +262,8 @@ def verify(net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor
     if not len(live):
         return outcome
     used, local_sample = torch.unique(sample[live], return_inverse=True)
-    problem = _Problem(net, centers[used], eps, local_sample, rows[live], slack, limits.refine)
+    problem = _Problem(net, centers[used], eps, local_sample, rows[live], slack, limits.refine,
+                       _rows(prior, used))
     dom = _roots(problem, len(live))
     dom = problem.optimise(dom, limits.root_iters, limits.lr)
     local_created = torch.ones(len(live), dtype=torch.long)
@@ -285,6 +288,14 @@ def verify(net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor
     created[live] = local_created
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _rows(prior: list[Range | None] | None, *index) -> list[Range | None] | None:
+    """The prior ranges of some balls: rows `index` (a tensor) or `start, stop`."""
+    if prior is None:
+        return None
+    pick = index[0] if len(index) == 1 else slice(*index)
+    return [None if r is None else (r[0][pick], r[1][pick]) for r in prior]
 
 
 def _roots(problem: _Problem, count: int) -> Domains:

@@ -85,9 +85,11 @@ def backward(net: ReluNet, lam: torch.Tensor, const: torch.Tensor, top: int,
     return mid - spread + const, mag + torch.einsum("bmn,bn->bm", lam.abs(), center.abs()) + spread
 
 
-def crown_ranges(net: ReluNet, center: torch.Tensor, eps: float) -> list[Range]:
+def crown_ranges(net: ReluNet, center: torch.Tensor, eps: float,
+                 prior: list[Range | None] | None = None) -> list[Range]:
     """Ranges of z_0 .. z_(L-2) over each ball (B, n_k): CROWN, intersected with interval
-    bounds, widened against rounding."""
+    bounds and with `prior` (other sound ranges of the same units, e.g. the program's),
+    widened against rounding."""
     ranges: list[Range] = []
     lo = hi = center
     for k, (w, b) in enumerate(zip(net.weights[:-1], net.biases[:-1], strict=True)):
@@ -103,7 +105,11 @@ def crown_ranges(net: ReluNet, center: torch.Tensor, eps: float) -> list[Range]:
             m = w.shape[0]
             i_lo, i_hi = torch.maximum(i_lo, low[:, :m]), torch.minimum(i_hi, -low[:, m:])
         tol = ROUNDING * (i_lo.abs() + i_hi.abs()) + 1e-12
-        ranges.append((i_lo - tol, i_hi + tol))
+        i_lo, i_hi = i_lo - tol, i_hi + tol
+        known = None if prior is None else prior[k]
+        if known is not None:
+            i_lo, i_hi = torch.maximum(i_lo, known[0]), torch.minimum(i_hi, known[1])
+        ranges.append((i_lo, i_hi))
         lo, hi = outputs(net, k, ranges[-1])
     return ranges
 

@@ -17,7 +17,7 @@ LeakyReLU, residual graphs and the smooth steps raise `UnsupportedLocal`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +29,7 @@ class ReluNet:
     weights: list[torch.Tensor]   # W_1 .. W_L, float64
     biases: list[torch.Tensor]
     linear: list[torch.Tensor]    # per hidden layer (n_k,) bool: the unit is the identity
+    origin: list[int | None] = field(default_factory=list)  # the program's Act step, if one
 
     @property
     def widths(self) -> list[int]:
@@ -57,6 +58,7 @@ class _Builder:
         self.weights: list[torch.Tensor] = []
         self.biases: list[torch.Tensor] = []
         self.linear: list[torch.Tensor] = []
+        self.origin: list[int | None] = []
         self.w = torch.eye(n_in, dtype=torch.float64)
         self.b = torch.zeros(n_in, dtype=torch.float64)
         self.nonneg = False
@@ -65,9 +67,10 @@ class _Builder:
         self.w, self.b = step.weight @ self.w, step.weight @ self.b + step.bias
         self.nonneg = False
 
-    def layer(self, linear: torch.Tensor | None = None) -> None:
+    def layer(self, linear: torch.Tensor | None = None, origin: int | None = None) -> None:
         """The current value becomes a hidden layer (ReLU, or identity where `linear`)."""
         n = self.w.shape[0]
+        self.origin.append(origin)
         self.weights.append(self.w)
         self.biases.append(self.b)
         self.linear.append(torch.zeros(n, dtype=torch.bool) if linear is None else linear)
@@ -118,21 +121,22 @@ def relu_form(program: Program) -> ReluNet:
         raise UnsupportedLocal("branch and bound handles chains of affine steps, ReLUs "
                                "and max pools only")
     build = _Builder(program.n_in)
-    for step in program.steps:
+    for index, step in enumerate(program.steps):
         if isinstance(step, Affine):
             build.affine(step)
         elif isinstance(step, Act):
-            _relu(build, step)
+            _relu(build, step, index)
         elif isinstance(step, MaxPool):
             build.pool(step)
         else:
             raise UnsupportedLocal(f"step {type(step).__name__} is not a ReLU network step")
-    return ReluNet(build.weights + [build.w], build.biases + [build.b], build.linear)
+    return ReluNet(build.weights + [build.w], build.biases + [build.b], build.linear,
+                   build.origin)
 
 
-def _relu(build: _Builder, step: Act) -> None:
+def _relu(build: _Builder, step: Act, index: int) -> None:
     if step.alpha != 0:
         raise UnsupportedLocal(f"activation {step.nodes} with slope {step.alpha} left of 0: "
                                "branch and bound handles ReLU only")
     if not build.nonneg:   # relu of a ReLU's output is itself
-        build.layer()
+        build.layer(origin=index)
