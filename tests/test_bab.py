@@ -19,7 +19,7 @@ from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.loaders.dispatch import load_model
 from lipcheck.local_certify import certify_local
-from lipcheck.propagation import build_program
+from lipcheck.propagation import InputSet, build_program, propagate
 from lipcheck.propagation.bab import Limits, verify
 from lipcheck.propagation.relu_bounds import crown_ranges
 from lipcheck.propagation.relu_net import ReluNet, relu_form
@@ -121,11 +121,23 @@ def test_a_margin_that_touches_zero_is_not_proved():
     assert not bool(exact.certified[0]) and bool(inside.certified[0])
 
 
-def test_crown_ranges_contain_sampled_pre_activations():
-    net = relu_form(build_program(pool_net(2, 2, 0, False, seed=4)))
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_crown_ranges_contain_sampled_pre_activations(with_prior):
+    """With `prior` (the program's own CROWN ranges, tighter through pools) the ranges
+    are no wider and still contain every sampled pre-activation."""
+    program = build_program(pool_net(2, 2, 0, False, seed=4))
+    net = relu_form(program)
     centers = torch.randn(3, 25, dtype=torch.float64)
     eps = 0.7
-    ranges = crown_ranges(net, centers, eps)
+    plain = crown_ranges(net, centers, eps)
+    ranges = plain
+    if with_prior:
+        pre = propagate(program, InputSet.ball(centers, eps, "2")).pre
+        ranges = crown_ranges(net, centers, eps, [None if k is None else pre[k]
+                                                  for k in net.origin])
+        assert any(k is not None for k in net.origin)
+        for (lo, hi), (plo, phi) in zip(ranges, plain, strict=True):
+            assert torch.all(lo >= plo) and torch.all(hi <= phi)
     d = torch.randn(3, 4000, 25, dtype=torch.float64)
     d = eps * d / d.norm(dim=2, keepdim=True) * torch.rand(3, 4000, 1, dtype=torch.float64)
     zs = net.pre_activations((centers[:, None] + d).reshape(-1, 25))
