@@ -69,6 +69,38 @@ def test_digits_cnn_in_relu_form():
     assert net.widths == [512, 256, 128, 256]   # conv, two pool levels, conv
 
 
+def residual_mlp(seed: int = 0) -> Graph:
+    """gemm(2->12) relu, then a block gemm relu gemm + (its input), relu, maxpool 1x2,
+    gemm(->3)."""
+    gen = torch.Generator().manual_seed(seed)
+    c = {"w0": torch.randn(12, 2, generator=gen), "b0": torch.randn(12, generator=gen),
+         "w1": torch.randn(12, 12, generator=gen) / 3, "b1": torch.randn(12, generator=gen),
+         "w9": torch.randn(12, 12, generator=gen) / 3,
+         "w2": torch.randn(3, 6, generator=gen) / 2, "b2": torch.randn(3, generator=gen)}
+    nodes = [Node("fc0", OpKind.GEMM, ["x", "w0", "b0"], ["h0"], {"transB": 1}),
+             Node("r0", OpKind.RELU, ["h0"], ["a0"]),
+             Node("fc1", OpKind.GEMM, ["a0", "w1", "b1"], ["h1"], {"transB": 1}),
+             Node("rb", OpKind.RELU, ["h1"], ["ab"]),
+             Node("fcb", OpKind.GEMM, ["ab", "w9"], ["hb"], {"transB": 1}),
+             Node("add", OpKind.ADD, ["hb", "a0"], ["s"]),
+             Node("r1", OpKind.RELU, ["s"], ["a1"]),
+             Node("shape", OpKind.RESHAPE, ["a1"], ["a3"], {"shape": [1, 1, 12]}),
+             Node("pool", OpKind.MAX_POOL, ["a3"], ["p"], {"kernel_shape": [2], "strides": [2]}),
+             Node("flat", OpKind.FLATTEN, ["p"], ["v"], {"axis": 1}),
+             Node("fc2", OpKind.GEMM, ["v", "w2", "b2"], ["y"], {"transB": 1})]
+    g = Graph([ValueInfo("x", (1, 2))], ["y"], nodes, c)
+    infer_shapes(g)
+    return g
+
+
+def test_a_residual_program_in_relu_form_carries_the_skip_as_identity_units():
+    program = build_program(residual_mlp())
+    net = relu_form(program)
+    x = torch.randn(300, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(net.run(x * 3), program.run(x * 3), rtol=0, atol=1e-12)
+    assert int(net.linear[1].sum()) == 12                  # a0 carried past fc1's layer
+
+
 def _grid_minimum(net: ReluNet, center: torch.Tensor, eps: float, row: torch.Tensor) -> float:
     """min of row . f over a dense polar grid of the 2-D disc (boundary included)."""
     r = torch.linspace(0, eps, 200, dtype=torch.float64)
@@ -77,14 +109,15 @@ def _grid_minimum(net: ReluNet, center: torch.Tensor, eps: float, row: torch.Ten
     return float((net.run(center + pts) @ row).min())
 
 
-@pytest.mark.parametrize("refine", [False, True])
-def test_proved_margins_hold_on_a_dense_grid_and_bab_proves_more_than_its_root(refine):
-    graph = mlp([2, 16, 16, 3], seed=5)
+@pytest.mark.parametrize("refine,residual", [(False, False), (True, False), (False, True)])
+def test_proved_margins_hold_on_a_dense_grid_and_bab_proves_more_than_its_root(refine,
+                                                                            residual):
+    graph = residual_mlp(seed=2) if residual else mlp([2, 16, 16, 3], seed=5)
     net = relu_form(build_program(graph))
     gen = np.random.default_rng(3)
     centers = torch.from_numpy(gen.uniform(-1.5, 1.5, size=(24, 2)))
     pred = net.run(centers).argmax(dim=1)
-    eps = 1.5
+    eps = 0.7 if residual else 1.5
     sample, rows, truth = [], [], []
     for i in range(len(centers)):
         for j in range(3):

@@ -88,8 +88,8 @@ def backward(net: ReluNet, lam: torch.Tensor, const: torch.Tensor, top: int,
 def crown_ranges(net: ReluNet, center: torch.Tensor, eps: float,
                  prior: list[Range | None] | None = None) -> list[Range]:
     """Ranges of z_0 .. z_(L-2) over each ball (B, n_k): CROWN, intersected with interval
-    bounds and with `prior` (other sound ranges of the same units, e.g. the program's),
-    widened against rounding."""
+    bounds and with `prior` (other sound ranges of a layer's first units, e.g. the
+    program's for the ReLUs of one of its activations), widened against rounding."""
     ranges: list[Range] = []
     lo = hi = center
     for k, (w, b) in enumerate(zip(net.weights[:-1], net.biases[:-1], strict=True)):
@@ -107,8 +107,10 @@ def crown_ranges(net: ReluNet, center: torch.Tensor, eps: float,
         tol = ROUNDING * (i_lo.abs() + i_hi.abs()) + 1e-12
         i_lo, i_hi = i_lo - tol, i_hi + tol
         known = None if prior is None else prior[k]
-        if known is not None:
-            i_lo, i_hi = torch.maximum(i_lo, known[0]), torch.minimum(i_hi, known[1])
+        if known is not None:   # the layer's first units (carried values follow them)
+            n = known[0].shape[1]
+            i_lo = torch.cat([torch.maximum(i_lo[:, :n], known[0]), i_lo[:, n:]], dim=1)
+            i_hi = torch.cat([torch.minimum(i_hi[:, :n], known[1]), i_hi[:, n:]], dim=1)
         ranges.append((i_lo, i_hi))
         lo, hi = outputs(net, k, ranges[-1])
     return ranges
