@@ -141,7 +141,7 @@ def bab_table(data: Path, eps_list: list[float], counts: list[int]) -> None:
     (`check --bab-domains N`): certified accuracy, margins proved / tried / attacked."""
     x, y = _table(data, "| model | eps | domains | certified | samples tried -> certified | "
                   "margins tried -> proved (attacked) | seconds |")
-    for name in ("digits_mlp", "digits_cnn"):
+    for name in ("digits_mlp", "digits_cnn", "digits_resnet"):
         graph = load_model(ROOT / "models" / f"{name}.onnx")
         logits = predict(graph, x).numpy()
         for eps in eps_list:

@@ -19,7 +19,7 @@ from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.loaders.dispatch import load_model
 from lipcheck.local_certify import certify_local
-from lipcheck.propagation import InputSet, build_program, propagate
+from lipcheck.propagation import InputSet, bab, build_program, propagate
 from lipcheck.propagation.bab import Limits, verify
 from lipcheck.propagation.relu_bounds import crown_ranges
 from lipcheck.propagation.relu_net import ReluNet, relu_form
@@ -109,9 +109,12 @@ def _grid_minimum(net: ReluNet, center: torch.Tensor, eps: float, row: torch.Ten
     return float((net.run(center + pts) @ row).min())
 
 
-@pytest.mark.parametrize("refine,residual", [(False, False), (True, False), (False, True)])
-def test_proved_margins_hold_on_a_dense_grid_and_bab_proves_more_than_its_root(refine,
-                                                                            residual):
+@pytest.mark.parametrize("refine,residual,group", [(False, False, 512), (True, False, 512),
+                                                   (False, True, 512), (False, False, 7)])
+def test_proved_margins_hold_on_a_dense_grid_and_bab_proves_more_than_its_root(
+        refine, residual, group, monkeypatch):
+    """(group 7: the margins are searched in groups of 7, as large data sets are.)"""
+    monkeypatch.setattr(bab, "GROUP", group)
     graph = residual_mlp(seed=2) if residual else mlp([2, 16, 16, 3], seed=5)
     net = relu_form(build_program(graph))
     gen = np.random.default_rng(3)

@@ -33,7 +33,8 @@ from lipcheck.propagation.relu_bounds import (
 )
 from lipcheck.propagation.relu_net import ReluNet
 
-CHUNK = 32    # balls whose CROWN ranges are formed together (memory: CHUNK x width^2)
+RANGE_ENTRIES = 1 << 24   # CROWN ranges: balls per chunk x 2 width^2 at most (128 MB)
+GROUP = 512               # margins searched together (memory: domains x units)
 
 
 @dataclass
@@ -93,8 +94,9 @@ class _Problem:
                  prior: list[Range | None] | None = None) -> None:
         self.net, self.eps, self.slack = net, eps, slack
         self.centers, self.sample, self.rows = centers, sample, rows
-        parts = [crown_ranges(net, centers[i:i + CHUNK], eps, _rows(prior, i, i + CHUNK))
-                 for i in range(0, len(centers), CHUNK)]
+        chunk = max(1, min(32, RANGE_ENTRIES // (2 * max(net.widths) ** 2)))
+        parts = [crown_ranges(net, centers[i:i + chunk], eps, _rows(prior, i, i + chunk))
+                 for i in range(0, len(centers), chunk)]
         self.ranges = [(torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts]))
                        for k in range(len(parts[0]))]
         self.refine = refine
@@ -252,6 +254,13 @@ def verify(net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor
     unknown (or attacked: a point with a negative margin was found). `prior`: other
     sound ranges (N, n_k) of hidden layers' inputs on the balls, intersected with CROWN's."""
     limits = limits or Limits()
+    if len(sample) > GROUP:
+        parts = [verify(net, centers, eps, sample[i:i + GROUP], rows[i:i + GROUP], limits,
+                        slack, deadline, prior) for i in range(0, len(sample), GROUP)]
+        return Outcome(torch.cat([p.certified for p in parts]),
+                       torch.cat([p.attacked for p in parts]),
+                       torch.cat([p.domains for p in parts]), max(p.rounds for p in parts),
+                       any(p.stopped for p in parts), sum(p.seconds for p in parts))
     start = time.perf_counter()
     count = len(sample)
     attacked = attack(net, centers[sample], eps, rows, limits) <= 0
