@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lipcheck.propagation.ranges import widen
 from lipcheck.propagation.relu_net import ReluNet
 
 Range = tuple[torch.Tensor, torch.Tensor]
@@ -54,7 +55,7 @@ def relax_layer(lam, lo, hi, alpha, beta, split, linear):
     slope = torch.where(unstable, hi / torch.where(unstable, hi - lo, 1.0), 0.0)
     neg = lam < 0
     coef = torch.where(active, lam, torch.where(
-        dead | ~unstable, 0.0, torch.where(neg, lam * slope, lam * alpha)))
+        dead, 0.0, torch.where(neg, lam * slope, lam * alpha)))
     terms = torch.where(unstable & neg, -lam * slope * lo, 0.0)
     if beta is not None:
         coef = coef - split[:, None, :] * beta
@@ -91,29 +92,40 @@ def crown_ranges(net: ReluNet, center: torch.Tensor, eps: float,
     bounds and with `prior` (other sound ranges of a layer's first units, e.g. the
     program's for the ReLUs of one of its activations), widened against rounding."""
     ranges: list[Range] = []
-    lo = hi = center
-    for k, (w, b) in enumerate(zip(net.weights[:-1], net.biases[:-1], strict=True)):
-        mid, rad = (lo + hi) / 2, (hi - lo) / 2
-        if k == 0:
-            rad = eps * torch.ones_like(center)
-        i_lo = mid @ w.T + b - (rad @ w.abs().T if k else eps * torch.linalg.norm(w, dim=1))
-        i_hi = mid @ w.T + b + (rad @ w.abs().T if k else eps * torch.linalg.norm(w, dim=1))
-        if k:
-            both = torch.cat([w, -w])[None].expand(center.shape[0], -1, -1)
-            shift = torch.cat([b, -b])[None].expand(center.shape[0], -1)
-            low, _ = backward(net, both, shift, k - 1, ranges, center, eps)
-            m = w.shape[0]
-            i_lo, i_hi = torch.maximum(i_lo, low[:, :m]), torch.minimum(i_hi, -low[:, m:])
-        tol = ROUNDING * (i_lo.abs() + i_hi.abs()) + 1e-12
-        i_lo, i_hi = i_lo - tol, i_hi + tol
+    for k in range(len(net.linear)):
+        w, b = net.weights[k], net.biases[k]
+        if k == 0:                                       # exact on the ball
+            mid, rad = center @ w.T + b, eps * torch.linalg.norm(w, dim=1)
+            bounds = widen(mid - rad, mid + rad)
+        else:
+            lo, hi = outputs(net, k - 1, ranges[-1])
+            mid, rad = (lo + hi) / 2 @ w.T + b, (hi - lo) / 2 @ w.abs().T
+            c_lo, c_hi = _crown_layer(net, k, ranges, center, eps)
+            bounds = widen(torch.maximum(mid - rad, c_lo), torch.minimum(mid + rad, c_hi))
         known = None if prior is None else prior[k]
-        if known is not None:   # the layer's first units (carried values follow them)
-            n = known[0].shape[1]
-            i_lo = torch.cat([torch.maximum(i_lo[:, :n], known[0]), i_lo[:, n:]], dim=1)
-            i_hi = torch.cat([torch.minimum(i_hi[:, :n], known[1]), i_hi[:, n:]], dim=1)
-        ranges.append((i_lo, i_hi))
-        lo, hi = outputs(net, k, ranges[-1])
+        ranges.append(bounds if known is None else _intersect_first(bounds, known))
     return ranges
+
+
+def _crown_layer(net: ReluNet, k: int, ranges: list[Range], center: torch.Tensor, eps: float,
+                 splits: list[torch.Tensor] | None = None) -> Range:
+    """CROWN bounds of z_k over each ball from the ranges of the layers before it (with
+    the split units' signs fixed, where given)."""
+    w, b = net.weights[k], net.biases[k]
+    both = torch.cat([w, -w])[None].expand(center.shape[0], -1, -1)
+    shift = torch.cat([b, -b])[None].expand(center.shape[0], -1)
+    low, _ = backward(net, both, shift, k - 1, ranges, center, eps,
+                      Relax(splits=None if splits is None else splits[:k]))
+    m = w.shape[0]
+    return low[:, :m], -low[:, m:]
+
+
+def _intersect_first(bounds: Range, known: Range) -> Range:
+    """`bounds` with its first units (carried values follow them) intersected with `known`."""
+    n = known[0].shape[1]
+    lo, hi = bounds
+    return (torch.cat([torch.maximum(lo[:, :n], known[0]), lo[:, n:]], dim=1),
+            torch.cat([torch.minimum(hi[:, :n], known[1]), hi[:, n:]], dim=1))
 
 
 def outputs(net: ReluNet, k: int, bounds: Range) -> Range:
@@ -130,13 +142,7 @@ def refine_ranges(net: ReluNet, ranges: list[Range], splits: list[torch.Tensor],
     ranges. Sound on each domain: there a split unit's ReLU is the identity or 0."""
     out = [clamp_split(*ranges[0], splits[0])]
     for k in range(1, len(ranges)):
-        w, b = net.weights[k], net.biases[k]
-        both = torch.cat([w, -w])[None].expand(center.shape[0], -1, -1)
-        shift = torch.cat([b, -b])[None].expand(center.shape[0], -1)
-        low, _ = backward(net, both, shift, k - 1, out, center, eps,
-                          Relax(splits=splits[:k]))
-        m = w.shape[0]
-        lo, hi = torch.maximum(ranges[k][0], low[:, :m]), torch.minimum(ranges[k][1], -low[:, m:])
-        tol = ROUNDING * (lo.abs() + hi.abs()) + 1e-12
-        out.append(clamp_split(lo - tol, hi + tol, splits[k]))
+        c_lo, c_hi = _crown_layer(net, k, out, center, eps, splits)
+        lo, hi = widen(torch.maximum(ranges[k][0], c_lo), torch.minimum(ranges[k][1], c_hi))
+        out.append(clamp_split(lo, hi, splits[k]))
     return out
