@@ -7,9 +7,9 @@ best is kept); domains whose bound is positive are done, the others are split on
 unstable unit (the largest estimated relaxation loss, BaBSR-style) into z >= 0 and z <= 0,
 which together cover the domain. A property is certified when no domain is left. The
 limits are counts (domains per property, optionally rounds, iterations), so results are
-reproducible; an optional deadline only stops early (what is unfinished is not
-certified). A short PGD attack first drops samples that are not robust (a point of the
-ball with a negative margin: no bound can certify those).
+reproducible (what is unfinished is not certified). A short PGD attack first drops
+margins that do not hold (a point of the ball with a negative margin: no bound can certify
+those).
 
 A bound counts only when it exceeds ROUNDING x the magnitude of its terms plus `slack`
 (the float64 rounding of the backward pass, ~1e-13 relative, with room).
@@ -57,7 +57,6 @@ class Outcome:
     attacked: torch.Tensor                # (P,) bool: a point with a negative margin found
     domains: torch.Tensor                 # (P,) domains created
     rounds: int = 0
-    stopped: bool = False                 # the deadline ended it
     seconds: float = 0.0
 
 
@@ -102,8 +101,8 @@ class _Problem:
         self.refine = refine
 
     def bound(self, dom: Domains, keep: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(certified lower bound, raw bound) of each domain's r . f (the first is
-        -inf where rounding could decide the sign)."""
+        """(certified lower bound, raw bound) of each domain's r . f; where rounding could
+        decide the sign the first is below 0 (the raw bound, at most 0, minus 1)."""
         s = self.sample[dom.prop]
         ranges = dom.ranges
         row = self.rows[dom.prop]
@@ -248,7 +247,7 @@ def attack(net: ReluNet, centers: torch.Tensor, eps: float, rows: torch.Tensor,
 
 def verify(net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor,
            rows: torch.Tensor, limits: Limits | None = None, slack: float = 1e-9,
-           deadline: float | None = None, prior: list[Range | None] | None = None) -> Outcome:
+           prior: list[Range | None] | None = None) -> Outcome:
     """Which properties rows_p . f > 0 hold on all of B(centers[sample_p], eps): centers
     (N, n), sample (P,), rows (P, n_out). Certified ones are proved; the others are
     unknown (or attacked: a point with a negative margin was found). `prior`: other
@@ -256,11 +255,11 @@ def verify(net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor
     limits = limits or Limits()
     if len(sample) > GROUP:
         parts = [verify(net, centers, eps, sample[i:i + GROUP], rows[i:i + GROUP], limits,
-                        slack, deadline, prior) for i in range(0, len(sample), GROUP)]
+                        slack, prior) for i in range(0, len(sample), GROUP)]
         return Outcome(torch.cat([p.certified for p in parts]),
                        torch.cat([p.attacked for p in parts]),
                        torch.cat([p.domains for p in parts]), max(p.rounds for p in parts),
-                       any(p.stopped for p in parts), sum(p.seconds for p in parts))
+                       sum(p.seconds for p in parts))
     start = time.perf_counter()
     count = len(sample)
     attacked = attack(net, centers[sample], eps, rows, limits) <= 0
@@ -281,9 +280,7 @@ def verify(net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor
         dom = dom.take((dom.lower <= 0).nonzero()[:, 0])
         failed[dom.prop[local_created[dom.prop] >= limits.domains]] = True
         dom = dom.take((~failed[dom.prop]).nonzero()[:, 0])
-        if not len(dom.prop) or outcome.rounds == limits.rounds or (
-                deadline is not None and time.perf_counter() > deadline):
-            outcome.stopped = bool(len(dom.prop)) and outcome.rounds != limits.rounds
+        if not len(dom.prop) or outcome.rounds == limits.rounds:
             break
         outcome.rounds += 1
         chosen, rest = _choose(dom, limits.batch)
