@@ -29,7 +29,7 @@ from lipcheck.local_shells import Shells, certificate, collect, shell_radius
 from lipcheck.propagation import InputSet, Program, UnsupportedLocal, build_program, propagate
 from lipcheck.propagation.bab import Limits, verify
 from lipcheck.propagation.jacobian import row_norm_bounds
-from lipcheck.propagation.ranges import back_substitute
+from lipcheck.propagation.ranges import Ranges, back_substitute
 from lipcheck.propagation.relu_net import relu_form
 from lipcheck.propagation.vertices import vertex_bounds
 
@@ -76,12 +76,12 @@ def margin_rows(pred: torch.Tensor, classes: int) -> torch.Tensor:
     return eye[pred][:, None, :] - eye[None]
 
 
-def margin_bounds(program: Program, centers: torch.Tensor, eps: float,
-                  rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
+def margin_bounds(program: Program, centers: torch.Tensor, eps: float, rows: torch.Tensor,
+                  ranges: Ranges | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """On each B(x, eps): K_cj (N, C), a lower bound of each margin r . f (CROWN, from the
-    same ranges), and the number of unstable units."""
+    same ranges: `ranges`, else propagated here), and the number of unstable units."""
     ball = InputSet.ball(centers, eps, "2")
-    ranges = propagate(program, ball)
+    ranges = propagate(program, ball) if ranges is None else ranges
     k = row_norm_bounds(program, ranges, rows)
     if program.is_chain:   # elsewhere vertex_bounds is this same interval hull
         k = torch.minimum(k, vertex_bounds(program, ranges, rows))
@@ -105,7 +105,8 @@ def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray
     rows = margin_rows(torch.from_numpy(pred), logits.shape[1])
     try:
         program = build_program(graph)
-        k, low, unstable = margin_bounds(program, centers, eps, rows)
+        ranges = propagate(program, InputSet.ball(centers, eps, "2"))
+        k, low, unstable = margin_bounds(program, centers, eps, rows, ranges)
     except UnsupportedLocal as exc:
         return LocalRobustness(eps, None, None, None, skipped=str(exc))
     others = ~np.eye(logits.shape[1], dtype=bool)[pred]
@@ -127,17 +128,18 @@ def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray
     bab = None
     if bab_domains > 0:
         open_rows = (correct & np.all(margins > 0, axis=1) & ~certified)[:, None] & ~shown
-        bab = bab_margins(program, centers, eps, rows, open_rows, bab_domains)
+        bab = bab_margins(program, ranges, centers, eps, rows, open_rows, bab_domains)
         certified = certified | bab.pop("certified")
     radii = np.where(certified, eps, np.where(correct, _radius(found, margins, eps), 0.0))
     return LocalRobustness(eps, certified, k.max(axis=1), radii, unstable,
                            time.perf_counter() - start, shells=max(1, shells), bab=bab)
 
 
-def bab_margins(program: Program, centers: torch.Tensor, eps: float, rows: torch.Tensor,
-                open_rows: np.ndarray, domains: int) -> dict[str, Any]:
+def bab_margins(program: Program, ranges: Ranges, centers: torch.Tensor, eps: float,
+                rows: torch.Tensor, open_rows: np.ndarray, domains: int) -> dict[str, Any]:
     """Branch and bound (`propagation.bab`) on the margins `open_rows` (N, C) of samples
-    nothing else certified: `certified` (N,) where every open margin of a sample with
+    nothing else certified, with the program's `ranges` on the balls (tighter through
+    pools than the ReLU form's): `certified` (N,) where every open margin of a sample with
     some is proved, with counts for the report (or `skipped` and why)."""
     start = time.perf_counter()
     none = np.zeros(len(open_rows), dtype=bool)
@@ -146,15 +148,12 @@ def bab_margins(program: Program, centers: torch.Tensor, eps: float, rows: torch
     except UnsupportedLocal as exc:
         return {"certified": none, "domains": domains, "skipped": str(exc)}
     sample, row = np.nonzero(open_rows)
-    if not len(sample):
-        return {"certified": none, "domains": domains, "samples_tried": 0, "samples_certified": 0,
-                "margins_tried": 0, "margins_certified": 0, "margins_attacked": 0, "seconds": 0.0}
     tried = np.unique(sample)
-    balls = centers[tried]
-    ranges = propagate(program, InputSet.ball(balls, eps, "2")).pre   # tighter on pools
-    outcome = verify(net, balls, eps, torch.from_numpy(np.searchsorted(tried, sample)),
-                     rows[sample, row], Limits(domains=domains),
-                     prior=[None if k is None else ranges[k] for k in net.origin])
+    index = torch.from_numpy(tried)
+    prior = [None if k is None else (ranges.pre[k][0][index], ranges.pre[k][1][index])
+             for k in net.origin]
+    outcome = verify(net, centers[index], eps, torch.from_numpy(np.searchsorted(tried, sample)),
+                     rows[sample, row], Limits(domains=domains), prior=prior)
     proved = none.copy()
     failed = np.unique(sample[~outcome.certified.numpy()])
     proved[np.setdiff1d(tried, failed)] = True

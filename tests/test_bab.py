@@ -200,6 +200,15 @@ def test_the_gate_with_bab_certifies_more_and_every_sample_survives_an_attack():
         assert not attack(graph, x[i], y[i], eps), i
 
 
+def test_bab_with_no_margin_left_open_reports_zero_tries():
+    graph = mlp([6, 12, 10, 3], seed=21)
+    x = np.random.default_rng(0).normal(size=(10, 6))
+    logits = predict(graph, x).numpy()
+    local = certify_local(graph, x, logits.argmax(axis=1), logits, 1e-6, bab_domains=20)
+    assert local.certified.all()
+    assert local.bab is not None and local.bab["margins_tried"] == 0
+
+
 def test_bab_domains_is_a_whole_number_option_and_config_key(tmp_path):
     assert thresholds_from_table({"bab-domains": 50}, tmp_path, "cfg").bab_domains == 50
     with pytest.raises(UserError, match="bab-domains"):
