@@ -31,7 +31,7 @@ from lipcheck.estimators.upper.conv_chain import (
     half_frequencies,
 )
 from lipcheck.estimators.upper.conv_pool import PooledModel, _phases
-from lipcheck.estimators.upper.sdp_conv_pool import _Data, _next_k, _node, fast_start
+from lipcheck.estimators.upper.sdp_conv_pool import _Data, arrow_sum, fast_start, last_k
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,17 +87,12 @@ class Piece:
         self.fc2 = torch.from_numpy(gemms[1])
 
     def spectrum(self, layers, tfc=None):
-        data = self.data
-        k = data.a[0] @ data.a[0].mH
-        for i, mult in enumerate(layers):
-            low = _node(data, i, mult, k)
-            if low is None:
-                return None
-            k = _next_k(low, data.a[i + 1])
+        k = last_k(self.data, layers)
+        if k is None:
+            return None
         if self.kind == "conv":
             return torch.linalg.eigvalsh((k + k.mH) / 2).reshape(-1)
-        s = (data.weight[:, None, None] * k.real).sum(dim=0)
-        s = (s + s.mT) / 2
+        s = arrow_sum(self.data, k)
         if self.kind == "dense":
             return torch.linalg.eigvalsh(s)
         x = torch.diag(tfc) - 0.25 * tfc[:, None] * s * tfc[None, :]
@@ -113,11 +108,7 @@ class Piece:
         layers = fast_start(self.data, 1.0)
         if self.kind != "tail":
             return layers, None
-        data, k = self.data, self.data.a[0] @ self.data.a[0].mH
-        for i, mult in enumerate(layers):
-            k = _next_k(_node(data, i, mult, k), data.a[i + 1])
-        s = (data.weight[:, None, None] * k.real).sum(dim=0)
-        top = float(torch.linalg.eigvalsh((s + s.mT) / 2)[-1])
+        top = float(torch.linalg.eigvalsh(arrow_sum(self.data, last_k(self.data, layers)))[-1])
         return layers, torch.full((256,), 2.0 / top, dtype=torch.float64)
 
 

@@ -127,16 +127,28 @@ def _next_k(low: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
     return y.mH @ y
 
 
-def spectrum(data: _Data, layers: list[Layer]):
-    """Eigenvalues of S = sum_w B X_last^{-1} B^H, or None where some X_j is not definite."""
+def last_k(data: _Data, layers: list[Layer]) -> torch.Tensor | None:
+    """A X_last^{-1} A^H per frequency after the Schur recursion over the chain's nodes
+    (A the closing map), or None where some X_j is not definite."""
     k = data.a[0] @ data.a[0].mH
     for i, mult in enumerate(layers):
         low = _node(data, i, mult, k)
         if low is None:
             return None
         k = _next_k(low, data.a[i + 1])
+    return k
+
+
+def arrow_sum(data: _Data, k: torch.Tensor) -> torch.Tensor:
+    """S = sum_w (frequency weight) Re K_w, symmetrised."""
     s = (data.weight[:, None, None] * k.real).sum(dim=0)
-    return torch.linalg.eigvalsh((s + s.mT) / 2)
+    return (s + s.mT) / 2
+
+
+def spectrum(data: _Data, layers: list[Layer]):
+    """Eigenvalues of S = sum_w B X_last^{-1} B^H, or None where some X_j is not definite."""
+    k = last_k(data, layers)
+    return None if k is None else torch.linalg.eigvalsh(arrow_sum(data, k))
 
 
 def fast_start(data: _Data, slope: float) -> list[Layer]:
