@@ -45,7 +45,7 @@ def estimate(
     format: Format = typer.Option(Format.table, "--format", help="what to print on stdout"),
     method: str = typer.Option("auto", help="global methods: auto, autolip, seqlip-exact, "
                                "seqlip-greedy, seqlip-lowrank, sdp, eclipse, eclipse-fast, "
-                               "sdp-conv, all"),
+                               "sdp-conv, sdp-net, all"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
     time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
     layer_budget: float = typer.Option(

@@ -28,7 +28,7 @@ from lipcheck.settings import LAYER_METHODS, Settings  # noqa: E402
 
 EXIT_INTERNAL = 4
 METHODS = ("auto", "autolip", "seqlip-exact", "seqlip-greedy", "seqlip-lowrank", "sdp",
-           "eclipse", "eclipse-fast", "sdp-conv", "all")
+           "eclipse", "eclipse-fast", "sdp-conv", "sdp-net", "all")
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Certified Lipschitz bounds for ONNX and PyTorch models.")

@@ -28,6 +28,7 @@ from lipcheck.estimators.upper.eclipse import eclipse
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
 from lipcheck.estimators.upper.sdp_conv_pool import sdp_conv_pooled
 from lipcheck.estimators.upper.sdp_cost import warm_optimiser
+from lipcheck.estimators.upper.sdp_net import sdp_net
 from lipcheck.estimators.upper.sdp_schur import lipsdp_descent
 from lipcheck.estimators.upper.sdp_solver import require_cvxpy
 from lipcheck.estimators.upper.seqlip import (
@@ -44,11 +45,12 @@ from lipcheck.rules import NodeBound
 from lipcheck.settings import Settings
 
 METHODS = ("autolip", "seqlip-exact", "seqlip-greedy", "seqlip-lowrank", "sdp", "eclipse",
-           "sdp-conv")
+           "sdp-conv", "sdp-net")
 # `--method auto`: what is cheap (< ~2 s a chain here) and useful; "quick" variants are
 # the same methods with smaller count limits and size gates, reported under their names.
 DEFAULT_METHODS = ("autolip", "eclipse-fast", "seqlip-exact:quick", "sdp:quick",
-                   "sdp-conv:quick")
+                   "sdp-conv:quick", "sdp-net:quick")
+WHOLE_NET = "sdp-net"    # a method of the whole graph (sdp_net), not of chains
 QUICK = ":quick"
 SDP_MAX_DIM = 1100       # reduced LipSDP-Neuron matrix size for the barrier method
 CONIC_MAX_DIM = 400      # ... for cvxpy (slopes the barrier's ECLipsE-Fast start refuses)
@@ -257,7 +259,7 @@ def expand_methods(methods: list[str] | tuple[str, ...]) -> list[str]:
     variants, and a quick variant is dropped when the full method is asked for too."""
     if "all" in methods:
         methods = METHODS
-    known = set(METHODS) | set(CHAIN_METHODS)
+    known = set(METHODS) | set(CHAIN_METHODS) | {WHOLE_NET + QUICK}
     unknown = [m for m in methods if m not in known]
     if unknown:
         raise UserError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}, all")
@@ -308,6 +310,10 @@ def global_bounds(graph: Graph, node_bounds: dict[str, NodeBound],
                                    extra={"cut_by_budget": True}))
             continue
         deadline = time.monotonic() + remaining / (len(chain_names) - i)
+        if name.removesuffix(QUICK) == WHOLE_NET:
+            bound = sdp_net(graph, deadline, name.endswith(QUICK))
+            out += [bound] if bound is not None else []
+            continue
         own = (find_pooled(graph, node_bounds, settings, chains)
                if name.removesuffix(QUICK) == "sdp-conv" else chains)
         bound = _run_method(name, graph, node_bounds, own, settings, deadline)

@@ -1,0 +1,252 @@
+"""sdp-net: LipSDP-Neuron of the whole network, written as one layered ReLU network.
+
+`propagation.relu_net` writes a program of affine steps, residual sums, ReLUs and max
+pools as f(x) = W_L s(... s(W_1 x + b_1) ...) + b_L, each hidden unit a ReLU (slopes in
+[0, 1]) or the identity (slope exactly 1: a value carried past a layer, a residual
+block's input, or the `b` of a pool's max(a, b) = relu(a - b) + b). LipSDP-Neuron of that
+net (sdp_certificate's Q with per-unit slopes: identity units have a = b = 1, whose
+constraint -(dphi - dz)^2 >= 0 holds with equality) bounds the whole network at once,
+pools and residual sums included, with one multiplier per unit: the chain methods
+(sdp-conv, ECLipsE) stop at a pool or compose residual blocks, and sdp-conv shares a
+multiplier across a channel's positions.
+
+The multipliers: L-BFGS (strong Wolfe line search) on log Lam of rho(Lam), the smallest
+rho with Q(rho, Lam) >= 0, by block elimination from the last layer (sdp_schur's
+recursion with per-unit slopes, evaluated in float64 by torch with its gradient), from
+an ECLipsE-Fast-like start. A point where a Schur complement is not positive definite
+gets a value 1e6 times the start's, which the line search backs off from. A multiplier
+is capped at 1e4 times its layer's largest start: an identity unit's constraint is an
+equality, so its multiplier would grow without end (to 1e15 on a tiny net, where Q's
+float64 check fails); capped, the equality is enforced a little less (a bound a little
+looser, never unsound: any Lam >= 0 is valid). The number of evaluations
+decides the value (reproducible); the clock only caps (`cut_by_budget`). The certificate
+is sdp_certificate's: the full Q at the best multipliers, verified PSD by a float64
+Cholesky (`verified_psd`) with rho raised by 1e-6 relative (then 1e-5 ... 1e-2: the
+check's shift grows with the trace of Q, which the identity units' large multipliers fill;
+about 1e-3 on digits_cnn, 0.05 % of the bound).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lipcheck.estimators.upper.sdp_certificate import (
+    VERIFY_MAX_DIM,
+    assemble,
+    reduce_ends,
+    verified_psd,
+)
+from lipcheck.graph import Graph
+from lipcheck.numerics import well_scaled
+from lipcheck.propagation.program import UnsupportedLocal, build_program
+from lipcheck.propagation.relu_net import ReluNet, relu_form
+from lipcheck.results import GlobalBound
+
+EVALUATIONS, QUICK_EVALUATIONS = 1500, 300   # rho(Lam) evaluations (a count: the value)
+QUICK_WORK = 1e9       # --method auto: multiply-adds of one evaluation at most (a count)
+HISTORY = 20           # L-BFGS memory
+CARRY_START = 10.0     # identity units start at 10x their layer's multiplier
+RAISES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)   # rho raised by these (relative) for the float64 check
+INFEASIBLE = 1e6       # an infeasible point's value: this times the start's (finite)
+GROWTH = 1e4           # a multiplier grows to at most this times its layer's largest start
+RESTART_GAIN = 1e-6    # L-BFGS restarts from the best point while a run gains this much
+
+
+@dataclass
+class NetSdp:
+    rho: float                 # best rho(Lam) found (uncertified)
+    lams: list[np.ndarray]
+    evaluations: int
+    cut_by_budget: bool
+
+
+class _Stop(Exception):
+    """Ends the search: the evaluations are spent, or (`clock`) the next would end late."""
+
+    def __init__(self, clock: bool) -> None:
+        self.clock = clock
+
+
+def unit_slopes(net: ReluNet) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(a, b) per hidden unit of each layer: [0, 1] for a ReLU, [1, 1] for the identity."""
+    return [(lin.numpy().astype(np.float64), np.ones(len(lin))) for lin in net.linear]
+
+
+def evaluation_work(weights: list[np.ndarray]) -> float:
+    """Multiply-adds of one rho(Lam) with its gradient (about three times the forward's
+    Cholesky, triangular solve and two Gram products per hidden layer)."""
+    work = 0.0
+    for w in weights[:-1]:
+        n, m = w.shape
+        work += n ** 3 / 3 + n * n * m + 2 * m * m * n
+    return 3 * work
+
+
+class _Rho:
+    """rho(Lam) of the module docstring in torch float64 (differentiable)."""
+
+    def __init__(self, weights: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]]):
+        self.w = [torch.from_numpy(w) for w in weights]
+        self.p = [torch.from_numpy(a * b) for a, b in slopes]
+        self.m = [torch.from_numpy((a + b) / 2) for a, b in slopes]
+        self.last = self.w[-1].T @ self.w[-1]
+
+    def __call__(self, lams: list[torch.Tensor]) -> torch.Tensor:
+        s = torch.diag(lams[-1]) - self.last
+        for i in range(len(lams) - 1, -1, -1):
+            chol, info = torch.linalg.cholesky_ex(s)
+            if int(info) != 0:
+                raise np.linalg.LinAlgError("not positive definite")
+            lw = (lams[i] * self.m[i])[:, None] * self.w[i]
+            b = torch.linalg.solve_triangular(chol, lw, upper=False)
+            t = b.T @ b - self.w[i].T @ ((lams[i] * self.p[i])[:, None] * self.w[i])
+            if i > 0:
+                s = torch.diag(lams[i - 1]) - t
+        return torch.linalg.eigvalsh(t)[-1]
+
+    def start(self) -> list[torch.Tensor]:
+        """ECLipsE-Fast-like: from the last layer, each layer's multipliers twice the
+        largest eigenvalue of what its Schur complement subtracts (so it stays positive
+        definite), identity units `CARRY_START` times more (they enforce an equality)."""
+        lams: list[torch.Tensor] = [torch.empty(0)] * len(self.p)
+        t = self.last
+        for i in range(len(self.p) - 1, -1, -1):
+            top = max(float(torch.linalg.eigvalsh(t)[-1]), 1e-6)
+            lams[i] = 2 * top * torch.where(self.p[i] > 0, CARRY_START, 1.0).double()
+            if i == 0:
+                break
+            chol = torch.linalg.cholesky(torch.diag(lams[i]) - t)
+            lw = (lams[i] * self.m[i])[:, None] * self.w[i]
+            b = torch.linalg.solve_triangular(chol, lw, upper=False)
+            t = b.T @ b - self.w[i].T @ ((lams[i] * self.p[i])[:, None] * self.w[i])
+        return lams
+
+
+def search(weights: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]],
+           evaluations: int, deadline: float) -> NetSdp | None:
+    """L-BFGS on log Lam for `evaluations` evaluations of rho (fewer if the clock says the
+    next would end after `deadline`): the best point seen, or None if the start fails."""
+    rho = _Rho(weights, slopes)
+    with torch.no_grad():
+        try:
+            logs = [lam.log().requires_grad_() for lam in rho.start()]
+        except (np.linalg.LinAlgError, RuntimeError):
+            return None
+        caps = [t.max() + math.log(GROWTH) for t in logs]
+    best: list = [math.inf, None]
+    state: dict[str, Any] = {"count": 0, "slowest": 0.0, "high": math.inf}
+
+    def closure() -> torch.Tensor:
+        if state["count"] >= evaluations:
+            raise _Stop(clock=False)
+        if state["count"] and time.monotonic() + state["slowest"] > deadline:
+            raise _Stop(clock=True)
+        began = time.monotonic()
+        state["count"] += 1
+        for t in logs:
+            t.grad = None
+        try:
+            value = rho(_capped(logs, caps))
+            if not torch.isfinite(value):
+                raise np.linalg.LinAlgError("not finite")
+        except (np.linalg.LinAlgError, RuntimeError):   # torch's LinAlgError is a RuntimeError
+            value = sum((t * 0).sum() for t in logs) + state["high"]
+        if state["count"] == 1:
+            state["high"] = INFEASIBLE * abs(value.item()) + 1.0
+        value.backward()
+        if value.item() < best[0]:
+            best[:] = [value.item(), [t.detach().numpy().copy() for t in _capped(logs, caps)]]
+        state["slowest"] = max(state["slowest"], time.monotonic() - began)
+        return value
+
+    cut, before = False, math.inf
+    try:   # L-BFGS stops where its line search backs into an infeasible point: restart
+        while state["count"] < evaluations:
+            before, left = best[0], evaluations - state["count"]
+            if best[1] is not None:
+                with torch.no_grad():
+                    for t, lam in zip(logs, best[1], strict=True):
+                        t.copy_(torch.from_numpy(np.log(lam)))
+            torch.optim.LBFGS(logs, lr=1.0, max_iter=left, max_eval=left, history_size=HISTORY,
+                              line_search_fn="strong_wolfe", tolerance_grad=1e-12,
+                              tolerance_change=1e-14).step(closure)
+            if not best[0] < before * (1 - RESTART_GAIN):
+                break
+    except _Stop as stop:
+        cut = stop.clock
+    if best[1] is None or best[0] >= state["high"]:
+        return None
+    return NetSdp(best[0], best[1], state["count"], cut)
+
+
+def _capped(logs: list[torch.Tensor], caps: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The multipliers exp(log Lam), each at most GROWTH times its layer's largest start."""
+    return [torch.minimum(t, cap).exp() for t, cap in zip(logs, caps, strict=True)]
+
+
+def certify(weights: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]],
+            found: NetSdp) -> float | None:
+    """The smallest rho raised by RAISES with Q(rho, Lam) verified PSD in float64, or None."""
+    for raise_by in RAISES:
+        rho = found.rho * (1 + raise_by)
+        if verified_psd(assemble(weights, slopes, rho, found.lams)):   # type: ignore[arg-type]
+            return rho
+    return None
+
+
+def _well_scaled(net: ReluNet) -> bool:
+    """The layers' norms (Frobenius: an upper bound, cheap) and their product in the range
+    where the float64 algebra is safe (numerics.well_scaled)."""
+    norms = [float(torch.linalg.matrix_norm(w)) for w in net.weights]
+    return well_scaled(norms + [math.prod(norms)])
+
+
+def sdp_net(graph: Graph, deadline: float, quick: bool) -> GlobalBound | None:
+    """The certified sdp-net bound of the whole graph, or None where it does not apply
+    (ops outside the ReLU form, Q larger than the float64 check takes, or in quick mode
+    an evaluation above QUICK_WORK multiply-adds)."""
+    start = time.monotonic()
+    try:
+        net = relu_form(build_program(graph))
+    except UnsupportedLocal:
+        return None
+    if not net.widths or not _well_scaled(net):
+        return None
+    weights = reduce_ends([w.numpy() for w in net.weights])
+    slopes = unit_slopes(net)
+    size = weights[0].shape[1] + sum(net.widths)
+    work = evaluation_work(weights)
+    if size > VERIFY_MAX_DIM or (quick and work > QUICK_WORK):
+        return None
+    found = search(weights, slopes, QUICK_EVALUATIONS if quick else EVALUATIONS, deadline)
+    carried = int(sum(int(lin.sum()) for lin in net.linear))
+    extra = {"units": int(sum(net.widths)), "identity_units": carried,
+             "layers": net.widths, "q_size": int(size),
+             "evaluations": 0 if found is None else found.evaluations,
+             "cut_by_budget": bool(found is not None and found.cut_by_budget)}
+    if quick:
+        extra["mode"] = "quick"
+    head = (f"LipSDP-Neuron of the whole network as a ReLU net ({sum(net.widths)} units in "
+            f"{len(net.widths)} layers, {carried} of them identity units carrying pools' and "
+            f"residual values), per-unit multipliers")
+    seconds = time.monotonic() - start
+    if found is None:
+        return GlobalBound("sdp-net", math.inf, False, kind="estimate", seconds=seconds,
+                           detail=head + ": no feasible start", extra=extra)
+    verified = certify(weights, slopes, found)
+    seconds = time.monotonic() - start
+    cut = "cut short by the time budget (value not reproducible); " if found.cut_by_budget else ""
+    if verified is None:
+        return GlobalBound("sdp-net", math.sqrt(max(found.rho, 0.0)), False, kind="estimate",
+                           seconds=seconds, extra=extra,
+                           detail=cut + head + f" after {found.evaluations} L-BFGS evaluations: "
+                           "the float64 check of Q failed (an estimate, not a bound)")
+    return GlobalBound("sdp-net", math.sqrt(verified) * (1 + 1e-9), True, kind="upper",
+                       seconds=seconds, extra=extra,
+                       detail=cut + head + f" after {found.evaluations} L-BFGS evaluations; "
+                       f"certified by a float64 Cholesky of Q (size {size})")

@@ -1,0 +1,173 @@
+"""sdp-net: LipSDP-Neuron of the whole network in its ReLU form (pools and residual sums
+inside one SDP, a multiplier per unit).
+
+Truth: the exact constant by region enumeration (a pooled net written as a ReLU MLP),
+Jacobian norms at random points and by a local search, LipSDP-Neuron's optimum from the
+barrier method on MLPs (no identity units: the same SDP), the smallest eigenvalue of the
+assembled Q at the recursion's rho, and a certificate pushed below its boundary.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from graphs import mlp
+from test_bab import residual_mlp
+from test_sdp_conv import searched_norm
+from test_sdp_conv_pool import pooled_net
+from test_sdp_conv_pool import relu_form as pooled_as_mlp
+
+from lipcheck.estimators.exact.regions import exact_lipschitz
+from lipcheck.estimators.upper.autolip import bound_nodes
+from lipcheck.estimators.upper.global_bounds import global_bounds
+from lipcheck.estimators.upper.sdp import lipsdp_neuron
+from lipcheck.estimators.upper.sdp_certificate import assemble, reduce_ends, verified_psd
+from lipcheck.estimators.upper.sdp_net import _Rho, certify, sdp_net, search, unit_slopes
+from lipcheck.graph import Graph, Node, OpKind, ValueInfo
+from lipcheck.interpreter import infer_shapes
+from lipcheck.propagation import build_program
+from lipcheck.propagation.relu_net import relu_form
+from lipcheck.settings import Settings
+
+
+def net_of(g: Graph):
+    net = relu_form(build_program(g))
+    return net, reduce_ends([w.numpy() for w in net.weights]), unit_slopes(net)
+
+
+def bound(g: Graph, quick: bool = False) -> float:
+    found = sdp_net(g, math.inf, quick)
+    assert found is not None and found.certified and found.kind == "upper", found
+    return found.value
+
+
+def test_identity_units_get_slope_one_and_relus_zero_to_one():
+    net, _, slopes = net_of(residual_mlp())
+    for lin, (a, b) in zip(net.linear, slopes, strict=True):
+        np.testing.assert_array_equal(a, lin.numpy().astype(float))
+        np.testing.assert_array_equal(b, np.ones(len(lin)))
+    assert any(lin.any() for lin in net.linear)      # the skip is carried
+
+
+def test_the_recursion_is_the_smallest_rho_of_the_assembled_q():
+    """At the start's multipliers, Q(rho(Lam), Lam) is singular and PSD: its smallest
+    eigenvalue is 0 (to rounding) and Q(0.999 rho) has a negative one."""
+    _, w, slopes = net_of(pooled_net((6, 6), [(2, 3, 1), (3, 3, 1)], [(2, 2), None], seed=1))
+    rho = _Rho(w, slopes)
+    lams = rho.start()
+    value = float(rho(lams))
+    numpy_lams = [lam.numpy() for lam in lams]
+    q = assemble(w, slopes, value, numpy_lams)           # type: ignore[arg-type]
+    low = np.linalg.eigvalsh(q)[0]
+    assert abs(low) <= 1e-9 * np.abs(q).max()
+    assert np.linalg.eigvalsh(assemble(w, slopes, 0.999 * value, numpy_lams))[0] < 0  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_bound_sits_on_the_largest_region_norm(seed: int) -> None:
+    """Region enumeration of the pooled net as a ReLU MLP: `lower` is the largest
+    Jacobian norm over regions with an interior ball (the constant), `value` the largest
+    over kept regions (with zero biases it also counts degenerate ones: 2.66 against a
+    constant of 1.9002 for seed 4). The bound is on the constant, within 1 %."""
+    g = pooled_net((2, 3), [(2, 2, 0)], [(1, 2)], n_out=2, seed=seed)
+    g.constants["b0"] = torch.zeros(2)
+    exact = exact_lipschitz(pooled_as_mlp(g))
+    assert exact.complete
+    assert exact.lower * (1 - 1e-9) <= bound(g) <= min(exact.value * (1 + 1e-9),
+                                                       1.01 * exact.lower)
+
+
+@pytest.mark.parametrize("graph", [
+    lambda: pooled_net((6, 6), [(3, 3, 1), (2, 3, 1)], [(2, 2), None], seed=1),
+    lambda: pooled_net((7, 6), [(2, 3, 1), (2, 2, 0)], [(2, 2), (1, 2)], seed=3,
+                       pool_first=True),
+    lambda: residual_mlp(seed=1)], ids=["pool", "two-pools", "residual"])
+def test_bound_is_above_every_jacobian_norm_found_and_below_autolip(graph) -> None:
+    g = graph()
+    value = bound(g)
+    found = searched_norm(g)
+    autolip = global_bounds(g, bound_nodes(g, Settings()), ["autolip"], Settings())[0].value
+    assert found <= value <= autolip * (1 + 1e-9)
+
+
+def test_on_an_mlp_it_reaches_lipsdp_neurons_optimum():
+    """No identity units: the SDP is LipSDP-Neuron's, whose optimum the barrier method
+    finds; the descent's certified value sits on it (never below), within 1 %."""
+    g = mlp([5, 12, 10, 3], seed=2)
+    chain = [g.constants[f"w{i}"].double().numpy() for i in range(3)]
+    optimum = lipsdp_neuron(chain, [(0.0, 1.0)] * 2)
+    assert optimum.certified
+    value = bound(g)
+    assert optimum.value * (1 - 1e-6) <= value <= optimum.value * 1.01
+
+
+def test_a_certificate_below_its_boundary_is_refused():
+    """The descent's rho is where Q(rho, Lam) turns singular: the check passes a rho raised
+    by at most 1e-2 and refuses 1e-3 below it."""
+    _, w, slopes = net_of(residual_mlp(seed=3))
+    found = search(w, slopes, 200, math.inf)
+    assert found is not None
+    passed = certify(w, slopes, found)
+    assert passed is not None and found.rho <= passed <= found.rho * 1.01
+    assert not verified_psd(assemble(w, slopes, found.rho * (1 - 1e-3), found.lams))  # type: ignore[arg-type]
+
+
+def test_the_evaluation_count_decides_the_value():
+    _, w, slopes = net_of(residual_mlp(seed=3))
+    a, b = (search(w, slopes, 40, math.inf) for _ in range(2))
+    assert a is not None and b is not None
+    assert a.rho == b.rho and a.evaluations == b.evaluations == 40 and not a.cut_by_budget
+
+
+def test_the_clock_only_caps():
+    g = pooled_net((12, 12), [(4, 3, 1), (6, 3, 1)], [(2, 2), None], seed=2)
+    _, w, slopes = net_of(g)
+    began = time.monotonic()
+    found = search(w, slopes, 100000, began + 0.5)
+    assert time.monotonic() - began < 1.5
+    assert found is not None and found.cut_by_budget and found.evaluations < 100000
+
+
+def test_graphs_outside_the_relu_form_are_not_applicable():
+    assert sdp_net(mlp([3, 4, 2], act=OpKind.SIGMOID), math.inf, False) is None
+
+
+def test_auto_runs_it_and_the_report_names_it():
+    g = pooled_net((6, 6), [(3, 3, 1), (2, 3, 1)], [(2, 2), None], seed=1)
+    s = Settings()
+    found = {b.method: b for b in global_bounds(g, bound_nodes(g, s), ["sdp-net:quick"], s)}
+    net = found["sdp-net"]
+    assert net.certified and net.extra["mode"] == "quick"
+    assert net.extra["identity_units"] > 0 and net.extra["evaluations"] <= 300
+    assert "identity units" in net.detail
+
+
+def test_quick_mode_skips_nets_whose_evaluation_is_too_large(monkeypatch):
+    import lipcheck.estimators.upper.sdp_net as module
+    monkeypatch.setattr(module, "QUICK_WORK", 1.0)
+    g = residual_mlp()
+    assert sdp_net(g, math.inf, True) is None
+    assert sdp_net(g, math.inf, False) is not None
+
+
+def _sums(seed: int) -> Graph:
+    """x -> relu(W1 x) + relu(W2 x) -> gemm: a sum of two branches (carried as identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    c = {k: torch.randn(*s, generator=gen) for k, s in
+         (("w1", (6, 3)), ("w2", (6, 3)), ("w3", (2, 6)))}
+    nodes = [Node("a", OpKind.GEMM, ["x", "w1"], ["h1"], {"transB": 1}),
+             Node("b", OpKind.GEMM, ["x", "w2"], ["h2"], {"transB": 1}),
+             Node("ra", OpKind.RELU, ["h1"], ["r1"]), Node("rb", OpKind.RELU, ["h2"], ["r2"]),
+             Node("s", OpKind.ADD, ["r1", "r2"], ["t"]),
+             Node("o", OpKind.GEMM, ["t", "w3"], ["y"], {"transB": 1})]
+    g = Graph([ValueInfo("x", (1, 3))], ["y"], nodes, c)
+    infer_shapes(g)
+    return g
+
+
+def test_branches_that_sum_are_bounded_together():
+    g = _sums(7)
+    assert searched_norm(g) <= bound(g)
