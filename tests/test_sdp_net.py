@@ -24,7 +24,13 @@ from lipcheck.estimators.exact.regions import exact_lipschitz
 from lipcheck.estimators.upper.autolip import bound_nodes
 from lipcheck.estimators.upper.global_bounds import global_bounds
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
-from lipcheck.estimators.upper.sdp_certificate import assemble, reduce_ends, verified_psd
+from lipcheck.estimators.upper.sdp_certificate import (
+    assemble,
+    magnitude,
+    reduce_ends,
+    verified_psd,
+    verified_psd_scaled,
+)
 from lipcheck.estimators.upper.sdp_net import _Rho, certify, sdp_net, search, unit_slopes
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
@@ -104,15 +110,40 @@ def test_on_an_mlp_it_reaches_lipsdp_neurons_optimum():
     assert optimum.value * (1 - 1e-6) <= value <= optimum.value * 1.01
 
 
+def _check(w, slopes, rho, lams) -> bool:
+    q = assemble(w, slopes, rho, lams)
+    return verified_psd_scaled(q, magnitude(w, slopes, rho, lams), max(x.shape[0] for x in w))
+
+
 def test_a_certificate_below_its_boundary_is_refused():
-    """The descent's rho is where Q(rho, Lam) turns singular: the check passes a rho raised
-    by at most 1e-2 and refuses 1e-3 below it."""
+    """The search's rho is where Q(rho, Lam) turns singular: the check passes rho raised by
+    at most 1e-5 (relative) and refuses it 1e-6 below."""
     _, w, slopes = net_of(residual_mlp(seed=3))
     found = search(w, slopes, 200, math.inf)
     assert found is not None
     passed = certify(w, slopes, found)
-    assert passed is not None and found.rho <= passed <= found.rho * 1.01
-    assert not verified_psd(assemble(w, slopes, found.rho * (1 - 1e-3), found.lams))  # type: ignore[arg-type]
+    assert passed is not None and found.rho <= passed <= found.rho * (1 + 1e-5)
+    assert not _check(w, slopes, found.rho * (1 - 1e-6), found.lams)
+
+
+def test_the_scaled_check_takes_wide_diagonals_and_refuses_indefinite_ones():
+    """A PSD matrix whose diagonal spans 1e-3..1e9 passes the scaled check where the plain
+    one's trace-sized shift refuses it; the same with a negative eigenvalue of -1e-9 (of
+    the scaled matrix) is refused; so are a zero diagonal and a NaN."""
+    gen = np.random.default_rng(0)
+    n = 60
+    d = np.exp2(np.linspace(-5, 15, n))
+    b = gen.standard_normal((n, n))
+    u, _ = np.linalg.qr(b)
+    core = u @ np.diag(np.r_[1e-7, np.ones(n - 1)]) @ u.T
+    q = core * d[:, None] * d[None, :]
+    exact = np.abs(q)
+    assert verified_psd_scaled(q, exact, n) and not verified_psd(q)
+    bad = u @ np.diag(np.r_[-1e-9, np.ones(n - 1)]) @ u.T * d[:, None] * d[None, :]
+    assert not verified_psd_scaled(bad, np.abs(bad), n)
+    for broken in (np.where(np.eye(n, dtype=bool) & (np.arange(n) == 3), 0.0, q),
+                   np.where(np.eye(n, dtype=bool) & (np.arange(n) == 3), np.nan, q)):
+        assert not verified_psd_scaled(broken, np.abs(broken), n)
 
 
 def test_the_evaluation_count_decides_the_value():

@@ -93,6 +93,50 @@ def verified_psd(q: np.ndarray) -> bool:
     return True
 
 
+def verified_psd_scaled(q: np.ndarray, magnitude: np.ndarray, inner: int) -> bool:
+    """Q is PSD, checked on D Q D with D = diag of powers of two near 1 / sqrt(Q_ii)
+    (exact scaling; PSD-ness is kept by congruence), for a Q whose diagonal spans many
+    orders (verified_psd's shift, a multiple of tr(Q) on every coordinate, then swamps
+    the small ones). The forming error is bounded from `magnitude`, the same sums taken
+    with absolute values (|Q_ij - fl(Q)_ij| <= gamma_k magnitude_ij, k = `inner` + 4
+    terms a product sums, taken 2x), scaled by D; then Rump's Cholesky shift on D Q D.
+    False where a diagonal entry is not positive."""
+    diag = np.diag(q)
+    if not np.all(diag > 0) or not np.all(np.isfinite(q)):
+        return False
+    d = np.exp2(-np.round(np.log2(np.sqrt(diag))))
+    scaled = q * d[:, None] * d[None, :]
+    k = inner + 4
+    forming = 2 * k * EPS / (1 - k * EPS) * float(np.linalg.norm(
+        magnitude * d[:, None] * d[None, :], "fro"))
+    n = q.shape[0]
+    shift = forming + 4 * (n + 2) * EPS * float(np.abs(np.diag(scaled)).sum())
+    try:
+        scipy.linalg.cholesky(scaled - shift * np.eye(n), lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
+def magnitude(weights: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]],
+              rho: float, lams: list[np.ndarray]) -> np.ndarray:
+    """What `assemble` sums, with every term's absolute value (for verified_psd_scaled)."""
+    absolute = [np.abs(w) for w in weights]
+    plus = [(np.abs(a * b), np.abs((a + b) / 2)) for a, b in slopes]
+    # diagonal blocks: rho I or diag(lam) plus |a b| |W|^T Lam |W| (a' = b' = sqrt|a b|);
+    # the off-diagonal ones and the last block are set below
+    m = np.abs(assemble(absolute, [(np.sqrt(ab), np.sqrt(ab)) for ab, _ in plus], rho, lams))
+    dims = [weights[0].shape[1]] + [w.shape[0] for w in weights[:-1]]
+    offsets = np.concatenate([[0], np.cumsum(dims)])
+    for i, ((_, mid), lam) in enumerate(zip(plus, lams, strict=True), start=1):
+        rows, cols = slice(offsets[i - 1], offsets[i]), slice(offsets[i], offsets[i + 1])
+        m[rows, cols] = mid * (absolute[i - 1].T * lam)
+        m[cols, rows] = m[rows, cols].T
+    last = slice(offsets[-2], offsets[-1])
+    m[last, last] = np.diag(np.abs(lams[-1])) + absolute[-1].T @ absolute[-1]
+    return m
+
+
 def smallest_rho(base: np.ndarray, n0: int, rho: float) -> float | None:
     """Smallest rho' >= rho (to 1e-9 relative) with base + rho' E verified PSD, or None."""
     shift = np.r_[np.ones(n0), np.zeros(len(base) - n0)]
