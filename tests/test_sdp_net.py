@@ -202,3 +202,39 @@ def _sums(seed: int) -> Graph:
 def test_branches_that_sum_are_bounded_together():
     g = _sums(7)
     assert searched_norm(g) <= bound(g)
+
+
+def test_cli_method_sdp_net_holds_the_time_budget_and_reports_its_certificate(tmp_path):
+    """digits_cnn needs ~20 s for 300 evaluations: with --time-budget 3 the search is cut
+    (said in the report) and the float64 check still runs inside the cap."""
+    import json
+    from pathlib import Path
+
+    import jsonschema
+    from typer.testing import CliRunner
+
+    from lipcheck.cli import app
+    from lipcheck.report import load_schema
+    model = Path(__file__).resolve().parent.parent / "models" / "digits_cnn.onnx"
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["estimate", str(model), "--method", "sdp-net",
+                                      "--time-budget", "3", "--lower-budget", "0",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    jsonschema.validate(data, load_schema())
+    (net,) = [b for b in data["bounds"] if b["method"] == "sdp-net"]
+    assert net["seconds"] <= 3 + 1.0 and net["cut_by_budget"] and 0 < net["evaluations"] < 1500
+    assert net["kind"] == "upper" and net["certified"] and "Cholesky" in net["detail"]
+    assert "cut short by the time budget" in net["detail"]
+
+
+def test_nets_too_large_for_the_dense_check_are_refused_before_building(monkeypatch):
+    import lipcheck.estimators.upper.sdp_net as module
+
+    def never(*args, **kwargs):
+        raise AssertionError("built")
+    monkeypatch.setattr(module, "build_program", never)
+    g = pooled_net((70, 70), [(1, 3, 1)], [(2, 2)], seed=0)     # 4900 ReLU inputs
+    assert module.activation_units(g) == 4900 * 2
+    assert sdp_net(g, math.inf, False) is None

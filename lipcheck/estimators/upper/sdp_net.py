@@ -27,9 +27,9 @@ value (reproducible); the clock only caps (`cut_by_budget`).
 The certificate: the full Q at the best multipliers, verified PSD in float64 by
 sdp_certificate.verified_psd_scaled (a Cholesky of D Q D, D powers of two equilibrating
 the diagonal, with the forming error bounded from the same sums in absolute values) at
-rho raised by 1e-9 relative, then 1e-7 ... 1e-2 with bisection. The plain check
-(verified_psd, a shift of a multiple of tr(Q) on every coordinate) needed +1 % on
-digits_cnn, whose identity units' multipliers are 1e2 times the ReLUs'; scaled, +6e-7.
+rho raised by 1e-6 relative (then 1e-5 ... 1e-2). The plain check (verified_psd, a
+shift of a multiple of tr(Q) on every coordinate) needed +1 % on digits_cnn, whose
+identity units' multipliers are 1e2 times the ReLUs'; scaled, +1e-6 passes.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ from lipcheck.estimators.upper.sdp_certificate import (
     reduce_ends,
     verified_psd_scaled,
 )
-from lipcheck.graph import Graph
+from lipcheck.graph import Graph, OpKind
 from lipcheck.numerics import well_scaled
 from lipcheck.propagation.program import UnsupportedLocal, build_program
 from lipcheck.propagation.relu_net import ReluNet, relu_form
@@ -58,8 +58,8 @@ EVALUATIONS, QUICK_EVALUATIONS = 1500, 300   # rho(Lam) evaluations (a count: th
 QUICK_WORK = 1e9       # --method auto: multiply-adds of one evaluation at most (a count)
 HISTORY = 20           # L-BFGS memory
 CARRY_START = 10.0     # identity units start at 10x their layer's multiplier
-RAISES = (1e-9, 1e-7, 1e-5, 1e-3, 1e-2)   # rho raised by these (relative) for the check
-BISECTIONS = 4         # of the raise between the last failing and the first passing one
+RAISES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)   # rho raised by these (relative) for the check
+CHECKS_RESERVED = 3    # the search stops in time for this many float64 checks
 INFEASIBLE = 1e6       # an infeasible point's value: this times the start's (finite)
 SCALE_EVALUATIONS = 40  # first phase: two multiplier scales per layer
 GROWTH = 1e4           # a multiplier grows to at most this times its layer's largest start
@@ -242,26 +242,38 @@ def search(weights: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]
 
 
 def certify(weights: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]],
-            found: NetSdp) -> float | None:
-    """A rho >= found.rho with Q(rho, Lam) verified PSD in float64: the first of RAISES
-    that passes, narrowed by BISECTIONS halvings (in log) towards the last that failed;
-    None if none passes."""
-    def passes(raise_by: float) -> bool:
+            found: NetSdp, deadline: float = math.inf) -> float | None:
+    """found.rho raised by the first of RAISES with Q(rho, Lam) verified PSD in float64, or
+    None. After the first check, none starts that (as slow as the slowest so far) would
+    end after `deadline`."""
+    inner = max(w.shape[0] for w in weights)
+    slowest = 0.0
+    for raise_by in RAISES:
+        if slowest and time.monotonic() + slowest > deadline:
+            return None
+        began = time.monotonic()
         rho = found.rho * (1 + raise_by)
         q = assemble(weights, slopes, rho, found.lams)  # type: ignore[arg-type]
-        return verified_psd_scaled(q, magnitude(weights, slopes, rho, found.lams), inner)
-
-    inner = max(w.shape[0] for w in weights)
-
-    failed = 0.0
-    for raise_by in RAISES:
-        if passes(raise_by):
-            for _ in range(BISECTIONS if failed else 0):
-                middle = math.sqrt(failed * raise_by)
-                failed, raise_by = (failed, middle) if passes(middle) else (middle, raise_by)
-            return found.rho * (1 + raise_by)
-        failed = raise_by
+        if verified_psd_scaled(q, magnitude(weights, slopes, rho, found.lams), inner):
+            return rho
+        slowest = max(slowest, time.monotonic() - began)
     return None
+
+
+def check_seconds(weights: list[np.ndarray]) -> float:
+    """Predicted seconds of one float64 check: a Cholesky of Q and forming Q and its
+    absolute sums (two Gram products per layer), at this thread's matmul rate."""
+    from lipcheck.estimators.lower.cost import machine_rate
+    n = weights[0].shape[1] + sum(w.shape[0] for w in weights[:-1])
+    grams = sum(w.shape[1] ** 2 * w.shape[0] for w in weights)
+    return (n ** 3 / 3 + 2 * grams) / machine_rate() + 0.01
+
+
+def activation_units(graph: Graph) -> int:
+    """Entries into the graph's ReLUs and max pools: a floor on the ReLU form's units,
+    known before anything is built."""
+    return sum(math.prod(n.input_shapes[0]) for n in graph.nodes
+               if n.op in (OpKind.RELU, OpKind.MAX_POOL) and n.input_shapes)
 
 
 def _well_scaled(net: ReluNet) -> bool:
@@ -276,6 +288,8 @@ def sdp_net(graph: Graph, deadline: float, quick: bool) -> GlobalBound | None:
     (ops outside the ReLU form, Q larger than the float64 check takes, or in quick mode
     an evaluation above QUICK_WORK multiply-adds)."""
     start = time.monotonic()
+    if activation_units(graph) > VERIFY_MAX_DIM:
+        return None
     try:
         net = relu_form(build_program(graph))
     except UnsupportedLocal:
@@ -288,7 +302,9 @@ def sdp_net(graph: Graph, deadline: float, quick: bool) -> GlobalBound | None:
     work = evaluation_work(weights)
     if size > VERIFY_MAX_DIM or (quick and work > QUICK_WORK):
         return None
-    found = search(weights, slopes, QUICK_EVALUATIONS if quick else EVALUATIONS, deadline)
+    check = check_seconds(weights)
+    found = search(weights, slopes, QUICK_EVALUATIONS if quick else EVALUATIONS,
+                   deadline - CHECKS_RESERVED * check)
     carried = int(sum(int(lin.sum()) for lin in net.linear))
     extra = {"units": int(sum(net.widths)), "identity_units": carried,
              "layers": net.widths, "q_size": int(size),
@@ -303,7 +319,7 @@ def sdp_net(graph: Graph, deadline: float, quick: bool) -> GlobalBound | None:
     if found is None:
         return GlobalBound("sdp-net", math.inf, False, kind="estimate", seconds=seconds,
                            detail=head + ": no feasible start", extra=extra)
-    verified = certify(weights, slopes, found)
+    verified = certify(weights, slopes, found, deadline)
     seconds = time.monotonic() - start
     cut = "cut short by the time budget (value not reproducible); " if found.cut_by_budget else ""
     if verified is None:
