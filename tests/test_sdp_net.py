@@ -178,7 +178,8 @@ def test_auto_runs_it_and_the_report_names_it():
 
 def test_quick_mode_skips_nets_whose_evaluation_is_too_large(monkeypatch):
     import lipcheck.estimators.upper.sdp_net as module
-    monkeypatch.setattr(module, "QUICK_WORK", 1.0)
+    one = module.evaluation_work(net_of(residual_mlp())[1])
+    monkeypatch.setattr(module, "QUICK_TOTAL_WORK", 39 * one)   # 39 < 40 evaluations
     g = residual_mlp()
     assert sdp_net(g, math.inf, True) is None
     assert sdp_net(g, math.inf, False) is not None

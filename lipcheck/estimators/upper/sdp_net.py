@@ -55,7 +55,8 @@ from lipcheck.propagation.relu_net import ReluNet, relu_form
 from lipcheck.results import GlobalBound
 
 EVALUATIONS, QUICK_EVALUATIONS = 1500, 300   # rho(Lam) evaluations (a count: the value)
-QUICK_WORK = 1e9       # --method auto: multiply-adds of one evaluation at most (a count)
+QUICK_TOTAL_WORK = 6e11  # --method auto: multiply-adds of the whole search at most, so
+                         # min(300, this / one evaluation's), if that is >= SCALE_EVALUATIONS
 HISTORY = 20           # L-BFGS memory
 CARRY_START = 10.0     # identity units start at 10x their layer's multiplier
 RAISES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)   # rho raised by these (relative) for the check
@@ -286,7 +287,7 @@ def _well_scaled(net: ReluNet) -> bool:
 def sdp_net(graph: Graph, deadline: float, quick: bool) -> GlobalBound | None:
     """The certified sdp-net bound of the whole graph, or None where it does not apply
     (ops outside the ReLU form, Q larger than the float64 check takes, or in quick mode
-    an evaluation above QUICK_WORK multiply-adds)."""
+    fewer than SCALE_EVALUATIONS evaluations in QUICK_TOTAL_WORK multiply-adds)."""
     start = time.monotonic()
     if activation_units(graph) > VERIFY_MAX_DIM:
         return None
@@ -300,11 +301,11 @@ def sdp_net(graph: Graph, deadline: float, quick: bool) -> GlobalBound | None:
     slopes = unit_slopes(net)
     size = weights[0].shape[1] + sum(net.widths)
     work = evaluation_work(weights)
-    if size > VERIFY_MAX_DIM or (quick and work > QUICK_WORK):
+    evaluations = min(QUICK_EVALUATIONS, int(QUICK_TOTAL_WORK // work)) if quick else EVALUATIONS
+    if size > VERIFY_MAX_DIM or evaluations < SCALE_EVALUATIONS:
         return None
     check = check_seconds(weights)
-    found = search(weights, slopes, QUICK_EVALUATIONS if quick else EVALUATIONS,
-                   deadline - CHECKS_RESERVED * check)
+    found = search(weights, slopes, evaluations, deadline - CHECKS_RESERVED * check)
     carried = int(sum(int(lin.sum()) for lin in net.linear))
     extra = {"units": int(sum(net.widths)), "identity_units": carried,
              "layers": net.widths, "q_size": int(size),
