@@ -26,6 +26,7 @@ import torch
 
 from lipcheck.errors import UserError
 from lipcheck.estimators.upper.local_chain import chain_bounds
+from lipcheck.estimators.upper.local_net import net_bounds
 from lipcheck.graph import Graph
 from lipcheck.local_set import LocalSet
 from lipcheck.propagation import (
@@ -130,7 +131,8 @@ def _relu_bounds(program: Program, s: InputSet) -> tuple[Ranges, dict[str, torch
     return ranges, {"masked-autolip": masked_product(program, ranges),
                     "interval-jacobian": hull,
                     "slope-vertices": vertices,
-                    **chain_bounds(program, ranges)}
+                    **chain_bounds(program, ranges),
+                    **net_bounds(program, s, ranges)}
 
 
 def _describe(spec: LocalSet, s: InputSet) -> str:

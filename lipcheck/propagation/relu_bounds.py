@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lipcheck.propagation.input_set import InputSet
 from lipcheck.propagation.ranges import widen
 from lipcheck.propagation.relu_net import ReluNet
 
@@ -102,6 +103,27 @@ def crown_ranges(net: ReluNet, center: torch.Tensor, eps: float,
             mid, rad = (lo + hi) / 2 @ w.T + b, (hi - lo) / 2 @ w.abs().T
             c_lo, c_hi = _crown_layer(net, k, ranges, center, eps)
             bounds = widen(torch.maximum(mid - rad, c_lo), torch.minimum(mid + rad, c_hi))
+        known = None if prior is None else prior[k]
+        ranges.append(bounds if known is None else _intersect_first(bounds, known))
+    return ranges
+
+
+def interval_ranges(net: ReluNet, s: InputSet,
+                    prior: list[Range | None] | None = None) -> list[Range]:
+    """Ranges of z_0 .. z_(L-2) over each set of `s` (any kind): the first layer's exact
+    (InputSet.affine_range), then interval arithmetic, intersected with `prior` as in
+    crown_ranges and widened against rounding."""
+    ranges: list[Range] = []
+    for k in range(len(net.linear)):
+        w, b = net.weights[k], net.biases[k]
+        if k == 0:
+            batch = s.center.shape[0]
+            bounds = s.affine_range(w[None].expand(batch, -1, -1), b[None].expand(batch, -1))
+        else:
+            lo, hi = outputs(net, k - 1, ranges[-1])
+            mid, rad = (lo + hi) / 2 @ w.T + b, (hi - lo) / 2 @ w.abs().T
+            bounds = (mid - rad, mid + rad)
+        bounds = widen(*bounds)
         known = None if prior is None else prior[k]
         ranges.append(bounds if known is None else _intersect_first(bounds, known))
     return ranges

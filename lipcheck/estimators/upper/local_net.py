@@ -1,0 +1,76 @@
+"""sdp-net on input sets: LipSDP-Neuron of the ReLU form with each unit's slopes on the set.
+
+On a set, a ReLU unit of the form (propagation.relu_net) whose input range is <= 0 has
+slope 0 between any two points of the set, one whose range is >= 0 slope 1, the others
+[0, 1]; identity units 1. With those per-unit slopes sdp_net's search and float64 check
+bound the Lipschitz constant on the set (every incremental constraint holds for every
+pair of points in it). The ranges: CROWN on L2 balls (with the program's own ranges
+intersected), interval arithmetic from the exact first layer on boxes and Linf balls.
+Count-based like `--method auto`'s sdp-net: the sets share QUICK_TOTAL_WORK multiply-adds
+(each search at least SCALE_EVALUATIONS evaluations, else none runs), at most MAX_SETS sets.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from lipcheck.estimators.upper.sdp_certificate import VERIFY_MAX_DIM, reduce_ends
+from lipcheck.estimators.upper.sdp_net import (
+    SCALE_EVALUATIONS,
+    certified_lipschitz,
+    quick_evaluations,
+    well_scaled_net,
+)
+from lipcheck.propagation.input_set import InputSet
+from lipcheck.propagation.program import Program, UnsupportedLocal
+from lipcheck.propagation.ranges import Ranges
+from lipcheck.propagation.relu_bounds import Range, crown_ranges, interval_ranges
+from lipcheck.propagation.relu_net import ReluNet, relu_form
+
+MAX_SETS = 4
+
+
+def set_slopes(net: ReluNet, ranges: list[Range], b: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(a, b) per unit of each hidden layer on set b: identity [1, 1]; a ReLU [1, 1] if its
+    input is >= 0 on the set, [0, 0] if <= 0, else [0, 1]."""
+    out = []
+    for (lo, hi), linear in zip(ranges, net.linear, strict=True):
+        lin = linear.numpy()
+        out.append((np.where(lin | (lo[b].numpy() >= 0), 1.0, 0.0),
+                    np.where(lin | (hi[b].numpy() > 0), 1.0, 0.0)))
+    return out
+
+
+def form_ranges(net: ReluNet, s: InputSet, ranges: Ranges) -> list[Range]:
+    prior = [None if k is None else ranges.pre[k] for k in net.origin]
+    if s.kind == "l2":
+        return crown_ranges(net, s.center, float(s.radius), prior)
+    return interval_ranges(net, s, prior)
+
+
+def net_bounds(program: Program, s: InputSet, ranges: Ranges) -> dict[str, torch.Tensor]:
+    """{"sdp-net": (B,)} certified bounds on each set (inf where the check failed), or {}
+    where it does not apply (not a ReLU form, Q past the dense check, too many sets or
+    too little work per set)."""
+    if s.batch > MAX_SETS:
+        return {}
+    try:
+        net = relu_form(program)
+    except UnsupportedLocal:
+        return {}
+    if not net.widths or program.n_in + sum(net.widths) > VERIFY_MAX_DIM \
+            or not well_scaled_net(net):
+        return {}
+    weights = reduce_ends([w.numpy() for w in net.weights])
+    evaluations = quick_evaluations(weights, s.batch)
+    if evaluations < SCALE_EVALUATIONS:
+        return {}
+    found = form_ranges(net, s, ranges)
+    out = torch.full((s.batch,), math.inf, dtype=torch.float64)
+    for b in range(s.batch):
+        value = certified_lipschitz(weights, set_slopes(net, found, b), evaluations)
+        if value is not None:
+            out[b] = value
+    return {"sdp-net": out}

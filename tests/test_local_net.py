@@ -1,0 +1,93 @@
+"""sdp-net on input sets (local_net): LipSDP-Neuron of the ReLU form with each unit's
+slopes on the set. Truth: Jacobian norms at points sampled inside the set, the Jacobian
+at the centre where no unit changes sign on the set (the network is affine there), and
+the ReLU form's pre-activations at sampled points against the ranges the slopes come from."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from graphs import function_of, mlp
+from test_bab import residual_mlp
+from test_sdp_conv_pool import pooled_net
+
+from lipcheck.estimators.upper.local_net import form_ranges, net_bounds, set_slopes
+from lipcheck.propagation import InputSet, build_program, propagate
+from lipcheck.propagation.relu_net import relu_form
+
+GRAPHS = {"pool": lambda: pooled_net((6, 6), [(3, 3, 1), (2, 3, 1)], [(2, 2), None], seed=1),
+          "residual": lambda: residual_mlp(seed=1),
+          "mlp": lambda: mlp([4, 10, 8, 3], seed=3)}
+
+
+def make_set(kind: str, centres: torch.Tensor, radius: float) -> InputSet:
+    if kind == "box":
+        return InputSet.box(centres - radius, centres + 0.5 * radius)
+    return InputSet.ball(centres, radius, "2" if kind == "l2" else "inf")
+
+
+def inside(s: InputSet, b: int, count: int, gen: torch.Generator) -> torch.Tensor:
+    """Points of set b: uniform in a box, on rays of the ball (radius u^(1/n))."""
+    n = s.center.shape[1]
+    if s.kind == "l2":
+        d = torch.randn(count, n, generator=gen, dtype=torch.float64)
+        u = torch.rand(count, 1, generator=gen, dtype=torch.float64) ** (1 / n)
+        return s.center[b] + d / d.norm(dim=1, keepdim=True) * u * float(s.radius)
+    lo, hi = (t[b] for t in s.interval())
+    return lo + (hi - lo) * torch.rand(count, n, generator=gen, dtype=torch.float64)
+
+
+def setup(name: str, kind: str, radius: float, seed: int = 0):
+    g = GRAPHS[name]()
+    program = build_program(g)
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(2, program.n_in, generator=gen, dtype=torch.float64)
+    s = make_set(kind, centres, radius)
+    return g, program, s, propagate(program, s), gen
+
+
+@pytest.mark.parametrize("kind", ["l2", "linf", "box"])
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_the_local_bound_is_above_every_jacobian_norm_found_in_the_set(name, kind):
+    g, program, s, ranges, gen = setup(name, kind, 0.6)
+    found = net_bounds(program, s, ranges)["sdp-net"]
+    f = function_of(g)
+    for b in range(s.batch):
+        assert math.isfinite(float(found[b]))
+        points = inside(s, b, 60, gen)
+        norms = [float(torch.linalg.matrix_norm(torch.autograd.functional.jacobian(f, x), 2))
+                 for x in points]
+        assert max(norms) <= float(found[b])
+
+
+@pytest.mark.parametrize("kind", ["l2", "linf", "box"])
+def test_the_ranges_behind_the_slopes_contain_the_pre_activations(kind):
+    _, program, s, ranges, gen = setup("pool", kind, 0.6)
+    net = relu_form(program)
+    found = form_ranges(net, s, ranges)
+    for b in range(s.batch):
+        zs = net.pre_activations(inside(s, b, 300, gen))
+        for (lo, hi), z in zip(found, zs, strict=False):
+            assert torch.all(z >= lo[b]) and torch.all(z <= hi[b])
+
+
+def test_where_no_unit_changes_sign_the_bound_is_the_jacobian_at_the_centre():
+    """A small ball: every ReLU's slope is fixed, the net is affine on it, and the bound
+    with those slopes is its Jacobian's norm (within 2 %; the global bound is far above)."""
+    g, program, s, ranges, _ = setup("pool", "l2", 1e-4, seed=2)
+    net = relu_form(program)
+    found = net_bounds(program, s, ranges)["sdp-net"]
+    f = function_of(g)
+    for b in range(s.batch):
+        slopes = set_slopes(net, form_ranges(net, s, ranges), b)
+        assert all(((a == 0) | (c == 1)).all() and (a == c).all() for a, c in slopes)
+        exact = float(torch.linalg.matrix_norm(
+            torch.autograd.functional.jacobian(f, s.center[b]), 2))
+        assert exact <= float(found[b]) <= 1.02 * exact
+
+
+def test_more_sets_than_it_takes_leave_it_out():
+    _, program, s, ranges, _ = setup("pool", "l2", 0.5)
+    many = InputSet.ball(s.center.repeat(3, 1), 0.5, "2")
+    assert net_bounds(program, many, propagate(program, many)) == {}
