@@ -83,8 +83,13 @@ def verified_psd(q: np.ndarray) -> bool:
     Cholesky factorisation of Q - c I succeeds with c above Cholesky's backward error,
     (n + 1) eps / (1 - (n + 1) eps) tr(Q) (Rump, BIT 46, 2006), taken 4x. A Cholesky is
     ~10x cheaper than the smallest eigenvalue, and the check is as strict."""
+    return _shifted_cholesky(q, 32 * q.shape[0] * EPS * float(np.linalg.norm(q, "fro")))
+
+
+def _shifted_cholesky(q: np.ndarray, forming: float) -> bool:
+    """A Cholesky of Q - c I succeeds, c = `forming` + Rump's bound on Cholesky's backward
+    error taken 4x, 4 (n + 2) eps tr|Q|."""
     n = q.shape[0]
-    forming = 32 * n * EPS * float(np.linalg.norm(q, "fro"))
     shift = forming + 4 * (n + 2) * EPS * float(np.abs(np.diag(q)).sum())
     try:
         scipy.linalg.cholesky(q - shift * np.eye(n), lower=True, check_finite=False)
@@ -109,13 +114,7 @@ def verified_psd_scaled(q: np.ndarray, magnitude: np.ndarray, inner: int) -> boo
     k = inner + 4
     forming = 2 * k * EPS / (1 - k * EPS) * float(np.linalg.norm(
         magnitude * d[:, None] * d[None, :], "fro"))
-    n = q.shape[0]
-    shift = forming + 4 * (n + 2) * EPS * float(np.abs(np.diag(scaled)).sum())
-    try:
-        scipy.linalg.cholesky(scaled - shift * np.eye(n), lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        return False
-    return True
+    return _shifted_cholesky(scaled, forming)
 
 
 def magnitude(weights: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]],
