@@ -360,4 +360,5 @@ def _robustness(graph: Graph, report: Report, thresholds: Thresholds) -> Robustn
         return None
     from lipcheck.gate.robustness import certify, load_data
     x, y = load_data(thresholds.data)
-    return certify(graph, report, x, y, thresholds.eps, bab_domains=thresholds.bab_domains or 0)
+    return certify(graph, report, x, y, thresholds.eps, bab_domains=thresholds.bab_domains or 0,
+                   sdp_margins=thresholds.sdp_margins or 0)

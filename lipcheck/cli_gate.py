@@ -43,6 +43,10 @@ def check(
     bab_domains: int | None = typer.Option(
         None, help="branch and bound on the margins the local bounds leave at --eps: "
                    "domains per margin (a count; default 0: off)"),
+    sdp_margins: int | None = typer.Option(
+        None, help="then LipSDP-Neuron (sdp-net) of each margin still open on its ball: "
+                   "evaluations per margin (a count, e.g. 120; default 0: off; ~8 s a margin "
+                   "on models/digits_cnn)"),
     config: Path | None = typer.Option(None, help="TOML file with the thresholds (default: "
                                           "./lipcheck.toml, else [tool.lipcheck] in "
                                           "./pyproject.toml)"),
@@ -85,7 +89,8 @@ def check(
             input_shapes=shapes, settings=settings, options=options,
             max_lipschitz=max_lipschitz, max_layer=max_layer, baseline=baseline,
             max_increase=max_increase, require_certified=require_certified, data=data, eps=eps,
-            min_certified_accuracy=min_certified_accuracy, bab_domains=bab_domains)
+            min_certified_accuracy=min_certified_accuracy, bab_domains=bab_domains,
+            sdp_margins=sdp_margins)
         write_outputs(verdict, junit, markdown, json_path)
         print_verdict(verdict, quiet)
         return verdict.exit_code

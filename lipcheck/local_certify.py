@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from lipcheck.estimators.upper.local_net import margin_lipschitz
 from lipcheck.graph import Graph
 from lipcheck.local_shells import Shells, certificate, collect, shell_radius
 from lipcheck.propagation import InputSet, Program, UnsupportedLocal, build_program, propagate
 from lipcheck.propagation.bab import Limits, verify
 from lipcheck.propagation.jacobian import row_norm_bounds
 from lipcheck.propagation.ranges import Ranges, back_substitute
+from lipcheck.propagation.relu_bounds import crown_ranges
 from lipcheck.propagation.relu_net import relu_form
 from lipcheck.propagation.vertices import vertex_bounds
 
@@ -52,6 +54,7 @@ class LocalRobustness:
     skipped: str | None = None          # why no local certification was made
     shells: int = 1                     # nested balls used (1: the whole ball only)
     bab: dict[str, Any] | None = None   # branch and bound on the margins left (bab_domains > 0)
+    sdp: dict[str, Any] | None = None   # sdp-net constants of the margins left (sdp_margins > 0)
 
     @property
     def certified_accuracy(self) -> float | None:
@@ -67,7 +70,8 @@ class LocalRobustness:
                 "unstable_units": self.unstable, "seconds": round(self.seconds, 6),
                 "lipschitz": [round(float(v), 8) for v in self.lipschitz],
                 "radii": [round(float(r), 8) for r in self.radii],
-                **({} if self.bab is None else {"branch_and_bound": self.bab})}
+                **({} if self.bab is None else {"branch_and_bound": self.bab}),
+                **({} if self.sdp is None else {"sdp_margins": self.sdp})}
 
 
 def margin_rows(pred: torch.Tensor, classes: int) -> torch.Tensor:
@@ -94,10 +98,11 @@ def margin_bounds(program: Program, centers: torch.Tensor, eps: float, rows: tor
 
 def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray,
                   eps: float, shells: int = SHELLS, lower: bool = True,
-                  bab_domains: int = 0) -> LocalRobustness:
+                  bab_domains: int = 0, sdp_margins: int = 0) -> LocalRobustness:
     """Which samples keep their (correct) class on all of B(x, eps), from local bounds
     on the ball and, for the samples it leaves, on `shells` nested balls (local_shells),
-    then (`bab_domains` > 0) branch and bound on the margins still open (`bab_margins`).
+    then (`bab_domains` > 0) branch and bound on the margins still open (`bab_margins`),
+    then (`sdp_margins` > 0) sdp-net constants of the margins still open (`sdp_stage`).
     `lower=False` drops the margins' CROWN lower bounds (constants only: for comparisons)."""
     start = time.perf_counter()
     pred = logits.argmax(axis=1)
@@ -125,14 +130,19 @@ def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray
     found = collect(bounds, (k, low), margins, candidates, eps, max(1, shells))
     shown = certificate(found, margins, eps) > 0
     certified = correct & np.all(shown, axis=1)
-    bab = None
+    bab, sdp = None, None
+    open_rows = (correct & np.all(margins > 0, axis=1) & ~certified)[:, None] & ~shown
     if bab_domains > 0:
-        open_rows = (correct & np.all(margins > 0, axis=1) & ~certified)[:, None] & ~shown
         bab = bab_margins(program, ranges, centers, eps, rows, open_rows, bab_domains)
         certified = certified | bab.pop("certified")
+        open_rows = open_rows & ~bab.pop("proved") & ~certified[:, None]
+    if sdp_margins > 0:
+        sdp = sdp_stage(program, ranges, centers, eps, pred, open_rows, margins, sdp_margins)
+        certified = certified | sdp.pop("certified")
     radii = np.where(certified, eps, np.where(correct, _radius(found, margins, eps), 0.0))
     return LocalRobustness(eps, certified, k.max(axis=1), radii, unstable,
-                           time.perf_counter() - start, shells=max(1, shells), bab=bab)
+                           time.perf_counter() - start, shells=max(1, shells), bab=bab,
+                           sdp=sdp)
 
 
 def bab_margins(program: Program, ranges: Ranges, centers: torch.Tensor, eps: float,
@@ -143,10 +153,12 @@ def bab_margins(program: Program, ranges: Ranges, centers: torch.Tensor, eps: fl
     some is proved, with counts for the report (or `skipped` and why)."""
     start = time.perf_counter()
     none = np.zeros(len(open_rows), dtype=bool)
+    proved_rows = np.zeros_like(open_rows)
     try:
         net = relu_form(program)
     except UnsupportedLocal as exc:
-        return {"certified": none, "domains": domains, "skipped": str(exc)}
+        return {"certified": none, "proved": proved_rows, "domains": domains,
+                "skipped": str(exc)}
     sample, row = np.nonzero(open_rows)
     tried = np.unique(sample)
     index = torch.from_numpy(tried)
@@ -157,11 +169,63 @@ def bab_margins(program: Program, ranges: Ranges, centers: torch.Tensor, eps: fl
     proved = none.copy()
     failed = np.unique(sample[~outcome.certified.numpy()])
     proved[np.setdiff1d(tried, failed)] = True
-    return {"certified": proved, "domains": domains, "samples_tried": int(len(tried)),
+    proved_rows[sample, row] = outcome.certified.numpy()
+    return {"certified": proved, "proved": proved_rows, "domains": domains,
+            "samples_tried": int(len(tried)),
             "samples_certified": int(proved.sum()), "margins_tried": int(len(sample)),
             "margins_certified": int(outcome.certified.sum()),
             "margins_attacked": int(outcome.attacked.sum()),
             "seconds": round(time.perf_counter() - start, 6)}
+
+
+def sdp_stage(program: Program, ranges: Ranges, centers: torch.Tensor, eps: float,
+              pred: np.ndarray, open_rows: np.ndarray, margins: np.ndarray,
+              evaluations: int) -> dict[str, Any]:
+    """The margins `open_rows` (N, C) by sdp-net's constant K of f_c - f_j on B(x, eps)
+    (LipSDP-Neuron of the ReLU form with each unit's slopes on the ball): proved where
+    the margin (less SLACK, as given) exceeds eps K. A sample is tried when every open
+    margin exceeds eps times its gradient norm at x (K can be no smaller), its smallest
+    margin first; it stops at the first margin left open. `certified` (N,) and counts."""
+    start = time.perf_counter()
+    none = np.zeros(len(open_rows), dtype=bool)
+    try:
+        net = relu_form(program)
+    except UnsupportedLocal as exc:
+        return {"certified": none, "evaluations": evaluations, "skipped": str(exc)}
+    tried = [i for i in np.nonzero(open_rows.any(axis=1))[0]
+             if _hopeful(program, centers[i], pred[i], open_rows[i], margins[i], eps)]
+    certified, margins_tried, margins_proved = none.copy(), 0, 0
+    if tried:
+        index = torch.from_numpy(np.asarray(tried))
+        s = InputSet.ball(centers[index], eps, "2")
+        prior = [None if k is None else (ranges.pre[k][0][index], ranges.pre[k][1][index])
+                 for k in net.origin]
+        form = crown_ranges(net, s.center, eps, prior)
+        for b, i in enumerate(tried):
+            certified[i] = True
+            order = np.argsort(np.where(open_rows[i], margins[i], np.inf))
+            for j in order[:open_rows[i].sum()]:
+                row = torch.zeros(margins.shape[1], dtype=torch.float64)
+                row[pred[i]], row[j] = 1.0, -1.0
+                k = margin_lipschitz(net, form, b, row, evaluations)
+                margins_tried += 1
+                if k is None or not margins[i, j] > eps * k:
+                    certified[i] = False
+                    break
+                margins_proved += 1
+    return {"certified": certified, "evaluations": evaluations,
+            "samples_tried": len(tried), "samples_certified": int(certified.sum()),
+            "margins_tried": margins_tried, "margins_certified": margins_proved,
+            "seconds": round(time.perf_counter() - start, 6)}
+
+
+def _hopeful(program: Program, center: torch.Tensor, c: int, open_row: np.ndarray,
+             margin: np.ndarray, eps: float) -> bool:
+    """Every open margin exceeds eps times ||grad (f_c - f_j)(x)||, a lower bound of any
+    constant of f_c - f_j on the ball."""
+    jac = torch.func.jacrev(lambda v: program.run(v[None])[0])(center)
+    grads = torch.linalg.vector_norm(jac[c][None] - jac, dim=1).numpy()
+    return bool(np.all(margin[open_row] > eps * grads[open_row]))
 
 
 def _radius(found: Shells, margins: np.ndarray, eps: float) -> np.ndarray:

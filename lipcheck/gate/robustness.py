@@ -223,10 +223,12 @@ def radii(logits: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def certify(graph: Graph, report: Report, x: np.ndarray, y: np.ndarray,
-            eps: float | None = None, local: bool = True, bab_domains: int = 0) -> Robustness:
+            eps: float | None = None, local: bool = True, bab_domains: int = 0,
+            sdp_margins: int = 0) -> Robustness:
     """Clean accuracy, certified radii and (at eps) certified accuracy on (x, y); with
     `local`, a sample also counts when local constants on B(x, eps) certify it, or
-    (`bab_domains` > 0) branch and bound on its margins with that many domains each."""
+    (`bab_domains` > 0) branch and bound on its margins with that many domains each, or
+    (`sdp_margins` > 0) sdp-net constants of the margins left on its ball."""
     start = time.perf_counter()
     logits = predict(graph, x).numpy()
     classes = logits.shape[1]
@@ -238,7 +240,8 @@ def certify(graph: Graph, report: Report, x: np.ndarray, y: np.ndarray,
     correct = pred == y
     radius = np.where(correct, radius, 0.0)
     cert_acc = float(np.mean(correct & (radius > eps))) if eps is not None else None
-    on_balls = (certify_local(graph, x, y, logits, eps, bab_domains=bab_domains)
+    on_balls = (certify_local(graph, x, y, logits, eps, bab_domains=bab_domains,
+                              sdp_margins=sdp_margins)
                 if local and eps is not None else None)
     best = cert_acc
     if on_balls is not None and on_balls.certified is not None:

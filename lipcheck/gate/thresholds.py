@@ -21,7 +21,7 @@ else:  # Python 3.10: the same parser as a package
     import tomli as tomllib  # type: ignore[import-not-found]
 
 CONFIG_KEYS = ("max-lipschitz", "max-layer", "baseline", "max-increase", "require-certified",
-               "min-certified-accuracy", "eps", "data", "bab-domains")
+               "min-certified-accuracy", "eps", "data", "bab-domains", "sdp-margins")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Thresholds:
     eps: float | None = None
     data: Path | None = None
     bab_domains: int | None = None         # branch and bound per margin at --eps (0: off)
+    sdp_margins: int | None = None         # sdp-net evaluations per margin left (0: off)
 
     def merged_over(self, lower: Thresholds) -> Thresholds:
         """These values, with `lower`'s where these are None."""
@@ -50,9 +51,11 @@ class Thresholds:
                 raise UserError(f"{_option(name)} {value}: must be a finite number >= 0")
         if self.eps is not None and not (math.isfinite(self.eps) and self.eps > 0):
             raise UserError(f"--eps {self.eps}: must be a finite number > 0")
-        bab = self.bab_domains
-        if bab is not None and (isinstance(bab, bool) or not isinstance(bab, int) or bab < 0):
-            raise UserError(f"--bab-domains {bab}: must be a whole number >= 0")
+        for name in ("bab_domains", "sdp_margins"):
+            count = getattr(self, name)
+            if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                                      or count < 0):
+                raise UserError(f"{_option(name)} {count}: must be a whole number >= 0")
         acc = self.min_certified_accuracy
         if acc is not None and not 0 <= acc <= 1:
             raise UserError(f"--min-certified-accuracy {acc}: must lie in [0, 1] (or 0%-100%)")
@@ -107,14 +110,16 @@ def thresholds_from_table(table: dict[str, Any], base: Path, source: str) -> Thr
         require_certified=required,
         min_certified_accuracy=parse_fraction(table.get("min-certified-accuracy"),
                                               f"{source}: min-certified-accuracy"),
-        eps=num("eps"), data=path("data"), bab_domains=_whole(table.get("bab-domains"), source))
+        eps=num("eps"), data=path("data"),
+        bab_domains=_whole(table.get("bab-domains"), source, "bab-domains"),
+        sdp_margins=_whole(table.get("sdp-margins"), source, "sdp-margins"))
 
 
-def _whole(value: Any, source: str) -> int | None:
+def _whole(value: Any, source: str, key: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UserError(f"{source}: bab-domains must be a whole number >= 0, got {value!r}")
+        raise UserError(f"{source}: {key} must be a whole number >= 0, got {value!r}")
     return value
 
 

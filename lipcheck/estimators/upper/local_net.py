@@ -74,3 +74,12 @@ def net_bounds(program: Program, s: InputSet, ranges: Ranges) -> dict[str, torch
         if value is not None:
             out[b] = value
     return {"sdp-net": out}
+
+
+def margin_lipschitz(net: ReluNet, ranges: list[Range], b: int, row: torch.Tensor,
+                     evaluations: int) -> float | None:
+    """The certified sdp-net constant of x -> row . f(x) on set b (its ReLU-form `ranges`),
+    or None where the float64 check failed."""
+    weights = [w.numpy() for w in net.weights]
+    weights[-1] = (row.numpy() @ weights[-1])[None]
+    return certified_lipschitz(reduce_ends(weights), set_slopes(net, ranges, b), evaluations)

@@ -1,0 +1,74 @@
+"""`check --sdp-margins N`: the margins the local rule (and branch and bound) leave, by
+sdp-net's constant of f_c - f_j on each sample's ball. Truth: PGD on the ball (a certified
+sample keeps its class), the constants against gradient norms sampled inside the ball, and
+the option's validation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from graphs import function_of
+from test_local import attack
+from test_sdp_conv_pool import pooled_net
+
+from lipcheck.errors import UserError
+from lipcheck.estimators.upper.local_net import margin_lipschitz
+from lipcheck.gate.robustness import predict
+from lipcheck.gate.thresholds import Thresholds, thresholds_from_table
+from lipcheck.local_certify import certify_local
+from lipcheck.propagation import InputSet, build_program, propagate
+from lipcheck.propagation.relu_bounds import crown_ranges
+from lipcheck.propagation.relu_net import relu_form
+
+EPS = 0.4
+
+
+def data():
+    graph = pooled_net((6, 6), [(3, 3, 1), (2, 3, 1)], [(2, 2), None], seed=1)
+    x = np.random.default_rng(0).normal(size=(30, 36))
+    logits = predict(graph, x).numpy()
+    return graph, x, logits.argmax(axis=1), logits
+
+
+def test_the_sdp_stage_certifies_more_and_every_sample_survives_an_attack():
+    graph, x, y, logits = data()
+    plain = certify_local(graph, x, y, logits, EPS)
+    more = certify_local(graph, x, y, logits, EPS, sdp_margins=100)
+    assert np.all(more.certified >= plain.certified)
+    assert more.certified.sum() > plain.certified.sum()
+    report = more.to_dict()["sdp_margins"]
+    assert report["samples_certified"] == more.certified.sum() - plain.certified.sum()
+    assert report["margins_certified"] <= report["margins_tried"]
+    assert report["samples_tried"] <= int((~plain.certified).sum())
+    for i in np.flatnonzero(more.certified & ~plain.certified):
+        assert not attack(graph, x[i], y[i], EPS, steps=80), i
+
+
+def test_a_margin_constant_is_above_the_margins_gradient_inside_the_ball():
+    graph, x, y, _ = data()
+    program = build_program(graph)
+    net = relu_form(program)
+    centres = torch.from_numpy(x[:3])
+    ranges = propagate(program, InputSet.ball(centres, EPS, "2"))
+    prior = [None if k is None else ranges.pre[k] for k in net.origin]
+    form = crown_ranges(net, centres, EPS, prior)
+    f = function_of(graph)
+    gen = torch.Generator().manual_seed(0)
+    for b in range(3):
+        row = torch.zeros(3, dtype=torch.float64)
+        row[y[b]], row[(y[b] + 1) % 3] = 1.0, -1.0
+        k = margin_lipschitz(net, form, b, row, 100)
+        assert k is not None
+        for _ in range(40):
+            d = torch.randn(36, generator=gen, dtype=torch.float64)
+            point = centres[b] + d / d.norm() * EPS * torch.rand(1, generator=gen).item()
+            grad = row @ torch.autograd.functional.jacobian(f, point)
+            assert float(grad.norm()) <= k
+
+
+def test_sdp_margins_is_a_whole_number_option_and_config_key(tmp_path):
+    assert thresholds_from_table({"sdp-margins": 120}, tmp_path, "cfg").sdp_margins == 120
+    with pytest.raises(UserError, match="sdp-margins"):
+        thresholds_from_table({"sdp-margins": 1.5}, tmp_path, "cfg")
+    with pytest.raises(UserError, match="sdp-margins"):
+        Thresholds(sdp_margins=-1).validated()
