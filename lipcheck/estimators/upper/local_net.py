@@ -16,18 +16,18 @@ import math
 import numpy as np
 import torch
 
-from lipcheck.estimators.upper.sdp_certificate import VERIFY_MAX_DIM, reduce_ends
+from lipcheck.estimators.upper.sdp_certificate import reduce_ends
 from lipcheck.estimators.upper.sdp_net import (
     SCALE_EVALUATIONS,
     certified_lipschitz,
+    dense_form,
     quick_evaluations,
-    well_scaled_net,
 )
 from lipcheck.propagation.input_set import InputSet
-from lipcheck.propagation.program import Program, UnsupportedLocal
+from lipcheck.propagation.program import Program
 from lipcheck.propagation.ranges import Ranges
 from lipcheck.propagation.relu_bounds import Range, crown_ranges, interval_ranges
-from lipcheck.propagation.relu_net import ReluNet, relu_form
+from lipcheck.propagation.relu_net import ReluNet
 
 MAX_SETS = 4
 
@@ -54,16 +54,10 @@ def net_bounds(program: Program, s: InputSet, ranges: Ranges) -> dict[str, torch
     """{"sdp-net": (B,)} certified bounds on each set (inf where the check failed), or {}
     where it does not apply (not a ReLU form, Q past the dense check, too many sets or
     too little work per set)."""
-    if s.batch > MAX_SETS:
+    form = dense_form(program) if s.batch <= MAX_SETS else None
+    if form is None:
         return {}
-    try:
-        net = relu_form(program)
-    except UnsupportedLocal:
-        return {}
-    if not net.widths or program.n_in + sum(net.widths) > VERIFY_MAX_DIM \
-            or not well_scaled_net(net):
-        return {}
-    weights = reduce_ends([w.numpy() for w in net.weights])
+    net, weights = form
     evaluations = quick_evaluations(weights, s.batch)
     if evaluations < SCALE_EVALUATIONS:
         return {}

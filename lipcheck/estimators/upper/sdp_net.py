@@ -55,7 +55,7 @@ from lipcheck.estimators.upper.sdp_certificate import (
 )
 from lipcheck.graph import Graph, OpKind
 from lipcheck.numerics import well_scaled
-from lipcheck.propagation.program import UnsupportedLocal, build_program
+from lipcheck.propagation.program import Program, UnsupportedLocal, build_program
 from lipcheck.propagation.relu_net import ReluNet, relu_form
 from lipcheck.results import GlobalBound
 
@@ -153,8 +153,8 @@ class _Search:
     """The evaluations of rho shared by the search's phases: a count, the clock, and the
     best point seen (as multipliers)."""
 
-    def __init__(self, rho: _Rho, evaluations: int, deadline: float) -> None:
-        self.rho, self.evaluations, self.deadline = rho, evaluations, deadline
+    def __init__(self, rho: _Rho, deadline: float) -> None:
+        self.rho, self.deadline = rho, deadline
         self.count, self.slowest, self.high = 0, 0.0, math.inf
         self.best: tuple[float, list[np.ndarray]] | None = None
 
@@ -228,7 +228,7 @@ def search(weights: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]
         return None
     tops = [lam.max().log() for lam in start]
     caps = [(top - math.log(FLOOR), top + math.log(GROWTH)) for top in tops]
-    found = _Search(rho, evaluations, deadline)
+    found = _Search(rho, deadline)
     scales = [torch.zeros(2, dtype=torch.float64, requires_grad=True) for _ in start]
 
     def scaled() -> list[torch.Tensor]:
@@ -291,6 +291,22 @@ def well_scaled_net(net: ReluNet) -> bool:
     return well_scaled(norms + [math.prod(norms)])
 
 
+def dense_form(program: Program) -> tuple[ReluNet, list[np.ndarray]] | None:
+    """The program's ReLU form and its weights with both ends reduced (reduce_ends), or
+    None where sdp-net does not apply: not a ReLU form, no hidden layer, weights outside
+    the safe float64 range, or Q (input block + hidden units) past VERIFY_MAX_DIM."""
+    try:
+        net = relu_form(program)
+    except UnsupportedLocal:
+        return None
+    if not net.widths or not well_scaled_net(net):
+        return None
+    weights = reduce_ends([w.numpy() for w in net.weights])
+    if weights[0].shape[1] + sum(net.widths) > VERIFY_MAX_DIM:
+        return None
+    return net, weights
+
+
 def quick_evaluations(weights: list[np.ndarray], runs: int = 1) -> int:
     """Evaluations each of `runs` searches gets in QUICK_TOTAL_WORK (at most 300)."""
     return min(QUICK_EVALUATIONS, int(QUICK_TOTAL_WORK // (evaluation_work(weights) * runs)))
@@ -312,16 +328,16 @@ def sdp_net(graph: Graph, deadline: float, quick: bool) -> GlobalBound | None:
     if activation_units(graph) > VERIFY_MAX_DIM:
         return None
     try:
-        net = relu_form(build_program(graph))
+        form = dense_form(build_program(graph))
     except UnsupportedLocal:
         return None
-    if not net.widths or not well_scaled_net(net):
+    if form is None:
         return None
-    weights = reduce_ends([w.numpy() for w in net.weights])
+    net, weights = form
     slopes = unit_slopes(net)
     size = weights[0].shape[1] + sum(net.widths)
     evaluations = quick_evaluations(weights) if quick else EVALUATIONS
-    if size > VERIFY_MAX_DIM or evaluations < SCALE_EVALUATIONS:
+    if evaluations < SCALE_EVALUATIONS:
         return None
     check = check_seconds(weights)
     found = search(weights, slopes, evaluations, deadline - CHECKS_RESERVED * check)
