@@ -31,8 +31,8 @@ from lipcheck.propagation import InputSet, Program, UnsupportedLocal, build_prog
 from lipcheck.propagation.bab import Limits, verify
 from lipcheck.propagation.jacobian import row_norm_bounds
 from lipcheck.propagation.ranges import Ranges, back_substitute
-from lipcheck.propagation.relu_bounds import crown_ranges
-from lipcheck.propagation.relu_net import relu_form
+from lipcheck.propagation.relu_bounds import Range, crown_ranges
+from lipcheck.propagation.relu_net import ReluNet, relu_form
 from lipcheck.propagation.vertices import vertex_bounds
 
 SHELLS = 4    # nested balls for the samples the whole ball leaves (count-based)
@@ -132,12 +132,18 @@ def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray
     certified = correct & np.all(shown, axis=1)
     bab, sdp = None, None
     open_rows = (correct & np.all(margins > 0, axis=1) & ~certified)[:, None] & ~shown
+    net, why = _relu_form(program) if bab_domains > 0 or sdp_margins > 0 else (None, "")
+    skip = {"certified": np.zeros_like(certified), "skipped": why}
     if bab_domains > 0:
-        bab = bab_margins(program, ranges, centers, eps, rows, open_rows, bab_domains)
+        bab = ({**skip, "proved": np.zeros_like(open_rows), "domains": bab_domains}
+               if net is None else
+               bab_margins(net, ranges, centers, eps, rows, open_rows, bab_domains))
         certified = certified | bab.pop("certified")
         open_rows = open_rows & ~bab.pop("proved") & ~certified[:, None]
     if sdp_margins > 0:
-        sdp = sdp_stage(program, ranges, centers, eps, pred, open_rows, margins, sdp_margins)
+        sdp = ({**skip, "evaluations": sdp_margins} if net is None else
+               sdp_stage(net, program, ranges, centers, eps, pred, open_rows, margins,
+                         sdp_margins))
         certified = certified | sdp.pop("certified")
     radii = np.where(certified, eps, np.where(correct, _radius(found, margins, eps), 0.0))
     return LocalRobustness(eps, certified, k.max(axis=1), radii, unstable,
@@ -145,27 +151,34 @@ def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray
                            sdp=sdp)
 
 
-def bab_margins(program: Program, ranges: Ranges, centers: torch.Tensor, eps: float,
+def _relu_form(program: Program) -> tuple[ReluNet | None, str]:
+    """The program's ReLU form for the margin stages, or None and why not."""
+    try:
+        return relu_form(program), ""
+    except UnsupportedLocal as exc:
+        return None, str(exc)
+
+
+def _prior(net: ReluNet, ranges: Ranges, index: torch.Tensor) -> list[Range | None]:
+    """The program's ranges of the samples `index` on the ReLU form's layers they start."""
+    return [None if k is None else (ranges.pre[k][0][index], ranges.pre[k][1][index])
+            for k in net.origin]
+
+
+def bab_margins(net: ReluNet, ranges: Ranges, centers: torch.Tensor, eps: float,
                 rows: torch.Tensor, open_rows: np.ndarray, domains: int) -> dict[str, Any]:
     """Branch and bound (`propagation.bab`) on the margins `open_rows` (N, C) of samples
     nothing else certified, with the program's `ranges` on the balls (tighter through
     pools than the ReLU form's): `certified` (N,) where every open margin of a sample with
-    some is proved, with counts for the report (or `skipped` and why)."""
+    some is proved, `proved` (N, C) the margins proved, with counts for the report."""
     start = time.perf_counter()
     none = np.zeros(len(open_rows), dtype=bool)
     proved_rows = np.zeros_like(open_rows)
-    try:
-        net = relu_form(program)
-    except UnsupportedLocal as exc:
-        return {"certified": none, "proved": proved_rows, "domains": domains,
-                "skipped": str(exc)}
     sample, row = np.nonzero(open_rows)
     tried = np.unique(sample)
     index = torch.from_numpy(tried)
-    prior = [None if k is None else (ranges.pre[k][0][index], ranges.pre[k][1][index])
-             for k in net.origin]
     outcome = verify(net, centers[index], eps, torch.from_numpy(np.searchsorted(tried, sample)),
-                     rows[sample, row], Limits(domains=domains), prior=prior)
+                     rows[sample, row], Limits(domains=domains), prior=_prior(net, ranges, index))
     proved = none.copy()
     failed = np.unique(sample[~outcome.certified.numpy()])
     proved[np.setdiff1d(tried, failed)] = True
@@ -178,8 +191,8 @@ def bab_margins(program: Program, ranges: Ranges, centers: torch.Tensor, eps: fl
             "seconds": round(time.perf_counter() - start, 6)}
 
 
-def sdp_stage(program: Program, ranges: Ranges, centers: torch.Tensor, eps: float,
-              pred: np.ndarray, open_rows: np.ndarray, margins: np.ndarray,
+def sdp_stage(net: ReluNet, program: Program, ranges: Ranges, centers: torch.Tensor,
+              eps: float, pred: np.ndarray, open_rows: np.ndarray, margins: np.ndarray,
               evaluations: int) -> dict[str, Any]:
     """The margins `open_rows` (N, C) by sdp-net's constant K of f_c - f_j on B(x, eps)
     (LipSDP-Neuron of the ReLU form with each unit's slopes on the ball): proved where
@@ -188,19 +201,12 @@ def sdp_stage(program: Program, ranges: Ranges, centers: torch.Tensor, eps: floa
     margin first; it stops at the first margin left open. `certified` (N,) and counts."""
     start = time.perf_counter()
     none = np.zeros(len(open_rows), dtype=bool)
-    try:
-        net = relu_form(program)
-    except UnsupportedLocal as exc:
-        return {"certified": none, "evaluations": evaluations, "skipped": str(exc)}
     tried = [i for i in np.nonzero(open_rows.any(axis=1))[0]
              if _hopeful(program, centers[i], pred[i], open_rows[i], margins[i], eps)]
     certified, margins_tried, margins_proved = none.copy(), 0, 0
     if tried:
         index = torch.from_numpy(np.asarray(tried))
-        s = InputSet.ball(centers[index], eps, "2")
-        prior = [None if k is None else (ranges.pre[k][0][index], ranges.pre[k][1][index])
-                 for k in net.origin]
-        form = crown_ranges(net, s.center, eps, prior)
+        form = crown_ranges(net, centers[index], eps, _prior(net, ranges, index))
         for b, i in enumerate(tried):
             certified[i] = True
             order = np.argsort(np.where(open_rows[i], margins[i], np.inf))

@@ -72,3 +72,18 @@ def test_sdp_margins_is_a_whole_number_option_and_config_key(tmp_path):
         thresholds_from_table({"sdp-margins": 1.5}, tmp_path, "cfg")
     with pytest.raises(UserError, match="sdp-margins"):
         Thresholds(sdp_margins=-1).validated()
+
+
+def test_both_margin_stages_say_why_they_skip_a_net_outside_the_relu_form():
+    from graphs import mlp
+
+    from lipcheck.graph import OpKind
+    graph = mlp([4, 8, 3], act=OpKind.LEAKY_RELU, seed=2, attrs={"alpha": 0.1})
+    x = np.random.default_rng(1).normal(size=(6, 4))
+    logits = predict(graph, x).numpy()
+    local = certify_local(graph, x, logits.argmax(axis=1), logits, 0.5, bab_domains=5,
+                          sdp_margins=40)
+    assert local.bab is not None and "ReLU only" in local.bab["skipped"]
+    assert local.sdp is not None and local.sdp["skipped"] == local.bab["skipped"]
+    report = local.to_dict()
+    assert "certified" not in report["sdp_margins"] and "proved" not in report["branch_and_bound"]
