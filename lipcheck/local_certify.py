@@ -143,7 +143,7 @@ def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray
     if sdp_margins > 0:
         sdp = ({**skip, "evaluations": sdp_margins} if net is None else
                sdp_stage(net, program, ranges, centers, eps, pred, open_rows, margins,
-                         sdp_margins))
+                         found, sdp_margins))
         certified = certified | sdp.pop("certified")
     radii = np.where(certified, eps, np.where(correct, _radius(found, margins, eps), 0.0))
     return LocalRobustness(eps, certified, k.max(axis=1), radii, unstable,
@@ -193,45 +193,82 @@ def bab_margins(net: ReluNet, ranges: Ranges, centers: torch.Tensor, eps: float,
 
 def sdp_stage(net: ReluNet, program: Program, ranges: Ranges, centers: torch.Tensor,
               eps: float, pred: np.ndarray, open_rows: np.ndarray, margins: np.ndarray,
-              evaluations: int) -> dict[str, Any]:
-    """The margins `open_rows` (N, C) by sdp-net's constant K of f_c - f_j on B(x, eps)
-    (LipSDP-Neuron of the ReLU form with each unit's slopes on the ball): proved where
-    the margin (less SLACK, as given) exceeds eps K. A sample is tried when every open
-    margin exceeds eps times its gradient norm at x (K can be no smaller), its smallest
-    margin first; it stops at the first margin left open. `certified` (N,) and counts."""
+              found: Shells, evaluations: int) -> dict[str, Any]:
+    """The margins `open_rows` (N, C) by sdp-net's constants K_k of f_c - f_j on the nested
+    balls B(x, t_k) of `found` (LipSDP-Neuron of the ReLU form with each unit's slopes on
+    the ball), each taken with the smaller of K_k and found's own constant, in the shell
+    rule (`local_shells.certificate`, with found's CROWN lower bounds): the whole ball
+    first, then inner balls from the outside in while the rule could still hold with every
+    constant left at the margin's gradient norm at x (no constant can be smaller). A
+    sample is tried when every open margin exceeds eps times that norm, its smallest margin
+    first; it stops at the first margin left open. `certified` (N,) and counts."""
     start = time.perf_counter()
-    none = np.zeros(len(open_rows), dtype=bool)
-    tried = [i for i in np.nonzero(open_rows.any(axis=1))[0]
-             if _hopeful(program, centers[i], pred[i], open_rows[i], margins[i], eps)]
-    certified, margins_tried, margins_proved = none.copy(), 0, 0
+    certified = np.zeros(len(open_rows), dtype=bool)
+    grads = {i: _gradient_norms(program, centers[i], pred[i])
+             for i in np.nonzero(open_rows.any(axis=1))[0]}
+    tried = [i for i, g in grads.items()
+             if np.all(margins[i][open_rows[i]] > eps * g[open_rows[i]])]
+    counts = {"margins_tried": 0, "margins_certified": 0, "searches": 0}
     if tried:
         index = torch.from_numpy(np.asarray(tried))
-        form = crown_ranges(net, centers[index], eps, _prior(net, ranges, index))
+        forms = _shell_forms(net, program, ranges, centers, index, eps, len(found.ks))
         for b, i in enumerate(tried):
             certified[i] = True
-            order = np.argsort(np.where(open_rows[i], margins[i], np.inf))
-            for j in order[:open_rows[i].sum()]:
+            for j in np.argsort(np.where(open_rows[i], margins[i], np.inf))[:open_rows[i].sum()]:
                 row = torch.zeros(margins.shape[1], dtype=torch.float64)
                 row[pred[i]], row[j] = 1.0, -1.0
-                k = margin_lipschitz(net, form, b, row, evaluations)
-                margins_tried += 1
-                if k is None or not margins[i, j] > eps * k:
+                pick = (slice(i, i + 1), slice(j, j + 1))
+                cheap = Shells([k[pick] for k in found.ks], [lo[pick] for lo in found.lows])
+                counts["margins_tried"] += 1
+                if not _margin_by_shells(net, forms, b, row, cheap, margins[pick],
+                                         grads[i][j], eps, evaluations, counts):
                     certified[i] = False
                     break
-                margins_proved += 1
+                counts["margins_certified"] += 1
     return {"certified": certified, "evaluations": evaluations,
-            "samples_tried": len(tried), "samples_certified": int(certified.sum()),
-            "margins_tried": margins_tried, "margins_certified": margins_proved,
+            "samples_tried": len(tried), "samples_certified": int(certified.sum()), **counts,
             "seconds": round(time.perf_counter() - start, 6)}
 
 
-def _hopeful(program: Program, center: torch.Tensor, c: int, open_row: np.ndarray,
-             margin: np.ndarray, eps: float) -> bool:
-    """Every open margin exceeds eps times ||grad (f_c - f_j)(x)||, a lower bound of any
-    constant of f_c - f_j on the ball."""
+def _shell_forms(net: ReluNet, program: Program, ranges: Ranges, centers: torch.Tensor,
+                 index: torch.Tensor, eps: float, shells: int) -> list[list[Range]]:
+    """The ReLU form's ranges on B(x, eps k / shells), k = 1..shells, of the samples
+    `index` (the program's own ranges intersected, as in branch and bound; `ranges` are
+    the program's on the whole balls of every sample)."""
+    out, inner = [], centers[index]
+    for k in range(1, shells + 1):
+        radius = eps * k / shells
+        prior = (_prior(net, ranges, index) if k == shells else
+                 _prior(net, propagate(program, InputSet.ball(inner, radius, "2")),
+                        torch.arange(len(index))))
+        out.append(crown_ranges(net, inner, radius, prior))
+    return out
+
+
+def _margin_by_shells(net: ReluNet, forms: list[list[Range]], b: int, row: torch.Tensor,
+                      cheap: Shells, margin: np.ndarray, gradient: float, eps: float,
+                      evaluations: int, counts: dict[str, int]) -> bool:
+    """Is the margin proved by sdp-net constants on the shells (outermost first)?"""
+    ks = [k.copy() for k in cheap.ks]
+    for k in range(len(ks) - 1, -1, -1):
+        optimistic = Shells([np.minimum(v, gradient) if q <= k else v
+                             for q, v in enumerate(ks)], cheap.lows)
+        if not certificate(optimistic, margin, eps)[0] > 0:
+            return False
+        counts["searches"] += 1
+        found = margin_lipschitz(net, forms[k], b, row, evaluations)
+        if found is not None:
+            ks[k] = np.minimum(ks[k], found)
+        if certificate(Shells(ks, cheap.lows), margin, eps)[0] > 0:
+            return True
+    return False
+
+
+def _gradient_norms(program: Program, center: torch.Tensor, c: int) -> np.ndarray:
+    """(C,) ||grad (f_c - f_j)(x)||: a lower bound of every constant of f_c - f_j on a ball
+    around x."""
     jac = torch.func.jacrev(lambda v: program.run(v[None])[0])(center)
-    grads = torch.linalg.vector_norm(jac[c][None] - jac, dim=1).numpy()
-    return bool(np.all(margin[open_row] > eps * grads[open_row]))
+    return torch.linalg.vector_norm(jac[c][None] - jac, dim=1).numpy()
 
 
 def _radius(found: Shells, margins: np.ndarray, eps: float) -> np.ndarray:

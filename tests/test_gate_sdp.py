@@ -44,14 +44,29 @@ def test_the_sdp_stage_certifies_more_and_every_sample_survives_an_attack():
         assert not attack(graph, x[i], y[i], EPS, steps=80), i
 
 
-def test_a_margin_constant_is_above_the_margins_gradient_inside_the_ball():
+def test_inner_balls_certify_more_than_the_whole_ball_alone_and_hold_under_attack():
+    graph, x, y, logits = data()
+    eps = 0.5      # here 13 samples by the cheap rules, 16 with one ball, 18 with four
+    whole = certify_local(graph, x, y, logits, eps, shells=1, sdp_margins=100)
+    nested = certify_local(graph, x, y, logits, eps, shells=4, sdp_margins=100)
+    assert np.all(nested.certified >= whole.certified)
+    assert nested.certified.sum() > whole.certified.sum()
+    assert nested.sdp is not None and whole.sdp is not None
+    assert whole.sdp["searches"] == whole.sdp["margins_tried"]     # one ball, one search
+    assert nested.sdp["searches"] > nested.sdp["margins_tried"]
+    for i in np.flatnonzero(nested.certified & ~whole.certified):
+        assert not attack(graph, x[i], y[i], eps, steps=80), i
+
+
+@pytest.mark.parametrize("radius", [EPS, EPS / 4])
+def test_a_margin_constant_is_above_the_margins_gradient_inside_the_ball(radius):
     graph, x, y, _ = data()
     program = build_program(graph)
     net = relu_form(program)
     centres = torch.from_numpy(x[:3])
-    ranges = propagate(program, InputSet.ball(centres, EPS, "2"))
+    ranges = propagate(program, InputSet.ball(centres, radius, "2"))
     prior = [None if k is None else ranges.pre[k] for k in net.origin]
-    form = crown_ranges(net, centres, EPS, prior)
+    form = crown_ranges(net, centres, radius, prior)
     f = function_of(graph)
     gen = torch.Generator().manual_seed(0)
     for b in range(3):
@@ -61,7 +76,7 @@ def test_a_margin_constant_is_above_the_margins_gradient_inside_the_ball():
         assert k is not None
         for _ in range(40):
             d = torch.randn(36, generator=gen, dtype=torch.float64)
-            point = centres[b] + d / d.norm() * EPS * torch.rand(1, generator=gen).item()
+            point = centres[b] + d / d.norm() * radius * torch.rand(1, generator=gen).item()
             grad = row @ torch.autograd.functional.jacobian(f, point)
             assert float(grad.norm()) <= k
 

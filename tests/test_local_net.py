@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from graphs import function_of, mlp
 from test_bab import residual_mlp
 from test_sdp_conv_pool import pooled_net
 
-from lipcheck.estimators.upper.local_net import form_ranges, net_bounds, set_slopes
+from lipcheck.estimators.upper.local_net import (
+    drop_dead,
+    form_ranges,
+    net_bounds,
+    set_lipschitz,
+    set_slopes,
+)
 from lipcheck.propagation import InputSet, build_program, propagate
 from lipcheck.propagation.relu_net import relu_form
 
@@ -91,3 +98,25 @@ def test_more_sets_than_it_takes_leave_it_out():
     _, program, s, ranges, _ = setup("pool", "l2", 0.5)
     many = InputSet.ball(s.center.repeat(3, 1), 0.5, "2")
     assert net_bounds(program, many, propagate(program, many)) == {}
+
+
+def test_dead_units_leave_every_jacobian_unchanged_and_an_all_dead_layer_gives_zero():
+    gen = np.random.default_rng(3)
+    weights = [gen.normal(size=(6, 4)), gen.normal(size=(5, 6)), gen.normal(size=(2, 5))]
+    slopes = [(np.array([0, 1, 0, 0, 1, 0.0]), np.array([0, 1, 1, 0, 1, 1.0])),
+              (np.array([0, 0, 1, 0, 0.0]), np.array([1, 0, 1, 0, 1.0]))]
+    kept, kept_slopes = drop_dead(weights, slopes)
+    assert [w.shape for w in kept] == [(4, 4), (3, 4), (2, 3)]
+
+    def jacobian(ws, picks):
+        out = ws[0]
+        for w, d in zip(ws[1:], picks, strict=True):
+            out = w @ (d[:, None] * out)
+        return out
+    for _ in range(20):
+        picks = [gen.uniform(a, b) for a, b in slopes]
+        live = [p[(a != 0) | (b != 0)] for p, (a, b) in zip(picks, slopes, strict=True)]
+        assert np.allclose(jacobian(weights, picks), jacobian(kept, live), rtol=0, atol=1e-12)
+    dead = [slopes[0], (np.zeros(5), np.zeros(5))]
+    assert drop_dead(weights, dead) is None
+    assert set_lipschitz(weights, dead, 40) == 0.0

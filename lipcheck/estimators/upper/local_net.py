@@ -43,6 +43,32 @@ def set_slopes(net: ReluNet, ranges: list[Range], b: int) -> list[tuple[np.ndarr
     return out
 
 
+def drop_dead(weights: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]]
+              ) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]] | None:
+    """The same constant without the units of slope [0, 0] (their outputs do not move on
+    the set: their rows and the next layer's columns go), or None when a layer has no unit
+    left (the function is constant on the set). Smaller Q, and no multiplier the search
+    cannot move (they drift to their caps and spoil the float64 check's scaling)."""
+    w, out = list(weights), []
+    for k, (a, b) in enumerate(slopes):
+        keep = (a != 0) | (b != 0)
+        if not keep.any():
+            return None
+        w[k], w[k + 1] = w[k][keep], w[k + 1][:, keep]
+        out.append((a[keep], b[keep]))
+    return w, out
+
+
+def set_lipschitz(weights: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]],
+                  evaluations: int) -> float | None:
+    """certified_lipschitz of the net on a set (`slopes` its units' slopes there), dead
+    units dropped first; 0 when some layer is all dead."""
+    live = drop_dead(weights, slopes)
+    if live is None:
+        return 0.0
+    return certified_lipschitz(reduce_ends(live[0]), live[1], evaluations)
+
+
 def form_ranges(net: ReluNet, s: InputSet, ranges: Ranges) -> list[Range]:
     prior = [None if k is None else ranges.pre[k] for k in net.origin]
     if s.kind == "l2":
@@ -64,7 +90,7 @@ def net_bounds(program: Program, s: InputSet, ranges: Ranges) -> dict[str, torch
     found = form_ranges(net, s, ranges)
     out = torch.full((s.batch,), math.inf, dtype=torch.float64)
     for b in range(s.batch):
-        value = certified_lipschitz(weights, set_slopes(net, found, b), evaluations)
+        value = set_lipschitz(weights, set_slopes(net, found, b), evaluations)
         if value is not None:
             out[b] = value
     return {"sdp-net": out}
@@ -76,4 +102,4 @@ def margin_lipschitz(net: ReluNet, ranges: list[Range], b: int, row: torch.Tenso
     or None where the float64 check failed."""
     weights = [w.numpy() for w in net.weights]
     weights[-1] = (row.numpy() @ weights[-1])[None]
-    return certified_lipschitz(reduce_ends(weights), set_slopes(net, ranges, b), evaluations)
+    return set_lipschitz(weights, set_slopes(net, ranges, b), evaluations)
