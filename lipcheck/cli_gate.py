@@ -44,9 +44,9 @@ def check(
         None, help="branch and bound on the margins the local bounds leave at --eps: "
                    "domains per margin (a count; default 0: off)"),
     sdp_margins: int | None = typer.Option(
-        None, help="then LipSDP-Neuron (sdp-net) of each margin still open on its ball: "
-                   "evaluations per margin (a count, e.g. 120; default 0: off; ~8 s a margin "
-                   "on models/digits_cnn)"),
+        None, help="then LipSDP-Neuron (sdp-net) of each margin still open, on its ball "
+                   "and the nested balls: evaluations per search (a count, e.g. 120; "
+                   "default 0: off; ~9 s a sample on models/digits_cnn)"),
     config: Path | None = typer.Option(None, help="TOML file with the thresholds (default: "
                                           "./lipcheck.toml, else [tool.lipcheck] in "
                                           "./pyproject.toml)"),
