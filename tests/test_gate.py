@@ -347,6 +347,16 @@ def test_markdown_summary_matches_golden(work):
     assert text == GOLDEN.read_text()
 
 
+def test_the_data_line_names_the_margin_stages_only_while_they_could_add_samples(work):
+    model, data = mlp_onnx(work / "model.onnx", scale=1.2), data_npz(work / "val.npz")
+    plain = check(model, "--data", data, "--eps", 0.1)
+    # the golden case: clean 80.00 % and certified 67.50 % of 40 samples, so 5 are left
+    assert "5 correctly classified samples are not certified: --bab-domains" in plain.output
+    staged = check(model, "--data", data, "--eps", 0.1, "--bab-domains", 5)
+    assert staged.exit_code == 0, staged.output
+    assert "correctly classified samples are not certified" not in staged.output
+
+
 def test_api_check_mirrors_the_cli(work):
     model = mlp_onnx(work / "m.onnx")
     data = data_npz(work / "val.npz")

@@ -152,4 +152,19 @@ def terminal_summary(verdict: Verdict) -> str:
                         f"{_local_note(r)}")
                      + f" ({r.method} radii, {'certified' if r.certified else 'ESTIMATES'}, "
                      f"{r.seconds:.2f} s)")
+        lines += _open_hint(r)
     return "\n".join(lines)
+
+
+def _open_hint(robustness: Any) -> list[str]:
+    """A line naming the slower margin stages when the local rule ran without them and
+    left correctly classified samples uncertified."""
+    local = getattr(robustness, "local", None)
+    if (local is None or local.skipped is not None or local.bab is not None
+            or local.sdp is not None or robustness.certified_accuracy is None):
+        return []
+    left = round((robustness.clean_accuracy - robustness.certified_accuracy) * robustness.n)
+    if left <= 0:
+        return []
+    return [f"  {left} correctly classified samples are not certified: --bab-domains 30 and "
+            "--sdp-margins 120 try them (slower; docs/gate.md)"]
