@@ -28,10 +28,10 @@ from lipcheck.estimators.upper.local_net import margin_lipschitz
 from lipcheck.graph import Graph
 from lipcheck.local_shells import Shells, certificate, collect, shell_radius
 from lipcheck.propagation import InputSet, Program, UnsupportedLocal, build_program, propagate
-from lipcheck.propagation.bab import Limits, verify
+from lipcheck.propagation.bab import Limits, chunked_ranges, verify
 from lipcheck.propagation.jacobian import row_norm_bounds
 from lipcheck.propagation.ranges import Ranges, back_substitute
-from lipcheck.propagation.relu_bounds import Range, crown_ranges
+from lipcheck.propagation.relu_bounds import Range
 from lipcheck.propagation.relu_net import ReluNet, relu_form
 from lipcheck.propagation.vertices import vertex_bounds
 
@@ -241,7 +241,7 @@ def _shell_forms(net: ReluNet, program: Program, ranges: Ranges, centers: torch.
         prior = (_prior(net, ranges, index) if k == shells else
                  _prior(net, propagate(program, InputSet.ball(inner, radius, "2")),
                         torch.arange(len(index))))
-        out.append(crown_ranges(net, inner, radius, prior))
+        out.append(chunked_ranges(net, inner, radius, prior))
     return out
 
 

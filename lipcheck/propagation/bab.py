@@ -93,11 +93,7 @@ class _Problem:
                  prior: list[Range | None] | None = None) -> None:
         self.net, self.eps, self.slack = net, eps, slack
         self.centers, self.sample, self.rows = centers, sample, rows
-        chunk = max(1, min(32, RANGE_ENTRIES // (2 * max(net.widths) ** 2)))
-        parts = [crown_ranges(net, centers[i:i + chunk], eps, _rows(prior, i, i + chunk))
-                 for i in range(0, len(centers), chunk)]
-        self.ranges = [(torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts]))
-                       for k in range(len(parts[0]))]
+        self.ranges = chunked_ranges(net, centers, eps, prior)
         self.refine = refine
 
     def bound(self, dom: Domains, keep: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,6 +290,16 @@ def verify(net: ReluNet, centers: torch.Tensor, eps: float, sample: torch.Tensor
     created[live] = local_created
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def chunked_ranges(net: ReluNet, centers: torch.Tensor, eps: float,
+                   prior: list[Range | None] | None = None) -> list[Range]:
+    """crown_ranges over the balls, a few at a time (RANGE_ENTRIES bounds the memory)."""
+    chunk = max(1, min(32, RANGE_ENTRIES // (2 * max(net.widths) ** 2)))
+    parts = [crown_ranges(net, centers[i:i + chunk], eps, _rows(prior, i, i + chunk))
+             for i in range(0, len(centers), chunk)]
+    return [(torch.cat([p[k][0] for p in parts]), torch.cat([p[k][1] for p in parts]))
+            for k in range(len(parts[0]))]
 
 
 def _rows(prior: list[Range | None] | None, *index) -> list[Range | None] | None:
