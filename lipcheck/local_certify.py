@@ -256,9 +256,9 @@ def _margin_by_shells(net: ReluNet, forms: list[list[Range]], b: int, row: torch
         if not certificate(optimistic, margin, eps)[0] > 0:
             return False
         counts["searches"] += 1
-        found = margin_lipschitz(net, forms[k], b, row, evaluations)
-        if found is not None:
-            ks[k] = np.minimum(ks[k], found)
+        searched = margin_lipschitz(net, forms[k], b, row, evaluations)
+        if searched is not None:
+            ks[k] = np.minimum(ks[k], searched)
         if certificate(Shells(ks, cheap.lows), margin, eps)[0] > 0:
             return True
     return False
