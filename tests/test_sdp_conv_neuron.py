@@ -17,7 +17,8 @@ from test_sdp_conv import CONVS, chain_of, convnet, searched_norm
 
 from lipcheck.estimators.exact.regions import exact_lipschitz
 from lipcheck.estimators.upper.conv_chain import circular_chain, conv_layers
-from lipcheck.estimators.upper.neuron_cert import certify
+from lipcheck.estimators.upper import neuron_cert
+from lipcheck.estimators.upper.neuron_cert import certify, chunked_cholesky
 from lipcheck.estimators.upper.neuron_conv import neuron_chain
 from lipcheck.estimators.upper.neuron_eval import NeuronProblem
 from lipcheck.estimators.upper.sdp import lipsdp_neuron
@@ -140,6 +141,33 @@ def test_certificate_refuses_a_point_on_the_float64_boundary() -> None:
     with_margin = certify(nc, t1, t2)
     assert with_margin.verified and with_margin.shift > with_margin.need > 0
     assert with_margin.rho >= top
+
+
+def test_the_panelled_cholesky_is_lapacks_and_stops_at_the_deadline(monkeypatch) -> None:
+    """The factor taken 7 columns at a time equals LAPACK's whole one (to rounding), an
+    indefinite matrix raises, and a deadline already passed stops it; the certificate with
+    7-column panels makes the same decisions as with the default and, stopped, is not
+    verified."""
+    import scipy.linalg
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 45))
+    a = x @ x.T / 45 + 0.1 * np.eye(40)
+    whole = scipy.linalg.cholesky(a, lower=True)
+    np.testing.assert_allclose(chunked_cholesky(a.copy(), math.inf, 7), whole,
+                               rtol=0, atol=1e-13 * float(np.abs(whole).max()))
+    with pytest.raises(np.linalg.LinAlgError):
+        chunked_cholesky(a - 2 * np.eye(40) * float(np.linalg.eigvalsh(a)[0]), math.inf, 7)
+    assert chunked_cholesky(a.copy(), time.monotonic() - 1, 7) is None
+    nc, t1, t2 = boundary_case()
+    default = certify(nc, t1, t2)
+    monkeypatch.setattr(neuron_cert, "PANEL", 7)
+    panelled = certify(nc, t1, t2)
+    assert panelled.verified and default.verified
+    assert abs(panelled.rho - default.rho) <= 1e-12 * default.rho
+    top = certify(nc, t1, t2, margin=False).rho / (1 + 1e-7)
+    assert not certify(nc, t1, t2, rho=top * (1 + 1e-13)).verified
+    stopped = certify(nc, t1, t2, deadline=time.monotonic() - 1)
+    assert not stopped.verified and "deadline" in stopped.detail
 
 
 def test_step_is_skipped_without_time_or_when_turned_off() -> None:
