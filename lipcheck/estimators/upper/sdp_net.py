@@ -59,9 +59,9 @@ from lipcheck.propagation.program import Program, UnsupportedLocal, build_progra
 from lipcheck.propagation.relu_net import ReluNet, relu_form
 from lipcheck.results import GlobalBound
 
-EVALUATIONS, QUICK_EVALUATIONS = 1500, 300   # rho(Lam) evaluations (a count: the value)
+EVALUATIONS, QUICK_EVALUATIONS = 1500, 600   # rho(Lam) evaluations (a count: the value)
 QUICK_TOTAL_WORK = 6e11  # --method auto: multiply-adds of the whole search at most, so
-                         # min(300, this / one evaluation's), if that is >= SCALE_EVALUATIONS
+                         # min(600, this / one evaluation's), if that is >= SCALE_EVALUATIONS
 HISTORY = 20           # L-BFGS memory
 CARRY_START = 10.0     # identity units start at 10x their layer's multiplier
 RAISES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # rho raised by these (relative)
@@ -94,17 +94,19 @@ def unit_slopes(net: ReluNet) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def evaluation_work(weights: list[np.ndarray]) -> float:
-    """Multiply-adds of one rho(Lam) with its gradient (about three times the forward's
-    Cholesky, triangular solve and two Gram products per hidden layer)."""
+    """Multiply-adds of one rho(Lam) with its gradient: the forward's Cholesky, triangular
+    solve and two Gram products per hidden layer (the adjoint gradient adds one solve per
+    layer, a matrix-vector product's cost)."""
     work = 0.0
     for w in weights[:-1]:
         n, m = w.shape
         work += n ** 3 / 3 + n * n * m + 2 * m * m * n
-    return 3 * work
+    return work
 
 
 class _Rho:
-    """rho(Lam) of the module docstring in torch float64 (differentiable)."""
+    """rho(Lam) of the module docstring in torch float64, differentiable: the gradient is
+    the adjoint of the recursion (`_RhoFunction`), not autograd's."""
 
     def __init__(self, weights: list[np.ndarray], slopes: list[tuple[np.ndarray, np.ndarray]]):
         self.w = [torch.from_numpy(w) for w in weights]
@@ -113,17 +115,38 @@ class _Rho:
         self.last = self.w[-1].T @ self.w[-1]
 
     def __call__(self, lams: list[torch.Tensor]) -> torch.Tensor:
+        return _RhoFunction.apply(self, *lams)
+
+    def forward(self, lams: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last block's matrix t (rho = its largest eigenvalue) and each layer's
+        Cholesky factor of S_i, by the recursion from the last layer."""
         s = torch.diag(lams[-1]) - self.last
+        chols: list[torch.Tensor] = [torch.empty(0)] * len(lams)
         for i in range(len(lams) - 1, -1, -1):
             chol, info = torch.linalg.cholesky_ex(s)
             if int(info) != 0:
                 raise np.linalg.LinAlgError("not positive definite")
+            chols[i] = chol
             lw = (lams[i] * self.m[i])[:, None] * self.w[i]
             b = torch.linalg.solve_triangular(chol, lw, upper=False)
             t = b.T @ b - self.w[i].T @ ((lams[i] * self.p[i])[:, None] * self.w[i])
             if i > 0:
                 s = torch.diag(lams[i - 1]) - t
-        return torch.linalg.eigvalsh(t)[-1]
+        return t, chols
+
+    def gradient(self, lams: list[torch.Tensor], chols: list[torch.Tensor],
+                 v: torch.Tensor) -> list[torch.Tensor]:
+        """d rho / d Lam for rho = v^T t_0 v (v the top eigenvector): with u = Lam M W_i v
+        and y = S_i^-1 u, v^T t_i v = u^T y - sum Lam P (W_i v)^2 and S_i = diag(Lam_i) -
+        t_{i+1}, so layer i's gradient is 2 M (W_i v) y - P (W_i v)^2 - y^2 and the
+        adjoint on t_{i+1} is y y^T: one solve per layer, the factors are the forward's."""
+        grads = []
+        for i, chol in enumerate(chols):
+            wv = self.w[i] @ v
+            y = torch.cholesky_solve((lams[i] * self.m[i] * wv)[:, None], chol)[:, 0]
+            grads.append(2 * self.m[i] * wv * y - self.p[i] * wv * wv - y * y)
+            v = y
+        return grads
 
     def start(self) -> list[torch.Tensor]:
         """ECLipsE-Fast-like: from the last layer, each layer's multipliers twice the
@@ -141,6 +164,24 @@ class _Rho:
             b = torch.linalg.solve_triangular(chol, lw, upper=False)
             t = b.T @ b - self.w[i].T @ ((lams[i] * self.p[i])[:, None] * self.w[i])
         return lams
+
+
+class _RhoFunction(torch.autograd.Function):
+    """rho(Lam) with the adjoint gradient of _Rho.gradient: about one forward's cost
+    (autograd through the Choleskys took 2.5 forwards more on digits_resnet)."""
+
+    @staticmethod
+    def forward(ctx, rho: _Rho, *lams: torch.Tensor) -> torch.Tensor:
+        t, chols = rho.forward(list(lams))
+        values, vectors = torch.linalg.eigh(t)
+        ctx.rho, ctx.chols, ctx.top = rho, chols, vectors[:, -1]
+        ctx.save_for_backward(*lams)
+        return values[-1]
+
+    @staticmethod
+    def backward(ctx, out: torch.Tensor) -> tuple:
+        grads = ctx.rho.gradient(list(ctx.saved_tensors), ctx.chols, ctx.top)
+        return (None, *[out * g for g in grads])
 
 
 @dataclass
@@ -308,7 +349,7 @@ def dense_form(program: Program) -> tuple[ReluNet, list[np.ndarray]] | None:
 
 
 def quick_evaluations(weights: list[np.ndarray], runs: int = 1) -> int:
-    """Evaluations each of `runs` searches gets in QUICK_TOTAL_WORK (at most 300)."""
+    """Evaluations each of `runs` searches gets in QUICK_TOTAL_WORK (at most QUICK_EVALUATIONS)."""
     return min(QUICK_EVALUATIONS, int(QUICK_TOTAL_WORK // (evaluation_work(weights) * runs)))
 
 
