@@ -32,7 +32,7 @@ from lipcheck.propagation.bab import Limits, chunked_ranges, verify
 from lipcheck.propagation.jacobian import row_norm_bounds
 from lipcheck.propagation.ranges import Ranges, back_substitute
 from lipcheck.propagation.relu_bounds import Range
-from lipcheck.propagation.relu_net import ReluNet, relu_form
+from lipcheck.propagation.relu_net import ReluNet, has_relu_form, relu_form
 from lipcheck.propagation.vertices import vertex_bounds
 
 SHELLS = 4    # nested balls for the samples the whole ball leaves (count-based)
@@ -55,6 +55,8 @@ class LocalRobustness:
     shells: int = 1                     # nested balls used (1: the whole ball only)
     bab: dict[str, Any] | None = None   # branch and bound on the margins left (bab_domains > 0)
     sdp: dict[str, Any] | None = None   # sdp-net constants of the margins left (sdp_margins > 0)
+    margin_stages: bool = True          # the model has a ReLU form: branch and bound and the
+                                        # sdp stage could run on it
 
     @property
     def certified_accuracy(self) -> float | None:
@@ -148,7 +150,7 @@ def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray
     radii = np.where(certified, eps, np.where(correct, _radius(found, margins, eps), 0.0))
     return LocalRobustness(eps, certified, k.max(axis=1), radii, unstable,
                            time.perf_counter() - start, shells=max(1, shells), bab=bab,
-                           sdp=sdp)
+                           sdp=sdp, margin_stages=has_relu_form(program))
 
 
 def _relu_form(program: Program) -> tuple[ReluNet | None, str]:

@@ -102,3 +102,24 @@ def test_both_margin_stages_say_why_they_skip_a_net_outside_the_relu_form():
     assert local.sdp is not None and local.sdp["skipped"] == local.bab["skipped"]
     report = local.to_dict()
     assert "certified" not in report["sdp_margins"] and "proved" not in report["branch_and_bound"]
+
+
+def test_the_hint_names_the_margin_stages_only_for_a_relu_form():
+    """The stdout line naming --bab-domains / --sdp-margins is left out for a net they
+    would only report as skipped (LeakyReLU), and kept for the same net with ReLUs."""
+    from types import SimpleNamespace
+
+    from graphs import mlp
+
+    from lipcheck.gate.outputs import _open_hint
+    from lipcheck.graph import OpKind
+    x = np.random.default_rng(1).normal(size=(6, 4))
+    hints = []
+    for act, attrs in ((OpKind.LEAKY_RELU, {"alpha": 0.1}), (OpKind.RELU, {})):
+        graph = mlp([4, 8, 3], act=act, seed=2, attrs=attrs)
+        logits = predict(graph, x).numpy()
+        local = certify_local(graph, x, logits.argmax(axis=1), logits, 0.5)
+        assert local.margin_stages == (act == OpKind.RELU)
+        hints.append(_open_hint(SimpleNamespace(local=local, clean_accuracy=1.0,
+                                                certified_accuracy=0.5, n=6)))
+    assert hints[0] == [] and "3 correctly classified samples" in hints[1][0]

@@ -16,8 +16,8 @@ import torch
 from test_sdp_conv import CONVS, chain_of, convnet, searched_norm
 
 from lipcheck.estimators.exact.regions import exact_lipschitz
-from lipcheck.estimators.upper.conv_chain import circular_chain, conv_layers
 from lipcheck.estimators.upper import neuron_cert
+from lipcheck.estimators.upper.conv_chain import circular_chain, conv_layers
 from lipcheck.estimators.upper.neuron_cert import certify, chunked_cholesky
 from lipcheck.estimators.upper.neuron_conv import neuron_chain
 from lipcheck.estimators.upper.neuron_eval import NeuronProblem

@@ -94,7 +94,8 @@ def test_the_adjoint_gradient_is_autograds_and_the_difference_quotients():
         lam.grad = None
     torch.linalg.eigvalsh(rho.forward(lams)[0])[-1].backward()
     for mine, auto in zip(adjoint, lams, strict=True):
-        torch.testing.assert_close(mine, auto.grad, rtol=1e-9, atol=1e-12 * float(auto.grad.abs().max()))
+        scale = float(auto.grad.abs().max())
+        torch.testing.assert_close(mine, auto.grad, rtol=1e-9, atol=1e-12 * scale)
     with torch.no_grad():
         for layer in range(len(lams)):
             unit = int(adjoint[layer].abs().argmax())      # a difference well above rounding

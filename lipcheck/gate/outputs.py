@@ -157,11 +157,12 @@ def terminal_summary(verdict: Verdict) -> str:
 
 
 def _open_hint(robustness: Any) -> list[str]:
-    """A line naming the slower margin stages when the local rule ran without them and
-    left correctly classified samples uncertified."""
+    """A line naming the slower margin stages when the local rule ran without them, left
+    correctly classified samples uncertified, and the model has the ReLU form they need."""
     local = getattr(robustness, "local", None)
     if (local is None or local.skipped is not None or local.bab is not None
-            or local.sdp is not None or robustness.certified_accuracy is None):
+            or local.sdp is not None or not local.margin_stages
+            or robustness.certified_accuracy is None):
         return []
     left = round((robustness.clean_accuracy - robustness.certified_accuracy) * robustness.n)
     if left <= 0:

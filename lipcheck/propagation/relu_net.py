@@ -175,6 +175,13 @@ class _Builder:
         return combine, torch.zeros(n_out, new, dtype=torch.float64)
 
 
+def has_relu_form(program: Program) -> bool:
+    """Whether relu_form takes the program, from its steps alone (nothing is built)."""
+    return not program.smooth and all(
+        isinstance(s, (Affine, Add, MaxPool)) or (isinstance(s, Act) and s.alpha == 0)
+        for s in program.steps)
+
+
 def relu_form(program: Program) -> ReluNet:
     """The program as a ReLU network (same function); `UnsupportedLocal` where a step
     is not an affine map, a sum, a ReLU or a max pool."""
