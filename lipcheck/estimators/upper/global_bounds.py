@@ -311,7 +311,8 @@ def global_bounds(graph: Graph, node_bounds: dict[str, NodeBound],
             continue
         deadline = time.monotonic() + remaining / (len(chain_names) - i)
         if name.removesuffix(QUICK) == WHOLE_NET:
-            bound = sdp_net(graph, deadline, name.endswith(QUICK))
+            bound = sdp_net(graph, deadline, name.endswith(QUICK),
+                            settings.time_budget / len(chain_names))
             out += [bound] if bound is not None else []
             continue
         own = (find_pooled(graph, node_bounds, settings, chains)

@@ -59,7 +59,10 @@ from lipcheck.propagation.program import Program, UnsupportedLocal, build_progra
 from lipcheck.propagation.relu_net import ReluNet, relu_form
 from lipcheck.results import GlobalBound
 
-EVALUATIONS, QUICK_EVALUATIONS = 1500, 600   # rho(Lam) evaluations (a count: the value)
+MAX_EVALUATIONS, QUICK_EVALUATIONS = 5000, 600   # rho(Lam) evaluations (a count: the value)
+FULL_RATE = 8e9        # --method sdp-net: multiply-adds per second of its share of
+                       # --time-budget (a count from the option's value, not the clock;
+                       # this box does 1.4-1.8e10 a second on digits_cnn / digits_resnet)
 QUICK_TOTAL_WORK = 6e11  # --method auto: multiply-adds of the whole search at most, so
                          # min(600, this / one evaluation's), if that is >= SCALE_EVALUATIONS
 HISTORY = 20           # L-BFGS memory
@@ -348,6 +351,14 @@ def dense_form(program: Program) -> tuple[ReluNet, list[np.ndarray]] | None:
     return net, weights
 
 
+def full_evaluations(weights: list[np.ndarray], seconds: float) -> int:
+    """`--method sdp-net`'s count: FULL_RATE x `seconds` (its share of --time-budget)
+    multiply-adds, between SCALE_EVALUATIONS and MAX_EVALUATIONS. A longer budget buys a
+    tighter bound, the same on every machine; a slow machine's clock may still cut it."""
+    count = int(FULL_RATE * seconds // evaluation_work(weights))
+    return max(SCALE_EVALUATIONS, min(MAX_EVALUATIONS, count))
+
+
 def quick_evaluations(weights: list[np.ndarray], runs: int = 1) -> int:
     """Evaluations each of `runs` searches gets in QUICK_TOTAL_WORK (at most QUICK_EVALUATIONS)."""
     return min(QUICK_EVALUATIONS, int(QUICK_TOTAL_WORK // (evaluation_work(weights) * runs)))
@@ -361,7 +372,8 @@ def certified_lipschitz(weights: list[np.ndarray], slopes: list[tuple[np.ndarray
     return None if verified is None else math.sqrt(verified) * (1 + 1e-9)
 
 
-def sdp_net(graph: Graph, deadline: float, quick: bool) -> GlobalBound | None:
+def sdp_net(graph: Graph, deadline: float, quick: bool, seconds: float = 60.0
+            ) -> GlobalBound | None:
     """The certified sdp-net bound of the whole graph, or None where it does not apply
     (ops outside the ReLU form, Q larger than the float64 check takes, or in quick mode
     fewer than SCALE_EVALUATIONS evaluations in QUICK_TOTAL_WORK multiply-adds)."""
@@ -377,7 +389,7 @@ def sdp_net(graph: Graph, deadline: float, quick: bool) -> GlobalBound | None:
     net, weights = form
     slopes = unit_slopes(net)
     size = weights[0].shape[1] + sum(net.widths)
-    evaluations = quick_evaluations(weights) if quick else EVALUATIONS
+    evaluations = quick_evaluations(weights) if quick else full_evaluations(weights, seconds)
     if evaluations < SCALE_EVALUATIONS:
         return None
     check = check_seconds(weights)
