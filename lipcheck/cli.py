@@ -47,7 +47,8 @@ def estimate(
                                "seqlip-greedy, seqlip-lowrank, sdp, eclipse, eclipse-fast, "
                                "sdp-conv, sdp-net, all"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
-    time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
+    time_budget: float = typer.Option(60.0, help="seconds for the global methods (--method "
+                                      "sdp-net sets its evaluation count from it)"),
     layer_budget: float = typer.Option(
         30.0, help="cap, in seconds, on each layer's certified norm: auto picks the tightest "
         "method predicted to fit, and a method that runs past it stops and the layer keeps a "
