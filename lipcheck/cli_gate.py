@@ -46,7 +46,7 @@ def check(
     sdp_margins: int | None = typer.Option(
         None, help="then LipSDP-Neuron (sdp-net) of each margin still open, on its ball "
                    "and the nested balls: evaluations per search (a count, e.g. 120; "
-                   "default 0: off; ~3.5 s a sample on models/digits_cnn)"),
+                   "default 0: off; ~3 s a sample on models/digits_cnn)"),
     config: Path | None = typer.Option(None, help="TOML file with the thresholds (default: "
                                           "./lipcheck.toml, else [tool.lipcheck] in "
                                           "./pyproject.toml)"),
