@@ -148,6 +148,17 @@ def test_sandwich_gap_and_warnings() -> None:
     (code, message), = loose.warnings
     assert code == "np_hard_gap" and "NP-hard" in message and "Scaman" in message
     assert "--lower-budget" in message and "seqlip-exact" in message and "3.00x" in message
+    assert "per-layer norms" in message
+
+
+def test_the_gap_advice_follows_the_upper_method() -> None:
+    """An sdp-net upper bound is narrowed by a longer sdp-net search (its count follows the
+    budget), not by the methods it already beats; an SDP bound is not a norm product."""
+    (_, net), = Sandwich(bound(1.0, "lower", "pairwise"), bound(3.0, "upper", "sdp-net")).warnings
+    assert "--method sdp-net --time-budget" in net and "seqlip-exact" not in net
+    assert "slope as free" in net and "per-layer norms" not in net
+    (_, conv), = Sandwich(bound(1.0, "lower", "pairwise"), bound(3.0, "upper", "sdp-conv")).warnings
+    assert "slope as free" in conv and "seqlip-exact" in conv
 
 
 def test_sandwich_reports_violation_as_bug() -> None:

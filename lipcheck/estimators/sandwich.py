@@ -15,6 +15,7 @@ from lipcheck.results import GlobalBound
 
 GAP_WARN = 1.5
 VIOLATION_TOL = 1e-9
+SDP_METHODS = ("sdp-net", "sdp-conv", "sdp", "eclipse", "eclipse-fast")   # LipSDP-class bounds
 
 
 @dataclass
@@ -78,16 +79,26 @@ def _likely_loose(lower: GlobalBound, upper: GlobalBound) -> str:
                 "loose side")
     if lower.method in ("exact-region",):
         return "the lower bound is attained by the exact enumeration, so the upper bound is loose"
+    if upper.method in SDP_METHODS:
+        return ("the upper bound is usually the loose side (an SDP bound treats every unit's "
+                "slope as free in [0, 1], also patterns no input reaches)")
     return ("the upper bound is usually the loose side (products of per-layer norms ignore "
             "which units can be active together)")
+
+
+def _narrowing(upper: GlobalBound) -> str:
+    if upper.method == "sdp-net":
+        return ("a longer sdp-net search (--method sdp-net --time-budget 600: its evaluation "
+                "count grows with the budget)")
+    return ("an exact SeqLip or SDP upper bound (--method seqlip-exact / --method sdp) where "
+            "the model is small enough")
 
 
 def _gap_message(lower: GlobalBound, upper: GlobalBound, gap: float) -> str:
     return (f"the true Lipschitz constant lies in [{lower.value:.6g}, {upper.value:.6g}] "
             f"(gap {gap:.2f}x). Computing it exactly is NP-hard (Scaman & Virmaux 2018). "
-            f"{_sentence(_likely_loose(lower, upper))}. To narrow it: an exact SeqLip or "
-            "SDP upper bound (--method seqlip-exact / --method sdp) where the model is small "
-            "enough, or a longer lower-bound search (--lower-rounds N, capped by --lower-budget)")
+            f"{_sentence(_likely_loose(lower, upper))}. To narrow it: {_narrowing(upper)}, "
+            "or a longer lower-bound search (--lower-rounds N, capped by --lower-budget)")
 
 
 def _sentence(text: str) -> str:
