@@ -81,7 +81,7 @@ def _likely_loose(lower: GlobalBound, upper: GlobalBound) -> str:
         return "the lower bound is attained by the exact enumeration, so the upper bound is loose"
     if upper.method in SDP_METHODS:
         return ("the upper bound is usually the loose side (an SDP bound treats every unit's "
-                "slope as free in [0, 1], also patterns no input reaches)")
+                "slope as free in [0, 1], including patterns no input reaches)")
     return ("the upper bound is usually the loose side (products of per-layer norms ignore "
             "which units can be active together)")
 
