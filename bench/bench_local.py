@@ -158,7 +158,7 @@ def bab_table(data: Path, eps_list: list[float], counts: list[int]) -> None:
 def sdp_table(data: Path, eps_list: list[float], domains: int, evaluations: int,
               part: slice) -> None:
     """`check --bab-domains D --sdp-margins N` on digits_cnn, samples `part` (split the
-    450 over processes: about 9 s a sample at N = 120): certified, and the sdp stage's
+    450 over processes: about 3 s a sample at N = 120): certified, and the sdp stage's
     samples and margins tried -> certified, searches, seconds."""
     x, y = _table(data, "| samples | eps | certified | before the sdp stage | sdp samples "
                   "tried -> certified | margins tried -> proved | searches | seconds |")

@@ -6,7 +6,7 @@ the lower bound and heuristic SeqLip: the table of docs/methods/sdp-net.md.
 Each (model, run) is its own process (`--one MODEL RUN`), one thread; peak memory is that
 process's maximum resident set size (torch included). Runs:
 - auto: the default `estimate` (sdp-net:quick among the methods), with its lower bound;
-- full: `--method sdp-net` alone (1500 evaluations), `--time-budget 1200`, no lower search;
+- full: `--method sdp-net` alone (its count from the budget), `--time-budget 1200`, no lower search;
 - seqlip: `--method seqlip-lowrank` (k = 200, an estimate, not a bound).
 Models: models/digits_cnn.onnx, models/digits_resnet.onnx, and pool2: a random
 conv(1->6,k3,p1)-relu-maxpool2-conv(6->12,k3,p1)-relu-maxpool2-linear(->10) at 1x12x12.

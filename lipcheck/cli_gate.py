@@ -57,7 +57,8 @@ def check(
     input_shape: str | None = typer.Option(None, help="e.g. 1,3,224,224 (';' between inputs)"),
     method: str = typer.Option("auto", help="global methods, as in estimate"),
     layer_method: str = typer.Option("auto", help="per-layer norm: auto|exact|fft|gram|power"),
-    time_budget: float = typer.Option(60.0, help="seconds for the global methods"),
+    time_budget: float = typer.Option(60.0, help="seconds for the global methods (--method "
+                                      "sdp-net sets its evaluation count from it)"),
     lower_budget: float = typer.Option(
         10.0, help="seconds: cap on the lower-bound search (0: off)"),
     lower_rounds: int | None = typer.Option(

@@ -155,7 +155,7 @@ def test_the_gap_advice_follows_the_upper_method() -> None:
     """An sdp-net upper bound is narrowed by a longer sdp-net search (its count follows the
     budget), not by the methods it already beats; an SDP bound is not a norm product."""
     (_, net), = Sandwich(bound(1.0, "lower", "pairwise"), bound(3.0, "upper", "sdp-net")).warnings
-    assert "--method sdp-net --time-budget" in net and "seqlip-exact" not in net
+    assert "--method sdp-net with a larger --time-budget" in net and "seqlip-exact" not in net
     assert "slope as free" in net and "per-layer norms" not in net
     (_, conv), = Sandwich(bound(1.0, "lower", "pairwise"), bound(3.0, "upper", "sdp-conv")).warnings
     assert "slope as free" in conv and "seqlip-exact" in conv

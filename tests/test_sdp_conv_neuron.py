@@ -158,6 +158,11 @@ def test_the_panelled_cholesky_is_lapacks_and_stops_at_the_deadline(monkeypatch)
     with pytest.raises(np.linalg.LinAlgError):
         chunked_cholesky(a - 2 * np.eye(40) * float(np.linalg.eigvalsh(a)[0]), math.inf, 7)
     assert chunked_cholesky(a.copy(), time.monotonic() - 1, 7) is None
+    readings = iter([0.0, 0.0, 10.0])          # the deadline (5) passes after two panels
+    monkeypatch.setattr(neuron_cert, "time", type("Clock", (), {
+        "monotonic": staticmethod(lambda: next(readings))}))
+    assert chunked_cholesky(a.copy(), 5.0, 7) is None
+    monkeypatch.setattr(neuron_cert, "time", time)
     nc, t1, t2 = boundary_case()
     default = certify(nc, t1, t2)
     monkeypatch.setattr(neuron_cert, "PANEL", 7)

@@ -242,17 +242,31 @@ def test_branches_that_sum_are_bounded_together():
     assert searched_norm(g) <= bound(g)
 
 
-def test_the_full_count_follows_the_budget_option_not_the_clock():
+def test_the_full_count_follows_the_budget_option_not_the_clock(monkeypatch):
     """--method sdp-net's evaluations: FULL_RATE multiply-adds a second of its share of the
-    budget, proportional to the option's value, between the scale phase and the cap."""
+    budget (proportional to the option's value), at most the cap, at least auto's count and
+    the scale phase; an infinite or NaN budget gives the cap. global_bounds passes the
+    option's share: twice the budget, twice the count."""
     import lipcheck.estimators.upper.sdp_net as module
-    w = net_of(residual_mlp())[1]
+    g = residual_mlp()
+    w = net_of(g)[1]
     one = module.evaluation_work(w)
-    assert module.full_evaluations(w, 100 * one / module.FULL_RATE) == 100
+    assert module.full_evaluations(w, 1e-9) == module.quick_evaluations(w) == 600  # auto's
+    for cap in (1e9, math.inf, math.nan):
+        assert module.full_evaluations(w, cap) == module.MAX_EVALUATIONS
+    monkeypatch.setattr(module, "QUICK_TOTAL_WORK", 10 * one)   # auto: 10 (< 40)
+    seconds = 300 * one / module.FULL_RATE
+    assert module.full_evaluations(w, seconds) == int(module.FULL_RATE * seconds / one)
     assert module.full_evaluations(w, 1e-9) == module.SCALE_EVALUATIONS
-    assert module.full_evaluations(w, 1e9) == module.MAX_EVALUATIONS
-    half = module.full_evaluations(w, 500 * one / module.FULL_RATE)
-    assert module.full_evaluations(w, 1000 * one / module.FULL_RATE) == 2 * half
+    asked: list[int] = []
+    real = module.search
+    monkeypatch.setattr(module, "search", lambda *a: asked.append(a[2]) or real(*a))
+    monkeypatch.setattr(module, "FULL_RATE", 100 * one)          # 100 a second
+    s = Settings()
+    for budget in (1.0, 2.0):
+        s.time_budget = budget
+        global_bounds(g, bound_nodes(g, s), ["sdp-net", "eclipse-fast"], s)
+    assert asked == [50, 100]
 
 
 def test_cli_method_sdp_net_holds_the_time_budget_and_reports_its_certificate(tmp_path,

@@ -88,8 +88,8 @@ def _likely_loose(lower: GlobalBound, upper: GlobalBound) -> str:
 
 def _narrowing(upper: GlobalBound) -> str:
     if upper.method == "sdp-net":
-        return ("a longer sdp-net search (--method sdp-net --time-budget 600: its evaluation "
-                "count grows with the budget)")
+        return ("a longer sdp-net search (--method sdp-net with a larger --time-budget: its "
+                "evaluation count grows with the budget, up to 5000)")
     return ("an exact SeqLip or SDP upper bound (--method seqlip-exact / --method sdp) where "
             "the model is small enough")
 

@@ -354,10 +354,12 @@ def dense_form(program: Program) -> tuple[ReluNet, list[np.ndarray]] | None:
 
 def full_evaluations(weights: list[np.ndarray], seconds: float) -> int:
     """`--method sdp-net`'s count: FULL_RATE x `seconds` (its share of --time-budget)
-    multiply-adds, between SCALE_EVALUATIONS and MAX_EVALUATIONS. A longer budget buys a
-    tighter bound, the same on every machine; a slow machine's clock may still cut it."""
-    count = int(FULL_RATE * seconds // evaluation_work(weights))
-    return max(SCALE_EVALUATIONS, min(MAX_EVALUATIONS, count))
+    multiply-adds, at most MAX_EVALUATIONS and at least what `--method auto` gives it (and
+    SCALE_EVALUATIONS). A longer budget buys a tighter bound, the same on every machine; a
+    slow machine's clock may still cut it."""
+    work = FULL_RATE * seconds / evaluation_work(weights)
+    count = MAX_EVALUATIONS if not work < MAX_EVALUATIONS else int(work)   # inf, nan: the cap
+    return max(SCALE_EVALUATIONS, quick_evaluations(weights), count)
 
 
 def quick_evaluations(weights: list[np.ndarray], runs: int = 1) -> int:
