@@ -131,9 +131,7 @@ class _Rho:
             if int(info) != 0:
                 raise np.linalg.LinAlgError("not positive definite")
             chols[i] = chol
-            lw = (lams[i] * self.m[i])[:, None] * self.w[i]
-            b = torch.linalg.solve_triangular(chol, lw, upper=False)
-            t = b.T @ b - self.w[i].T @ ((lams[i] * self.p[i])[:, None] * self.w[i])
+            t = self._subtracted(i, lams[i], chol)
             if i > 0:
                 s = torch.diag(lams[i - 1]) - t
         return t, chols
@@ -163,11 +161,15 @@ class _Rho:
             lams[i] = 2 * top * torch.where(self.p[i] > 0, CARRY_START, 1.0).double()
             if i == 0:
                 break
-            chol = torch.linalg.cholesky(torch.diag(lams[i]) - t)
-            lw = (lams[i] * self.m[i])[:, None] * self.w[i]
-            b = torch.linalg.solve_triangular(chol, lw, upper=False)
-            t = b.T @ b - self.w[i].T @ ((lams[i] * self.p[i])[:, None] * self.w[i])
+            t = self._subtracted(i, lams[i], torch.linalg.cholesky(torch.diag(lams[i]) - t))
         return lams
+
+    def _subtracted(self, i: int, lam: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+        """t_i = W_i^T (Lam M)_i S_i^-1 (Lam M)_i W_i - W_i^T (Lam P)_i W_i (`chol` is S_i's
+        factor): what S_{i-1} = diag(Lam_{i-1}) - t_i subtracts, or rho's matrix at i = 0."""
+        lw = (lam * self.m[i])[:, None] * self.w[i]
+        b = torch.linalg.solve_triangular(chol, lw, upper=False)
+        return b.T @ b - self.w[i].T @ ((lam * self.p[i])[:, None] * self.w[i])
 
 
 class _RhoFunction(torch.autograd.Function):
