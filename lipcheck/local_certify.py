@@ -32,7 +32,7 @@ from lipcheck.propagation.bab import Limits, chunked_ranges, verify
 from lipcheck.propagation.jacobian import row_norm_bounds
 from lipcheck.propagation.ranges import Ranges, back_substitute
 from lipcheck.propagation.relu_bounds import Range
-from lipcheck.propagation.relu_net import ReluNet, has_relu_form, relu_form
+from lipcheck.propagation.relu_net import ReluNet, relu_form, relu_form_refusal
 from lipcheck.propagation.vertices import vertex_bounds
 
 SHELLS = 4    # nested balls for the samples the whole ball leaves (count-based)
@@ -150,7 +150,7 @@ def certify_local(graph: Graph, x: np.ndarray, y: np.ndarray, logits: np.ndarray
     radii = np.where(certified, eps, np.where(correct, _radius(found, margins, eps), 0.0))
     return LocalRobustness(eps, certified, k.max(axis=1), radii, unstable,
                            time.perf_counter() - start, shells=max(1, shells), bab=bab,
-                           sdp=sdp, margin_stages=has_relu_form(program))
+                           sdp=sdp, margin_stages=relu_form_refusal(program) is None)
 
 
 def _relu_form(program: Program) -> tuple[ReluNet | None, str]:

@@ -116,19 +116,15 @@ class _Builder:
             w2, b2 = self.maps[src[1]]
             out = (w + w2, b + b2)
         elif isinstance(step, Act):
-            out = self._relu(step, i, src[0])
-        elif isinstance(step, MaxPool):
-            out = self._pool(step, src[0])
+            out = self._relu(i, src[0])
         else:
-            raise UnsupportedLocal(f"step {type(step).__name__} is not a ReLU network step")
+            assert isinstance(step, MaxPool), "relu_form_refusal lets no other step through"
+            out = self._pool(step, src[0])
         self.maps[i + 1] = out
         for v in [v for v in self.maps if self.last.get(v, -1) <= i and v != i + 1]:
             del self.maps[v]
 
-    def _relu(self, step: Act, i: int, v: int) -> Map:
-        if step.alpha != 0:
-            raise UnsupportedLocal(f"activation {step.nodes} with slope {step.alpha} left "
-                                   "of 0: branch and bound handles ReLU only")
+    def _relu(self, i: int, v: int) -> Map:
         self.nonneg.add(i + 1)
         if v in self.nonneg:   # relu of a ReLU's output is itself
             return self.maps[v]
@@ -175,19 +171,26 @@ class _Builder:
         return combine, torch.zeros(n_out, new, dtype=torch.float64)
 
 
-def has_relu_form(program: Program) -> bool:
-    """Whether relu_form takes the program, from its steps alone (nothing is built)."""
-    return not program.smooth and all(
-        isinstance(s, (Affine, Add, MaxPool)) or (isinstance(s, Act) and s.alpha == 0)
-        for s in program.steps)
+def relu_form_refusal(program: Program) -> str | None:
+    """Why relu_form does not take the program (its first step that is not an affine map,
+    a sum, a ReLU or a max pool), or None: from the steps alone, nothing is built."""
+    if program.smooth:
+        return "branch and bound handles affine steps, sums, ReLUs and max pools only"
+    for step in program.steps:
+        if isinstance(step, Act) and step.alpha != 0:
+            return (f"activation {step.nodes} with slope {step.alpha} left of 0: branch and "
+                    "bound handles ReLU only")
+        if not isinstance(step, (Affine, Add, Act, MaxPool)):
+            return f"step {type(step).__name__} is not a ReLU network step"
+    return None
 
 
 def relu_form(program: Program) -> ReluNet:
     """The program as a ReLU network (same function); `UnsupportedLocal` where a step
-    is not an affine map, a sum, a ReLU or a max pool."""
-    if program.smooth:
-        raise UnsupportedLocal("branch and bound handles affine steps, sums, ReLUs and max "
-                               "pools only")
+    is not an affine map, a sum, a ReLU or a max pool (relu_form_refusal)."""
+    why = relu_form_refusal(program)
+    if why is not None:
+        raise UnsupportedLocal(why)
     build = _Builder(program)
     for i in range(len(program.steps)):
         build.step(i)
