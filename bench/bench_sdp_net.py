@@ -7,6 +7,7 @@ Each (model, run) is its own process (`--one MODEL RUN`), one thread; peak memor
 process's maximum resident set size (torch included). Runs:
 - auto: the default `estimate` (sdp-net:quick among the methods), with its lower bound;
 - full: `--method sdp-net` alone (its count from the budget), `--time-budget 1200`, no lower search;
+- full300: the same at `--time-budget 300`;
 - seqlip: `--method seqlip-lowrank` (k = 200, an estimate, not a bound).
 Models: models/digits_cnn.onnx, models/digits_resnet.onnx, and pool2: a random
 conv(1->6,k3,p1)-relu-maxpool2-conv(6->12,k3,p1)-relu-maxpool2-linear(->10) at 1x12x12.
@@ -32,9 +33,11 @@ from lipcheck.interpreter import infer_shapes
 from lipcheck.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+BUDGETS = {"full": 1200.0, "full300": 300.0}   # --time-budget of the runs (default 60)
 MODELS = ("digits_cnn", "digits_resnet", "pool2")
 RUNS = {"auto": dict(methods=("auto",)),
         "full": dict(methods=("sdp-net",), lower_budget=0),
+        "full300": dict(methods=("sdp-net",), lower_budget=0),
         "seqlip": dict(methods=("seqlip-lowrank",), lower_budget=0)}
 
 
@@ -63,7 +66,7 @@ def model_of(name: str):
 
 def one(name: str, run: str) -> dict:
     torch.set_num_threads(1)
-    settings = Settings(time_budget=1200.0) if run == "full" else Settings()
+    settings = Settings(time_budget=BUDGETS.get(run, 60.0))
     start = time.monotonic()
     report = estimate(model_of(name), settings=settings, options=EstimateOptions(**RUNS[run]))
     row: dict = {"model": name, "run": run, "seconds": time.monotonic() - start}
@@ -86,27 +89,30 @@ def _fmt(v) -> str:
 
 
 def table(rows: list[dict]) -> None:
+    fulls = [run for run in BUDGETS if any(r["run"] == run for r in rows)]
     print("| model | AutoLip | sdp-conv (auto) | sdp-net auto (evaluations, time) | "
-          "sdp-net full (evaluations, time) | best lower | low-rank SeqLip (heuristic) | "
-          "auto time | peak RSS (auto / full) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          + "".join(f"sdp-net --time-budget {BUDGETS[run]:.0f} (evaluations, time) | "
+                    for run in fulls)
+          + "best lower | low-rank SeqLip (heuristic) | auto time | peak RSS (auto) |")
+    print("|---" * (8 + len(fulls)) + "|")
     for name in dict.fromkeys(r["model"] for r in rows):
         by = {r["run"]: r for r in rows if r["model"] == name}
-        auto, full, seq = by.get("auto", {}), by.get("full", {}), by.get("seqlip", {})
+        auto, seq = by.get("auto", {}), by.get("seqlip", {})
         print(f"| {name} | {_fmt(auto.get('autolip'))} | {_fmt(auto.get('sdp-conv'))} | "
               f"{_fmt(auto.get('sdp-net'))} ({auto.get('evaluations')}, "
-              f"{_fmt(auto.get('sdp_net_seconds'))} s) | {_fmt(full.get('sdp-net'))} "
-              f"({full.get('evaluations')}, {_fmt(full.get('sdp_net_seconds'))} s) | "
-              f"{_fmt(auto.get('lower'))} | {_fmt(seq.get('seqlip-lowrank'))} | "
-              f"{_fmt(auto.get('seconds'))} s | {_fmt(auto.get('max_rss_mb'))} / "
-              f"{_fmt(full.get('max_rss_mb'))} MB |")
+              f"{_fmt(auto.get('sdp_net_seconds'))} s) | "
+              + "".join(f"{_fmt(by.get(run, {}).get('sdp-net'))} "
+                        f"({by.get(run, {}).get('evaluations')}, "
+                        f"{_fmt(by.get(run, {}).get('sdp_net_seconds'))} s) | " for run in fulls)
+              + f"{_fmt(auto.get('lower'))} | {_fmt(seq.get('seqlip-lowrank'))} | "
+              f"{_fmt(auto.get('seconds'))} s | {_fmt(auto.get('max_rss_mb'))} MB |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--one", nargs=2)
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument("--runs", default="auto,full,seqlip")
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.one:

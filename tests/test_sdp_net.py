@@ -37,6 +37,7 @@ from lipcheck.estimators.upper.sdp_net import (
     certify,
     sdp_net,
     search,
+    stages,
     unit_slopes,
 )
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
@@ -107,6 +108,51 @@ def test_the_adjoint_gradient_is_autograds_and_the_difference_quotients():
                 ends.append(float(rho(moved)))
             quotient = (ends[0] - ends[1]) / (2 * step)
             assert abs(quotient - float(adjoint[layer][unit])) <= 1e-5 * abs(quotient)
+
+
+def test_the_smoothed_adjoint_gradient_is_autograds_and_the_difference_quotients():
+    """The smoothing mu log sum exp(lambda_j / mu) of t_0's eigenvalues (mu a tenth of
+    rho, so every eigenvector weighs in): the adjoint recursion with a column per
+    eigenvector against autograd through eigvalsh and logsumexp, and central differences;
+    its value is within mu log(dim) above rho, and `top` is rho itself."""
+    _, w, slopes = net_of(pooled_net((6, 6), [(2, 3, 1), (3, 3, 1)], [(2, 2), None], seed=1))
+    rho = _Rho(w, slopes)
+    gen = torch.Generator().manual_seed(1)
+    lams = [(lam * (1.5 + 1.5 * torch.rand(len(lam), generator=gen, dtype=torch.float64)))
+            .requires_grad_() for lam in rho.start()]
+    with torch.no_grad():
+        values = torch.linalg.eigvalsh(rho.forward(lams)[0])
+    mu = 0.1 * float(values[-1])
+    smoothed = rho(lams, mu)
+    assert rho.top == pytest.approx(float(values[-1]), rel=1e-12)   # eigh against eigvalsh
+    assert rho.top < float(smoothed) <= rho.top + mu * math.log(len(values)) * (1 + 1e-12)
+    assert float(torch.softmax(values / mu, 0)[-2]) > 0.01       # not only the top's
+    smoothed.backward()
+    adjoint = [lam.grad.clone() for lam in lams]
+    for lam in lams:
+        lam.grad = None
+    (mu * torch.logsumexp(torch.linalg.eigvalsh(rho.forward(lams)[0]) / mu, 0)).backward()
+    for mine, auto in zip(adjoint, lams, strict=True):
+        torch.testing.assert_close(mine, auto.grad, rtol=1e-9,
+                                   atol=1e-12 * float(auto.grad.abs().max()))
+    with torch.no_grad():
+        for layer in range(len(lams)):
+            unit = int(adjoint[layer].abs().argmax())
+            step = 1e-6 * float(lams[layer][unit])
+            ends = []
+            for sign in (1, -1):
+                moved = [lam.clone() for lam in lams]
+                moved[layer][unit] += sign * step
+                ends.append(float(rho(moved, mu)))
+            quotient = (ends[0] - ends[1]) / (2 * step)
+            assert abs(quotient - float(adjoint[layer][unit])) <= 1e-5 * abs(quotient)
+
+
+def test_the_stages_split_the_per_unit_evaluations():
+    assert stages(40) == []
+    assert stages(192) == [116, 192]
+    assert stages(600) == [180, 320, 460, 600]
+    assert len(stages(5000)) == 8 and stages(5000)[-1] == 5000
 
 
 @pytest.mark.parametrize("seed", [4, 5])
@@ -215,7 +261,9 @@ def test_auto_runs_it_and_the_report_names_it():
 
 def test_quick_mode_skips_nets_whose_evaluation_is_too_large(monkeypatch):
     import lipcheck.estimators.upper.sdp_net as module
-    one = module.evaluation_work(net_of(residual_mlp())[1])
+    _, w, slopes = net_of(residual_mlp())
+    one = module.evaluation_work(w, slopes)
+    assert one < module.evaluation_work(w)          # the carried units' product only
     monkeypatch.setattr(module, "QUICK_TOTAL_WORK", 39 * one)   # 39 < 40 evaluations
     g = residual_mlp()
     assert sdp_net(g, math.inf, True) is None
@@ -249,15 +297,16 @@ def test_the_full_count_follows_the_budget_option_not_the_clock(monkeypatch):
     option's share: twice the budget, twice the count."""
     import lipcheck.estimators.upper.sdp_net as module
     g = residual_mlp()
-    w = net_of(g)[1]
-    one = module.evaluation_work(w)
-    assert module.full_evaluations(w, 1e-9) == module.quick_evaluations(w) == 600  # auto's
+    _, w, slopes = net_of(g)
+    one = module.evaluation_work(w, slopes)
+    assert module.full_evaluations(w, 1e-9, slopes) == module.quick_evaluations(
+        w, slopes=slopes) == 600  # auto's
     for cap in (1e9, math.inf, math.nan):
-        assert module.full_evaluations(w, cap) == module.MAX_EVALUATIONS
+        assert module.full_evaluations(w, cap, slopes) == module.MAX_EVALUATIONS
     monkeypatch.setattr(module, "QUICK_TOTAL_WORK", 10 * one)   # auto: 10 (< 40)
     seconds = 300 * one / module.FULL_RATE
-    assert module.full_evaluations(w, seconds) == int(module.FULL_RATE * seconds / one)
-    assert module.full_evaluations(w, 1e-9) == module.SCALE_EVALUATIONS
+    assert module.full_evaluations(w, seconds, slopes) == int(module.FULL_RATE * seconds / one)
+    assert module.full_evaluations(w, 1e-9, slopes) == module.SCALE_EVALUATIONS
     asked: list[int] = []
     real = module.search
     monkeypatch.setattr(module, "search", lambda *a: asked.append(a[2]) or real(*a))
