@@ -78,7 +78,11 @@ QUICK_TOTAL_WORK = 6e11  # --method auto: multiply-adds of the whole search at m
 HISTORY = 20           # L-BFGS memory
 CARRY_START = 10.0     # identity units start at 10x their layer's multiplier
 RAISES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # rho raised by these (relative)
-CHECKS_RESERVED = 3    # the search stops in time for this many float64 checks
+CHECKS_RESERVED = 6    # the search stops in time for this many predicted float64 checks:
+                       # the first runs cold (0.72 s against 0.26 s warm and 0.22 s
+                       # predicted on pool2's Q of 2412) and certify predicts the next at
+                       # the slowest so far; with 3, pool2's `auto` under load lost its
+                       # certificate (+1e-6 refused, no time for +1e-5)
 INFEASIBLE = 1e6       # an infeasible point's value: this times the start's (finite)
 SCALE_EVALUATIONS = 40  # first phase: two multiplier scales per layer
 GROWTH = 1e3           # a multiplier grows to at most this times its layer's largest start
