@@ -26,6 +26,7 @@ import torch
 
 from lipcheck.api import load
 from lipcheck.estimators.upper import sdp_net
+from lipcheck.estimators.upper.sdp_net_rho import Rho
 from lipcheck.propagation.program import build_program
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def centre_mix(y: torch.Tensor, z: torch.Tensor, a: torch.Tensor, b: torch.Tenso
     return (1 - theta)[:, None] * y + theta[:, None] * centre
 
 
-def dual_floor(rho: sdp_net._Rho, lams: list[torch.Tensor], mu: float) -> tuple[float, float]:
+def dual_floor(rho: Rho, lams: list[torch.Tensor], mu: float) -> tuple[float, float]:
     """sum g ||W_L dphi||^2 / sum g ||dx||^2 at the repaired point of the module docstring,
     and the smallest aggregated QC there relative to its unit's scale sum g (b - a)^2 dz^2 / 4
     (0 up to rounding, or a positive slack)."""
@@ -85,7 +86,7 @@ def main() -> None:
         began = time.monotonic()
         found = sdp_net.search(weights, slopes, count, math.inf)
         assert found is not None
-        rho = sdp_net._Rho(weights, slopes)
+        rho = Rho(weights, slopes)
         lams = [torch.from_numpy(lam) for lam in found.lams]
         with torch.no_grad():
             floors = {mu: dual_floor(rho, lams, mu) for mu in MUS}

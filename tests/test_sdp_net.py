@@ -33,13 +33,13 @@ from lipcheck.estimators.upper.sdp_certificate import (
 )
 from lipcheck.estimators.upper.sdp_net import (
     QUICK_EVALUATIONS,
-    _Rho,
     certify,
     sdp_net,
     search,
     stages,
     unit_slopes,
 )
+from lipcheck.estimators.upper.sdp_net_rho import Rho
 from lipcheck.graph import Graph, Node, OpKind, ValueInfo
 from lipcheck.interpreter import infer_shapes
 from lipcheck.propagation import build_program
@@ -70,7 +70,7 @@ def test_the_recursion_is_the_smallest_rho_of_the_assembled_q():
     """At the start's multipliers, Q(rho(Lam), Lam) is singular and PSD: its smallest
     eigenvalue is 0 (to rounding) and Q(0.999 rho) has a negative one."""
     _, w, slopes = net_of(pooled_net((6, 6), [(2, 3, 1), (3, 3, 1)], [(2, 2), None], seed=1))
-    rho = _Rho(w, slopes)
+    rho = Rho(w, slopes)
     lams = rho.start()
     value = float(rho(lams))
     numpy_lams = [lam.numpy() for lam in lams]
@@ -85,7 +85,7 @@ def test_the_adjoint_gradient_is_autograds_and_the_difference_quotients():
     through the same Choleskys, and against central differences, at multipliers 1.5-3x
     the start's (identity units and ReLUs; two pools): each layer's steepest unit."""
     _, w, slopes = net_of(pooled_net((6, 6), [(2, 3, 1), (3, 3, 1)], [(2, 2), None], seed=1))
-    rho = _Rho(w, slopes)
+    rho = Rho(w, slopes)
     gen = torch.Generator().manual_seed(0)
     lams = [(lam * (1.5 + 1.5 * torch.rand(len(lam), generator=gen, dtype=torch.float64)))
             .requires_grad_() for lam in rho.start()]
@@ -116,7 +116,7 @@ def test_the_smoothed_adjoint_gradient_is_autograds_and_the_difference_quotients
     eigenvector against autograd through eigvalsh and logsumexp, and central differences;
     its value is within mu log(dim) above rho, and `top` is rho itself."""
     _, w, slopes = net_of(pooled_net((6, 6), [(2, 3, 1), (3, 3, 1)], [(2, 2), None], seed=1))
-    rho = _Rho(w, slopes)
+    rho = Rho(w, slopes)
     gen = torch.Generator().manual_seed(1)
     lams = [(lam * (1.5 + 1.5 * torch.rand(len(lam), generator=gen, dtype=torch.float64)))
             .requires_grad_() for lam in rho.start()]
