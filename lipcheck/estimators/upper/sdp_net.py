@@ -168,7 +168,6 @@ class _Search:
         for t in params:
             t.grad = None
         point = lams()
-        top = math.inf
         try:
             value = self.rho(point, self.mu)
             top = self.rho.top

@@ -140,14 +140,14 @@ class RhoFunction(torch.autograd.Function):
             weights = torch.softmax(shifted, 0)
             kept = weights > KEPT_WEIGHT
             value = top + mu * torch.logsumexp(shifted, 0)
-            ctx.top, ctx.weights = vectors[:, kept], weights[kept]
+            ctx.vectors, ctx.weights = vectors[:, kept], weights[kept]
         else:
-            value, ctx.top, ctx.weights = top, vectors[:, -1:], torch.ones(1, dtype=t.dtype)
+            value, ctx.vectors, ctx.weights = top, vectors[:, -1:], torch.ones(1, dtype=t.dtype)
         ctx.rho, ctx.chols = rho, chols
         ctx.save_for_backward(*lams)
         return value
 
     @staticmethod
     def backward(ctx, out: torch.Tensor) -> tuple:
-        grads = ctx.rho.gradient(list(ctx.saved_tensors), ctx.chols, ctx.top, ctx.weights)
+        grads = ctx.rho.gradient(list(ctx.saved_tensors), ctx.chols, ctx.vectors, ctx.weights)
         return (None, None, *[out * g for g in grads])
